@@ -11,6 +11,7 @@ Shapes:
     rollout_logprobs                 [B, T]  log p of each sampled token under the sampler
     group_index                      [B]     long, which prompt group a row belongs to
     rewards, correct                 [B]     float; correct is 1.0/0.0, NaN = unscored (error)
+    reward_components[name]          [B]     each configured reward before weighting (NaN = error)
     truncated                        [B]     bool, response hit max_new_tokens without stop
 """
 
@@ -49,6 +50,7 @@ class RolloutBatch:
     policy_version: int = 0
     rewards: torch.Tensor | None = None
     correct: torch.Tensor | None = None
+    answers: list[str | None] | None = None  # extracted answer text per row, None = unparseable
     reward_components: dict[str, torch.Tensor] = field(default_factory=dict)
     old_logprobs: torch.Tensor | None = None
     old_entropy: torch.Tensor | None = None

@@ -1,0 +1,48 @@
+"""Name -> function registries of the learner's algorithms; importing registers the built-ins.
+
+``ADVANTAGES``: per-response advantages (grpo, arm, passk, unlikeliness).
+``TOKEN_WEIGHTS``: per-token loss weights / entropy interventions (none, steer, clip_cov, kl_cov,
+high_entropy_mask). ``LOSSES``: policy losses (ppo_clip, pg). Add your own with
+``@ADVANTAGES.register("name")`` in a module listed in the config's ``plugins``.
+"""
+
+from rl_div.algos.advantages import (
+    ADVANTAGES,
+    AdvantageInputs,
+    AdvantageOutput,
+    answer_confidence,
+    grpo_advantages,
+    prompt_confidence,
+)
+from rl_div.algos.grouping import group_mean_std
+from rl_div.algos.losses import LOSSES, LossInputs, LossOutput, aggregate, count_denominators, k3_kl
+from rl_div.algos.token_weights import (
+    TOKEN_WEIGHTS,
+    TokenWeightInputs,
+    TokenWeightOutput,
+    steer_lambda,
+    steer_omega,
+    token_covariance,
+)
+
+__all__ = [
+    "ADVANTAGES",
+    "LOSSES",
+    "TOKEN_WEIGHTS",
+    "AdvantageInputs",
+    "AdvantageOutput",
+    "LossInputs",
+    "LossOutput",
+    "TokenWeightInputs",
+    "TokenWeightOutput",
+    "aggregate",
+    "answer_confidence",
+    "count_denominators",
+    "group_mean_std",
+    "grpo_advantages",
+    "k3_kl",
+    "prompt_confidence",
+    "steer_lambda",
+    "steer_omega",
+    "token_covariance",
+]

@@ -1,0 +1,269 @@
+"""A persistent, killable worker process that runs registered rewards with a real timeout.
+
+Why a process: a verifier can hang (sympy on ``9^{9^{9^{9}}}`` never returns) and Python cannot
+interrupt a thread, while signal.alarm (math-verify's own timeout) only works on the main thread
+of the main interpreter. So sample rewards run in a child process; the parent waits on the pipe
+with ``Connection.poll(timeout)`` (plain select: safe from any thread, a threaded or async Ray
+actor, or a process of its own) and on timeout kills the child (terminate, then kill) and starts
+a fresh one at once, so the next call finds it warm.
+
+The child is a plain ``python -c`` subprocess joined to the parent by a socket pair, not a
+multiprocessing "spawn" child: spawn re-imports the parent's ``__main__``, which runs a user's
+unguarded training script again (or a Ray worker's entry script). It gets the parent's
+``sys.path``, imports ``rewards`` (built-in rewards) and the plugin modules (user rewards), and
+then serves ``(name, args, kwargs)`` requests one at a time until its pipe closes. Start cost
+(~1-2 s: torch via rl_div.data, sympy) is paid once and again only after a kill.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
+from multiprocessing import Pipe
+from multiprocessing.connection import Connection
+from multiprocessing.reduction import ForkingPickler
+from typing import Any
+
+# Runs in the child: adopt the parent's import path, then serve requests.
+_CHILD_CODE = (
+    "import sys, json; sys.path[:] = json.loads(sys.argv[1]); "
+    "from rewards.isolation import serve; serve(int(sys.argv[2]), json.loads(sys.argv[3]), int(sys.argv[4]))"
+)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The result of one isolated call: a value, or an error ("Type: message"), or a timeout."""
+
+    value: Any = None
+    error: str | None = None
+    timed_out: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and not self.timed_out
+
+
+class WorkerStartError(RuntimeError):
+    """The worker process could not start (e.g. a plugin module failed to import)."""
+
+
+class _Child:
+    """One worker process and the parent's end of its pipe."""
+
+    def __init__(self, plugins: list[str]) -> None:
+        self.conn, child_end = Pipe(duplex=True)
+        path = [p or os.getcwd() for p in sys.path]  # "" means the parent's working directory
+        argv = [json.dumps(path), str(child_end.fileno()), json.dumps(plugins), str(os.getpid())]
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _CHILD_CODE, *argv],
+            pass_fds=(child_end.fileno(),),
+            stdin=subprocess.DEVNULL,
+        )
+        child_end.close()
+        self.ready = False
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, grace_s: float = 1.0) -> None:
+        """Terminate, then kill if it does not exit within ``grace_s``; always reaps the process."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.conn.close()
+
+
+class IsolatedWorker:
+    """Runs ``REWARDS[name](*args, **kwargs)`` in a persistent child process with a timeout.
+
+    Thread-safe (one call at a time). ``plugins``: module names the child imports so that
+    user-registered rewards exist there. ``start_timeout_s`` bounds the child's start-up (imports),
+    which never counts against a call's timeout. Use as a context manager or call :meth:`close`.
+    """
+
+    def __init__(self, plugins: Sequence[str] = (), *, start_timeout_s: float = 120.0) -> None:
+        self.plugins = list(plugins)
+        self.start_timeout_s = start_timeout_s
+        self.restarts = 0
+        self._lock = threading.Lock()
+        self._child: _Child | None = None
+        self._finalizer: weakref.finalize | None = None
+
+    def start(self) -> None:
+        """Start the child now (returns at once; the first call waits until it is ready)."""
+        with self._lock:
+            self._spawn_if_needed()
+
+    def call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any] | None = None, *,
+             timeout_s: float) -> Outcome:
+        """Run reward ``name`` on ``args``; wait at most ``timeout_s`` seconds for the answer.
+
+        On timeout the child is killed and a new one started. Raises WorkerStartError only when a
+        fresh child cannot start (a configuration problem, not a property of this item).
+        """
+        with self._lock:
+            try:  # pickled here so that an unpicklable item is this item's error, not the worker's
+                request = ForkingPickler.dumps((name, args, kwargs or {}))
+            except Exception as err:
+                return Outcome(error=f"{type(err).__name__}: could not pickle the request: {err}")
+            child = self._ready_child()
+            try:
+                child.conn.send_bytes(request)
+            except (BrokenPipeError, ConnectionResetError, EOFError, OSError) as err:
+                return self._died(child, f"WorkerDied: could not send the request ({err})")
+            try:
+                return self._await_reply(child, name, timeout_s)
+            except BaseException:  # e.g. KeyboardInterrupt mid-wait: never leave a stale reply behind
+                self._replace(child)
+                raise
+
+    def close(self) -> None:
+        """Stop the child (a closed worker starts a new child if called again)."""
+        with self._lock:
+            if self._child is not None:
+                _shutdown(self._child)
+                self._child = None
+            if self._finalizer is not None:
+                self._finalizer.detach()
+                self._finalizer = None
+
+    def __enter__(self) -> IsolatedWorker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- internals (called with the lock held) ----------------------------------------------------
+    def _await_reply(self, child: _Child, name: str, timeout_s: float) -> Outcome:
+        if not child.conn.poll(timeout_s):
+            self._replace(child)
+            return Outcome(error=f"Timeout: {name!r} took longer than {timeout_s:g} s", timed_out=True)
+        try:
+            status, payload = child.conn.recv()
+        except (EOFError, ConnectionResetError, OSError):
+            return self._died(child, "WorkerDied: the worker exited during the call")
+        return Outcome(value=payload) if status == "ok" else Outcome(error=str(payload))
+
+    def _spawn_if_needed(self) -> _Child:
+        if self._child is None or not self._child.alive():
+            if self._child is not None:  # it died between calls (OOM killer, a crash)
+                self._child.stop()
+            self._child = _Child(self.plugins)
+            if self._finalizer is not None:
+                self._finalizer.detach()
+            # Kill the child if this object is garbage-collected or the interpreter exits.
+            self._finalizer = weakref.finalize(self, _shutdown, self._child)
+        return self._child
+
+    def _ready_child(self) -> _Child:
+        child = self._spawn_if_needed()
+        if child.ready:
+            return child
+        if not child.conn.poll(self.start_timeout_s):
+            self._discard(child)
+            raise WorkerStartError(f"reward worker did not start within {self.start_timeout_s:g} s")
+        try:
+            status, payload = child.conn.recv()
+        except (EOFError, OSError):
+            self._discard(child)
+            raise WorkerStartError(f"reward worker exited during start-up (code {child.proc.poll()})") from None
+        if status != "ready":
+            self._discard(child)
+            raise WorkerStartError(f"reward worker failed to start: {payload}")
+        child.ready = True
+        return child
+
+    def _replace(self, child: _Child) -> None:
+        """Kill a stuck child and start its successor right away (it warms up while we return)."""
+        child.stop()
+        self.restarts += 1
+        self._child = None
+        self._spawn_if_needed()
+
+    def _died(self, child: _Child, message: str) -> Outcome:
+        try:  # the pipe closes a moment before the process can be reaped
+            code: int | None = child.proc.wait(1.0)
+        except subprocess.TimeoutExpired:
+            code = None
+        self._replace(child)
+        return Outcome(error=f"{message} (exit code {code})")
+
+    def _discard(self, child: _Child) -> None:
+        child.stop()
+        self._child = None
+
+
+def _shutdown(child: _Child) -> None:
+    """Stop a child between calls. Terminated rather than asked to exit: it holds no state worth
+    saving, and a clean interpreter exit with torch loaded takes most of a second."""
+    child.stop()
+
+
+# ---- the child's side ------------------------------------------------------------------------------
+def serve(fd: int, plugins: list[str], parent_pid: int) -> None:
+    """Child main loop: import rewards and plugins, report ready, then answer requests."""
+    conn = Connection(fd)
+    _exit_with_parent(parent_pid)
+    try:
+        from rl_div.registry import import_plugins
+
+        import_plugins(plugins)  # first: a missing module fails in milliseconds, not after torch
+        import rewards  # noqa: F401  (registers the built-in rewards)
+        import rl_div.data  # noqa: F401  (records unpickle without paying the torch import per call)
+    except BaseException as err:  # report any start-up failure to the parent, then exit
+        conn.send(("init_error", _describe(err)))
+        return
+    conn.send(("ready", os.getpid()))
+    _serve_requests(conn)
+
+
+def _serve_requests(conn: Connection) -> None:
+    from rewards.registry import REWARDS
+
+    while True:
+        try:
+            data = conn.recv_bytes()
+        except (EOFError, OSError):
+            return  # the parent closed the pipe or exited
+        try:
+            name, args, kwargs = pickle.loads(data)
+            reply: tuple[str, Any] = ("ok", REWARDS.get(name)(*args, **kwargs))
+        except Exception as err:  # every failure (unpickling included) goes back to the parent
+            reply = ("error", _describe(err))
+        try:
+            conn.send(reply)
+        except Exception as err:  # e.g. an unpicklable return value
+            conn.send(("error", f"reward {name!r} returned an unsendable value: {_describe(err)}"))
+
+
+def _describe(err: BaseException) -> str:
+    return f"{type(err).__name__}: {err}"
+
+
+def _exit_with_parent(parent_pid: int, period_s: float = 1.0) -> None:
+    """Exit when the parent process is gone, even while a reward is stuck.
+
+    A watchdog thread rather than prctl(PR_SET_PDEATHSIG): that fires when the parent *thread*
+    that started us exits, which would kill a worker started from a short-lived thread.
+    """
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent_pid:
+                os._exit(1)
+            time.sleep(period_s)
+
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()

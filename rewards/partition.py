@@ -1,0 +1,111 @@
+"""The ``partition`` group reward (DARLING): quality times how rare a response's semantic class is.
+
+The group is clustered into equivalence classes (union-find over a pairwise test, the same
+clustering as the ``num_classes`` diversity metric); with G responses and |c(i)| the size of
+response i's class,
+
+    Div_i = max((G - |c(i)|) / (G - 1), 0.1),      reward_i = quality_i * Div_i,
+
+where quality is the verifier's verdict (1/0; NaN when it failed, which gives NaN). Use it with
+advantage scale "none" (no std division), as DARLING does.
+
+Equivalence tests live in ``EQUIVALENCE_TESTS`` (name -> factory). A factory gets the group and
+its keyword parameters and returns ``equivalent(i, j) -> bool``; register your own to plug in a
+different classifier.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from rewards.embedding import cosine_matrix, embed
+from rewards.registry import register_reward
+from rl_div.metrics.equivalence import equivalence_classes
+from rl_div.registry import Registry
+
+if TYPE_CHECKING:
+    from rl_div.data import PromptRecord
+
+PairTest = Callable[[int, int], bool]
+EQUIVALENCE_TESTS: Registry[Callable[..., PairTest]] = Registry("equivalence test")
+DIV_FLOOR = 0.1
+
+
+def partition_diversity(class_ids: list[int]) -> list[float]:
+    """Div_i = max((G - |class(i)|) / (G - 1), 0.1) for class ids [G].
+
+    A group of one has no others to differ from; its Div is 1.0 (the value a unique member of a
+    larger group gets), a choice, since the formula divides by zero there.
+    """
+    g = len(class_ids)
+    if g == 1:
+        return [1.0]
+    sizes = Counter(class_ids)
+    return [max((g - sizes[c]) / (g - 1), DIV_FLOOR) for c in class_ids]
+
+
+def _same_answer(answers: list[str | None], i: int, j: int) -> bool:
+    return answers[i] is not None and answers[i] == answers[j]
+
+
+@EQUIVALENCE_TESTS.register("answer")
+def answer_test(completions: list[str], answers: list[str | None]) -> PairTest:
+    """Equivalent when the extracted answers are equal (and not None)."""
+    return lambda i, j: _same_answer(answers, i, j)
+
+
+@EQUIVALENCE_TESTS.register("answer_or_embedding")
+def answer_or_embedding_test(
+    completions: list[str],
+    answers: list[str | None],
+    *,
+    threshold: float = 0.9,
+    text: str = "completion",
+    model: str | None = None,
+) -> PairTest:
+    """Equivalent when the answers are equal (not None) or the embeddings' cosine > threshold.
+
+    ``text``: "completion" (default: DARLING clusters whole responses; the diversity metric embeds
+    response texts too) or "answer" (None answers are then never similar by embedding).
+    Embeddings are computed once per group, and only if some pair needs them.
+    """
+    if text not in ("answer", "completion"):
+        raise ValueError(f"partition: text must be 'answer' or 'completion', got {text!r}")
+    cache: dict[str, np.ndarray] = {}
+
+    def similarity() -> np.ndarray:
+        if "sim" not in cache:
+            source = completions if text == "completion" else [a or "" for a in answers]
+            cache["sim"] = cosine_matrix(embed(list(source), model=model))
+        return cache["sim"]
+
+    def equivalent(i: int, j: int) -> bool:
+        if _same_answer(answers, i, j):
+            return True
+        if text == "answer" and (answers[i] is None or answers[j] is None):
+            return False
+        return bool(similarity()[i, j] > threshold)
+
+    return equivalent
+
+
+@register_reward("partition", scope="group")
+def partition_reward(
+    completions: list[str],
+    answers: list[str | None],
+    correct: list[float],
+    records: list[PromptRecord],
+    *,
+    test: str = "answer_or_embedding",
+    **test_params: Any,
+) -> list[float]:
+    """DARLING partition reward over one group; ``test`` names an EQUIVALENCE_TESTS entry and the
+    remaining params go to it (e.g. threshold=0.9, text="completion", model=None)."""
+    equivalent = EQUIVALENCE_TESTS.get(test)(completions, answers, **test_params)
+    div = partition_diversity(equivalence_classes(len(completions), equivalent))
+    return [math.nan if math.isnan(q) else q * d for q, d in zip(correct, div, strict=True)]

@@ -1,0 +1,59 @@
+"""The reward registry: name -> reward function, each tagged with its scope.
+
+Two scopes (recorded on the function by :func:`register_reward`):
+
+* ``"sample"``: ``fn(completion: str, record: PromptRecord, **params) -> float`` scores one
+  response. A *verifier* is a sample reward that returns 1.0/0.0 and defines correctness. Sample
+  rewards run in the killable worker process (rewards.isolation), so they must be importable there:
+  built-ins register when ``rewards`` is imported, user rewards in a plugin module.
+* ``"group"``: ``fn(completions, answers, correct, records, **params) -> list[float]`` scores the G
+  responses to one prompt together (novelty, partition). It runs in the scoring process after every
+  sample reward, so ``correct`` (1.0/0.0/NaN) is already known.
+
+A reward signals failure by raising; the runner turns that into NaN and an error count, never 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal
+
+from rl_div.registry import Registry
+
+Scope = Literal["sample", "group"]
+SCOPES: tuple[str, ...] = ("sample", "group")
+
+RewardFn = Callable[..., Any]
+
+REWARDS: Registry[RewardFn] = Registry("reward")
+
+
+def register_reward(
+    name: str, scope: Scope = "sample", verifier: bool = False, *, overwrite: bool = False
+) -> Callable[[RewardFn], RewardFn]:
+    """Decorator: ``@register_reward("my_reward", scope="sample", verifier=False)``.
+
+    Sets ``fn.scope`` and ``fn.is_verifier`` and adds ``fn`` to :data:`REWARDS` under ``name``.
+    Only sample rewards can be verifiers: correctness is a property of one response.
+    """
+    if scope not in SCOPES:
+        raise ValueError(f"reward scope must be one of {SCOPES}, got {scope!r}")
+    if verifier and scope != "sample":
+        raise ValueError(f"reward {name!r}: only a sample reward can be a verifier")
+
+    def add(fn: RewardFn) -> RewardFn:
+        fn.scope = scope  # type: ignore[attr-defined]
+        fn.is_verifier = verifier  # type: ignore[attr-defined]
+        return REWARDS.register(name, overwrite=overwrite)(fn)
+
+    return add
+
+
+def reward_scope(fn: RewardFn) -> str:
+    """The scope of a registered reward (a plain function registered without the decorator is a
+    sample reward, the TRL-style default)."""
+    return str(getattr(fn, "scope", "sample"))
+
+
+def is_verifier(fn: RewardFn) -> bool:
+    return bool(getattr(fn, "is_verifier", False))

@@ -1,0 +1,245 @@
+"""Score a batch of responses with a weighted set of rewards.
+
+Order of work for one batch (B responses, grouped by ``group_index``):
+1. extract each response's answer (rewards.answers, by the record's extractor);
+2. run every sample reward on every response, one item at a time, in the isolated worker with the
+   per-item timeout (or in-process when ``isolated=False``: no timeout then);
+3. take ``correct`` from the first verifier among the specs;
+4. run every group reward on each group, in-process, with that group's answers and verdicts;
+5. total = sum of weight * component.
+
+A reward that raises or times out gives NaN for the affected responses (a sample reward: that
+response; a group reward: its whole group) and one count in ``errors["<key>/errors"]`` or
+``errors["<key>/timeouts"]`` per failed call. NaN then propagates into the total: a failure is
+never scored 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from rewards.answers import extract_answer
+from rewards.isolation import IsolatedWorker, Outcome
+from rewards.registry import REWARDS, is_verifier, reward_scope
+from rl_div.registry import UnknownNameError, import_plugins
+
+if TYPE_CHECKING:
+    from rl_div.data import PromptRecord
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RewardSpec:
+    """One reward in the sum: its registered name, weight and keyword parameters."""
+
+    name: str
+    weight: float = 1.0
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RewardResult:
+    """Scores of B responses. Lists are [B]; NaN marks a response that could not be scored.
+
+    total: weighted sum. components: key -> scores (key = reward name, "name#2" for a repeat).
+    correct: the first verifier's 1.0/0.0 (NaN if it failed or no verifier was given).
+    answers: extracted answer text (None = unparseable). errors: "<key>/errors" and
+    "<key>/timeouts" -> count of failed calls. error_messages: the first few failures, for logs.
+    """
+
+    total: list[float]
+    components: dict[str, list[float]]
+    correct: list[float]
+    answers: list[str | None]
+    errors: dict[str, int]
+    error_messages: list[str]
+
+
+@dataclass(frozen=True)
+class _Resolved:
+    key: str
+    spec: RewardSpec
+    scope: str
+    verifier: bool
+
+
+class RewardScorer:
+    """Scores batches with ``specs``; holds the isolated worker so it stays warm across steps.
+
+    ``timeout_s``: per-response limit for sample rewards. ``plugins``: modules that register user
+    rewards; imported here and in the worker. ``worker``: an IsolatedWorker to share (e.g. between a
+    training and an evaluation scorer); the scorer then does not close it. Call :meth:`close` (or
+    use ``with``) when done.
+    """
+
+    def __init__(self, specs: Sequence[RewardSpec], *, timeout_s: float = 10.0, isolated: bool = True,
+                 plugins: Sequence[str] = (), max_error_messages: int = 5,
+                 worker: IsolatedWorker | None = None) -> None:
+        if not specs:
+            raise ValueError("RewardScorer needs at least one RewardSpec")
+        import_plugins(plugins)
+        self.rewards = _resolve(specs)
+        self.timeout_s = timeout_s
+        self.isolated = isolated
+        self.max_error_messages = max_error_messages
+        self.verifier_key = next((r.key for r in self.rewards if r.verifier), None)
+        if self.verifier_key is None and any(r.scope == "group" for r in self.rewards):
+            log.warning("group rewards without a verifier: every response's `correct` is NaN")
+        needs_worker = isolated and any(r.scope == "sample" for r in self.rewards)
+        self._owns_worker = needs_worker and worker is None
+        self.worker = (worker or IsolatedWorker(plugins)) if needs_worker else None
+        if self.worker is not None:
+            self.worker.start()  # warms up while the caller does other work
+
+    def score(self, completions: Sequence[str], records: Sequence[PromptRecord],
+              group_index: Sequence[int]) -> RewardResult:
+        """Score B responses; records and group_index are per response ([B] each)."""
+        b = len(completions)
+        if len(records) != b or len(group_index) != b:
+            raise ValueError(f"{b} completions, {len(records)} records, {len(group_index)} group indices")
+        log_ = _ErrorLog(self.rewards, self.max_error_messages)
+        answers = [_extract(c, r, i, log_) for i, (c, r) in enumerate(zip(completions, records, strict=True))]
+        components: dict[str, list[float]] = {}
+        for r in self.rewards:  # sample rewards first: group rewards need `correct`
+            if r.scope == "sample":
+                components[r.key] = self._sample_scores(r, completions, records, log_)
+        correct = list(components[self.verifier_key]) if self.verifier_key else [math.nan] * b
+        for r in self.rewards:
+            if r.scope == "group":
+                components[r.key] = _group_scores(r, completions, answers, correct, records, group_index, log_)
+        total = [sum((r.spec.weight * components[r.key][i] for r in self.rewards), 0.0) for i in range(b)]
+        return RewardResult(total=total, components={r.key: components[r.key] for r in self.rewards},
+                            correct=correct, answers=answers, errors=log_.counts, error_messages=log_.messages)
+
+    def close(self) -> None:
+        if self.worker is not None and self._owns_worker:
+            self.worker.close()
+
+    def __enter__(self) -> RewardScorer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _sample_scores(self, r: _Resolved, completions: Sequence[str], records: Sequence[PromptRecord],
+                       log_: _ErrorLog) -> list[float]:
+        scores = []
+        for i, (completion, record) in enumerate(zip(completions, records, strict=True)):
+            outcome = self._call(r.spec, completion, record)
+            value = _as_score(outcome)
+            if not outcome.ok or value is None:
+                log_.add(r.key, i, outcome)
+            scores.append(math.nan if value is None else value)
+        return scores
+
+    def _call(self, spec: RewardSpec, completion: str, record: PromptRecord) -> Outcome:
+        if self.worker is not None:
+            return self.worker.call(spec.name, (completion, record), spec.params, timeout_s=self.timeout_s)
+        try:
+            return Outcome(value=REWARDS.get(spec.name)(completion, record, **spec.params))
+        except Exception as err:  # reported as NaN + error count by the caller
+            return Outcome(error=f"{type(err).__name__}: {err}")
+
+
+def score_batch(specs: Sequence[RewardSpec], completions: Sequence[str], records: Sequence[PromptRecord],
+                group_index: Sequence[int], *, timeout_s: float, isolated: bool = True,
+                plugins: Sequence[str] = ()) -> RewardResult:
+    """One-shot scoring (starts and stops a worker); prefer a RewardScorer across steps."""
+    with RewardScorer(specs, timeout_s=timeout_s, isolated=isolated, plugins=plugins) as scorer:
+        return scorer.score(completions, records, group_index)
+
+
+def score_group(specs: Sequence[RewardSpec], completions: Sequence[str], records: Sequence[PromptRecord],
+                *, timeout_s: float, isolated: bool = True, plugins: Sequence[str] = ()) -> RewardResult:
+    """score_batch for the responses to a single prompt (all in group 0)."""
+    return score_batch(specs, completions, records, [0] * len(completions), timeout_s=timeout_s,
+                       isolated=isolated, plugins=plugins)
+
+
+# ---- helpers ------------------------------------------------------------------------------------
+def _resolve(specs: Sequence[RewardSpec]) -> list[_Resolved]:
+    """Look every name up now (a typo fails at start, not mid-run) and give each a unique key."""
+    seen: dict[str, int] = {}
+    out = []
+    for spec in specs:
+        fn = REWARDS.get(spec.name)  # raises UnknownNameError listing the valid names
+        seen[spec.name] = seen.get(spec.name, 0) + 1
+        key = spec.name if seen[spec.name] == 1 else f"{spec.name}#{seen[spec.name]}"
+        out.append(_Resolved(key, spec, reward_scope(fn), is_verifier(fn)))
+    return out
+
+
+def _as_score(outcome: Outcome) -> float | None:
+    """The outcome's value as a float, or None when it failed or is not a real number."""
+    if not outcome.ok or isinstance(outcome.value, str | bytes):  # float("1") would accept text
+        return None
+    try:
+        return float(outcome.value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _group_scores(r: _Resolved, completions: Sequence[str], answers: list[str | None], correct: list[float],
+                  records: Sequence[PromptRecord], group_index: Sequence[int], log_: _ErrorLog) -> list[float]:
+    scores = [math.nan] * len(completions)
+    for rows in _groups(group_index):
+        try:
+            values = REWARDS.get(r.spec.name)(
+                [completions[i] for i in rows], [answers[i] for i in rows], [correct[i] for i in rows],
+                [records[i] for i in rows], **r.spec.params,
+            )
+            values = [float(v) for v in values]
+            if len(values) != len(rows):
+                raise ValueError(f"returned {len(values)} scores for a group of {len(rows)}")
+        except UnknownNameError:
+            raise
+        except Exception as err:  # NaN for the whole group + one error count
+            log_.add(r.key, rows[0], Outcome(error=f"{type(err).__name__}: {err}"), group=True)
+            continue
+        for i, v in zip(rows, values, strict=True):
+            scores[i] = v
+    return scores
+
+
+def _extract(completion: str, record: PromptRecord, row: int, log_: _ErrorLog) -> str | None:
+    """The answer, or None (+ an "extract/errors" count) when a user extractor raises; an unknown
+    extractor name is a configuration error and raises."""
+    try:
+        return extract_answer(completion, record)
+    except UnknownNameError:
+        raise
+    except Exception as err:
+        log_.add("extract", row, Outcome(error=f"{type(err).__name__}: {err}"))
+        return None
+
+
+def _groups(group_index: Sequence[int]) -> list[list[int]]:
+    """Row indices of each group, groups in order of first appearance."""
+    rows: dict[int, list[int]] = {}
+    for i, g in enumerate(group_index):
+        rows.setdefault(int(g), []).append(i)
+    return list(rows.values())
+
+
+class _ErrorLog:
+    """Error/timeout counts per reward key (zeros included, so logged series are continuous) and
+    the first few messages."""
+
+    def __init__(self, rewards: list[_Resolved], max_messages: int) -> None:
+        self.counts = {f"{r.key}/{kind}": 0 for r in rewards for kind in ("errors", "timeouts")}
+        self.counts["extract/errors"] = 0
+        self.messages: list[str] = []
+        self.max_messages = max_messages
+
+    def add(self, key: str, row: int, outcome: Outcome, group: bool = False) -> None:
+        kind = "timeouts" if outcome.timed_out else "errors"
+        self.counts[f"{key}/{kind}"] = self.counts.get(f"{key}/{kind}", 0) + 1
+        if len(self.messages) < self.max_messages:
+            where = f"group of row {row}" if group else f"row {row}"
+            error = outcome.error or f"returned a non-number: {outcome.value!r}"
+            self.messages.append(f"{key} ({where}): {error}")

@@ -1,0 +1,97 @@
+"""Atomic checkpoints: everything is written into ``step_XXXXXX.tmp`` and renamed into place, then a
+``latest`` pointer is replaced atomically, so a crash mid-write never damages the last good one.
+
+Layout of one checkpoint directory:
+    policy/             model (safetensors) + tokenizer, loadable with from_pretrained
+    learner_state.pt    optimizer, scheduler, learner RNG
+    trainer_state.json  step, policy version, data position, driver RNG (JSON, readable by hand)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+STEP_PREFIX = "step_"
+
+
+def checkpoint_root(output_dir: str | Path) -> Path:
+    return Path(output_dir) / "checkpoints"
+
+
+def new_checkpoint_dir(output_dir: str | Path, step: int) -> tuple[Path, Path]:
+    """(temporary dir to fill, final dir). The temporary one is wiped if a crash left it."""
+    root = checkpoint_root(output_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"{STEP_PREFIX}{step:06d}"
+    tmp = root / f"{final.name}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    return tmp, final
+
+
+def commit_checkpoint(tmp: Path, final: Path, keep: int) -> Path:
+    """Rename the filled temp dir into place, point ``latest`` at it, prune old ones."""
+    _fsync_tree(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    write_text_atomic(final.parent / "latest", final.name)
+    steps = sorted(p for p in final.parent.glob(f"{STEP_PREFIX}*") if p.is_dir() and not p.name.endswith(".tmp"))
+    for old in steps[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    root = checkpoint_root(output_dir)
+    pointer = root / "latest"
+    if pointer.exists():
+        path = root / pointer.read_text().strip()
+        if path.is_dir():
+            return path
+    done = sorted(p for p in root.glob(f"{STEP_PREFIX}*") if p.is_dir() and not p.name.endswith(".tmp"))
+    return done[-1] if done else None
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _fsync_tree(root: Path) -> None:
+    for p in root.rglob("*"):
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy and torch RNG states of this process."""
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+def save_trainer_state(ckpt_dir: Path, state: dict[str, Any]) -> None:
+    (ckpt_dir / "trainer_state.json").write_text(json.dumps(state, indent=2))
+
+
+def load_trainer_state(ckpt_dir: Path) -> dict[str, Any]:
+    return json.loads((ckpt_dir / "trainer_state.json").read_text())

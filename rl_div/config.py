@@ -1,0 +1,351 @@
+"""Typed, validated run configuration: YAML files plus ``key=value`` overrides.
+
+Every field has help text (``rl-div train --help-config`` prints it). Unknown keys, wrong types,
+out-of-range values and unknown registry names fail before any work starts, naming the field and
+suggesting the closest valid name.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RunConfig(Section):
+    name: str = Field("run", description="Run name; used in logs and the comparison table.")
+    output_dir: str = Field("runs/run", description="Directory for metrics, config, checkpoints.")
+    seed: int = Field(0, description="Seed for data order, sampling and any randomised token weights.")
+    plugins: list[str] = Field(
+        default_factory=list,
+        description="Python modules imported in every process (driver and all Ray actors) before "
+        "registries are read; a module that registers a new advantage/loss/reward makes its name "
+        "usable everywhere.",
+    )
+    torch_threads: int = Field(1, ge=1, description="torch intra-op threads per actor.")
+
+
+class ModelConfig(Section):
+    path: str = Field(
+        "bootstrap",
+        description="Policy: a local directory or HF hub name, or 'bootstrap' to pretrain (and cache) "
+        "the tiny demo model on the built-in task's demonstrations.",
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Parameter dtype.")
+    trust_remote_code: bool = Field(False, description="Allow model code from the hub (off: safer).")
+    use_chat_template: bool | None = Field(
+        None, description="Wrap prompts in the tokenizer's chat template; None = when it has one."
+    )
+
+
+class BootstrapConfig(Section):
+    steps: int = Field(600, ge=1, description="Supervised steps on noisy demonstrations.")
+    seed: int = Field(0, description="Seed of the bootstrap run (cached per argument set).")
+    cache_dir: str = Field(
+        "~/.cache/rl_div/bootstrap", description="Where bootstrapped base models are cached."
+    )
+
+
+class DataConfig(Section):
+    source: Literal["task", "jsonl", "parquet", "hf"] = Field(
+        "task", description="'task' = a built-in synthetic task; else a file or HF dataset."
+    )
+    task: str = Field("prime_gap", description="Built-in task name (rl_div.tasks.TASKS).")
+    path: str | None = Field(None, description="File path (jsonl/parquet) or HF dataset name.")
+    eval_path: str | None = Field(None, description="Held-out prompts (same format as path).")
+    hf_config: str | None = Field(None, description="HF dataset config name (e.g. 'main' for gsm8k).")
+    split: str = Field("train", description="HF split for training prompts.")
+    eval_split: str = Field("test", description="HF split for evaluation prompts.")
+    prompt_field: str = Field("question", description="Field holding the prompt text.")
+    answer_field: str = Field("answer", description="Field holding the gold answer.")
+    answer_regex: str | None = Field(
+        None, description="Regex whose group 1 extracts the gold from the answer field (GSM8K: '#### (.+)')."
+    )
+    prompt_template: str = Field(
+        "{prompt}", description="Format string applied to each prompt ({prompt} is replaced)."
+    )
+    num_train_prompts: int = Field(512, ge=1, description="Training prompts (task source) / max rows.")
+    num_eval_prompts: int = Field(32, ge=1, description="Held-out evaluation prompts.")
+
+
+class RolloutConfig(Section):
+    backend: Literal["hf", "vllm"] = Field("hf", description="'hf' = transformers generate; 'vllm'.")
+    num_workers: int = Field(1, ge=1, description="Rollout actors; prompts are sharded across them.")
+    num_cpus_per_worker: float = Field(1.0, ge=0, description="Ray CPUs reserved per rollout actor.")
+    num_gpus_per_worker: float = Field(0.0, ge=0, description="Ray GPUs per rollout actor.")
+    group_size: int = Field(8, ge=2, description="G: responses sampled per prompt.")
+    prompts_per_step: int = Field(8, ge=1, description="Prompts per training step.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
+    top_k: int = Field(0, ge=0, description="Top-k sampling; 0 = off.")
+    max_new_tokens: int = Field(16, ge=1, description="Response length cap (truncation is logged).")
+    stop: list[str] = Field(default_factory=list, description="Extra stop strings besides EOS.")
+    tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor parallel size.")
+    gpu_memory_utilization: float = Field(0.5, gt=0, le=1, description="vLLM GPU memory fraction.")
+    generate_timeout_s: float = Field(600.0, gt=0, description="Max seconds for one rollout call.")
+
+
+class RewardItem(Section):
+    name: str = Field(description="Reward name in rewards.REWARDS.")
+    weight: float = Field(1.0, description="Weight in the summed reward.")
+    params: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments.")
+
+
+class RewardConfig(Section):
+    rewards: list[RewardItem] = Field(
+        default_factory=lambda: [RewardItem(name="task_verifier")],
+        description="Rewards summed with weights; the first verifier defines correctness.",
+    )
+    timeout_s: float = Field(5.0, gt=0, description="Per-sample timeout; a hung reward is killed.")
+    isolated: bool = Field(True, description="Run sample rewards in a killable worker process.")
+
+
+class AlgoConfig(Section):
+    advantage: str = Field("grpo", description="Advantage estimator (rl_div.algos.ADVANTAGES).")
+    advantage_params: dict[str, Any] = Field(default_factory=dict, description="Its keyword args.")
+    token_weight: str = Field("none", description="Token re-weighting (TOKEN_WEIGHTS).")
+    token_weight_params: dict[str, Any] = Field(default_factory=dict, description="Its keyword args.")
+    loss: str = Field("ppo_clip", description="Policy loss (LOSSES).")
+    loss_params: dict[str, Any] = Field(default_factory=dict, description="Its keyword args.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def expand_preset(cls, value: Any) -> Any:
+        """``algo: arm`` (or ``algo=arm``) is shorthand for a named preset."""
+        if isinstance(value, str):
+            if value not in ALGO_PRESETS:
+                raise ValueError(_suggest("algo preset", value, ALGO_PRESETS))
+            return dict(ALGO_PRESETS[value])
+        return value
+
+
+ALGO_PRESETS: dict[str, dict[str, Any]] = {
+    "grpo": {"advantage": "grpo"},
+    "dr_grpo": {
+        "advantage": "grpo",
+        "advantage_params": {"scale": "none"},
+        "loss_params": {"agg": "seq-mean-token-sum-norm"},
+    },
+    "arm": {"advantage": "arm"},
+    "steer": {"advantage": "grpo", "token_weight": "steer"},
+    "passk": {"advantage": "passk"},
+    "unlikeliness": {"advantage": "unlikeliness"},
+    "clip_cov": {"advantage": "grpo", "token_weight": "clip_cov"},
+    "kl_cov": {"advantage": "grpo", "token_weight": "kl_cov"},
+    "high_entropy": {"advantage": "grpo", "token_weight": "high_entropy_mask"},
+}
+
+
+class TrainConfig(Section):
+    steps: int = Field(40, ge=0, description="Training steps (one rollout batch each).")
+    lr: float = Field(1e-3, gt=0, description="AdamW learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+    warmup_steps: int = Field(0, ge=0, description="Linear LR warmup, in optimizer steps.")
+    ppo_epochs: int = Field(1, ge=1, description="Passes over each rollout batch.")
+    mini_batch_size: int | None = Field(
+        None, ge=1, description="Responses per optimizer step; None = the whole batch."
+    )
+    micro_batch_size: int = Field(64, ge=1, description="Responses per forward (grad accumulation).")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    skip_zero_signal_steps: bool = Field(
+        True,
+        description="Skip the optimizer step when every advantage is 0 (Adam momentum on an empty "
+        "signal can wreck the answer format).",
+    )
+    use_ref_model: bool = Field(False, description="Keep a frozen reference policy for the KL term.")
+    logit_chunk_rows: int = Field(1024, ge=1, description="Rows per chunk for log-prob/entropy.")
+    num_cpus: float = Field(1.0, ge=0, description="Ray CPUs reserved for the learner actor.")
+    num_gpus: float = Field(0.0, ge=0, description="Ray GPUs for the learner actor.")
+
+
+class EvalConfig(Section):
+    every: int = Field(20, ge=0, description="Evaluate every N steps (0 = only at start and end).")
+    at_start: bool = Field(True, description="Evaluate the base policy before training.")
+    n: int = Field(64, ge=1, description="Samples per held-out prompt (pass@k up to k = n).")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature at evaluation.")
+    embedding_metrics: bool = Field(
+        True, description="Embedding diversity / Vendi (loads all-MiniLM-L6-v2 locally)."
+    )
+
+
+class CheckpointConfig(Section):
+    every: int = Field(20, ge=0, description="Checkpoint every N steps (0 = only at the end).")
+    keep: int = Field(2, ge=1, description="Checkpoints kept (oldest deleted first).")
+
+
+class TrackingConfig(Section):
+    tensorboard: Literal["auto", "on", "off"] = Field("auto", description="TensorBoard when installed.")
+    wandb: bool = Field(False, description="Log to Weights & Biases (needs the wandb extra).")
+    mlflow: bool = Field(False, description="Log to MLflow (needs the mlflow extra).")
+    progress: bool = Field(True, description="Console progress bar.")
+
+
+class ClusterConfig(Section):
+    address: str | None = Field(
+        None, description="Ray address of an existing cluster; None = RAY_ADDRESS or start locally."
+    )
+    num_cpus: int | None = Field(None, ge=1, description="CPUs for a local Ray (None = all).")
+
+
+class Config(Section):
+    run: RunConfig = Field(default_factory=RunConfig, description="Run identity and outputs.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="The policy.")
+    bootstrap: BootstrapConfig = Field(default_factory=BootstrapConfig, description="Demo base model.")
+    data: DataConfig = Field(default_factory=DataConfig, description="Prompts.")
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="Sampling.")
+    reward: RewardConfig = Field(default_factory=RewardConfig, description="Rewards.")
+    algo: AlgoConfig = Field(default_factory=AlgoConfig, description="Advantage, weights, loss.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="Optimisation.")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="Held-out pass@k evaluation.")
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig, description="Checkpoints.")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="Metric sinks.")
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig, description="Ray.")
+
+    @model_validator(mode="after")
+    def check_batch_shapes(self) -> Config:
+        batch = self.rollout.group_size * self.rollout.prompts_per_step
+        mini = self.train.mini_batch_size
+        if mini is not None and mini > batch:
+            raise ValueError(f"train.mini_batch_size ({mini}) exceeds the rollout batch ({batch})")
+        return self
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message names the field and the closest valid name."""
+
+
+def _suggest(kind: str, name: str, valid: Any) -> str:
+    close = difflib.get_close_matches(str(name), list(valid), n=1, cutoff=0.4)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown {kind} {name!r}{hint} (valid: {', '.join(sorted(valid))})"
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'train.lr=3e-4' -> (['train', 'lr'], 0.0003). Values are parsed as YAML scalars/lists."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not key=value")
+    key, raw = text.split("=", 1)
+    if not key:
+        raise ConfigError(f"override {text!r} has an empty key")
+    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def apply_override(tree: dict[str, Any], path: list[str], value: Any) -> None:
+    """Set tree[path] = value, checking each key against the schema so typos get suggestions."""
+    model: Any = Config
+    node = tree
+    for depth, key in enumerate(path):
+        fields = getattr(model, "model_fields", None)
+        if fields is not None and key not in fields:
+            where = ".".join(path[:depth]) or "top level"
+            raise ConfigError(f"{_suggest('config key', key, fields)} at {where}")
+        last = depth == len(path) - 1
+        if last:
+            node[key] = value
+            return
+        if fields is not None:
+            model = fields[key].annotation
+            model = model if isinstance(model, type) and issubclass(model, BaseModel) else None
+        child = node.get(key)
+        if isinstance(child, str) and key == "algo":  # "algo: arm" then "algo.loss=..."
+            child = dict(ALGO_PRESETS.get(child, {}))
+        if not isinstance(child, dict):
+            child = {}
+        node[key] = child
+        node = child
+
+
+def build_config(tree: dict[str, Any]) -> Config:
+    """Validate a plain dict into a Config, turning pydantic errors into one readable message."""
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as err:
+        lines = []
+        for e in err.errors():
+            loc = ".".join(str(p) for p in e["loc"])
+            if e["type"] == "extra_forbidden":
+                parent = _section_fields(e["loc"][:-1])
+                lines.append(f"{loc}: {_suggest('config key', str(e['loc'][-1]), parent)}")
+            else:
+                lines.append(f"{loc}: {e['msg']} (got {e.get('input')!r})")
+        raise ConfigError("invalid config:\n  " + "\n  ".join(lines)) from None
+
+
+def _section_fields(loc: tuple[Any, ...]) -> list[str]:
+    model: Any = Config
+    for key in loc:
+        if not isinstance(key, str):
+            continue
+        field = getattr(model, "model_fields", {}).get(key)
+        if field is None:
+            break
+        model = field.annotation
+    return list(getattr(model, "model_fields", {}) or [])
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Read YAML (or defaults when path is None), apply overrides, validate types and names."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.exists():
+            raise ConfigError(f"config file {str(p)!r} does not exist")
+        loaded = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {str(p)!r} must hold a mapping, got {type(loaded).__name__}")
+        tree = loaded
+    for text in overrides or []:
+        key_path, value = parse_override(text)
+        apply_override(tree, key_path, value)
+    cfg = build_config(tree)
+    check_registry_names(cfg)
+    return cfg
+
+
+def check_registry_names(cfg: Config) -> None:
+    """Fail early on names no registry knows, after importing the run's plugin modules."""
+    from rewards import REWARDS
+    from rl_div.algos import ADVANTAGES, LOSSES, TOKEN_WEIGHTS
+    from rl_div.registry import import_plugins
+    from rl_div.tasks import TASKS
+
+    import_plugins(cfg.run.plugins)
+    checks = [
+        ("algo.advantage", "advantage", cfg.algo.advantage, ADVANTAGES),
+        ("algo.token_weight", "token weight", cfg.algo.token_weight, TOKEN_WEIGHTS),
+        ("algo.loss", "loss", cfg.algo.loss, LOSSES),
+    ]
+    checks += [(f"reward.rewards[{i}].name", "reward", r.name, REWARDS) for i, r in enumerate(cfg.reward.rewards)]
+    if cfg.data.source == "task":
+        checks.append(("data.task", "task", cfg.data.task, TASKS))
+    for field, kind, name, registry in checks:
+        if name not in registry:
+            raise ConfigError(f"{field}: {_suggest(kind, name, registry.names())}")
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config (every default filled in) beside the run's outputs."""
+    Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+
+
+def config_help(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
+    """One line per leaf field: dotted key, type, default, help text."""
+    lines = []
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{name}"
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            lines.append(f"{key}: {field.description}")
+            lines += config_help(ann, key + ".")
+        else:
+            default = field.get_default(call_default_factory=True)
+            lines.append(f"  {key} = {default!r}  # {field.description}")
+    return lines

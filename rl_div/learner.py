@@ -1,0 +1,204 @@
+"""The learner: forward passes (log-probs, entropies), token weights, the loss, optimizer steps,
+and its part of a checkpoint. A plain class; rl_div.cluster runs it as a Ray actor."""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rl_div.algos import LOSSES, TOKEN_WEIGHTS
+from rl_div.algos.losses import LossInputs, count_denominators
+from rl_div.algos.token_weights import TokenWeightInputs
+from rl_div.config import Config
+from rl_div.data import RolloutBatch
+from rl_div.metrics.entropy import logprobs_and_entropy, masked_mean
+from rl_div.models import load_policy, save_policy
+from rl_div.registry import import_plugins
+
+
+def policy_forward(model: torch.nn.Module, batch: RolloutBatch, chunk_rows: int,
+                   with_prompt: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Log-probs and full-distribution entropies of the sampled response tokens.
+
+    Returns logp [B, T], entropy [B, T] (float32, grad flows if enabled) and, when with_prompt,
+    prompt log-probs [B, P] aligned with prompt_ids (position of the first real token is 0 and
+    masked out by :func:`prompt_logprob_mask`).
+    """
+    p_len = batch.prompt_ids.shape[1]
+    input_ids = torch.cat([batch.prompt_ids, batch.response_ids], dim=1)
+    attention = torch.cat([batch.prompt_mask, batch.response_mask], dim=1)
+    # Left padding: positions count real tokens only, as generate() numbered them.
+    position_ids = (attention.cumsum(dim=1) - 1).clamp(min=0)
+    device = next(model.parameters()).device
+    logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                   position_ids=position_ids.to(device)).logits
+    # Logits at position i predict token i+1.
+    logp, entropy = logprobs_and_entropy(logits[:, p_len - 1 : -1], batch.response_ids.to(device), chunk_rows)
+    prompt_logp = None
+    if with_prompt and p_len > 1:
+        plogp, _ = logprobs_and_entropy(logits[:, : p_len - 1], batch.prompt_ids[:, 1:].to(device), chunk_rows)
+        prompt_logp = torch.cat([torch.zeros_like(plogp[:, :1]), plogp], dim=1)
+    return logp, entropy, prompt_logp
+
+
+def prompt_logprob_mask(prompt_mask: torch.Tensor) -> torch.Tensor:
+    """[B, P] mask of prompt tokens that have a prediction (real and not the first real token)."""
+    previous_real = torch.nn.functional.pad(prompt_mask[:, :-1], (1, 0))
+    return prompt_mask * previous_real
+
+
+class Learner:
+    """Owns the trainable policy (and an optional frozen reference) and the optimizer."""
+
+    def __init__(self, cfg: Config, model_path: str) -> None:
+        import_plugins(cfg.run.plugins)
+        torch.set_num_threads(cfg.run.torch_threads)
+        torch.manual_seed(cfg.run.seed)
+        self.cfg = cfg
+        device = "cuda" if torch.cuda.is_available() and cfg.train.num_gpus > 0 else "cpu"
+        self.model, self.tokenizer = load_policy(model_path, dtype=cfg.model.dtype,
+                                                 trust_remote_code=cfg.model.trust_remote_code, device=device)
+        self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False) if cfg.train.use_ref_model else None
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr, betas=cfg.train.betas,
+                                           weight_decay=cfg.train.weight_decay)
+        warmup = cfg.train.warmup_steps
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+        self.generator = torch.Generator().manual_seed(cfg.run.seed)
+        self.version = 0
+
+    # ---- forward passes without gradient -------------------------------------------------------
+    @torch.no_grad()
+    def score_policy(self, batch: RolloutBatch, with_prompt: bool = False) -> dict[str, torch.Tensor]:
+        """old_logprobs, old_entropy [B, T] (and prompt_logprobs [B, P], ref_logprobs) for a batch."""
+        self.model.eval()
+        parts: dict[str, list[torch.Tensor]] = {"old_logprobs": [], "old_entropy": [], "prompt_logprobs": [],
+                                                "ref_logprobs": []}
+        for micro in batch.micro_batches(self.cfg.train.micro_batch_size):
+            logp, entropy, prompt_logp = policy_forward(self.model, micro, self.cfg.train.logit_chunk_rows,
+                                                        with_prompt)
+            parts["old_logprobs"].append(logp.cpu())
+            parts["old_entropy"].append(entropy.cpu())
+            if prompt_logp is not None:
+                parts["prompt_logprobs"].append(prompt_logp.cpu())
+            if self.ref_model is not None:
+                ref_logp, _, _ = policy_forward(self.ref_model, micro, self.cfg.train.logit_chunk_rows)
+                parts["ref_logprobs"].append(ref_logp.cpu())
+        return {k: torch.cat(v) for k, v in parts.items() if v}
+
+    # ---- the update ----------------------------------------------------------------------------
+    def update(self, batch: RolloutBatch) -> dict[str, float]:
+        """PPO epochs over mini-batches; each optimizer step accumulates micro-batch gradients.
+
+        A mini-batch whose advantages are all zero is skipped (no optimizer step), and so is one
+        whose loss or gradient norm is not finite; both are counted in the returned metrics.
+        """
+        assert batch.advantages is not None and batch.old_logprobs is not None
+        cfg = self.cfg.train
+        self.model.train()
+        mini_size = cfg.mini_batch_size or batch.size
+        sums: dict[str, float] = {}
+        counts = {"train/optimizer_steps": 0, "train/skipped_zero_signal": 0, "faults/nonfinite_loss": 0}
+        for _ in range(cfg.ppo_epochs):
+            order = torch.randperm(batch.size, generator=self.generator) if mini_size < batch.size \
+                else torch.arange(batch.size)
+            for start in range(0, batch.size, mini_size):
+                mini = batch.select(order[start : start + mini_size])
+                if not bool((mini.advantages != 0).any()) and cfg.skip_zero_signal_steps:
+                    counts["train/skipped_zero_signal"] += 1
+                    continue
+                step_metrics = self._optimizer_step(mini)
+                if step_metrics is None:
+                    counts["faults/nonfinite_loss"] += 1
+                    continue
+                counts["train/optimizer_steps"] += 1
+                for k, v in step_metrics.items():
+                    sums[k] = sums.get(k, 0.0) + v
+        steps = max(counts["train/optimizer_steps"], 1)
+        metrics = {k: v / steps for k, v in sums.items()}
+        metrics.update({k: float(v) for k, v in counts.items()})
+        metrics["train/lr"] = self.scheduler.get_last_lr()[0]
+        return metrics
+
+    def _optimizer_step(self, mini: RolloutBatch) -> dict[str, float] | None:
+        """One optimizer step on a mini-batch; None (and no step) if anything was not finite."""
+        cfg, algo = self.cfg.train, self.cfg.algo
+        self.optimizer.zero_grad(set_to_none=True)
+        token_total, seq_total = count_denominators(mini.response_mask.float())
+        sums: dict[str, float] = {}
+        micros = mini.micro_batches(cfg.micro_batch_size)
+        for micro in micros:
+            mask = micro.response_mask.float()
+            logp, entropy, _ = policy_forward(self.model, micro, cfg.logit_chunk_rows)
+            adv_tokens = micro.advantages[:, None].expand_as(logp)
+            weights = TOKEN_WEIGHTS[algo.token_weight](
+                TokenWeightInputs(advantages=adv_tokens, logprobs=logp.detach(), old_logprobs=micro.old_logprobs,
+                                  mask=mask, old_entropy=micro.old_entropy, entropy=entropy.detach(),
+                                  generator=self.generator),
+                **algo.token_weight_params)
+            out = LOSSES[algo.loss](
+                LossInputs(logprobs=logp, old_logprobs=micro.old_logprobs, advantages=micro.advantages, mask=mask,
+                           token_weights=weights.weights, kl_penalty_coef=weights.kl_penalty_coef,
+                           ref_logprobs=micro.ref_logprobs, entropy=entropy),
+                **{"token_denominator": token_total, "seq_denominator": seq_total, **algo.loss_params})
+            if not torch.isfinite(out.loss):
+                self.optimizer.zero_grad(set_to_none=True)
+                return None
+            out.loss.backward()
+            share = micro.size / mini.size
+            for k, v in {**out.metrics, **weights.metrics}.items():
+                sums[k] = sums.get(k, 0.0) + float(v) * share
+            sums["policy/entropy_train"] = sums.get("policy/entropy_train", 0.0) + float(
+                masked_mean(entropy.detach(), mask)) * share
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm))
+        if not math.isfinite(grad_norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            return None
+        self.optimizer.step()
+        self.scheduler.step()
+        self.version += 1
+        sums["train/grad_norm"] = grad_norm
+        return sums
+
+    # ---- weights and checkpoints ---------------------------------------------------------------
+    def get_weights(self) -> dict[str, torch.Tensor]:
+        """CPU copy of the policy's state dict (goes through the Ray object store)."""
+        return {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+
+    def get_version(self) -> int:
+        """Policy version: the number of optimizer steps taken."""
+        return self.version
+
+    def save(self, ckpt_dir: str) -> None:
+        save_policy(self.model, self.tokenizer, Path(ckpt_dir) / "policy")
+        torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                    "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
+                    "version": self.version}, Path(ckpt_dir) / "learner_state.pt")
+
+    def load(self, ckpt_dir: str) -> None:
+        from safetensors.torch import load_file
+
+        policy_dir = Path(ckpt_dir) / "policy"
+        files = sorted(policy_dir.glob("*.safetensors"))
+        state: dict[str, Any] = {}
+        for f in files:
+            state.update(load_file(str(f)))
+        missing, unexpected = self.model.load_state_dict(state, strict=False)
+        # Tied embeddings are stored once; anything else missing is a broken checkpoint.
+        missing = [k for k in missing if "lm_head" not in k]
+        if missing or unexpected:
+            raise RuntimeError(f"checkpoint {ckpt_dir} does not match the model: missing={missing} "
+                               f"unexpected={unexpected}")
+        saved = torch.load(Path(ckpt_dir) / "learner_state.pt", weights_only=False)
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.generator.set_state(saved["generator"])
+        torch.set_rng_state(saved["torch_rng"])
+        self.version = saved["version"]
+
+    def ready(self) -> bool:
+        return True

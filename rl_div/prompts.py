@@ -1,0 +1,153 @@
+"""Prompt datasets: built-in tasks, JSONL / Parquet files and HF datasets (GSM8K / MATH style), and
+the deterministic prompt stream the trainer draws batches from.
+
+A malformed row (not an object, missing or empty prompt/answer field, unmatched answer regex) is
+skipped with a logged warning and counted; it never stops a run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rl_div.config import DataConfig
+from rl_div.data import PromptRecord
+
+log = logging.getLogger("rl_div")
+
+
+@dataclass
+class PromptSet:
+    records: list[PromptRecord]
+    skipped_rows: int = 0
+
+
+def records_from_rows(rows: Iterable[Any], cfg: DataConfig, source: str) -> PromptSet:
+    """Turn raw rows into PromptRecords scored by math_verify; bad rows are skipped and counted."""
+    pattern = re.compile(cfg.answer_regex) if cfg.answer_regex else None
+    records: list[PromptRecord] = []
+    skipped = 0
+    for i, row in enumerate(rows):
+        problem = _row_problem(row, cfg, pattern)
+        if problem is not None:
+            skipped += 1
+            if skipped <= 5:
+                log.warning("skipping row %d of %s: %s", i, source, problem)
+            continue
+        answer = str(row[cfg.answer_field])
+        if pattern is not None:
+            answer = pattern.search(answer).group(1).strip()  # type: ignore[union-attr]
+        records.append(PromptRecord(prompt=str(row[cfg.prompt_field]), answer=answer, uid=f"{source}:{i}",
+                                    meta={"extractor": "math"}))
+    if skipped:
+        log.warning("%s: skipped %d malformed rows of %d", source, skipped, skipped + len(records))
+    return PromptSet(records, skipped)
+
+
+def _row_problem(row: Any, cfg: DataConfig, pattern: re.Pattern[str] | None) -> str | None:
+    """Why a row can't be used, or None if it can."""
+    if not isinstance(row, dict):
+        return f"expected an object, got {type(row).__name__}"
+    for key in (cfg.prompt_field, cfg.answer_field):
+        if key not in row:
+            return f"missing field {key!r} (has {sorted(row)})"
+        if row[key] is None or not str(row[key]).strip():
+            return f"empty field {key!r}"
+    if pattern is not None and not pattern.search(str(row[cfg.answer_field])):
+        return f"answer does not match answer_regex {cfg.answer_regex!r}"
+    return None
+
+
+def read_jsonl(path: Path) -> tuple[list[Any], int]:
+    """Rows of a JSONL file; lines that are not JSON are counted as bad, not fatal."""
+    rows, bad = [], 0
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                bad += 1
+                log.warning("skipping line %d of %s: not JSON (%s)", n, path, err)
+    return rows, bad
+
+
+def load_prompts(cfg: DataConfig, split: str, seed: int) -> PromptSet:
+    """Prompts for split 'train' or 'eval' from the configured source."""
+    if cfg.source == "task":
+        from rl_div.tasks import TASKS
+
+        task = TASKS[cfg.task]
+        n = cfg.num_train_prompts if split == "train" else cfg.num_eval_prompts
+        return PromptSet(task.make_prompts(split, n, seed))
+    path = cfg.path if split == "train" else (cfg.eval_path or cfg.path)
+    if path is None:
+        raise ValueError(f"data.source={cfg.source!r} needs data.path")
+    limit = cfg.num_train_prompts if split == "train" else cfg.num_eval_prompts
+    bad = 0
+    if cfg.source == "jsonl":
+        rows, bad = read_jsonl(Path(path))
+    elif cfg.source == "parquet":
+        import pyarrow.parquet as pq
+
+        rows = pq.read_table(path).to_pylist()
+    else:  # hf: a hub name for users with network, or a local dataset directory
+        import datasets
+
+        hf_split = cfg.split if split == "train" else cfg.eval_split
+        if Path(path).is_dir() and (Path(path) / "dataset_info.json").exists():
+            rows = list(datasets.load_from_disk(path))
+        else:
+            rows = list(datasets.load_dataset(path, cfg.hf_config, split=hf_split))
+    prompt_set = records_from_rows(rows, cfg, f"{Path(path).name}[{split}]")
+    prompt_set.skipped_rows += bad
+    prompt_set.records = prompt_set.records[:limit]
+    if not prompt_set.records:
+        raise ValueError(f"no usable prompts in {path} ({prompt_set.skipped_rows} rows skipped)")
+    return prompt_set
+
+
+class PromptStream:
+    """Batches of prompts in a seeded order, reshuffled each epoch.
+
+    The position (epoch, index) is all the state there is, so a resumed run continues exactly where
+    the saved one stopped.
+    """
+
+    def __init__(self, records: list[PromptRecord], seed: int) -> None:
+        if not records:
+            raise ValueError("no prompts")
+        self.records = records
+        self.seed = seed
+        self.epoch = 0
+        self.index = 0
+        self._order = self._epoch_order(0)
+
+    def _epoch_order(self, epoch: int) -> list[int]:
+        order = list(range(len(self.records)))
+        random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
+        return order
+
+    def next_batch(self, size: int) -> list[PromptRecord]:
+        batch = []
+        while len(batch) < size:
+            if self.index >= len(self._order):
+                self.epoch, self.index = self.epoch + 1, 0
+                self._order = self._epoch_order(self.epoch)
+            batch.append(self.records[self._order[self.index]])
+            self.index += 1
+        return batch
+
+    def state(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "index": self.index}
+
+    def load_state(self, state: dict[str, int]) -> None:
+        self.epoch, self.index = state["epoch"], state["index"]
+        self._order = self._epoch_order(self.epoch)

@@ -1,0 +1,9 @@
+"""Rollout backends: each samples G responses per prompt and returns a RolloutBatch.
+
+Backends are plain classes; rl_div.cluster wraps them as Ray actors. ``hf`` uses transformers
+generate; ``vllm`` a vLLM engine with weight sync through a worker extension.
+"""
+
+from rl_div.rollout.base import RolloutWorker, SamplingSpec, build_rollout_batch, make_rollout_worker
+
+__all__ = ["RolloutWorker", "SamplingSpec", "build_rollout_batch", "make_rollout_worker"]

@@ -1,0 +1,94 @@
+"""The rollout protocol and the batch assembly shared by every backend."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+from rl_div.data import PromptRecord, RolloutBatch
+
+
+@dataclass(frozen=True)
+class SamplingSpec:
+    """What one rollout call samples; mapped onto each backend's own sampling parameters."""
+
+    n: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int = 16
+    stop: list[str] = field(default_factory=list)
+    seed: int = 0
+
+
+class RolloutWorker(Protocol):
+    def generate(self, prompts: list[PromptRecord], spec: SamplingSpec) -> RolloutBatch: ...
+
+    def set_weights(self, state_dict: dict[str, torch.Tensor], version: int) -> None: ...
+
+    def policy_version(self) -> int: ...
+
+
+def make_rollout_worker(backend: str, **kwargs: Any) -> RolloutWorker:
+    """Instantiate a backend by name (inside the Ray actor process)."""
+    if backend == "hf":
+        from rl_div.rollout.hf import HFRolloutWorker
+
+        return HFRolloutWorker(**kwargs)
+    if backend == "vllm":
+        from rl_div.rollout.vllm import VLLMRolloutWorker  # type: ignore[import-not-found]
+
+        return VLLMRolloutWorker(**kwargs)
+    raise ValueError(f"unknown rollout backend {backend!r} (valid: hf, vllm)")
+
+
+def build_rollout_batch(
+    prompts: list[PromptRecord],
+    prompt_token_ids: list[list[int]],
+    response_token_ids: list[list[int]],
+    response_logprobs: list[list[float]],
+    response_texts: list[str],
+    truncated: list[bool],
+    n: int,
+    policy_version: int,
+) -> RolloutBatch:
+    """Pad per-row token lists into a RolloutBatch.
+
+    prompts/prompt_token_ids: one entry per prompt (P_g prompt tokens); the response lists hold
+    len(prompts) * n rows, the n responses of prompt g at rows g*n .. g*n+n-1.
+    Prompts are left-padded, responses right-padded, pads are 0 with mask 0.
+    """
+    rows = len(prompts) * n
+    if not (len(response_token_ids) == len(response_logprobs) == len(response_texts) == len(truncated) == rows):
+        raise ValueError("response lists must hold len(prompts) * n rows")
+    p_len = max((len(p) for p in prompt_token_ids), default=0)
+    t_len = max(1, max((len(r) for r in response_token_ids), default=1))
+    prompt_ids = torch.zeros(rows, p_len, dtype=torch.long)
+    prompt_mask = torch.zeros(rows, p_len, dtype=torch.long)
+    response_ids = torch.zeros(rows, t_len, dtype=torch.long)
+    response_mask = torch.zeros(rows, t_len, dtype=torch.long)
+    logprobs = torch.zeros(rows, t_len, dtype=torch.float32)
+    for row in range(rows):
+        ids = prompt_token_ids[row // n]
+        if ids:
+            prompt_ids[row, p_len - len(ids):] = torch.tensor(ids)
+            prompt_mask[row, p_len - len(ids):] = 1
+        resp = response_token_ids[row]
+        if resp:
+            response_ids[row, : len(resp)] = torch.tensor(resp)
+            response_mask[row, : len(resp)] = 1
+            logprobs[row, : len(resp)] = torch.tensor(response_logprobs[row], dtype=torch.float32)
+    return RolloutBatch(
+        prompt_ids=prompt_ids,
+        prompt_mask=prompt_mask,
+        response_ids=response_ids,
+        response_mask=response_mask,
+        rollout_logprobs=logprobs,
+        group_index=torch.arange(len(prompts)).repeat_interleave(n),
+        truncated=torch.tensor(truncated, dtype=torch.bool),
+        prompts=[p for p in prompts for _ in range(n)],
+        response_texts=list(response_texts),
+        policy_version=policy_version,
+    )

@@ -1,0 +1,103 @@
+"""The ``hf`` rollout backend: transformers ``generate`` on the policy, one process per actor."""
+
+from __future__ import annotations
+
+import torch
+
+from rl_div.data import PromptRecord, RolloutBatch
+from rl_div.models import format_prompt, load_policy
+from rl_div.rollout.base import SamplingSpec, build_rollout_batch
+
+
+class HFRolloutWorker:
+    """Holds a copy of the policy; samples with transformers and takes new weights by state dict."""
+
+    def __init__(self, model_path: str, *, dtype: str = "float32", trust_remote_code: bool = False,
+                 use_chat_template: bool | None = None, prompt_template: str = "{prompt}",
+                 device: str | None = None) -> None:
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model, self.tokenizer = load_policy(model_path, dtype=dtype, trust_remote_code=trust_remote_code,
+                                                 device=device)
+        self.model.eval()
+        self.device = device
+        self.use_chat_template = use_chat_template
+        self.prompt_template = prompt_template
+        self.version = 0
+
+    def prompt_token_ids(self, record: PromptRecord) -> list[int]:
+        """Token ids of a prompt as the policy sees it (template and chat template applied)."""
+        text = self.prompt_template.format(prompt=record.prompt)
+        templated = format_prompt(self.tokenizer, text, self.use_chat_template)
+        # A chat template already places BOS and role markers itself.
+        return self.tokenizer(templated, add_special_tokens=templated == text)["input_ids"]
+
+    @torch.no_grad()
+    def generate(self, prompts: list[PromptRecord], spec: SamplingSpec) -> RolloutBatch:
+        """Sample spec.n responses for each prompt. Rows g*n..g*n+n-1 answer prompt g.
+
+        rollout_logprobs are log-softmax of the raw (untempered) logits at each sampled token, i.e.
+        log pi_old(token), so they compare directly with the learner's log-probs.
+        """
+        tok = self.tokenizer
+        prompt_ids = [self.prompt_token_ids(r) for r in prompts]
+        width = max(len(p) for p in prompt_ids)
+        input_ids = torch.full((len(prompts), width), tok.pad_token_id, dtype=torch.long)
+        attention = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, ids in enumerate(prompt_ids):
+            input_ids[i, width - len(ids):] = torch.tensor(ids)
+            attention[i, width - len(ids):] = 1
+        torch.manual_seed(spec.seed)
+        out = self.model.generate(
+            input_ids=input_ids.to(self.device),
+            attention_mask=attention.to(self.device),
+            do_sample=True,
+            temperature=spec.temperature,
+            top_p=spec.top_p,
+            top_k=spec.top_k or None,
+            max_new_tokens=spec.max_new_tokens,
+            num_return_sequences=spec.n,
+            stop_strings=spec.stop or None,
+            tokenizer=tok if spec.stop else None,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+            return_dict_in_generate=True,
+            output_logits=True,
+        )
+        new_tokens = out.sequences[:, width:].cpu()
+        # Per-step log-softmax keeps memory at [rows, V] rather than [rows, T, V].
+        step_logprobs = torch.stack(
+            [sampled_logprob(step, new_tokens[:, t]) for t, step in enumerate(out.logits)], dim=1)
+        responses, logprobs, texts, truncated = [], [], [], []
+        for row in range(new_tokens.shape[0]):
+            ids = new_tokens[row].tolist()
+            length, stopped = _response_length(ids, tok.eos_token_id)
+            ids = ids[:length]
+            text = tok.decode(ids, skip_special_tokens=True)
+            hit_stop = any(text.endswith(s) for s in spec.stop)
+            responses.append(ids)
+            logprobs.append(step_logprobs[row, :length].tolist())
+            texts.append(text)
+            truncated.append(not (stopped or hit_stop))
+        return build_rollout_batch(prompts, prompt_ids, responses, logprobs, texts, truncated, spec.n, self.version)
+
+    def set_weights(self, state_dict: dict[str, torch.Tensor], version: int) -> None:
+        """Load the learner's weights (strict: a missing or extra tensor is an error)."""
+        self.model.load_state_dict(state_dict, strict=True)
+        self.version = version
+
+    def policy_version(self) -> int:
+        return self.version
+
+
+def sampled_logprob(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[token] per row: logits [R, V], tokens [R] -> [R] float32 on CPU."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return logp.gather(1, tokens.to(logits.device)[:, None]).squeeze(1).cpu()
+
+
+def _response_length(ids: list[int], eos_id: int) -> tuple[int, bool]:
+    """Length up to and including the first EOS, and whether EOS was produced."""
+    try:
+        return ids.index(eos_id) + 1, True
+    except ValueError:
+        return len(ids), False

@@ -1,0 +1,114 @@
+"""Summaries of a scored RolloutBatch for the tracker: health and diversity every training step,
+pass@k curves and the full diversity set at evaluation."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from rl_div.data import RolloutBatch
+from rl_div.metrics import (
+    average_group_metrics,
+    distinct_n,
+    group_diversity,
+    maj_at_n,
+    mean_at_n,
+    pass_at_k_curve,
+)
+
+
+def group_rows(batch: RolloutBatch) -> list[list[int]]:
+    """Row indices of each group, in group order."""
+    rows: dict[int, list[int]] = {}
+    for i, g in enumerate(batch.group_index.tolist()):
+        rows.setdefault(g, []).append(i)
+    return [rows[g] for g in sorted(rows)]
+
+
+def _correct_flags(batch: RolloutBatch) -> list[bool]:
+    correct = batch.correct if batch.correct is not None else torch.full((batch.size,), math.nan)
+    return [bool(c == 1.0) for c in correct.tolist()]
+
+
+def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> float:
+    m = mask.float()
+    return float((x * m).sum() / m.sum().clamp(min=1))
+
+
+def rollout_health(batch: RolloutBatch) -> dict[str, float]:
+    """Reward, correctness, lengths, truncation, entropy and the trainer/rollout log-prob gap."""
+    mask = batch.response_mask
+    lengths = batch.response_lengths.float()
+    out: dict[str, float] = {
+        "rollout/response_len": float(lengths.mean()),
+        "rollout/truncation_rate": float(batch.truncated.float().mean()),
+    }
+    if batch.rewards is not None:
+        finite = torch.isfinite(batch.rewards)
+        out["reward/mean"] = float(batch.rewards[finite].mean()) if finite.any() else math.nan
+        out["reward/std"] = float(batch.rewards[finite].std()) if finite.sum() > 1 else math.nan
+        out["reward/nan_frac"] = float((~finite).float().mean())
+        for name, values in batch.reward_components.items():
+            ok = torch.isfinite(values)
+            out[f"reward/{name}"] = float(values[ok].mean()) if ok.any() else math.nan
+    if batch.correct is not None:
+        scored = torch.isfinite(batch.correct)
+        out["train/pass@1"] = float(batch.correct[scored].mean()) if scored.any() else math.nan
+    if batch.old_entropy is not None:
+        out["policy/entropy"] = _masked_mean(batch.old_entropy, mask)
+    if batch.old_logprobs is not None:
+        gap = (batch.old_logprobs - batch.rollout_logprobs).abs() * mask
+        out["sync/logprob_gap_mean"] = float(gap.sum() / mask.sum().clamp(min=1))
+        out["sync/logprob_gap_max"] = float(gap.max()) if mask.any() else 0.0
+    return out
+
+
+def step_diversity(batch: RolloutBatch) -> dict[str, float]:
+    """Cheap per-group diversity every step: distinct answers (all / correct) and distinct-2."""
+    flags = _correct_flags(batch)
+    answers = batch.answers or [None] * batch.size
+    per_group = []
+    for rows in group_rows(batch):
+        ans = [answers[i] for i in rows]
+        ok = [flags[i] for i in rows]
+        per_group.append({
+            "div/distinct_answers": float(len({a for a in ans if a is not None})),
+            "div/distinct_correct_answers": float(len({a for a, c in zip(ans, ok, strict=True) if c and a})),
+            "div/distinct_2": distinct_n([batch.response_texts[i] for i in rows], 2, tokenize=list),
+        })
+    return average_group_metrics(per_group)
+
+
+def eval_summary(batch: RolloutBatch, embeddings: np.ndarray | None = None,
+                 vocab_size: int | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Evaluation metrics over held-out prompts and a per-problem table (n, c, answers).
+
+    batch: n samples per prompt, scored, with old_entropy from the policy. embeddings: optional
+    [B, d] response embeddings. Returns (flat metrics incl. pass@k for k = 1, 2, 4, ..., n,
+    per-problem rows for export).
+    """
+    flags = _correct_flags(batch)
+    answers = batch.answers or [None] * batch.size
+    groups = group_rows(batch)
+    n = np.array([len(r) for r in groups])
+    c = np.array([sum(flags[i] for i in r) for r in groups])
+    metrics: dict[str, Any] = {f"pass@{k}": v for k, v in pass_at_k_curve(n, c).items()}
+    metrics["mean@n"] = mean_at_n([[flags[i] for i in r] for r in groups])
+    metrics["maj@n"] = maj_at_n([[answers[i] for i in r] for r in groups], [[flags[i] for i in r] for r in groups])
+    metrics["n"] = int(n.min())
+    metrics.update(rollout_health(batch))
+    per_group = []
+    problems = []
+    for g, rows in enumerate(groups):
+        emb = embeddings[rows] if embeddings is not None else None
+        per_group.append(group_diversity([batch.response_texts[i] for i in rows], [answers[i] for i in rows],
+                                         [flags[i] for i in rows], embeddings=emb, vocab_size=vocab_size,
+                                         tokenize=list))
+        problems.append({"uid": batch.prompts[rows[0]].uid, "prompt": batch.prompts[rows[0]].prompt,
+                         "n": int(n[g]), "c": int(c[g]),
+                         "answers": [answers[i] for i in rows], "correct": [flags[i] for i in rows]})
+    metrics.update({f"div/{k}": v for k, v in average_group_metrics(per_group).items()})
+    return metrics, problems

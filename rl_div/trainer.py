@@ -1,0 +1,288 @@
+"""The RLVR training loop. Read :meth:`Trainer.run` and :meth:`Trainer.train_step` top to bottom:
+
+    prompts -> rollout (Ray actors) -> rewards (Ray actor) -> policy log-probs/entropies (learner)
+    -> advantages (registry) -> learner update -> weight sync -> metrics -> eval -> checkpoint
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+
+from rl_div.algos import ADVANTAGES
+from rl_div.algos.advantages import AdvantageInputs
+from rl_div.checkpoint import (
+    commit_checkpoint,
+    latest_checkpoint,
+    load_trainer_state,
+    new_checkpoint_dir,
+    save_trainer_state,
+    write_text_atomic,
+)
+from rl_div.cluster import init_ray, start_learner, start_reward_worker, start_rollout_worker
+from rl_div.config import Config, save_config
+from rl_div.data import PromptRecord, RolloutBatch
+from rl_div.learner import prompt_logprob_mask
+from rl_div.prompts import PromptStream, load_prompts
+from rl_div.registry import import_plugins
+from rl_div.rollout import SamplingSpec
+from rl_div.stats import eval_summary, rollout_health, step_diversity
+from rl_div.tracking import Tracker
+
+log = logging.getLogger("rl_div")
+
+FAULT_COUNTERS = ("faults/rollout_restarts", "faults/reward_errors", "faults/reward_timeouts",
+                  "faults/nonfinite_loss", "data/skipped_rows", "train/skipped_zero_signal")
+
+
+def train(cfg: Config, resume: bool = False) -> Path:
+    """Run a whole training job; returns the output directory."""
+    trainer = Trainer(cfg, resume=resume)
+    try:
+        trainer.run()
+    finally:
+        trainer.close()
+    return trainer.out
+
+
+class Trainer:
+    def __init__(self, cfg: Config, resume: bool = False) -> None:
+        self.cfg = cfg
+        self.out = Path(cfg.run.output_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        setup_logging(self.out / "train.log")
+        import_plugins(cfg.run.plugins)
+        save_config(cfg, self.out / "config.yaml")
+        self.model_path = resolve_model_path(cfg)
+        train_set = load_prompts(cfg.data, "train", cfg.run.seed)
+        self.eval_prompts = load_prompts(cfg.data, "eval", cfg.run.seed).records
+        self.prompts = PromptStream(train_set.records, cfg.run.seed)
+        self.counters: dict[str, float] = dict.fromkeys(FAULT_COUNTERS, 0.0)
+        self.counters["data/skipped_rows"] = float(train_set.skipped_rows)
+        init_ray(cfg)
+        self.learner = start_learner(cfg, self.model_path)
+        self.rollout_workers = [start_rollout_worker(cfg, self.model_path) for _ in range(cfg.rollout.num_workers)]
+        self.rewarder = start_reward_worker(cfg)
+        self.step = 0
+        self.weights_ref: Any = None
+        checkpoint = latest_checkpoint(self.out) if resume else None
+        if resume and checkpoint is None:
+            log.warning("--resume: no checkpoint in %s, starting from step 0", self.out)
+        if checkpoint is not None:
+            self.restore(checkpoint)
+        self.sync_weights()
+        self.tracker = Tracker(self.out, cfg.tracking, cfg.run.name, cfg.model_dump(mode="json"), cfg.train.steps)
+
+    # ---- the loop ------------------------------------------------------------------------------
+    def run(self) -> None:
+        cfg = self.cfg
+        if self.step == 0 and cfg.eval.at_start:
+            self.evaluate()
+        while self.step < cfg.train.steps:
+            self.train_step()
+            last = self.step == cfg.train.steps
+            if last or (cfg.eval.every and self.step % cfg.eval.every == 0):
+                self.evaluate()
+            if last or (cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0):
+                self.save_checkpoint()
+
+    def train_step(self) -> dict[str, Any]:
+        cfg, timer = self.cfg, StageTimer()
+        prompts = self.prompts.next_batch(cfg.rollout.prompts_per_step)
+        with timer("rollout"):
+            batch = self.rollout(prompts, self.train_sampling())
+        with timer("reward"):
+            batch = self.score(batch)
+        with timer("learner_forward"):
+            batch = self.policy_stats(batch)
+        batch.advantages, adv_metrics = compute_advantages(batch, cfg)
+        with timer("learner_update"):
+            update_metrics = ray.get(self.learner.update.remote(batch))
+        self.counters["faults/nonfinite_loss"] += update_metrics.pop("faults/nonfinite_loss")
+        self.counters["train/skipped_zero_signal"] += update_metrics.pop("train/skipped_zero_signal")
+        with timer("sync"):
+            self.sync_weights()
+        self.step += 1
+        metrics = {**rollout_health(batch), **step_diversity(batch), **adv_metrics, **update_metrics,
+                   **timer.durations, **self.counters, "policy/version": self.weights_version}
+        self.tracker.log(self.step, metrics)
+        return metrics
+
+    # ---- stages --------------------------------------------------------------------------------
+    def train_sampling(self) -> SamplingSpec:
+        r = self.cfg.rollout
+        return SamplingSpec(n=r.group_size, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
+                            max_new_tokens=r.max_new_tokens, stop=list(r.stop), seed=self.cfg.run.seed)
+
+    def rollout(self, prompts: list[PromptRecord], spec: SamplingSpec, seed_salt: int | None = None) -> RolloutBatch:
+        """Shard prompts over the rollout actors; a dead actor is restarted, re-synced and retried."""
+        salt = self.step if seed_salt is None else seed_salt
+        workers = len(self.rollout_workers)
+        shards = [prompts[i * len(prompts) // workers:(i + 1) * len(prompts) // workers] for i in range(workers)]
+        specs = [dataclasses.replace(spec, seed=spec.seed * 1_000_003 + salt * 1_009 + i) for i in range(workers)]
+        futures = [w.generate.remote(s, sp) if s else None
+                   for w, s, sp in zip(self.rollout_workers, shards, specs, strict=True)]
+        parts = []
+        for i, future in enumerate(futures):
+            if future is None:
+                continue
+            try:
+                parts.append(ray.get(future, timeout=self.cfg.rollout.generate_timeout_s))
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as err:
+                log.warning("rollout worker %d failed (%s); restarting it", i, type(err).__name__)
+                self.counters["faults/rollout_restarts"] += 1
+                self.restart_rollout_worker(i)
+                retry = self.rollout_workers[i].generate.remote(shards[i], specs[i])
+                parts.append(ray.get(retry, timeout=self.cfg.rollout.generate_timeout_s))
+        return parts[0] if len(parts) == 1 else RolloutBatch.concat(parts)
+
+    def score(self, batch: RolloutBatch) -> RolloutBatch:
+        """Rewards, correctness and extracted answers; failures are NaN and counted, never 0."""
+        result = ray.get(self.rewarder.score.remote(batch.response_texts, batch.prompts, batch.group_index.tolist()))
+        batch.rewards = torch.tensor(result.total, dtype=torch.float32)
+        batch.correct = torch.tensor(result.correct, dtype=torch.float32)
+        batch.answers = list(result.answers)
+        batch.reward_components = {k: torch.tensor(v, dtype=torch.float32) for k, v in result.components.items()}
+        for key, count in result.errors.items():
+            kind = "timeouts" if key.endswith("timeouts") else "errors"
+            self.counters[f"faults/reward_{kind}"] += count
+        for message in result.error_messages[:3]:
+            log.warning("reward error: %s", message)
+        return batch
+
+    def policy_stats(self, batch: RolloutBatch) -> RolloutBatch:
+        """Log-probs and entropies of the batch under the current policy (the learner's pi_old)."""
+        stats = ray.get(self.learner.score_policy.remote(batch, True))
+        batch.old_logprobs = stats["old_logprobs"]
+        batch.old_entropy = stats["old_entropy"]
+        batch.prompt_logprobs = stats.get("prompt_logprobs")
+        batch.ref_logprobs = stats.get("ref_logprobs")
+        return batch
+
+    def sync_weights(self) -> None:
+        """Push the learner's weights to every rollout actor through the Ray object store."""
+        self.weights_ref = self.learner.get_weights.remote()
+        self.weights_version = ray.get(self.learner.get_version.remote())
+        ray.get([w.set_weights.remote(self.weights_ref, self.weights_version) for w in self.rollout_workers])
+
+    def restart_rollout_worker(self, index: int) -> None:
+        with contextlib.suppress(Exception):  # already dead is the usual case
+            ray.kill(self.rollout_workers[index])
+        self.rollout_workers[index] = start_rollout_worker(self.cfg, self.model_path)
+        ray.get(self.rollout_workers[index].set_weights.remote(self.weights_ref, self.weights_version))
+
+    # ---- evaluation and checkpoints ------------------------------------------------------------
+    def evaluate(self) -> dict[str, Any]:
+        """pass@k curve, entropy and diversity on the held-out prompts, n samples each.
+
+        The sampling seed is the same at every evaluation, so curves differ by the policy only.
+        """
+        cfg, timer = self.cfg, StageTimer()
+        spec = SamplingSpec(n=cfg.eval.n, temperature=cfg.eval.temperature, top_p=cfg.rollout.top_p,
+                            top_k=cfg.rollout.top_k, max_new_tokens=cfg.rollout.max_new_tokens,
+                            stop=list(cfg.rollout.stop), seed=cfg.run.seed + 7_919)
+        with timer("eval_rollout"):
+            batch = self.policy_stats(self.score(self.rollout(self.eval_prompts, spec, seed_salt=0)))
+        embeddings = None
+        if cfg.eval.embedding_metrics:
+            with timer("eval_embed"):
+                embeddings = ray.get(self.rewarder.embed.remote(batch.response_texts))
+        metrics, problems = eval_summary(batch, embeddings)
+        metrics.update(timer.durations)
+        eval_dir = self.out / "eval"
+        eval_dir.mkdir(exist_ok=True)
+        write_text_atomic(eval_dir / f"step_{self.step:06d}.json",
+                          json.dumps({"step": self.step, "metrics": metrics, "problems": problems}))
+        self.tracker.log(self.step, metrics, kind="eval")
+        log.info("eval step %d: %s", self.step, {k: metrics[k] for k in metrics if k.startswith("pass@")})
+        return metrics
+
+    def save_checkpoint(self) -> Path:
+        tmp, final = new_checkpoint_dir(self.out, self.step)
+        ray.get(self.learner.save.remote(str(tmp)))
+        save_trainer_state(tmp, {"step": self.step, "prompts": self.prompts.state(), "counters": self.counters})
+        return commit_checkpoint(tmp, final, self.cfg.checkpoint.keep)
+
+    def restore(self, checkpoint: Path) -> None:
+        ray.get(self.learner.load.remote(str(checkpoint)))
+        state = load_trainer_state(checkpoint)
+        self.step = state["step"]
+        self.prompts.load_state(state["prompts"])
+        self.counters.update(state["counters"])
+        log.info("resumed from %s at step %d", checkpoint, self.step)
+
+    def close(self) -> None:
+        if hasattr(self, "tracker"):
+            self.tracker.close()
+        for actor in [*getattr(self, "rollout_workers", []), getattr(self, "rewarder", None),
+                      getattr(self, "learner", None)]:
+            if actor is not None:
+                with contextlib.suppress(Exception):  # shutting down: an actor already gone is fine
+                    ray.kill(actor)
+
+
+def compute_advantages(batch: RolloutBatch, cfg: Config) -> tuple[torch.Tensor, dict[str, float]]:
+    """The configured advantage over rows with a finite reward; unscored rows get advantage 0.
+
+    Returns advantages [B] and the estimator's metrics.
+    """
+    assert batch.rewards is not None
+    valid = torch.isfinite(batch.rewards)
+    rows = valid.nonzero().squeeze(1)
+    sub = batch if bool(valid.all()) else batch.select(rows)
+    correct = sub.correct if sub.correct is not None and bool(torch.isfinite(sub.correct).all()) else None
+    inputs = AdvantageInputs(
+        rewards=sub.rewards, group_index=sub.group_index, correct=correct,
+        response_logprobs=sub.old_logprobs, old_logprobs=sub.rollout_logprobs,
+        response_mask=sub.response_mask.float(), prompt_logprobs=sub.prompt_logprobs,
+        prompt_mask=prompt_logprob_mask(sub.prompt_mask).float(),
+    )
+    out = ADVANTAGES[cfg.algo.advantage](inputs, **cfg.algo.advantage_params)
+    advantages = torch.zeros(batch.size)
+    advantages[rows] = out.advantages.float()
+    return advantages, out.metrics
+
+
+def resolve_model_path(cfg: Config) -> str:
+    """The policy's location; 'bootstrap' pretrains (or reuses the cached) tiny demo model."""
+    if cfg.model.path != "bootstrap":
+        return cfg.model.path
+    from rl_div.tasks.bootstrap import bootstrap_base_model
+
+    b = cfg.bootstrap
+    return str(bootstrap_base_model(cfg.data.task, Path(b.cache_dir).expanduser(), steps=b.steps, seed=b.seed))
+
+
+class StageTimer:
+    """``with timer("rollout"):`` records wall seconds as ``time/rollout``."""
+
+    def __init__(self) -> None:
+        self.durations: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.durations[f"time/{stage}"] = time.perf_counter() - start
+
+
+def setup_logging(path: Path) -> None:
+    logger = logging.getLogger("rl_div")
+    logger.setLevel(logging.INFO)
+    if not any(isinstance(h, logging.FileHandler) and Path(h.baseFilename) == path.resolve()
+               for h in logger.handlers):
+        handler = logging.FileHandler(path)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        logger.addHandler(handler)

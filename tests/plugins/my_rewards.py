@@ -1,0 +1,59 @@
+"""A user-style plugin module: importing it registers rewards (tests use it as "plugins.my_rewards").
+
+tests/conftest.py puts tests/ on sys.path; the isolated worker inherits the parent's sys.path, so
+it imports this module by the same name.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from rewards import register_reward
+
+
+@register_reward("test_length", scope="sample")
+def length_reward(completion: str, record: Any, *, per_char: float = 1.0) -> float:
+    """per_char * number of characters; also reports the worker's pid via a record flag."""
+    if record.meta.get("want_pid"):
+        return float(os.getpid())
+    return per_char * len(completion)
+
+
+@register_reward("test_raises", scope="sample")
+def raising_reward(completion: str, record: Any) -> float:
+    if "boom" in completion:
+        raise RuntimeError(f"exploded on {completion!r}")
+    return 1.0
+
+
+@register_reward("test_sleep", scope="sample")
+def sleeping_reward(completion: str, record: Any, *, seconds: float = 0.0) -> float:
+    time.sleep(seconds)
+    return 1.0
+
+
+@register_reward("test_exit", scope="sample")
+def exiting_reward(completion: str, record: Any) -> float:
+    os._exit(3)  # a crash that takes the worker process down
+
+
+@register_reward("test_text", scope="sample")
+def text_reward(completion: str, record: Any) -> Any:
+    return "yes"  # not a number: the runner must report it, not score it
+
+
+@register_reward("test_sees_correct", scope="group")
+def sees_correct(completions: list[str], answers: list[str | None], correct: list[float],
+                 records: list[Any]) -> list[float]:
+    """10 * correct: shows that group rewards run after the verifier."""
+    return [10.0 * c for c in correct]
+
+
+@register_reward("test_group_raises", scope="group")
+def group_raises(completions: list[str], answers: list[str | None], correct: list[float],
+                 records: list[Any]) -> list[float]:
+    if any("boom" in c for c in completions):
+        raise ValueError("group exploded")
+    return [0.0] * len(completions)

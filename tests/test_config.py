@@ -1,0 +1,94 @@
+"""Config: YAML + overrides, validation errors that name the field and suggest the closest name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rl_div.config import ALGO_PRESETS, Config, ConfigError, config_help, load_config, save_config
+
+CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
+
+
+def write(tmp_path: Path, tree: dict) -> Path:
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    return path
+
+
+def test_defaults_and_overrides(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, {"train": {"lr": 0.5}}), ["train.steps=3", "rollout.stop=[x, y]"])
+    assert cfg.train.lr == 0.5 and cfg.train.steps == 3
+    assert cfg.rollout.stop == ["x", "y"]
+    assert cfg.algo.advantage == "grpo" and cfg.algo.loss == "ppo_clip"
+
+
+def test_algo_preset_shorthand(tmp_path: Path) -> None:
+    cfg = load_config(None, ["algo=steer"])
+    assert (cfg.algo.advantage, cfg.algo.token_weight) == ("grpo", "steer")
+    cfg = load_config(None, ["algo=arm", "algo.advantage_params={alpha: 0.5}"])
+    assert cfg.algo.advantage == "arm" and cfg.algo.advantage_params == {"alpha": 0.5}
+    assert set(ALGO_PRESETS) >= {"grpo", "arm", "steer", "dr_grpo"}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [
+        (["train.lrr=1"], "did you mean 'lr'"),
+        (["trian.lr=1"], "did you mean 'train'"),
+        (["train.lr=-1"], "train.lr"),
+        (["train.steps=abc"], "train.steps"),
+        (["algo.advantage=grp"], "did you mean 'grpo'"),
+        (["algo.token_weight=steerr"], "did you mean 'steer'"),
+        (["algo=arn"], "did you mean 'arm'"),
+        (["reward.rewards=[{name: math_verfy}]"], "did you mean 'math_verify'"),
+        (["rollout.backend=vlm"], "rollout.backend"),
+        (["train.mini_batch_size=100000"], "exceeds"),
+        (["noequals"], "key=value"),
+    ],
+)
+def test_bad_configs_fail_early_with_a_named_field(overrides: list[str], needle: str) -> None:
+    with pytest.raises(ConfigError, match=None) as info:
+        load_config(None, overrides)
+    assert needle in str(info.value)
+
+
+def test_unknown_yaml_key_is_reported_with_suggestion(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, {"rollout": {"group_sise": 4}}))
+    assert "rollout.group_sise" in str(info.value) and "group_size" in str(info.value)
+
+
+def test_missing_file_and_non_mapping(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "list.yaml"
+    bad.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(bad)
+
+
+def test_saved_config_round_trips(tmp_path: Path) -> None:
+    cfg = load_config(None, ["algo=arm", "train.steps=7"])
+    save_config(cfg, tmp_path / "config.yaml")
+    again = load_config(tmp_path / "config.yaml")
+    assert again == cfg
+
+
+def test_every_field_has_help() -> None:
+    def walk(model: type) -> None:
+        for name, field in model.model_fields.items():
+            assert field.description, f"{model.__name__}.{name} has no help text"
+            ann = field.annotation
+            if isinstance(ann, type) and hasattr(ann, "model_fields"):
+                walk(ann)
+
+    walk(Config)
+    assert any("train.lr" in line for line in config_help())
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_shipped_configs_validate(path: Path) -> None:
+    load_config(path)

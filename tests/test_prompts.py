@@ -1,0 +1,71 @@
+"""Prompt datasets: JSONL/Parquet/HF-on-disk loading, malformed rows skipped and counted, and the
+resumable prompt stream."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rl_div.config import DataConfig
+from rl_div.data import PromptRecord
+from rl_div.prompts import PromptStream, load_prompts
+
+ROWS = [
+    {"question": "What is 1+1?", "answer": "It is 2.\n#### 2"},
+    {"question": "What is 2+3?", "answer": "#### 5"},
+    {"question": "", "answer": "#### 1"},  # empty prompt
+    {"answer": "#### 4"},  # missing prompt
+    {"question": "q", "answer": "no marker"},  # regex does not match
+    ["not", "an", "object"],
+]
+
+
+def gsm8k_cfg(path: Path, source: str) -> DataConfig:
+    return DataConfig(source=source, path=str(path), answer_regex=r"####\s*(.+)", num_train_prompts=100)
+
+
+def test_jsonl_skips_and_counts_malformed_rows(tmp_path: Path) -> None:
+    path = tmp_path / "train.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in ROWS) + "\n{not json\n")
+    got = load_prompts(gsm8k_cfg(path, "jsonl"), "train", seed=0)
+    assert [(r.prompt, r.answer) for r in got.records] == [("What is 1+1?", "2"), ("What is 2+3?", "5")]
+    assert got.skipped_rows == 5  # four bad rows + one line that is not JSON
+    assert got.records[0].meta["extractor"] == "math"
+
+
+def test_parquet_and_hf_disk(tmp_path: Path) -> None:
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    good = [r for r in ROWS[:2]]
+    pq.write_table(pa.Table.from_pylist(good), tmp_path / "t.parquet")
+    got = load_prompts(gsm8k_cfg(tmp_path / "t.parquet", "parquet"), "train", seed=0)
+    assert [r.answer for r in got.records] == ["2", "5"]
+    datasets.Dataset.from_list(good).save_to_disk(str(tmp_path / "hf"))
+    got = load_prompts(gsm8k_cfg(tmp_path / "hf", "hf"), "train", seed=0)
+    assert [r.answer for r in got.records] == ["2", "5"]
+
+
+def test_all_rows_bad_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps({"x": 1}) + "\n")
+    with pytest.raises(ValueError, match="no usable prompts"):
+        load_prompts(gsm8k_cfg(path, "jsonl"), "train", seed=0)
+
+
+def test_stream_is_seeded_epoch_complete_and_resumable() -> None:
+    records = [PromptRecord(str(i), str(i)) for i in range(7)]
+    stream = PromptStream(records, seed=3)
+    first_epoch = stream.next_batch(7)
+    assert sorted(r.prompt for r in first_epoch) == [str(i) for i in range(7)]
+    a = PromptStream(records, seed=3)
+    a.next_batch(5)
+    saved = a.state()
+    expected = [r.prompt for r in a.next_batch(6)]
+    b = PromptStream(records, seed=3)
+    b.load_state(saved)
+    assert [r.prompt for r in b.next_batch(6)] == expected
+    assert [r.prompt for r in PromptStream(records, seed=4).next_batch(7)] != [r.prompt for r in first_epoch]
