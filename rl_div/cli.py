@@ -33,6 +33,67 @@ def _bootstrap(args: argparse.Namespace) -> int:
     return 0
 
 
+def _split_seeds(values: list[str] | None, overrides: list[str]) -> list[int] | None:
+    """``--seeds 0 1 train.steps=2``: argparse gives every word after --seeds to it; the key=value ones
+    are overrides (moved to ``overrides``), the rest must be integers."""
+    if values is None:
+        return None
+    seeds = []
+    for value in values:
+        if "=" in value:
+            overrides.append(value)
+        elif value.lstrip("-").isdigit():
+            seeds.append(int(value))
+        else:
+            raise ConfigError(f"--seeds: {value!r} is neither an integer nor a key=value override")
+    return seeds
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from rl_div.compare import compare
+
+    # CONFIG... may be followed by key=value overrides (a word with '=' that is not an existing file).
+    configs = [c for c in args.configs if "=" not in c or os.path.exists(c)]
+    overrides = [c for c in args.configs if c not in configs] + list(args.overrides)
+    seeds = _split_seeds(args.seeds, overrides) or [0]
+    if not configs:
+        raise ConfigError("compare: no CONFIG given")
+    if args.address:
+        overrides.append(f"cluster.address={args.address}")
+    compare(configs, seeds, args.out, overrides, jobs=args.jobs, report=not args.no_report)
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from rl_div.evaluate import print_summary, run_eval
+
+    overrides = list(args.overrides)
+    seeds = _split_seeds(args.seeds, overrides)
+    files = run_eval(args.model, n=args.n, config=args.config, reference=args.reference, seeds=seeds,
+                     out=args.out, overrides=overrides)
+    print_summary(files["summary_json"])
+    print(f"\nreport: {files['report_md']} and {files['report_html']}; data: {files['metrics_tidy_csv']}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from rl_div.report import build_report
+
+    files = build_report(args.paths, args.out, title=args.title)
+    for name, path in files.items():
+        print(f"{name:>18}: {path}")
+    return 0
+
+
+def _restore(args: argparse.Namespace) -> int:
+    from rl_div.restore import restore_layers
+
+    info = restore_layers(args.base, args.tuned, args.layers, args.out, prefix=args.prefix, overwrite=args.overwrite)
+    print(f"wrote {args.out}: layers {info['layers']} of {info['num_layers']} ({info['prefix']}.*) from "
+          f"{args.base}, the rest from {args.tuned}; evaluate with: rl-div eval {args.out} --reference {args.base}")
+    return 0
+
+
 def _config_help(args: argparse.Namespace) -> int:
     print("\n".join(config_help()))
     return 0
@@ -54,6 +115,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*")
     p.set_defaults(func=_bootstrap)
 
+    p = sub.add_parser(
+        "compare", help="Train every config (variant) x seed on the same prompts and eval sets; write a report.",
+        description="Runs OUT/<run.name>/seed<k> for every config and seed (skipping finished runs, resuming "
+        "interrupted ones), then writes OUT/report: tidy CSV/JSON, pass@k and training-curve PNGs, report.md/html.")
+    p.add_argument("configs", nargs="+", metavar="CONFIG", help="YAML configs; key=value overrides may follow.")
+    p.set_defaults(overrides=[])
+    p.add_argument("--seeds", nargs="+", help="Seeds (run.seed) for every variant (default: 0).")
+    p.add_argument("--out", default="runs/compare", help="Output folder (default: runs/compare).")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="Runs at once as separate processes (default 1: in turn, in this process).")
+    p.add_argument("--address", help="Ray cluster address for every run.")
+    p.add_argument("--no-report", action="store_true", help="Only train; build the report later (rl-div report).")
+    p.set_defaults(func=_compare)
+
+    p = sub.add_parser(
+        "eval", help="pass@k (k = 1, 2, 4, ..., n), diversity and collapse of a model or checkpoint.",
+        description="MODEL: a model dir, a run's checkpoints/step_X (or its policy/), or a run dir (latest "
+        "checkpoint). Uses the Trainer's evaluation; writes OUT/report like rl-div report.")
+    p.add_argument("model", metavar="MODEL_OR_CHECKPOINT")
+    p.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. data.num_eval_prompts=64")
+    p.add_argument("--n", type=int, default=64, help="Samples per held-out problem (default 64).")
+    p.add_argument("--config", help="Config (data, sampling); default: the run's config.yaml, else defaults.")
+    p.add_argument("--reference", help="Reference model for the collapse decomposition (default: the run's base "
+                   "model; 'none' to skip).")
+    p.add_argument("--seeds", nargs="+", help="Eval seeds (default: the config's run.seed).")
+    p.add_argument("--out", help="Output folder (default: RUN/evals/<name>_n<N>, or ./evals/<name>_n<N>).")
+    p.set_defaults(func=_eval)
+
+    p = sub.add_parser("report", help="Regenerate CSV/JSON, plots and report.md/html from existing outputs.")
+    p.add_argument("paths", nargs="+", metavar="RUN_DIRS_OR_COMPARE_DIR")
+    p.add_argument("--out", help="Output folder (default: <first path>/report).")
+    p.add_argument("--title", help="Report title.")
+    p.set_defaults(func=_report)
+
+    p = sub.add_parser(
+        "restore", help="Selective layer restoration: tuned model with decoder layers i..j-1 from the base.",
+        description="Writes OUT = TUNED with decoder layers LAYERS (Python half-open slices over 0-based "
+        "layers: '4:8' = layers 4..7; ':4', '-2:', '0:2,6:8' work) taken from BASE.")
+    p.add_argument("--base", required=True)
+    p.add_argument("--tuned", required=True)
+    p.add_argument("--layers", required=True, metavar="I:J")
+    p.add_argument("--out", required=True)
+    p.add_argument("--prefix", help="Decoder-layer key prefix (default: detected, e.g. model.layers).")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_restore)
+
     p = sub.add_parser("config-help", help="Every config field with its default and help text.")
     p.set_defaults(func=_config_help)
     return parser
@@ -62,8 +169,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from rl_div.cluster import QUIET_ENV
+
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # key=value overrides may come after options (rl-div eval CKPT --n 8 data.num_eval_prompts=16):
+    # argparse leaves them unparsed; they join the command's overrides, anything else is still an error.
+    args, extra = parser.parse_known_args(argv)
+    stray = [a for a in extra if a.startswith("-") or "=" not in a]
+    if stray or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     try:
         return args.func(args)
     except ConfigError as err:

@@ -17,6 +17,9 @@ from rl_div.config import Config
 
 log = logging.getLogger("rl_div")
 
+# Per-actor weight-loading progress bars would drown the run's own progress bar.
+QUIET_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error", "RAY_DEDUP_LOGS": "1"}
+
 
 def init_ray(cfg: Config) -> None:
     """Connect to cfg.cluster.address / RAY_ADDRESS if set, else start a local Ray (no dashboard)."""
@@ -24,8 +27,8 @@ def init_ray(cfg: Config) -> None:
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     address = cfg.cluster.address or os.environ.get("RAY_ADDRESS")
-    env_vars = {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0"),
-                "TOKENIZERS_PARALLELISM": "false"}
+    env_vars = {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0"), "TOKENIZERS_PARALLELISM": "false",
+                **QUIET_ENV}
     if address:
         # On a cluster, code and plugins travel with `ray job submit --working-dir` (launch/).
         ray.init(address=address, runtime_env={"env_vars": env_vars}, log_to_driver=True)

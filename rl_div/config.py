@@ -167,8 +167,9 @@ class TrainConfig(Section):
 
 
 class EvalConfig(Section):
-    every: int = Field(20, ge=0, description="Evaluate every N steps (0 = only at start and end).")
+    every: int = Field(20, ge=0, description="Evaluate every N steps (0 = only at_start / at_end).")
     at_start: bool = Field(True, description="Evaluate the base policy before training.")
+    at_end: bool = Field(True, description="Evaluate the final policy.")
     n: int = Field(64, ge=1, description="Samples per held-out prompt (pass@k up to k = n).")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature at evaluation.")
     embedding_metrics: bool = Field(
@@ -182,7 +183,9 @@ class CheckpointConfig(Section):
 
 
 class TrackingConfig(Section):
-    tensorboard: Literal["auto", "on", "off"] = Field("auto", description="TensorBoard when installed.")
+    tensorboard: bool | Literal["auto"] = Field(
+        "auto", description="TensorBoard: true, false, or 'auto' (on when installed)."
+    )
     wandb: bool = Field(False, description="Log to Weights & Biases (needs the wandb extra).")
     mlflow: bool = Field(False, description="Log to MLflow (needs the mlflow extra).")
     progress: bool = Field(True, description="Console progress bar.")
@@ -293,21 +296,40 @@ def _section_fields(loc: tuple[Any, ...]) -> list[str]:
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
     """Read YAML (or defaults when path is None), apply overrides, validate types and names."""
-    tree: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.exists():
-            raise ConfigError(f"config file {str(p)!r} does not exist")
-        loaded = yaml.safe_load(p.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {str(p)!r} must hold a mapping, got {type(loaded).__name__}")
-        tree = loaded
+    tree = read_config_tree(Path(path)) if path is not None else {}
     for text in overrides or []:
         key_path, value = parse_override(text)
         apply_override(tree, key_path, value)
     cfg = build_config(tree)
     check_registry_names(cfg)
     return cfg
+
+
+def read_config_tree(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A YAML file as a dict. ``inherit: other.yaml`` (relative to the file) loads that file first
+    and deep-merges this one over it, so method configs state only what differs from the demo."""
+    if not path.exists():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    if path.resolve() in seen:
+        raise ConfigError(f"config inheritance loops through {str(path)!r}")
+    loaded = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping, got {type(loaded).__name__}")
+    parent = loaded.pop("inherit", None)
+    if parent is None:
+        return loaded
+    return deep_merge(read_config_tree(path.parent / str(parent), (*seen, path.resolve())), loaded)
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Values of ``over`` win; nested dicts merge key by key (lists and presets replace)."""
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def check_registry_names(cfg: Config) -> None:

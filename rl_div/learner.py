@@ -125,7 +125,11 @@ class Learner:
         return metrics
 
     def _optimizer_step(self, mini: RolloutBatch) -> dict[str, float] | None:
-        """One optimizer step on a mini-batch; None (and no step) if anything was not finite."""
+        """One optimizer step on a mini-batch; None (and no step) if anything was not finite.
+
+        Every loss gets the mini-batch's token and sequence counts (so micro-batch losses sum to
+        the mini-batch loss) and the Dr. GRPO constant (max_new_tokens) unless loss_params set it.
+        """
         cfg, algo = self.cfg.train, self.cfg.algo
         self.optimizer.zero_grad(set_to_none=True)
         token_total, seq_total = count_denominators(mini.response_mask.float())
@@ -144,7 +148,8 @@ class Learner:
                 LossInputs(logprobs=logp, old_logprobs=micro.old_logprobs, advantages=micro.advantages, mask=mask,
                            token_weights=weights.weights, kl_penalty_coef=weights.kl_penalty_coef,
                            ref_logprobs=micro.ref_logprobs, entropy=entropy),
-                **{"token_denominator": token_total, "seq_denominator": seq_total, **algo.loss_params})
+                **{"token_denominator": token_total, "seq_denominator": seq_total,
+                   "norm_constant": float(self.cfg.rollout.max_new_tokens), **algo.loss_params})
             if not torch.isfinite(out.loss):
                 self.optimizer.zero_grad(set_to_none=True)
                 return None

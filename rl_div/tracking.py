@@ -46,13 +46,13 @@ class Tracker:
 
             self._bar = tqdm(total=total_steps, desc=run_name, unit="step", dynamic_ncols=True)
 
-    def _open_tensorboard(self, mode: str) -> Any:
-        if mode == "off":
+    def _open_tensorboard(self, mode: bool | str) -> Any:
+        if mode is False:
             return None
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            if mode == "on":
+            if mode is True:
                 raise
             return None
         return SummaryWriter(str(self.dir / "tensorboard"))

@@ -91,7 +91,7 @@ class Trainer:
         while self.step < cfg.train.steps:
             self.train_step()
             last = self.step == cfg.train.steps
-            if last or (cfg.eval.every and self.step % cfg.eval.every == 0):
+            if (last and cfg.eval.at_end) or (cfg.eval.every and self.step % cfg.eval.every == 0):
                 self.evaluate()
             if last or (cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0):
                 self.save_checkpoint()
@@ -239,6 +239,8 @@ def compute_advantages(batch: RolloutBatch, cfg: Config) -> tuple[torch.Tensor, 
     assert batch.rewards is not None
     valid = torch.isfinite(batch.rewards)
     rows = valid.nonzero().squeeze(1)
+    if rows.numel() == 0:  # every reward failed: no signal, and the learner skips the step
+        return torch.zeros(batch.size), {"adv/zero_signal_frac": 1.0}
     sub = batch if bool(valid.all()) else batch.select(rows)
     correct = sub.correct if sub.correct is not None and bool(torch.isfinite(sub.correct).all()) else None
     inputs = AdvantageInputs(

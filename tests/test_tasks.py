@@ -11,14 +11,17 @@ import pytest
 from rl_div.data import PromptRecord
 from rl_div.models import load_policy
 from rl_div.registry import UnknownNameError
-from rl_div.tasks import TASKS, get_task, is_prime
+from rl_div.tasks import TASKS, GapTask, Task, get_task, is_prime
 from rl_div.tasks.bootstrap import META_FILE, bootstrap_base_model, score_samples
 
+# An unregistered variant, to check that nothing in a gap task is specific to primes.
+ODD_GAP = GapTask(name="odd_gap", predicate="odd", odd_n_only=False, habit_even_bias=1.0)
+TASK_OBJECTS = [get_task("prime_gap"), ODD_GAP]
 PRIMES_BELOW_60 = [2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47, 53, 59]
 
 
 def test_registry_holds_the_built_in_tasks() -> None:
-    assert {"prime_gap", "parity_gap"} <= set(TASKS.names())
+    assert "prime_gap" in TASKS.names()
     with pytest.raises(UnknownNameError, match="prime_gap"):
         get_task("prime_gp")
 
@@ -27,9 +30,9 @@ def test_is_prime_against_a_table() -> None:
     assert [n for n in range(60) if is_prime(n)] == PRIMES_BELOW_60
 
 
-@pytest.mark.parametrize("name", ["prime_gap", "parity_gap"])
-def test_splits_are_disjoint_and_deterministic(name: str) -> None:
-    task = get_task(name)
+@pytest.mark.parametrize("task", TASK_OBJECTS, ids=lambda t: t.name)
+def test_splits_are_disjoint_and_deterministic(task: Task) -> None:
+    name = task.name
     train = task.make_prompts("train", 200, seed=0)
     evals = task.make_prompts("eval", 64, seed=0)
     assert not {r.prompt for r in train} & {r.prompt for r in evals}
@@ -87,16 +90,15 @@ def test_prime_gap_extract_and_verify(completion: str, answer: str | None, rewar
     assert task.verify(completion, rec) == reward
 
 
-def test_parity_gap_verify() -> None:
-    task = get_task("parity_gap")
+def test_odd_gap_verify() -> None:
+    task = ODD_GAP
     even, odd = task.record(348), task.record(347)
     assert [task.verify(c, even) for c in ["1", "2", "99", "x"]] == [1.0, 0.0, 1.0, 0.0]
     assert [task.verify(c, odd) for c in ["1", "2", "98", ""]] == [0.0, 1.0, 1.0, 0.0]
 
 
-@pytest.mark.parametrize("name", ["prime_gap", "parity_gap"])
-def test_demonstrations_are_mostly_parseable_diverse_and_mixed(name: str) -> None:
-    task = get_task(name)
+@pytest.mark.parametrize("task", TASK_OBJECTS, ids=lambda t: t.name)
+def test_demonstrations_are_mostly_parseable_diverse_and_mixed(task: Task) -> None:
     recs = task.make_prompts("train", 20, seed=0)
     rng = random.Random(0)
     demos = [(r, task.sample_demonstration(r, rng)) for r in recs for _ in range(100)]
@@ -171,8 +173,8 @@ def test_bootstrap_is_deterministic(tmp_path) -> None:
         "intermediate_size": 32,
         "log": None,
     }
-    a = bootstrap_base_model("parity_gap", tmp_path / "a", **kwargs)
-    b = bootstrap_base_model("parity_gap", tmp_path / "b", **kwargs)
+    a = bootstrap_base_model("prime_gap", tmp_path / "a", **kwargs)
+    b = bootstrap_base_model("prime_gap", tmp_path / "b", **kwargs)
     assert a.name == b.name
     assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
 

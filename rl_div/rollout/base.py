@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
 from rl_div.data import PromptRecord, RolloutBatch
+from rl_div.models import format_prompt
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,19 @@ def make_rollout_worker(backend: str, **kwargs: Any) -> RolloutWorker:
 
         return VLLMRolloutWorker(**kwargs)
     raise ValueError(f"unknown rollout backend {backend!r} (valid: hf, vllm)")
+
+
+def templated_prompt_ids(tokenizer: PreTrainedTokenizerBase, record: PromptRecord, prompt_template: str,
+                         use_chat_template: bool | None) -> list[int]:
+    """Token ids of a prompt as the policy sees it (template and chat template applied).
+
+    Every backend tokenizes prompts here and hands the engine token ids, so hf and vllm sample
+    from exactly the same prompt tokens.
+    """
+    text = prompt_template.format(prompt=record.prompt)
+    templated = format_prompt(tokenizer, text, use_chat_template)
+    # A chat template already places BOS and role markers itself.
+    return list(tokenizer(templated, add_special_tokens=templated == text)["input_ids"])
 
 
 def build_rollout_batch(

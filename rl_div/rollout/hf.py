@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from rl_div.data import PromptRecord, RolloutBatch
-from rl_div.models import format_prompt, load_policy
-from rl_div.rollout.base import SamplingSpec, build_rollout_batch
+from rl_div.models import load_policy
+from rl_div.rollout.base import SamplingSpec, build_rollout_batch, templated_prompt_ids
 
 
 class HFRolloutWorker:
@@ -26,10 +26,7 @@ class HFRolloutWorker:
 
     def prompt_token_ids(self, record: PromptRecord) -> list[int]:
         """Token ids of a prompt as the policy sees it (template and chat template applied)."""
-        text = self.prompt_template.format(prompt=record.prompt)
-        templated = format_prompt(self.tokenizer, text, self.use_chat_template)
-        # A chat template already places BOS and role markers itself.
-        return self.tokenizer(templated, add_special_tokens=templated == text)["input_ids"]
+        return templated_prompt_ids(self.tokenizer, record, self.prompt_template, self.use_chat_template)
 
     @torch.no_grad()
     def generate(self, prompts: list[PromptRecord], spec: SamplingSpec) -> RolloutBatch:

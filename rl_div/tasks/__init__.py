@@ -15,11 +15,10 @@ from typing import Any
 
 from rl_div.registry import Registry
 from rl_div.tasks.base import Split, Task
-from rl_div.tasks.gap import PARITY_GAP, PRIME_GAP, GapTask, is_prime
+from rl_div.tasks.gap import PRIME_GAP, GapTask, is_prime
 
 TASKS: Registry[Any] = Registry("task")
 TASKS.register(PRIME_GAP.name)(PRIME_GAP)
-TASKS.register(PARITY_GAP.name)(PARITY_GAP)
 
 
 def get_task(name: str) -> Task:

@@ -7,9 +7,9 @@ Whether N - a is prime is something a tiny model cannot learn to compute in CPU 
 only learn the easy part (even a keeps N - a odd) and then sharpen onto answers it already likes,
 so pass@1 rises while pass@k for large k can fall: the diversity collapse the demo shows.
 
-``parity_gap`` (the contrast): "348-a is odd, a=". Here the rule is learnable (a's parity must
-differ from N's last digit), so RL reaches pass@1 near 1 without losing pass@k, though the number
-of distinct correct answers still shrinks.
+Other predicates (``PREDICATES``) make variants, e.g. ``GapTask("odd_gap", "odd", odd_n_only=False)``,
+whose rule (a's parity must differ from N's last digit) is learnable in principle. Not registered:
+in a 150-step CPU run GRPO did not learn it (pass@1 stayed ~0.45), it only lost distinct answers.
 
 Answers are one to three digits followed by eos; leading/trailing whitespace is tolerated and
 leading zeros are canonicalised away ("07" -> "7").
@@ -165,4 +165,3 @@ class GapTask(Task):
 
 
 PRIME_GAP = GapTask(name="prime_gap", predicate="prime")
-PARITY_GAP = GapTask(name="parity_gap", predicate="odd", odd_n_only=False, habit_even_bias=1.0)

@@ -1,0 +1,108 @@
+"""Figures of a comparison: pass@k against k, and metrics over training steps, each with bands.
+
+Figures are built on matplotlib's object API with the Agg canvas, never through pyplot: no global
+backend switch (safe on headless machines and inside a user's notebook), and the returned Figure can
+be inspected (lines, labels) before it is saved.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+# Colour-blind-safe (Okabe-Ito); a variant keeps its colour in every panel and figure.
+PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000"]
+BASE_STYLE = {"color": "0.25", "linestyle": "--", "marker": "s"}
+
+
+@dataclass
+class Curve:
+    """y over x with a band [lo, hi] (same length as x)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.x, self.y, self.lo, self.hi = (np.asarray(a, dtype=np.float64) for a in (self.x, self.y, self.lo, self.hi))
+
+
+def colours(labels: list[str]) -> dict[str, str]:
+    return {label: PALETTE[i % len(PALETTE)] for i, label in enumerate(labels)}
+
+
+def _draw(ax: Axes, curve: Curve, label: str, **style: Any) -> None:
+    ax.plot(curve.x, curve.y, label=label, linewidth=1.8, markersize=4, **({"marker": "o"} | style))
+    band = ~(np.isnan(curve.lo) | np.isnan(curve.hi))
+    # A zero-width band (one seed, no per-problem data) would only draw an outline: skip it.
+    if band.any() and not np.allclose(curve.lo[band], curve.hi[band]):
+        ax.fill_between(curve.x[band], curve.lo[band], curve.hi[band], alpha=0.18, color=style.get("color"),
+                        linewidth=0)
+
+
+def passk_figure(curves: dict[str, Curve], base: tuple[str, Curve] | None = None, title: str = "pass@k",
+                 band_note: str = "") -> Figure:
+    """pass@k against k (log2 axis) per variant, the base/reference model dashed."""
+    fig = Figure(figsize=(6.4, 4.4))
+    ax = fig.add_subplot()
+    palette = colours(list(curves))
+    ks: set[float] = set()
+    if base is not None:
+        _draw(ax, base[1], base[0], **BASE_STYLE)
+        ks.update(base[1].x.tolist())
+    for label, curve in curves.items():
+        _draw(ax, curve, label, color=palette[label])
+        ks.update(curve.x.tolist())
+    ax.set_xscale("log", base=2)
+    ticks = sorted(ks)
+    ax.set_xticks(ticks, [str(int(k)) for k in ticks])
+    ax.set_xlabel("k (samples per problem)")
+    ax.set_ylabel("pass@k (unbiased)")
+    ax.set_ylim(0, 1.02)
+    ax.grid(True, alpha=0.3)
+    ax.set_title(title)
+    ax.legend(loc="upper left", fontsize=8)
+    if band_note:
+        fig.text(0.01, 0.005, band_note, fontsize=7, color="0.35")
+    return fig
+
+
+def curves_figure(panels: list[tuple[str, dict[str, Curve]]], variants: list[str], band_note: str = "") -> Figure:
+    """One panel per metric over training steps; each variant's mean over seeds with its band."""
+    cols = 2 if len(panels) > 1 else 1
+    rows = math.ceil(len(panels) / cols)
+    fig = Figure(figsize=(5.2 * cols, 3.4 * rows))
+    palette = colours(variants)
+    for i, (title, series) in enumerate(panels):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        for label in variants:
+            if label in series and series[label].x.size:
+                _draw(ax, series[label], label, color=palette[label], marker="." if series[label].x.size > 12 else "o")
+        if not ax.lines:
+            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="0.5")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("training step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(True, alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=7)
+    if band_note:
+        fig.text(0.01, 0.005, band_note, fontsize=7, color="0.35")
+    fig.tight_layout(rect=(0, 0.03 if band_note else 0, 1, 1))
+    return fig
+
+
+def save_figure(fig: Figure, path: str | Path, dpi: int = 130) -> Path:
+    """Render through the Agg canvas (no pyplot) and write a PNG."""
+    FigureCanvasAgg(fig)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    return Path(path)

@@ -1,0 +1,242 @@
+"""Weight sync from the learner to vLLM rollout engines: one interface, three transports.
+
+    object_store  CPU tensors through the Ray object store, loaded in bounded chunks. Works on any
+                  machine; the only transport exercised on CPU (tests/vllm).
+    cuda_ipc      learner and engine share a GPU: the engine maps the learner's own tensors by
+                  CUDA IPC handle (no copy); vLLM sleep mode frees the GPU for the learner between
+                  rollouts. Written against vLLM's rlhf_colocate example; untested here.
+    nccl          learner on other GPUs or nodes: NCCL broadcast from the learner (rank 0) over a
+                  stateless process group (vLLM's StatelessProcessGroup + PyNcclCommunicator, as
+                  in vLLM's rlhf example). Untested here.
+
+The interface is the rollout worker's ``set_weights(payload, version)``. The payload is what the
+learner side built for the transport: a state dict, a :class:`CudaIpcPayload` or an
+:class:`NcclPayload`. Inside the rollout actor, :class:`EngineWeightSync` applies it through the
+worker extension (rl_div.rollout.vllm_extension) with ``LLM.collective_rpc``; on the driver,
+:func:`push_weights` builds payloads on the learner actor and ships them, under one timeout.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
+
+import torch
+
+Transport = Literal["object_store", "cuda_ipc", "nccl"]
+TRANSPORTS: tuple[str, ...] = get_args(Transport)
+EXTENSION_CLS = "rl_div.rollout.vllm_extension.WeightSyncExtension"
+NamedTensors = Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]]
+
+
+class WeightSyncError(RuntimeError):
+    """A weight sync failed or ran out of time; the engine's weights are not to be trusted."""
+
+
+@dataclass(frozen=True)
+class CudaIpcPayload:
+    """Device uuid -> [(name, reduce_tensor(tensor))] for every tensor of the learner's model."""
+
+    handles: dict[str, list[tuple[str, Any]]]
+
+
+@dataclass(frozen=True)
+class NcclGroup:
+    """Where the weight-broadcast group meets. world_size = 1 learner + every engine rank;
+    rank_offset = the first rank of the engine this is sent to."""
+
+    master_address: str
+    master_port: int
+    world_size: int
+    rank_offset: int = 1
+
+
+@dataclass(frozen=True)
+class NcclPayload:
+    """The group to join and the (name, dtype name, shape) of each tensor, in broadcast order."""
+
+    group: NcclGroup
+    metas: list[tuple[str, str, list[int]]]
+
+
+def chunk_named_tensors(weights: NamedTensors, max_bytes: int) -> Iterator[list[tuple[str, torch.Tensor]]]:
+    """Consecutive chunks of (name, tensor) holding at most max_bytes each (a larger tensor is a
+    chunk of its own), so one RPC never carries more than about max_bytes."""
+    items = weights.items() if isinstance(weights, Mapping) else weights
+    chunk: list[tuple[str, torch.Tensor]] = []
+    size = 0
+    for name, tensor in items:
+        nbytes = tensor.numel() * tensor.element_size()
+        if chunk and size + nbytes > max_bytes:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append((name, tensor))
+        size += nbytes
+    if chunk:
+        yield chunk
+
+
+def payload_size(payload: Any) -> int:
+    """Tensors a payload carries, as each engine rank receives them."""
+    if isinstance(payload, CudaIpcPayload):
+        return len(next(iter(payload.handles.values()), []))
+    if isinstance(payload, NcclPayload):
+        return len(payload.metas)
+    return len(payload)
+
+
+class EngineWeightSync:
+    """Rollout side: applies payloads to a ``vllm.LLM`` built with worker_extension_cls=EXTENSION_CLS.
+
+    Every apply() is one reload (begin, load, finish) within timeout_s; any failure raises
+    WeightSyncError, and the engine is then unusable until an apply() succeeds (its model may be
+    half-reloaded).
+    """
+
+    def __init__(self, llm: Any, transport: Transport, *, chunk_bytes: int, timeout_s: float) -> None:
+        if transport not in TRANSPORTS:
+            raise ValueError(f"unknown weight sync transport {transport!r} (valid: {', '.join(TRANSPORTS)})")
+        self.llm = llm
+        self.transport = transport
+        self.chunk_bytes = chunk_bytes
+        self.timeout_s = timeout_s
+        self.nccl_group: NcclGroup | None = None
+        self._deadline = 0.0
+
+    def apply(self, payload: Any) -> int:
+        """Load every tensor of payload into every engine rank; returns tensors per rank."""
+        expected = {"object_store": Mapping, "cuda_ipc": CudaIpcPayload, "nccl": NcclPayload}[self.transport]
+        if not isinstance(payload, expected):
+            raise WeightSyncError(f"{self.transport} weight sync got a {type(payload).__name__} payload")
+        self._deadline = time.monotonic() + self.timeout_s
+        if isinstance(payload, NcclPayload) and payload.group != self.nccl_group:
+            # Joining blocks until the learner joins too (push_weights starts both sides together).
+            g = payload.group
+            self._rpc("rl_div_init_nccl", g.master_address, g.master_port, g.rank_offset, g.world_size)
+            self.nccl_group = g
+        self._rpc("rl_div_begin_update")
+        if isinstance(payload, CudaIpcPayload):
+            self._rpc("rl_div_load_ipc", payload.handles)
+        elif isinstance(payload, NcclPayload):
+            self._rpc("rl_div_receive_nccl", payload.metas)
+        else:
+            for chunk in chunk_named_tensors(payload, self.chunk_bytes):
+                self._rpc("rl_div_load_weights", chunk)
+        loaded = self._rpc("rl_div_finish_update")
+        want = payload_size(payload)
+        if any(n != want for n in loaded):
+            raise WeightSyncError(f"engine ranks loaded {loaded} tensors, expected {want} each")
+        return want
+
+    def _rpc(self, method: str, *args: Any) -> list[Any]:
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise WeightSyncError(f"weight sync ran past its {self.timeout_s:.0f} s timeout before {method}")
+        try:
+            # The timeout binds when the engine runs its workers in other processes (GPU default);
+            # an in-process engine (CPU) is bounded by the deadline checks between calls and by the
+            # driver's own timeout in push_weights.
+            return list(self.llm.collective_rpc(method, timeout=remaining, args=args))
+        except TimeoutError as err:
+            raise WeightSyncError(f"{method} timed out (weight sync timeout {self.timeout_s:.0f} s)") from err
+        except Exception as err:
+            raise WeightSyncError(f"{method} failed: {err}") from err
+
+
+# ---- learner side: build payloads from the learner's model -----------------------------------
+def state_dict_payload(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """object_store: a CPU copy of every tensor (the learner's get_weights does the same)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def device_uuid(device: torch.device | int) -> str:
+    """A GPU's uuid as torch reports it; both sides of cuda_ipc name GPUs this way."""
+    return str(torch.cuda.get_device_properties(device).uuid)
+
+
+def cuda_ipc_payload(model: torch.nn.Module) -> CudaIpcPayload:
+    """cuda_ipc: IPC handles of the model's own GPU tensors (no copy; keep the model alive and
+    unchanged until every engine has loaded them)."""
+    from torch.multiprocessing.reductions import reduce_tensor
+
+    state = model.state_dict()
+    devices = {t.device for t in state.values()}
+    if len(devices) != 1 or next(iter(devices)).type != "cuda":
+        raise WeightSyncError(f"cuda_ipc needs the whole model on one GPU, found {sorted(map(str, devices))}")
+    uuid = device_uuid(next(iter(devices)))
+    return CudaIpcPayload({uuid: [(name, reduce_tensor(t.detach())) for name, t in state.items()]})
+
+
+def nccl_metas(model: torch.nn.Module) -> list[tuple[str, str, list[int]]]:
+    """nccl: (name, dtype name, shape) of each tensor, in the order nccl_broadcast sends them."""
+    return [(name, str(t.dtype).removeprefix("torch."), list(t.shape)) for name, t in model.state_dict().items()]
+
+
+def stateless_nccl_group(master_address: str, master_port: int, rank: int, world_size: int,
+                         device: torch.device | int) -> Any:
+    """A PyNcclCommunicator over vLLM's StatelessProcessGroup: a group outside torch.distributed,
+    so neither the learner's nor vLLM's own process groups are disturbed."""
+    from vllm.distributed.device_communicators.pynccl import PyNcclCommunicator
+    from vllm.distributed.utils import StatelessProcessGroup
+
+    pg = StatelessProcessGroup.create(host=master_address, port=master_port, rank=rank, world_size=world_size)
+    return PyNcclCommunicator(pg, device=device)
+
+
+def nccl_broadcast(model: torch.nn.Module, group: NcclGroup, holder: Any) -> int:
+    """nccl, learner side (rank 0): join the group once (kept on holder), broadcast every tensor."""
+    comm = getattr(holder, "_rl_div_nccl", None)
+    if comm is None or getattr(holder, "_rl_div_nccl_group", None) != group:
+        device = next(model.parameters()).device
+        comm = stateless_nccl_group(group.master_address, group.master_port, 0, group.world_size, device)
+        holder._rl_div_nccl, holder._rl_div_nccl_group = comm, group
+    state = model.state_dict()
+    for tensor in state.values():
+        comm.broadcast(tensor.detach().contiguous(), src=0, stream=torch.cuda.current_stream())
+    torch.cuda.current_stream().synchronize()
+    return len(state)
+
+
+# ---- driver side: one call per sync, whatever the transport ----------------------------------
+def push_weights(learner: Any, workers: list[Any], transport: Transport, version: int, *, timeout_s: float,
+                 nccl_group: NcclGroup | None = None, ranks_per_engine: int = 1) -> None:
+    """Ship the learner actor's weights to every rollout actor (Ray handles) within timeout_s.
+
+    object_store uses the learner's get_weights; cuda_ipc and nccl build their payloads on the
+    learner actor through Ray's ``__ray_call__`` (a function run with the actor instance, whose
+    model is ``.model``). nccl_group gives address/port/world_size; each engine gets its own
+    rank_offset (1 + i * ranks_per_engine).
+    """
+    import ray
+
+    deadline = time.monotonic() + timeout_s
+
+    def remaining() -> float:
+        return max(deadline - time.monotonic(), 0.0)
+
+    try:
+        if transport == "object_store":
+            ref = learner.get_weights.remote()
+            futures = [w.set_weights.remote(ref, version) for w in workers]
+        elif transport == "cuda_ipc":
+            payload = ray.get(learner.__ray_call__.remote(lambda actor: cuda_ipc_payload(actor.model)),
+                              timeout=remaining())
+            futures = [w.set_weights.remote(payload, version) for w in workers]
+        elif transport == "nccl":
+            if nccl_group is None:
+                raise ValueError("nccl weight sync needs nccl_group (address, port, world size)")
+            metas = ray.get(learner.__ray_call__.remote(lambda actor: nccl_metas(actor.model)), timeout=remaining())
+            futures = [w.set_weights.remote(NcclPayload(
+                NcclGroup(nccl_group.master_address, nccl_group.master_port, nccl_group.world_size,
+                          1 + i * ranks_per_engine), metas), version) for i, w in enumerate(workers)]
+            # Sender last: the engines are already waiting in their receive loop.
+            futures.append(learner.__ray_call__.remote(
+                lambda actor: nccl_broadcast(actor.model, nccl_group, actor)))
+        else:
+            raise ValueError(f"unknown weight sync transport {transport!r} (valid: {', '.join(TRANSPORTS)})")
+        ray.get(futures, timeout=remaining())
+    except ray.exceptions.GetTimeoutError as err:
+        raise WeightSyncError(f"{transport} weight sync to {len(workers)} rollout workers took longer than "
+                              f"{timeout_s:.0f} s") from err

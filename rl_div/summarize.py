@@ -1,0 +1,194 @@
+"""Aggregate runs into comparison numbers: pass@k curves and table metrics with bands, training curves
+over steps, and the diversity-collapse decomposition against a reference model.
+
+Bands. Two kinds, both kept in every summary:
+  * ci_lo / ci_hi: a 95% percentile bootstrap over problems. Each replicate resamples the problems of
+    every seed (with replacement, independently per seed) and averages the per-seed means, so it
+    measures how much the numbers depend on which held-out problems were drawn. Only metrics with a
+    per-problem value in eval/step_*.json (pass@k, mean@n, maj@n, distinct (correct) answers) get it.
+  * seed_min / seed_max: the range across seeds (training and sampling seed, and the eval set, which
+    the Trainer draws from run.seed). Every metric gets it.
+The mean is always the plain mean over seeds of the run's logged value, i.e. of the tidy CSV rows.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from rl_div.metrics import collapse_report, distinct_answers, pass_at_k
+from rl_div.metrics.passk import majority_answer
+
+N_BOOT = 1000
+LEVEL = 0.95
+
+
+@dataclass
+class Band:
+    """One metric of one variant at one step, aggregated over seeds."""
+
+    mean: float
+    seed_min: float
+    seed_max: float
+    n_seeds: int
+    ci_lo: float = math.nan
+    ci_hi: float = math.nan
+
+    @property
+    def has_ci(self) -> bool:
+        return not math.isnan(self.ci_lo)
+
+    def interval(self) -> tuple[float, float]:
+        """The band shown in tables and plots: bootstrap CI when there is one, else the seed range."""
+        return (self.ci_lo, self.ci_hi) if self.has_ci else (self.seed_min, self.seed_max)
+
+    def as_dict(self) -> dict[str, float]:
+        return {"mean": self.mean, "ci_lo": self.ci_lo, "ci_hi": self.ci_hi, "seed_min": self.seed_min,
+                "seed_max": self.seed_max, "n_seeds": self.n_seeds}
+
+
+@dataclass
+class EvalPoint:
+    """One evaluation of one run: logged metrics and the per-problem table (None when not saved)."""
+
+    seed: int
+    metrics: dict[str, Any]
+    problems: list[dict[str, Any]] | None = field(default=None)
+
+
+def _finite(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) and value is not None else math.nan
+
+
+def passk_keys(metrics: dict[str, Any]) -> list[int]:
+    """The k of every ``pass@k`` key, sorted."""
+    return sorted(int(key[5:]) for key in metrics if key.startswith("pass@") and key[5:].isdigit())
+
+
+def per_problem_values(problems: list[dict[str, Any]], ks: Sequence[int]) -> dict[str, np.ndarray]:
+    """[P] per-problem values whose mean over problems is the logged metric of the same name.
+
+    The definitions mirror rl_div.stats.eval_summary, so the bootstrap resamples exactly what was logged.
+    """
+    n = np.array([p["n"] for p in problems])
+    c = np.array([p["c"] for p in problems])
+    out = {f"pass@{k}": np.asarray(pass_at_k(n, c, k), dtype=np.float64) for k in ks if k <= n.min()}
+    out["mean@n"] = c / n
+    maj = []
+    for p in problems:
+        idx = majority_answer(p["answers"])
+        maj.append(float(idx is not None and bool(p["correct"][idx])))
+    out["maj@n"] = np.array(maj)
+    out["div/distinct_answers"] = np.array([float(distinct_answers(p["answers"])) for p in problems])
+    out["div/distinct_correct_answers"] = np.array(
+        [float(distinct_answers(p["answers"], p["correct"])) for p in problems])
+    return out
+
+
+def bootstrap_ci(per_seed: Sequence[np.ndarray], n_boot: int = N_BOOT, level: float = LEVEL,
+                 seed: int = 0) -> tuple[float, float]:
+    """Percentile CI of the seed-averaged mean when problems are resampled within each seed.
+
+    per_seed: one [P_s] array of per-problem values per seed. Deterministic given ``seed``, so a
+    regenerated report shows the same bands.
+    """
+    rng = np.random.default_rng(seed)
+    reps = np.zeros(n_boot)
+    for values in per_seed:
+        idx = rng.integers(0, len(values), size=(n_boot, len(values)))
+        reps += values[idx].mean(axis=1)
+    reps /= len(per_seed)
+    lo, hi = np.quantile(reps, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return float(lo), float(hi)
+
+
+def summarize_evals(points: Sequence[EvalPoint]) -> dict[str, Band]:
+    """Every numeric metric of the evaluations of one variant at one step (one EvalPoint per seed)."""
+    keys = [k for k in points[0].metrics if isinstance(points[0].metrics[k], (int, float, type(None)))]
+    bands: dict[str, Band] = {}
+    for key in keys:
+        values = np.array([_finite(p.metrics.get(key)) for p in points])
+        ok = values[~np.isnan(values)]
+        if ok.size == 0:
+            bands[key] = Band(math.nan, math.nan, math.nan, 0)
+            continue
+        bands[key] = Band(float(ok.mean()), float(ok.min()), float(ok.max()), int(ok.size))
+    if all(p.problems for p in points):
+        ks = passk_keys(points[0].metrics)
+        tables = [per_problem_values(p.problems, ks) for p in points]  # type: ignore[arg-type]
+        for key in tables[0]:
+            if key in bands and all(key in t for t in tables):
+                bands[key].ci_lo, bands[key].ci_hi = bootstrap_ci([t[key] for t in tables])
+    return bands
+
+
+def table_k(evals: Sequence[dict[str, Any]], preferred: int = 32) -> int:
+    """The large k of the results table: ``preferred`` when every evaluation has it, else the largest
+    k every evaluation has (small eval.n)."""
+    common = set.intersection(*(set(passk_keys(m)) for m in evals)) if evals else set()
+    if not common:
+        return 1
+    return preferred if preferred in common else max(common)
+
+
+def step_curve(series: dict[int, list[float]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(steps, mean, min, max) over seeds from {step: [value per seed]}; NaNs skipped, empty steps dropped."""
+    steps, mean, lo, hi = [], [], [], []
+    for step in sorted(series):
+        vals = np.array([v for v in series[step] if not math.isnan(v)])
+        if vals.size:
+            steps.append(step)
+            mean.append(vals.mean())
+            lo.append(vals.min())
+            hi.append(vals.max())
+    return np.array(steps), np.array(mean), np.array(lo), np.array(hi)
+
+
+def answer_diversity(answers: Sequence[str | None]) -> float:
+    """Probability that two different samples of a group carry different answers.
+
+    1 - sum_a c_a (c_a - 1) / (m (m - 1)) over answer counts c_a: the pairwise (Gini-Simpson, without
+    replacement) diversity. It equals 1 - mean pairwise cosine of one-hot answer embeddings, so it
+    is the answer-level analogue of the embedding diversity, and, being a pairwise mean, it does not
+    drift with the number of samples (D_correct compares subsets of different sizes). Unparseable
+    answers (None) are each their own class, as in semantic_classes without embeddings. NaN if m < 2.
+    """
+    m = len(answers)
+    if m < 2:
+        return math.nan
+    counts = Counter(a for a in answers if a is not None)
+    same = sum(c * (c - 1) for c in counts.values())
+    return 1.0 - same / (m * (m - 1))
+
+
+def _groups(problems: list[dict[str, Any]]) -> list[tuple[list[str | None], list[bool]]]:
+    return [(list(p["answers"]), list(p["correct"])) for p in problems]
+
+
+def collapse_over_seeds(model: dict[int, list[dict[str, Any]]],
+                        reference: dict[int, list[dict[str, Any]]]) -> dict[str, float] | None:
+    """Collapse decomposition (ALGORITHMS.md section 5) of a model against a reference, averaged over
+    the seeds both were evaluated with ({seed: problems}); answer-level diversity (answer_diversity).
+
+    The eval files do not hold response texts or embeddings, so the decomposition is computed on
+    extracted answers; None when no seed has both evaluations.
+    """
+    seeds = sorted(set(model) & set(reference))
+    if not seeds:
+        return None
+    reports = []
+    for s in seeds:
+        if [p["uid"] for p in model[s]] != [p["uid"] for p in reference[s]]:
+            raise ValueError(f"seed {s}: the model and the reference were evaluated on different problems")
+        reports.append(collapse_report(_groups(model[s]), _groups(reference[s]), answer_diversity))
+    out = {}
+    for key in reports[0]:
+        vals = [r[key] for r in reports if not math.isnan(r[key])]
+        out[key] = float(np.mean(vals)) if vals else math.nan
+    out["n_seeds"] = float(len(seeds))
+    return out
