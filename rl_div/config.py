@@ -46,7 +46,7 @@ class ModelConfig(Section):
 
 
 class BootstrapConfig(Section):
-    steps: int = Field(600, ge=1, description="Supervised steps on noisy demonstrations.")
+    steps: int = Field(300, ge=1, description="Supervised steps on noisy demonstrations.")
     seed: int = Field(0, description="Seed of the bootstrap run (cached per argument set).")
     cache_dir: str = Field(
         "~/.cache/rl_div/bootstrap", description="Where bootstrapped base models are cached."
@@ -90,6 +90,25 @@ class RolloutConfig(Section):
     tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor parallel size.")
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1, description="vLLM GPU memory fraction.")
     generate_timeout_s: float = Field(600.0, gt=0, description="Max seconds for one rollout call.")
+    weight_sync: Literal["object_store", "cuda_ipc", "nccl"] = Field(
+        "object_store",
+        description="How new weights reach vLLM rollout workers: 'object_store' (CPU tensors through Ray, "
+        "any machine), 'cuda_ipc' (learner and vLLM share a GPU; vLLM sleeps between rollouts) or 'nccl' "
+        "(broadcast to vLLM on other GPUs/nodes). See docs/vllm.md.",
+    )
+    weight_sync_chunk_mb: float = Field(
+        64.0, gt=0, description="object_store: MB of tensors per load call into vLLM (bounds peak memory)."
+    )
+    weight_sync_timeout_s: float = Field(
+        300.0, gt=0, description="Max seconds for one weight sync; past it the sync fails loudly."
+    )
+
+    @model_validator(mode="after")
+    def check_weight_sync(self) -> RolloutConfig:
+        if self.weight_sync != "object_store" and self.backend != "vllm":
+            raise ValueError(f"rollout.weight_sync={self.weight_sync!r} needs rollout.backend='vllm' "
+                             "(the hf backend takes weights through the object store only)")
+        return self
 
 
 class RewardItem(Section):

@@ -150,7 +150,8 @@ def format_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, use_chat_temp
 
     ``use_chat_template=None`` (the default) applies the tokenizer's chat template when it has one
     (as a single user turn with the generation prompt opened); ``False`` never applies it; ``True``
-    requires one.
+    requires one. A template's text may already start with the model's BOS; tokenize such text
+    with ``add_special_tokens=False`` or the BOS appears twice.
     """
     has_template = bool(getattr(tokenizer, "chat_template", None))
     if use_chat_template is False or (use_chat_template is None and not has_template):

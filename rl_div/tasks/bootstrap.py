@@ -26,7 +26,7 @@ import torch
 from rl_div.data import PromptRecord
 from rl_div.models import build_char_tokenizer, format_prompt, load_policy, make_tiny_llama, save_policy
 from rl_div.tasks import get_task
-from rl_div.tasks.base import Task
+from rl_div.tasks.base import Split, Task
 
 META_FILE = "bootstrap.json"
 _FORMAT = 1  # bump when this module changes what a given set of arguments produces
@@ -257,12 +257,12 @@ def measure(
     n_prompts: int = 32,
     n_samples: int = 64,
     seed: int = 0,
-    split: str = "eval",
+    split: Split = "eval",
 ) -> dict[str, Any]:
     """Sample a (base) model on held-out prompts and score it; adds ``generate_seconds``."""
     task = get_task(task_name)
     model, tokenizer = path_or_model if isinstance(path_or_model, tuple) else load_policy(path_or_model)
-    records = task.make_prompts(split, n_prompts, seed=seed)  # type: ignore[arg-type]
+    records = task.make_prompts(split, n_prompts, seed=seed)
     t0 = time.perf_counter()
     samples = sample_completions(model, tokenizer, records, n_samples, max_new_tokens=task.max_new_tokens, seed=seed)
     result = score_samples(task, records, samples)

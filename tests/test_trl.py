@@ -1,0 +1,61 @@
+"""rl_div rewards inside TRL's GRPOTrainer: the adapter's values, and a real 2-step TRL run."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from rl_div.integrations.trl import consecutive_groups, trl_reward
+from rl_div.tasks import TASKS
+
+
+def test_consecutive_groups() -> None:
+    assert consecutive_groups(["a", "a", "b", "b", "a"]) == [0, 0, 1, 1, 2]
+
+
+def test_adapter_scores_like_the_verifier_and_reports_failures_as_none() -> None:
+    reward = trl_reward("math_verify", isolated=False)
+    try:
+        got = reward(prompts=["q1", "q1", "q2"], completions=["\\boxed{4}", [{"role": "assistant", "content": "5"}],
+                                                             "x"], answer=["4", "4", "\\frac{"])
+    finally:
+        reward.close()
+    assert got[0] == 1.0 and got[1] == 0.0
+    assert got[2] is None  # a gold that does not parse is an error, not reward 0
+
+
+@pytest.mark.slow
+def test_real_grpo_trainer_runs_with_an_rl_div_reward(tmp_path: Path) -> None:
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    from rl_div.models import load_policy
+    from rl_div.tasks.bootstrap import bootstrap_base_model
+
+    task = TASKS["prime_gap"]
+    model, tok = load_policy(str(bootstrap_base_model("prime_gap", tmp_path / "b", steps=20, seed=0, log=None)))
+    records = task.make_prompts("train", 8, 0)
+    ds = Dataset.from_list([{"prompt": r.prompt, "answer": r.answer} for r in records])
+    seen: list[tuple[str, str, float | None]] = []
+    inner = trl_reward("task_verifier", record_meta={"task": "prime_gap", "extractor": "prime_gap"})
+
+    def recording_reward(prompts: list, completions: list, **columns: object) -> list[float | None]:
+        values = inner(prompts=prompts, completions=completions, **columns)
+        seen.extend(zip(prompts, completions, values, strict=True))
+        return values
+
+    args = GRPOConfig(output_dir=str(tmp_path / "trl"), per_device_train_batch_size=4, num_generations=4,
+                      max_completion_length=6, max_steps=2, report_to=[], use_cpu=True, save_strategy="no",
+                      learning_rate=1e-3, bf16=False, logging_steps=1)
+    try:
+        GRPOTrainer(model=model, processing_class=tok, reward_funcs=[recording_reward], args=args,
+                    train_dataset=ds).train()
+    finally:
+        inner.close()
+    assert len(seen) == 8
+    by_prompt = {r.prompt: r for r in records}
+    for prompt, completion, value in seen:
+        assert value is not None and not math.isnan(value)
+        assert value == task.verify(completion, by_prompt[prompt])
