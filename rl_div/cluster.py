@@ -105,7 +105,7 @@ def start_rollout_worker(cfg: Config, model_path: str) -> Any:
         use_chat_template=cfg.model.use_chat_template, prompt_template=cfg.data.prompt_template,
         **({"tensor_parallel_size": cfg.rollout.tensor_parallel_size,
             "gpu_memory_utilization": cfg.rollout.gpu_memory_utilization, "seed": cfg.run.seed}
-           if cfg.rollout.backend == "vllm" else {}),
+           if cfg.rollout.backend == "vllm" else {"max_batch_rows": cfg.rollout.max_batch_rows}),
     )
 
 

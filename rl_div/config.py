@@ -89,6 +89,7 @@ class RolloutConfig(Section):
     stop: list[str] = Field(default_factory=list, description="Extra stop strings besides EOS.")
     tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor parallel size.")
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1, description="vLLM GPU memory fraction.")
+    max_batch_rows: int = Field(4096, ge=1, description="hf backend: sequences per generate() call.")
     generate_timeout_s: float = Field(600.0, gt=0, description="Max seconds for one rollout call.")
     weight_sync: Literal["object_store", "cuda_ipc", "nccl"] = Field(
         "object_store",

@@ -41,7 +41,8 @@ from rl_div.tracking import Tracker
 
 log = logging.getLogger("rl_div")
 
-FAULT_COUNTERS = ("faults/rollout_restarts", "faults/reward_errors", "faults/reward_timeouts",
+FAULT_COUNTERS = ("faults/rollout_restarts", "faults/reward_worker_restarts", "faults/reward_errors",
+                  "faults/reward_timeouts",
                   "faults/nonfinite_loss", "data/skipped_rows", "train/skipped_zero_signal")
 
 
@@ -148,7 +149,14 @@ class Trainer:
 
     def score(self, batch: RolloutBatch) -> RolloutBatch:
         """Rewards, correctness and extracted answers; failures are NaN and counted, never 0."""
-        result = ray.get(self.rewarder.score.remote(batch.response_texts, batch.prompts, batch.group_index.tolist()))
+        args = (batch.response_texts, batch.prompts, batch.group_index.tolist())
+        try:
+            result = ray.get(self.rewarder.score.remote(*args))
+        except ray.exceptions.RayActorError as err:
+            log.warning("reward worker died (%s); restarting it", err)
+            self.counters["faults/reward_worker_restarts"] += 1
+            self.rewarder = start_reward_worker(self.cfg)
+            result = ray.get(self.rewarder.score.remote(*args))
         batch.rewards = torch.tensor(result.total, dtype=torch.float32)
         batch.correct = torch.tensor(result.correct, dtype=torch.float32)
         batch.answers = list(result.answers)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from rl_div.data import PromptRecord, RolloutBatch
@@ -14,7 +16,7 @@ class HFRolloutWorker:
 
     def __init__(self, model_path: str, *, dtype: str = "float32", trust_remote_code: bool = False,
                  use_chat_template: bool | None = None, prompt_template: str = "{prompt}",
-                 device: str | None = None) -> None:
+                 device: str | None = None, max_batch_rows: int = 4096) -> None:
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model, self.tokenizer = load_policy(model_path, dtype=dtype, trust_remote_code=trust_remote_code,
                                                  device=device)
@@ -22,14 +24,23 @@ class HFRolloutWorker:
         self.device = device
         self.use_chat_template = use_chat_template
         self.prompt_template = prompt_template
+        self.max_batch_rows = max_batch_rows
         self.version = 0
 
     def prompt_token_ids(self, record: PromptRecord) -> list[int]:
         """Token ids of a prompt as the policy sees it (template and chat template applied)."""
         return templated_prompt_ids(self.tokenizer, record, self.prompt_template, self.use_chat_template)
 
-    @torch.no_grad()
     def generate(self, prompts: list[PromptRecord], spec: SamplingSpec) -> RolloutBatch:
+        """Sample spec.n responses for each prompt, at most max_batch_rows sequences per generate()
+        call (chunk c samples with seed spec.seed + c), so a large evaluation fits in memory."""
+        per_chunk = max(1, self.max_batch_rows // spec.n)
+        parts = [self._generate_chunk(prompts[i : i + per_chunk], dataclasses.replace(spec, seed=spec.seed + c))
+                 for c, i in enumerate(range(0, len(prompts), per_chunk))]
+        return parts[0] if len(parts) == 1 else RolloutBatch.concat(parts)
+
+    @torch.no_grad()
+    def _generate_chunk(self, prompts: list[PromptRecord], spec: SamplingSpec) -> RolloutBatch:
         """Sample spec.n responses for each prompt. Rows g*n..g*n+n-1 answer prompt g.
 
         rollout_logprobs are log-softmax of the raw (untempered) logits at each sampled token, i.e.
