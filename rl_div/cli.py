@@ -54,8 +54,9 @@ def _compare(args: argparse.Namespace) -> int:
 
     # CONFIG... may be followed by key=value overrides (a word with '=' that is not an existing file).
     configs = [c for c in args.configs if "=" not in c or os.path.exists(c)]
-    overrides = [c for c in args.configs if c not in configs] + list(args.overrides)
+    overrides = [c for c in args.configs if c not in configs]
     seeds = _split_seeds(args.seeds, overrides) or [0]
+    overrides += list(args.overrides)
     if not configs:
         raise ConfigError("compare: no CONFIG given")
     if args.address:
@@ -155,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
         "layers: '4:8' = layers 4..7; ':4', '-2:', '0:2,6:8' work) taken from BASE.")
     p.add_argument("--base", required=True)
     p.add_argument("--tuned", required=True)
-    p.add_argument("--layers", required=True, metavar="I:J")
+    p.add_argument("--layers", required=True, metavar="I:J",
+                   help="Layers to restore, e.g. 4:8; write a negative start as --layers=-2: (argparse).")
     p.add_argument("--out", required=True)
     p.add_argument("--prefix", help="Decoder-layer key prefix (default: detected, e.g. model.layers).")
     p.add_argument("--overwrite", action="store_true")

@@ -20,14 +20,12 @@ for the last CPUs/GPUs can wait on each other).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,6 +90,16 @@ def config_differences(a: dict[str, Any], b: dict[str, Any], ignore: tuple[str, 
     return [k for k in keys if fa.get(k) != fb.get(k) and not k.startswith(ignore)]
 
 
+def saved_config_tree(path: Path) -> dict[str, Any]:
+    """A run's config.yaml with every default filled in, so that a field added to Config after the run
+    was made does not count as a difference; the raw file if it no longer validates."""
+    tree = yaml.safe_load(path.read_text()) or {}
+    try:
+        return build_config(tree).model_dump(mode="json")
+    except ConfigError:
+        return tree
+
+
 def _dir_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.@+-]+", "_", name).strip("._") or "variant"
 
@@ -129,7 +137,7 @@ def run_status(run: PlannedRun) -> str:
     saved = run.dir / "config.yaml"
     if not saved.exists():
         return "new"
-    diff = config_differences(yaml.safe_load(saved.read_text()) or {}, run.config.model_dump(mode="json"))
+    diff = config_differences(saved_config_tree(saved), run.config.model_dump(mode="json"))
     if diff:
         raise ConfigError(f"{run.dir} holds a run with another config (differs in {', '.join(diff)}); "
                           "use another --out or delete it")
@@ -151,26 +159,10 @@ def clear_partial(run_dir: Path) -> None:
             path.unlink()
 
 
-@contextlib.contextmanager
-def scoped_log_handlers() -> Iterator[None]:
-    """The Trainer adds a file handler (its train.log) to the 'rl_div' logger and never removes it:
-    without this, every later run of the same process would also write into earlier runs' logs."""
-    logger = logging.getLogger("rl_div")
-    before = list(logger.handlers)
-    try:
-        yield
-    finally:
-        for handler in logger.handlers[:]:
-            if handler not in before:
-                logger.removeHandler(handler)
-                handler.close()
-
-
 def run_in_process(run: PlannedRun, status: str) -> None:
     from rl_div.trainer import train
 
-    with scoped_log_handlers():
-        train(run.config, resume=status == "resume")
+    train(run.config, resume=status == "resume")
 
 
 def run_in_subprocesses(todo: list[tuple[PlannedRun, str]], jobs: int, out: Path) -> None:

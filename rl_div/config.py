@@ -73,6 +73,10 @@ class DataConfig(Section):
     )
     num_train_prompts: int = Field(512, ge=1, description="Training prompts (task source) / max rows.")
     num_eval_prompts: int = Field(32, ge=1, description="Held-out evaluation prompts.")
+    eval_seed: int = Field(
+        0, description="Seed choosing the evaluation prompts; fixed (not run.seed) so every seed and "
+        "variant of a comparison is evaluated on the same problems."
+    )
 
 
 class RolloutConfig(Section):

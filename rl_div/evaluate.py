@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 
 from rl_div.checkpoint import latest_checkpoint
-from rl_div.compare import config_differences, scoped_log_handlers, set_fields
+from rl_div.compare import config_differences, saved_config_tree, set_fields
 from rl_div.config import (
     Config,
     ConfigError,
@@ -105,7 +105,7 @@ def _apply(cfg: Config, overrides: list[str]) -> Config:
     return out
 
 
-def default_reference(target: Target, cfg: Config, explicit: str | None) -> Path | None:
+def default_reference(target: Target, cfg: Config, explicit: str | None, config: str | None) -> Path | None:
     """See the module docstring; None = no reference."""
     if explicit is not None:
         return None if explicit.lower() == "none" else resolve_target(explicit).model_dir
@@ -114,7 +114,9 @@ def default_reference(target: Target, cfg: Config, explicit: str | None) -> Path
     if target.run_dir is not None:
         run_cfg = build_config(yaml.safe_load((target.run_dir / "config.yaml").read_text()))
         return Path(resolve_model_path(run_cfg)).resolve()
-    if cfg.model.path == "bootstrap" or Path(cfg.model.path).is_dir():
+    # Only a config the user named says which base model is meant; the defaults' 'bootstrap' would
+    # silently train a demo model as the reference of an unrelated model.
+    if config is not None and (cfg.model.path == "bootstrap" or Path(cfg.model.path).is_dir()):
         ref = Path(resolve_model_path(cfg)).resolve()
         return None if ref == target.model_dir else ref
     return None
@@ -129,7 +131,7 @@ def evaluate_model(model_dir: Path, cfg: Config, seed: int, n: int, out_dir: Pat
     })
     result = out_dir / "eval" / "step_000000.json"
     saved = out_dir / "config.yaml"
-    same = saved.exists() and not config_differences(yaml.safe_load(saved.read_text()), run_cfg.model_dump(mode="json"))
+    same = saved.exists() and not config_differences(saved_config_tree(saved), run_cfg.model_dump(mode="json"))
     if result.exists() and same:
         print(f"[eval] {label} seed {seed}: already evaluated in {out_dir}")
         return result
@@ -138,12 +140,11 @@ def evaluate_model(model_dir: Path, cfg: Config, seed: int, n: int, out_dir: Pat
     from rl_div.trainer import Trainer
 
     print(f"[eval] {label} seed {seed}: sampling n={n} per problem")
-    with scoped_log_handlers():
-        trainer = Trainer(run_cfg)
-        try:
-            trainer.evaluate()
-        finally:
-            trainer.close()
+    trainer = Trainer(run_cfg)
+    try:
+        trainer.evaluate()
+    finally:
+        trainer.close()
     return result
 
 
@@ -153,7 +154,7 @@ def run_eval(model: str | Path, n: int = 64, config: str | None = None, referenc
     """Evaluate ``model`` (and its reference) for every seed and write the report; returns its files."""
     target = resolve_target(model)
     cfg = eval_config(target, config, list(overrides or []))
-    ref_dir = default_reference(target, cfg, reference)
+    ref_dir = default_reference(target, cfg, reference, config)
     seeds = list(seeds) if seeds else [cfg.run.seed]
     if out is None:
         base = target.run_dir / "evals" if target.run_dir is not None else Path("evals")
@@ -195,9 +196,12 @@ def print_summary(summary_json: Path) -> None:
                                                 "div/emb_diversity", "div/vendi", "div/num_classes"]:
             if key in bands:
                 print(f"  {key:<30} {cell(bands[key])}")
+    def num(value: float | None) -> str:  # null = undefined (e.g. no problem with 2 correct samples)
+        return "nan" if value is None else f"{value:.3f}"
+
     for name, c in (data.get("collapse") or {}).items():
-        print(f"\ncollapse of {name} vs reference: total {c['total']:.3f} = residual {c['residual']:.3f} "
-              f"+ quality control {c['quality_control']:.3f}")
+        print(f"\ncollapse of {name} vs reference (answer diversity): total {num(c['total'])} = residual "
+              f"{num(c['residual'])} + quality control {num(c['quality_control'])}")
 
 
 __all__ = ["ConfigError", "Target", "evaluate_model", "print_summary", "resolve_target", "run_eval"]

@@ -68,6 +68,7 @@ def _final_step(runs: list[RunData], notes: list[str], variant: str) -> int:
 
 
 def build_comparison(runs: list[RunData], kind: str = "compare") -> Comparison:
+    """Each variant at its final evaluation, the base/reference model, and the collapse of each variant."""
     variants: dict[str, list[RunData]] = {}
     for r in runs:
         if r.ref.role == "variant" and r.evals:
@@ -75,46 +76,59 @@ def build_comparison(runs: list[RunData], kind: str = "compare") -> Comparison:
     references = [r for r in runs if r.ref.role == "reference" and r.evals]
     if not variants:
         raise ValueError("no evaluations found: nothing to report (did the runs reach their first eval?)")
-    notes: list[str] = []
-    comp = Comparison(kind, list(variants), {}, {}, notes=notes)
+    comp = Comparison(kind, list(variants), {}, {})
     for name, group in variants.items():
-        step = comp.final_step[name] = _final_step(group, notes, name)
-        points = [r.evals[step] if step in r.evals else r.evals[max(r.evals)] for r in group]
-        comp.final[name] = summarize_evals(points)
-    first = variants[comp.variants[0]]
+        step = comp.final_step[name] = _final_step(group, comp.notes, name)
+        comp.final[name] = summarize_evals([r.evals.get(step) or r.evals[max(r.evals)] for r in group])
+    _add_base(comp, variants, references)
+    for name, group in variants.items():
+        _add_collapse(comp, name, group, references)
+    comp.k = table_k([*comp.final.values(), *([comp.base] if comp.base else [])])
+    comp.setup = _setup(variants[comp.variants[0]], variants, references)
+    return comp
+
+
+def _add_base(comp: Comparison, variants: dict[str, list[RunData]], references: list[RunData]) -> None:
+    """The reference runs of rl-div eval, else the step-0 evaluations of a comparison."""
     if references:
         comp.base_label = references[0].ref.variant
         comp.base = summarize_evals([r.evals[max(r.evals)] for r in references])
-    elif any(comp.final_step[v] > 0 for v in comp.variants):
-        # One step-0 evaluation per seed (the first variant that has it): every variant's step 0 is the
-        # same base model on the same problems and sampling seed, so any one stands for all.
-        starts: dict[int, EvalPoint] = {}
-        for group in variants.values():
-            for r in group:
-                if 0 in r.evals:
-                    starts.setdefault(r.ref.seed, r.evals[0])
-        if starts:
-            comp.base_label = "base (step 0)"
-            comp.base = summarize_evals([starts[s] for s in sorted(starts)])
-        models = {json.dumps([r.config.get("model"), r.config.get("bootstrap")], sort_keys=True)
-                  for g in variants.values() for r in g}
-        if len(models) > 1:
-            notes.append(f"variants start from different models; the base row is {comp.variants[0]}'s step 0")
-    for name, group in variants.items():
-        model = {r.ref.seed: r.evals[comp.final_step[name]].problems for r in group
-                 if comp.final_step[name] in r.evals and r.evals[comp.final_step[name]].problems}
-        if references:
-            ref = {r.ref.seed: r.evals[max(r.evals)].problems for r in references if r.evals[max(r.evals)].problems}
-        elif comp.final_step[name] > 0:  # against the same run's own step-0 evaluation
-            ref = {r.ref.seed: r.evals[0].problems for r in group if 0 in r.evals and r.evals[0].problems}
-        else:
-            continue
+        return
+    if not any(step > 0 for step in comp.final_step.values()):
+        return  # the variants are their own step 0: a base row would repeat them
+    # One step-0 evaluation per seed (the first variant that has it): every variant's step 0 is the
+    # same base model on the same problems and sampling seed, so any one stands for all.
+    starts: dict[int, EvalPoint] = {}
+    for group in variants.values():
+        for r in group:
+            if 0 in r.evals:
+                starts.setdefault(r.ref.seed, r.evals[0])
+    if starts:
+        comp.base_label = "base (step 0)"
+        comp.base = summarize_evals([starts[s] for s in sorted(starts)])
+    models = {json.dumps([r.config.get("model"), r.config.get("bootstrap")], sort_keys=True)
+              for g in variants.values() for r in g}
+    if len(models) > 1:
+        comp.notes.append("variants start from different models; the base row is each seed's first variant's step 0")
+
+
+def _add_collapse(comp: Comparison, name: str, group: list[RunData], references: list[RunData]) -> None:
+    """Final evaluation against the reference model (rl-div eval) or the run's own step 0 (compare)."""
+    step = comp.final_step[name]
+    model = {r.ref.seed: r.evals[step].problems for r in group if step in r.evals and r.evals[step].problems}
+    if references:
+        ref = {r.ref.seed: r.evals[max(r.evals)].problems for r in references if r.evals[max(r.evals)].problems}
+    elif step > 0:
+        ref = {r.ref.seed: r.evals[0].problems for r in group if 0 in r.evals and r.evals[0].problems}
+    else:
+        return
+    try:
         report = collapse_over_seeds(model, ref)  # type: ignore[arg-type]
-        if report is not None:
-            comp.collapse[name] = report
-    comp.k = table_k([*comp.final.values(), *([comp.base] if comp.base else [])])
-    comp.setup = _setup(first, variants, references)
-    return comp
+    except ValueError as err:  # evaluated on different problems: say so instead of failing the report
+        comp.notes.append(f"{name}: no collapse decomposition ({err})")
+        return
+    if report is not None:
+        comp.collapse[name] = report
 
 
 def _ks(bands: dict[str, Band]) -> list[int]:
@@ -197,7 +211,8 @@ def _rows(comp: Comparison) -> list[tuple[str, int | None, dict[str, Band]]]:
     rows: list[tuple[str, int | None, dict[str, Band]]] = []
     if comp.base and comp.base_label:
         rows.append((comp.base_label, 0 if comp.kind == "compare" else None, comp.base))
-    rows += [(v, comp.final_step[v], comp.final[v]) for v in comp.variants]
+    # rl-div eval evaluates each model once (as "step 0" of its eval run): a step column would mislead.
+    rows += [(v, None if comp.kind == "eval" else comp.final_step[v], comp.final[v]) for v in comp.variants]
     return rows
 
 

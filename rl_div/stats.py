@@ -88,7 +88,7 @@ def eval_summary(batch: RolloutBatch, embeddings: np.ndarray | None = None,
 
     batch: n samples per prompt, scored, with old_entropy from the policy. embeddings: optional
     [B, d] response embeddings. Returns (flat metrics incl. pass@k for k = 1, 2, 4, ..., n,
-    per-problem rows for export).
+    per-problem rows for export: uid, prompt, n, c, answers, correct, responses).
     """
     flags = _correct_flags(batch)
     answers = batch.answers or [None] * batch.size
@@ -108,7 +108,7 @@ def eval_summary(batch: RolloutBatch, embeddings: np.ndarray | None = None,
                                          [flags[i] for i in rows], embeddings=emb, vocab_size=vocab_size,
                                          tokenize=list))
         problems.append({"uid": batch.prompts[rows[0]].uid, "prompt": batch.prompts[rows[0]].prompt,
-                         "n": int(n[g]), "c": int(c[g]),
-                         "answers": [answers[i] for i in rows], "correct": [flags[i] for i in rows]})
+                         "n": int(n[g]), "c": int(c[g]), "answers": [answers[i] for i in rows],
+                         "correct": [flags[i] for i in rows], "responses": [batch.response_texts[i] for i in rows]})
     metrics.update({f"div/{k}": v for k, v in average_group_metrics(per_group).items()})
     return metrics, problems

@@ -61,12 +61,21 @@ class Trainer:
         self.cfg = cfg
         self.out = Path(cfg.run.output_dir)
         self.out.mkdir(parents=True, exist_ok=True)
+        try:
+            self._start(resume)
+        except BaseException:
+            self.close()  # a failed start leaves no actors and no open log behind
+            raise
+
+    def _start(self, resume: bool) -> None:
+        """Prompts, model, Ray actors, and (with resume) the latest checkpoint's state."""
+        cfg = self.cfg
         setup_logging(self.out / "train.log")
         import_plugins(cfg.run.plugins)
         save_config(cfg, self.out / "config.yaml")
         self.model_path = resolve_model_path(cfg)
         train_set = load_prompts(cfg.data, "train", cfg.run.seed)
-        self.eval_prompts = load_prompts(cfg.data, "eval", cfg.run.seed).records
+        self.eval_prompts = load_prompts(cfg.data, "eval", cfg.data.eval_seed).records
         self.prompts = PromptStream(train_set.records, cfg.run.seed)
         self.counters: dict[str, float] = dict.fromkeys(FAULT_COUNTERS, 0.0)
         self.counters["data/skipped_rows"] = float(train_set.skipped_rows)
@@ -230,8 +239,10 @@ class Trainer:
         log.info("resumed from %s at step %d", checkpoint, self.step)
 
     def close(self) -> None:
+        """Flush metrics, detach the log file and stop this run's actors (safe on a partial start)."""
         if hasattr(self, "tracker"):
             self.tracker.close()
+        close_logging(self.out / "train.log")
         for actor in [*getattr(self, "rollout_workers", []), getattr(self, "rewarder", None),
                       getattr(self, "learner", None)]:
             if actor is not None:
@@ -296,3 +307,12 @@ def setup_logging(path: Path) -> None:
         handler = logging.FileHandler(path)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         logger.addHandler(handler)
+
+
+def close_logging(path: Path) -> None:
+    """Detach this run's log file so a later run in the same process does not write into it."""
+    logger = logging.getLogger("rl_div")
+    for handler in list(logger.handlers):
+        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename) == path.resolve():
+            logger.removeHandler(handler)
+            handler.close()

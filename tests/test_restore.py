@@ -25,9 +25,12 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     tok = build_char_tokenizer()
     base = save_policy(make_tiny_llama(tok, hidden_size=32, num_layers=LAYERS, intermediate_size=64, seed=1), tok,
                        root / "base")
-    tuned = save_policy(make_tiny_llama(tok, hidden_size=32, num_layers=LAYERS, intermediate_size=64, seed=2), tok,
-                        root / "tuned")
-    return base, tuned
+    tuned_model = make_tiny_llama(tok, hidden_size=32, num_layers=LAYERS, intermediate_size=64, seed=2)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # norms start at 1 in both: perturb every tensor, as fine-tuning would
+        for p in tuned_model.parameters():
+            p.add_(0.01 * torch.randn(p.shape, generator=gen))
+    return base, save_policy(tuned_model, tok, root / "tuned")
 
 
 def layer_of(key: str) -> int | None:
