@@ -90,7 +90,8 @@ def math_verify_reward(
     converted; intervals and sets compare as such; with several boxes, all of them form a set.
     """
     gold = parse_gold(record.answer)
-    pred = parse(completion, extraction_config=EXTRACTION_CONFIG, parsing_timeout=None)
+    pred = parse(completion, extraction_config=EXTRACTION_CONFIG, parsing_timeout=None,
+                 raise_on_error=raise_on_error)
     if not pred:
         return 0.0
     same = verify(

@@ -75,19 +75,25 @@ def novelty_scores(sim: np.ndarray, classes: Sequence[Hashable | None], mean_wei
 
 
 def correctness_classes(answers: Sequence[str | None], correct: Sequence[float]) -> list[int | None]:
-    """1 correct, 0 incorrect, None when unparseable or unverified (correct NaN)."""
-    return [None if a is None or math.isnan(c) else int(c > 0.5) for a, c in zip(answers, correct, strict=True)]
+    """1 correct, 0 incorrect, None when unverified (correct NaN) or incorrect and unparseable.
+
+    The verifier's verdict decides the class, not the extractor: a response the verifier accepts
+    is correct even when the extractor found no answer text (e.g. a bare ``$\\pi$``), so that
+    correct always outranks incorrect.
+    """
+    return [None if math.isnan(c) or (a is None and c <= 0.5) else int(c > 0.5)
+            for a, c in zip(answers, correct, strict=True)]
 
 
 def novelty_rewards(u: Sequence[float], answers: Sequence[str | None], correct: Sequence[float]) -> list[float]:
-    """Map normalised novelty to rewards: correct 0.5 + 0.5u, incorrect -1 + 0.5u, unparseable -1,
-    unverified (correct NaN) NaN."""
+    """Map normalised novelty to rewards: correct 0.5 + 0.5u, incorrect -1 + 0.5u, incorrect and
+    unparseable -1, unverified (correct NaN) NaN."""
     out = []
     for ui, a, c in zip(u, answers, correct, strict=True):
-        if a is None:
-            out.append(-1.0)
-        elif math.isnan(c):
+        if math.isnan(c):
             out.append(math.nan)
+        elif a is None and c <= 0.5:
+            out.append(-1.0)
         else:
             out.append((0.5 if c > 0.5 else -1.0) + 0.5 * float(ui))
     return out
@@ -115,8 +121,9 @@ def novelty_reward(
     pool = [i for i, c in enumerate(classes) if c is not None]
     sim = np.zeros((len(classes), len(classes)))
     if pool:
-        source = answers if text == "answer" else completions
-        vectors = embed([str(source[i]) for i in pool], model=model)
+        # A correct response without extracted answer text is embedded by its whole completion.
+        source = [a if text == "answer" and a is not None else c for a, c in zip(answers, completions, strict=True)]
+        vectors = embed([source[i] for i in pool], model=model)
         sim[np.ix_(pool, pool)] = cosine_matrix(vectors)
     u = novelty_scores(sim, classes, mean_weight)
     return novelty_rewards(u.tolist(), answers, correct)

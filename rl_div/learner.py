@@ -21,12 +21,15 @@ from rl_div.registry import import_plugins
 
 
 def policy_forward(model: torch.nn.Module, batch: RolloutBatch, chunk_rows: int,
-                   with_prompt: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+                   with_prompt: bool = False, temperature: float = 1.0,
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Log-probs and full-distribution entropies of the sampled response tokens.
 
     Returns logp [B, T], entropy [B, T] (float32, grad flows if enabled) and, when with_prompt,
     prompt log-probs [B, P] aligned with prompt_ids (position of the first real token is 0 and
-    masked out by :func:`prompt_logprob_mask`).
+    masked out by :func:`prompt_logprob_mask`). Logits are divided by the sampling temperature so
+    that pi_old is the distribution the rollout sampled from (top-p / top-k truncation is not
+    modelled: with those on, ratios are taken against the untruncated tempered policy).
     """
     p_len = batch.prompt_ids.shape[1]
     input_ids = torch.cat([batch.prompt_ids, batch.response_ids], dim=1)
@@ -36,6 +39,8 @@ def policy_forward(model: torch.nn.Module, batch: RolloutBatch, chunk_rows: int,
     device = next(model.parameters()).device
     logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device),
                    position_ids=position_ids.to(device)).logits
+    if temperature != 1.0:
+        logits = logits / temperature
     # Logits at position i predict token i+1.
     logp, entropy = logprobs_and_entropy(logits[:, p_len - 1 : -1], batch.response_ids.to(device), chunk_rows)
     prompt_logp = None
@@ -73,20 +78,24 @@ class Learner:
 
     # ---- forward passes without gradient -------------------------------------------------------
     @torch.no_grad()
-    def score_policy(self, batch: RolloutBatch, with_prompt: bool = False) -> dict[str, torch.Tensor]:
-        """old_logprobs, old_entropy [B, T] (and prompt_logprobs [B, P], ref_logprobs) for a batch."""
+    def score_policy(self, batch: RolloutBatch, with_prompt: bool = False,
+                     temperature: float | None = None) -> dict[str, torch.Tensor]:
+        """old_logprobs, old_entropy [B, T] (and prompt_logprobs [B, P], ref_logprobs) for a batch,
+        at the given sampling temperature (default: the rollout temperature)."""
+        temperature = self.cfg.rollout.temperature if temperature is None else temperature
         self.model.eval()
         parts: dict[str, list[torch.Tensor]] = {"old_logprobs": [], "old_entropy": [], "prompt_logprobs": [],
                                                 "ref_logprobs": []}
         for micro in batch.micro_batches(self.cfg.train.micro_batch_size):
             logp, entropy, prompt_logp = policy_forward(self.model, micro, self.cfg.train.logit_chunk_rows,
-                                                        with_prompt)
+                                                        with_prompt, temperature)
             parts["old_logprobs"].append(logp.cpu())
             parts["old_entropy"].append(entropy.cpu())
             if prompt_logp is not None:
                 parts["prompt_logprobs"].append(prompt_logp.cpu())
             if self.ref_model is not None:
-                ref_logp, _, _ = policy_forward(self.ref_model, micro, self.cfg.train.logit_chunk_rows)
+                ref_logp, _, _ = policy_forward(self.ref_model, micro, self.cfg.train.logit_chunk_rows,
+                                                temperature=temperature)
                 parts["ref_logprobs"].append(ref_logp.cpu())
         return {k: torch.cat(v) for k, v in parts.items() if v}
 
@@ -103,12 +112,14 @@ class Learner:
         mini_size = cfg.mini_batch_size or batch.size
         sums: dict[str, float] = {}
         counts = {"train/optimizer_steps": 0, "train/skipped_zero_signal": 0, "faults/nonfinite_loss": 0}
-        for _ in range(cfg.ppo_epochs):
+        if batch.size == 0:  # every reward failed: nothing to learn from
+            counts["train/skipped_zero_signal"] = 1
+        for _ in range(cfg.ppo_epochs if batch.size else 0):
             order = torch.randperm(batch.size, generator=self.generator) if mini_size < batch.size \
                 else torch.arange(batch.size)
             for start in range(0, batch.size, mini_size):
                 mini = batch.select(order[start : start + mini_size])
-                if not bool((mini.advantages != 0).any()) and cfg.skip_zero_signal_steps:
+                if cfg.skip_zero_signal_steps and not self._has_signal(mini):
                     counts["train/skipped_zero_signal"] += 1
                     continue
                 step_metrics = self._optimizer_step(mini)
@@ -124,6 +135,14 @@ class Learner:
         metrics["train/lr"] = self.scheduler.get_last_lr()[0]
         return metrics
 
+    def _has_signal(self, mini: RolloutBatch) -> bool:
+        """Whether any loss term would give a gradient: a non-zero advantage, or a KL, entropy or
+        KL-Cov term that acts regardless of the advantage."""
+        params = self.cfg.algo.loss_params
+        other_terms = (params.get("kl_coef", 0.0) or params.get("entropy_coef", 0.0)
+                       or self.cfg.algo.token_weight == "kl_cov")
+        return bool((mini.advantages != 0).any()) or bool(other_terms)
+
     def _optimizer_step(self, mini: RolloutBatch) -> dict[str, float] | None:
         """One optimizer step on a mini-batch; None (and no step) if anything was not finite.
 
@@ -136,18 +155,23 @@ class Learner:
         sums: dict[str, float] = {}
         micros = mini.micro_batches(cfg.micro_batch_size)
         for micro in micros:
-            mask = micro.response_mask.float()
-            logp, entropy, _ = policy_forward(self.model, micro, cfg.logit_chunk_rows)
-            adv_tokens = micro.advantages[:, None].expand_as(logp)
+            logp, entropy, _ = policy_forward(self.model, micro, cfg.logit_chunk_rows,
+                                              temperature=self.cfg.rollout.temperature)
+            # Batch tensors travel on CPU; the loss is computed where the policy lives.
+            dev = logp.device
+            mask = micro.response_mask.to(dev, torch.float32)
+            old_logp, advantages = micro.old_logprobs.to(dev), micro.advantages.to(dev)
+            old_entropy = micro.old_entropy.to(dev) if micro.old_entropy is not None else None
+            ref_logp = micro.ref_logprobs.to(dev) if micro.ref_logprobs is not None else None
             weights = TOKEN_WEIGHTS[algo.token_weight](
-                TokenWeightInputs(advantages=adv_tokens, logprobs=logp.detach(), old_logprobs=micro.old_logprobs,
-                                  mask=mask, old_entropy=micro.old_entropy, entropy=entropy.detach(),
-                                  generator=self.generator),
+                TokenWeightInputs(advantages=advantages[:, None].expand_as(logp), logprobs=logp.detach(),
+                                  old_logprobs=old_logp, mask=mask, old_entropy=old_entropy,
+                                  entropy=entropy.detach(), generator=self.generator),
                 **algo.token_weight_params)
             out = LOSSES[algo.loss](
-                LossInputs(logprobs=logp, old_logprobs=micro.old_logprobs, advantages=micro.advantages, mask=mask,
+                LossInputs(logprobs=logp, old_logprobs=old_logp, advantages=advantages, mask=mask,
                            token_weights=weights.weights, kl_penalty_coef=weights.kl_penalty_coef,
-                           ref_logprobs=micro.ref_logprobs, entropy=entropy),
+                           ref_logprobs=ref_logp, entropy=entropy),
                 **{"token_denominator": token_total, "seq_denominator": seq_total,
                    "norm_constant": float(self.cfg.rollout.max_new_tokens), **algo.loss_params})
             if not torch.isfinite(out.loss):

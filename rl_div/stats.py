@@ -18,6 +18,7 @@ from rl_div.metrics import (
     mean_at_n,
     pass_at_k_curve,
 )
+from rl_div.metrics.diversity import Tokenizer
 
 
 def group_rows(batch: RolloutBatch) -> list[list[int]]:
@@ -31,6 +32,13 @@ def group_rows(batch: RolloutBatch) -> list[list[int]]:
 def _correct_flags(batch: RolloutBatch) -> list[bool]:
     correct = batch.correct if batch.correct is not None else torch.full((batch.size,), math.nan)
     return [bool(c == 1.0) for c in correct.tolist()]
+
+
+def _scored_flags(batch: RolloutBatch) -> list[bool]:
+    """Rows whose verifier gave a verdict (correct is not NaN); all rows when there is no verdict."""
+    if batch.correct is None:
+        return [True] * batch.size
+    return [bool(torch.isfinite(c)) for c in batch.correct]
 
 
 def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> float:
@@ -66,8 +74,9 @@ def rollout_health(batch: RolloutBatch) -> dict[str, float]:
     return out
 
 
-def step_diversity(batch: RolloutBatch) -> dict[str, float]:
-    """Cheap per-group diversity every step: distinct answers (all / correct) and distinct-2."""
+def step_diversity(batch: RolloutBatch, tokenize: Tokenizer = list) -> dict[str, float]:
+    """Cheap per-group diversity every step: distinct answers (all / correct) and distinct-2 over
+    ``tokenize`` units (the trainer passes the policy tokenizer; default characters)."""
     flags = _correct_flags(batch)
     answers = batch.answers or [None] * batch.size
     per_group = []
@@ -77,28 +86,37 @@ def step_diversity(batch: RolloutBatch) -> dict[str, float]:
         per_group.append({
             "div/distinct_answers": float(len({a for a in ans if a is not None})),
             "div/distinct_correct_answers": float(len({a for a, c in zip(ans, ok, strict=True) if c and a})),
-            "div/distinct_2": distinct_n([batch.response_texts[i] for i in rows], 2, tokenize=list),
+            "div/distinct_2": distinct_n([batch.response_texts[i] for i in rows], 2, tokenize=tokenize),
         })
     return average_group_metrics(per_group)
 
 
-def eval_summary(batch: RolloutBatch, embeddings: np.ndarray | None = None,
-                 vocab_size: int | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def eval_summary(batch: RolloutBatch, embeddings: np.ndarray | None = None, vocab_size: int | None = None,
+                 tokenize: Tokenizer = list) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Evaluation metrics over held-out prompts and a per-problem table (n, c, answers).
 
     batch: n samples per prompt, scored, with old_entropy from the policy. embeddings: optional
-    [B, d] response embeddings. Returns (flat metrics incl. pass@k for k = 1, 2, 4, ..., n,
-    per-problem rows for export: uid, prompt, n, c, answers, correct, responses).
+    [B, d] response embeddings. tokenize / vocab_size: the units of distinct-n and EAD (the
+    trainer passes the policy tokenizer). Samples whose verifier failed (correct NaN) are left out
+    of n and c, so a verifier error never counts as a wrong answer; "eval/unscored" counts them.
+    Returns (flat metrics incl. pass@k for k = 1, 2, 4, ..., min n, per-problem rows for export:
+    uid, prompt, n, c, answers, correct, responses).
     """
     flags = _correct_flags(batch)
+    scored = _scored_flags(batch)
     answers = batch.answers or [None] * batch.size
-    groups = group_rows(batch)
+    groups = [[i for i in r if scored[i]] for r in group_rows(batch)]
+    unscored = batch.size - sum(len(r) for r in groups)
+    groups = [r for r in groups if r]
+    if not groups:
+        return {"eval/unscored": float(unscored)}, []
     n = np.array([len(r) for r in groups])
     c = np.array([sum(flags[i] for i in r) for r in groups])
     metrics: dict[str, Any] = {f"pass@{k}": v for k, v in pass_at_k_curve(n, c).items()}
     metrics["mean@n"] = mean_at_n([[flags[i] for i in r] for r in groups])
     metrics["maj@n"] = maj_at_n([[answers[i] for i in r] for r in groups], [[flags[i] for i in r] for r in groups])
     metrics["n"] = int(n.min())
+    metrics["eval/unscored"] = float(unscored)
     metrics.update(rollout_health(batch))
     per_group = []
     problems = []
@@ -106,7 +124,7 @@ def eval_summary(batch: RolloutBatch, embeddings: np.ndarray | None = None,
         emb = embeddings[rows] if embeddings is not None else None
         per_group.append(group_diversity([batch.response_texts[i] for i in rows], [answers[i] for i in rows],
                                          [flags[i] for i in rows], embeddings=emb, vocab_size=vocab_size,
-                                         tokenize=list))
+                                         tokenize=tokenize))
         problems.append({"uid": batch.prompts[rows[0]].uid, "prompt": batch.prompts[rows[0]].prompt,
                          "n": int(n[g]), "c": int(c[g]), "answers": [answers[i] for i in rows],
                          "correct": [flags[i] for i in rows], "responses": [batch.response_texts[i] for i in rows]})

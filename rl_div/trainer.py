@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import time
@@ -33,6 +34,7 @@ from rl_div.cluster import init_ray, start_learner, start_reward_worker, start_r
 from rl_div.config import Config, save_config
 from rl_div.data import PromptRecord, RolloutBatch
 from rl_div.learner import prompt_logprob_mask
+from rl_div.models import load_tokenizer
 from rl_div.prompts import PromptStream, load_prompts
 from rl_div.registry import import_plugins
 from rl_div.rollout import SamplingSpec
@@ -74,6 +76,10 @@ class Trainer:
         import_plugins(cfg.run.plugins)
         save_config(cfg, self.out / "config.yaml")
         self.model_path = resolve_model_path(cfg)
+        # Distinct-n and EAD count the policy's own tokens.
+        tokenizer = load_tokenizer(self.model_path, trust_remote_code=cfg.model.trust_remote_code)
+        self.vocab_size = len(tokenizer)
+        self.tokenize = functools.partial(tokenizer.encode, add_special_tokens=False)
         train_set = load_prompts(cfg.data, "train", cfg.run.seed)
         self.eval_prompts = load_prompts(cfg.data, "eval", cfg.data.eval_seed).records
         self.prompts = PromptStream(train_set.records, cfg.run.seed)
@@ -117,13 +123,13 @@ class Trainer:
             batch = self.policy_stats(batch)
         batch.advantages, adv_metrics = compute_advantages(batch, cfg)
         with timer("learner_update"):
-            update_metrics = ray.get(self.learner.update.remote(batch))
+            update_metrics = ray.get(self.learner.update.remote(scored_rows(batch)))
         self.counters["faults/nonfinite_loss"] += update_metrics.pop("faults/nonfinite_loss")
         self.counters["train/skipped_zero_signal"] += update_metrics.pop("train/skipped_zero_signal")
         with timer("sync"):
             self.sync_weights()
         self.step += 1
-        metrics = {**rollout_health(batch), **step_diversity(batch), **adv_metrics, **update_metrics,
+        metrics = {**rollout_health(batch), **step_diversity(batch, self.tokenize), **adv_metrics, **update_metrics,
                    **timer.durations, **self.counters, "policy/version": self.weights_version}
         self.tracker.log(self.step, metrics)
         return metrics
@@ -177,9 +183,9 @@ class Trainer:
             log.warning("reward error: %s", message)
         return batch
 
-    def policy_stats(self, batch: RolloutBatch) -> RolloutBatch:
+    def policy_stats(self, batch: RolloutBatch, temperature: float | None = None) -> RolloutBatch:
         """Log-probs and entropies of the batch under the current policy (the learner's pi_old)."""
-        stats = ray.get(self.learner.score_policy.remote(batch, True))
+        stats = ray.get(self.learner.score_policy.remote(batch, True, temperature))
         batch.old_logprobs = stats["old_logprobs"]
         batch.old_entropy = stats["old_entropy"]
         batch.prompt_logprobs = stats.get("prompt_logprobs")
@@ -209,12 +215,13 @@ class Trainer:
                             top_k=cfg.rollout.top_k, max_new_tokens=cfg.rollout.max_new_tokens,
                             stop=list(cfg.rollout.stop), seed=cfg.run.seed + 7_919)
         with timer("eval_rollout"):
-            batch = self.policy_stats(self.score(self.rollout(self.eval_prompts, spec, seed_salt=0)))
+            batch = self.score(self.rollout(self.eval_prompts, spec, seed_salt=0))
+            batch = self.policy_stats(batch, temperature=cfg.eval.temperature)
         embeddings = None
         if cfg.eval.embedding_metrics:
             with timer("eval_embed"):
                 embeddings = ray.get(self.rewarder.embed.remote(batch.response_texts))
-        metrics, problems = eval_summary(batch, embeddings)
+        metrics, problems = eval_summary(batch, embeddings, self.vocab_size, self.tokenize)
         metrics.update(timer.durations)
         eval_dir = self.out / "eval"
         eval_dir.mkdir(exist_ok=True)
@@ -272,6 +279,14 @@ def compute_advantages(batch: RolloutBatch, cfg: Config) -> tuple[torch.Tensor, 
     advantages = torch.zeros(batch.size)
     advantages[rows] = out.advantages.float()
     return advantages, out.metrics
+
+
+def scored_rows(batch: RolloutBatch) -> RolloutBatch:
+    """The rows whose reward was computed: a failed reward is no signal, and its tokens must not
+    dilute the token-mean or feed the KL / entropy terms."""
+    assert batch.rewards is not None
+    valid = torch.isfinite(batch.rewards)
+    return batch if bool(valid.all()) else batch.select(valid.nonzero().squeeze(1))
 
 
 def resolve_model_path(cfg: Config) -> str:

@@ -250,14 +250,19 @@ def test_passk_matches_formula(k: int) -> None:
     assert out.advantages.tolist() == pytest.approx(expected, abs=1e-12)
 
 
-def test_passk_k1_is_grpo_and_small_group_raises() -> None:
+def test_passk_k1_is_grpo_and_small_group_gets_zero() -> None:
     correct = t([1, 0, 0, 1, 1, 0])
     groups = gi([0, 0, 0, 0, 1, 1])
     pk = ADVANTAGES["passk"](AdvantageInputs(correct, groups, correct), k=1).advantages
     grpo = ADVANTAGES["grpo"](AdvantageInputs(correct, groups)).advantages
     assert pk.tolist() == pytest.approx(grpo.tolist(), abs=1e-5)
-    with pytest.raises(ValueError, match="fewer than k"):
-        ADVANTAGES["passk"](AdvantageInputs(correct, groups, correct), k=3)
+    # a group smaller than k (e.g. after failed rewards were dropped) gets no signal, not an error
+    small = t([1, 0, 0, 0, 1, 0])
+    out = ADVANTAGES["passk"](AdvantageInputs(small, groups, small), k=3)
+    # group 0: N=4, N_neg=3 -> R = 1 - 1/4, sigma = sqrt(3)/4; correct 1/sqrt(3), incorrect -1/(3 sqrt(3))
+    r3 = math.sqrt(3)
+    assert out.advantages.tolist() == pytest.approx([1 / r3, -1 / (3 * r3), -1 / (3 * r3), -1 / (3 * r3), 0, 0])
+    assert out.metrics["adv/zero_signal_frac"] == pytest.approx(0.5)
     with pytest.raises(ValueError, match="correct"):
         ADVANTAGES["passk"](AdvantageInputs(correct, groups), k=1)
 

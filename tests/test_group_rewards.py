@@ -152,3 +152,12 @@ def test_real_novelty_and_partition_on_a_group(embed_fn: Embed) -> None:
     # the two identical "no idea" completions merge by embedding (cos 1 > 0.9); they are wrong -> 0
     assert part[5:] == [0.0, 0.0]
     assert all(0.1 <= v <= 1.0 for v in part[:3])
+
+
+def test_correct_without_extracted_answer_still_outranks_incorrect() -> None:
+    from rewards.novelty import correctness_classes, novelty_rewards
+
+    answers, correct = [None, "3", None], [1.0, 0.0, 0.0]
+    assert correctness_classes(answers, correct) == [1, 0, None]
+    # lone members of their class get u = 0.5: correct 0.5 + 0.25, incorrect -1 + 0.25, unparseable -1
+    assert novelty_rewards([0.5, 0.5, float("nan")], answers, correct) == [0.75, -0.75, -1.0]

@@ -76,10 +76,10 @@ def test_demo_method_configs_train_and_sync(tmp_path: Path, base_model: str, con
     assert (out / "config.yaml").exists() and (out / "eval" / "step_000002.json").exists()
     evaluation = json.loads((out / "eval" / "step_000002.json").read_text())
     assert evaluation["metrics"]["n"] == 4 and len(evaluation["problems"]) == 4
-    steps_taken = rows[-1]["policy/version"]
+    # 8 groups of 4 on a base model with pass@1 ~ 0.25: some group has mixed rewards, so the
+    # policy must have moved (checked on the saved weights, not on the run's own counters)
     before = weights_of(base_model)
-    changed = any(not torch.equal(v, before[k]) for k, v in final_weights(out).items())
-    assert changed == (steps_taken > 0)
+    assert any(not torch.equal(v, before[k]) for k, v in final_weights(out).items())
 
 
 @pytest.mark.parametrize("preset", PRESETS)

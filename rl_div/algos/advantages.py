@@ -11,6 +11,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from rl_div.algos.grouping import (
@@ -239,7 +240,8 @@ def passk(inputs: AdvantageInputs, *, k: int = 4) -> AdvantageOutput:
     passes) gets A = 0; no eps is added, so values match the formula exactly. Unscored (NaN)
     responses count as incorrect. Exact binomials (math.comb) in a loop over groups, which are few.
 
-    Shapes: correct [B], group_index [B] -> [B]. Raises if k < 1 or a group has fewer than k rows.
+    Shapes: correct [B], group_index [B] -> [B]. Raises if k < 1; a group with fewer than k rows
+    (rows whose reward failed are removed before this runs) gets A = 0 and counts as zero-signal.
     """
     _require(inputs, ["correct"], "passk")
     assert inputs.correct is not None
@@ -253,8 +255,10 @@ def passk(inputs: AdvantageInputs, *, k: int = 4) -> AdvantageOutput:
         rows = torch.nonzero(inverse == g).flatten()
         n = int(rows.numel())
         n_neg = int((~is_correct[rows]).sum().item())
-        if n < k:
-            raise ValueError(f"passk: a group has {n} responses, fewer than k={k}")
+        if n < k:  # e.g. failed rewards removed rows: no pass@k estimate, so no signal
+            pass_rates.append(math.nan)
+            zero += 1
+            continue
         r_bar = 1.0 - math.comb(n_neg, k) / math.comb(n, k)
         pass_rates.append(r_bar)
         sigma = math.sqrt(r_bar * (1.0 - r_bar))
@@ -268,7 +272,7 @@ def passk(inputs: AdvantageInputs, *, k: int = 4) -> AdvantageOutput:
     adv = adv.to(inputs.rewards.dtype)
     metrics = {
         "adv/zero_signal_frac": zero / n_groups if n_groups else 0.0,
-        "passk/group_pass_at_k_mean": sum(pass_rates) / len(pass_rates) if pass_rates else 0.0,
+        "passk/group_pass_at_k_mean": float(np.nanmean(pass_rates)) if any(r == r for r in pass_rates) else 0.0,
         **_summary(adv),
     }
     return AdvantageOutput(adv, metrics)

@@ -43,8 +43,9 @@ class HFRolloutWorker:
     def _generate_chunk(self, prompts: list[PromptRecord], spec: SamplingSpec) -> RolloutBatch:
         """Sample spec.n responses for each prompt. Rows g*n..g*n+n-1 answer prompt g.
 
-        rollout_logprobs are log-softmax of the raw (untempered) logits at each sampled token, i.e.
-        log pi_old(token), so they compare directly with the learner's log-probs.
+        rollout_logprobs are the log-softmax of the logits divided by the temperature at each
+        sampled token (top-p / top-k truncation not applied), the same quantity the learner
+        computes, so the two compare directly.
         """
         tok = self.tokenizer
         prompt_ids = [self.prompt_token_ids(r) for r in prompts]
@@ -74,7 +75,7 @@ class HFRolloutWorker:
         new_tokens = out.sequences[:, width:].cpu()
         # Per-step log-softmax keeps memory at [rows, V] rather than [rows, T, V].
         step_logprobs = torch.stack(
-            [sampled_logprob(step, new_tokens[:, t]) for t, step in enumerate(out.logits)], dim=1)
+            [sampled_logprob(step / spec.temperature, new_tokens[:, t]) for t, step in enumerate(out.logits)], dim=1)
         responses, logprobs, texts, truncated = [], [], [], []
         for row in range(new_tokens.shape[0]):
             ids = new_tokens[row].tolist()
