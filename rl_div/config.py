@@ -48,6 +48,10 @@ class ModelConfig(Section):
 class BootstrapConfig(Section):
     steps: int = Field(300, ge=1, description="Supervised steps on noisy demonstrations.")
     seed: int = Field(0, description="Seed of the bootstrap run (cached per argument set).")
+    hidden_size: int = Field(64, ge=8, description="Tiny model width.")
+    num_heads: int = Field(
+        4, ge=1, description="Attention heads (vLLM's CPU attention needs head size 32/64/...: use 1)."
+    )
     cache_dir: str = Field(
         "~/.cache/rl_div/bootstrap", description="Where bootstrapped base models are cached."
     )

@@ -38,6 +38,7 @@ from rl_div.models import load_tokenizer
 from rl_div.prompts import PromptStream, load_prompts
 from rl_div.registry import import_plugins
 from rl_div.rollout import SamplingSpec
+from rl_div.rollout.weight_sync import NcclGroup, nccl_group_on, push_weights
 from rl_div.stats import eval_summary, rollout_health, step_diversity
 from rl_div.tracking import Tracker
 
@@ -90,7 +91,7 @@ class Trainer:
         self.rollout_workers = [start_rollout_worker(cfg, self.model_path) for _ in range(cfg.rollout.num_workers)]
         self.rewarder = start_reward_worker(cfg)
         self.step = 0
-        self.weights_ref: Any = None
+        self.nccl_group: NcclGroup | None = None
         checkpoint = latest_checkpoint(self.out) if resume else None
         if resume and checkpoint is None:
             log.warning("--resume: no checkpoint in %s, starting from step 0", self.out)
@@ -193,16 +194,24 @@ class Trainer:
         return batch
 
     def sync_weights(self) -> None:
-        """Push the learner's weights to every rollout actor through the Ray object store."""
-        self.weights_ref = self.learner.get_weights.remote()
+        """Push the learner's weights to every rollout actor (rollout.weight_sync: Ray object store,
+        CUDA IPC or NCCL broadcast); a sync that fails or times out raises WeightSyncError."""
+        r = self.cfg.rollout
         self.weights_version = ray.get(self.learner.get_version.remote())
-        ray.get([w.set_weights.remote(self.weights_ref, self.weights_version) for w in self.rollout_workers])
+        if r.weight_sync == "nccl" and self.nccl_group is None:
+            self.nccl_group = nccl_group_on(self.learner, len(self.rollout_workers), r.tensor_parallel_size)
+        push_weights(self.learner, self.rollout_workers, r.weight_sync, self.weights_version,
+                     timeout_s=r.weight_sync_timeout_s, nccl_group=self.nccl_group,
+                     ranks_per_engine=r.tensor_parallel_size)
 
     def restart_rollout_worker(self, index: int) -> None:
+        """Replace a dead rollout actor and give every actor the current weights (a new NCCL group
+        too, since its membership changed)."""
         with contextlib.suppress(Exception):  # already dead is the usual case
             ray.kill(self.rollout_workers[index])
         self.rollout_workers[index] = start_rollout_worker(self.cfg, self.model_path)
-        ray.get(self.rollout_workers[index].set_weights.remote(self.weights_ref, self.weights_version))
+        self.nccl_group = None
+        self.sync_weights()
 
     # ---- evaluation and checkpoints ------------------------------------------------------------
     def evaluate(self) -> dict[str, Any]:
@@ -296,7 +305,8 @@ def resolve_model_path(cfg: Config) -> str:
     from rl_div.tasks.bootstrap import bootstrap_base_model
 
     b = cfg.bootstrap
-    return str(bootstrap_base_model(cfg.data.task, Path(b.cache_dir).expanduser(), steps=b.steps, seed=b.seed))
+    return str(bootstrap_base_model(cfg.data.task, Path(b.cache_dir).expanduser(), steps=b.steps, seed=b.seed,
+                                    hidden_size=b.hidden_size, num_heads=b.num_heads))
 
 
 class StageTimer:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -37,9 +38,9 @@ def test_real_grpo_trainer_runs_with_an_rl_div_reward(tmp_path: Path) -> None:
     task = TASKS["prime_gap"]
     model, tok = load_policy(str(bootstrap_base_model("prime_gap", tmp_path / "b", steps=20, seed=0, log=None)))
     records = task.make_prompts("train", 8, 0)
-    ds = Dataset.from_list([{"prompt": r.prompt, "answer": r.answer} for r in records])
+    ds = Dataset.from_list([{"prompt": r.prompt, "answer": r.answer, "meta": r.meta} for r in records])
     seen: list[tuple[str, str, float | None]] = []
-    inner = trl_reward("task_verifier", record_meta={"task": "prime_gap", "extractor": "prime_gap"})
+    inner = trl_reward("task_verifier")
 
     def recording_reward(prompts: list, completions: list, **columns: object) -> list[float | None]:
         values = inner(prompts=prompts, completions=completions, **columns)
@@ -55,7 +56,15 @@ def test_real_grpo_trainer_runs_with_an_rl_div_reward(tmp_path: Path) -> None:
     finally:
         inner.close()
     assert len(seen) == 8
-    by_prompt = {r.prompt: r for r in records}
+
+    def expected(prompt: str, completion: str) -> float:  # independent of rl_div: "N-a is prime, a="
+        n = int(re.match(r"(\d+)-a", prompt).group(1))
+        text = completion.strip()
+        if not re.fullmatch(r"\d{1,3}", text) or not 1 <= int(text) <= 99:
+            return 0.0
+        m = n - int(text)
+        return float(m > 1 and all(m % d for d in range(2, int(m**0.5) + 1)))
+
     for prompt, completion, value in seen:
         assert value is not None and not math.isnan(value)
-        assert value == task.verify(completion, by_prompt[prompt])
+        assert value == expected(prompt, completion)

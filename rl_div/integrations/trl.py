@@ -37,13 +37,15 @@ def consecutive_groups(prompts: list[Any]) -> list[int]:
     return ids
 
 
-def trl_reward(name: str, *, answer_column: str = "answer", record_meta: dict[str, str] | None = None,
+def trl_reward(name: str, *, answer_column: str = "answer", meta_column: str = "meta",
+               record_meta: dict[str, Any] | None = None,
                timeout_s: float = 5.0, isolated: bool = True, plugins: list[str] | None = None,
                **params: Any) -> Callable[..., list[float | None]]:
     """A TRL reward function for the rl_div reward ``name`` (see ``rewards.REWARDS``).
 
-    record_meta: meta given to every PromptRecord, e.g. ``{"task": "prime_gap", "extractor":
-    "prime_gap"}`` for a built-in task (default: math answers, math extractor).
+    record_meta: meta given to every PromptRecord (default: math answers, math extractor);
+    a dataset column ``meta_column`` holding a dict per row (e.g. a built-in task's record.meta)
+    is merged over it.
     """
     scorer = RewardScorer([RewardSpec(name, 1.0, dict(params))], timeout_s=timeout_s, isolated=isolated,
                           plugins=list(plugins or []))
@@ -53,8 +55,9 @@ def trl_reward(name: str, *, answer_column: str = "answer", record_meta: dict[st
         if answer_column not in columns:
             raise KeyError(f"reward {name!r} needs the dataset column {answer_column!r}; columns: {sorted(columns)}")
         golds = columns[answer_column]
-        records = [PromptRecord(prompt=str(p), answer=str(a), uid=str(i), meta=dict(meta))
-                   for i, (p, a) in enumerate(zip(prompts, golds, strict=True))]
+        row_meta = columns.get(meta_column) or [{}] * len(prompts)
+        records = [PromptRecord(prompt=str(p), answer=str(a), uid=str(i), meta={**meta, **(m or {})})
+                   for i, (p, a, m) in enumerate(zip(prompts, golds, row_meta, strict=True))]
         texts = [completion_text(c) for c in completions]
         result = scorer.score(texts, records, consecutive_groups([str(p) for p in prompts]))
         return [None if math.isnan(v) else float(v) for v in result.total]

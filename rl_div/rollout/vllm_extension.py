@@ -37,7 +37,11 @@ class WeightSyncExtension:
         """Put the model into reload mode: from here until rl_div_finish_update it cannot run."""
         from vllm.model_executor.model_loader.reload import initialize_layerwise_reload
 
+        if getattr(self, "_rl_div_updating", False):  # an earlier update died without its abort
+            self.rl_div_abort_update()
         self._rl_div_loaded = 0
+        self._rl_div_params: set[str] = set()  # vLLM parameter names load_weights reported
+        self._rl_div_updating = True
         initialize_layerwise_reload(self.model_runner.model)
 
     def rl_div_load_weights(self, weights: list[tuple[str, torch.Tensor]]) -> int:
@@ -47,18 +51,48 @@ class WeightSyncExtension:
         the model's own load_weights maps them onto vLLM's fused parameters (qkv_proj, ...).
         """
         device = self.device
-        self.model_runner.model.load_weights(weights=[(name, t.to(device)) for name, t in weights])
-        self._rl_div_loaded = getattr(self, "_rl_div_loaded", 0) + len(weights)
+        loaded = self.model_runner.model.load_weights(weights=[(name, t.to(device)) for name, t in weights])
+        self._rl_div_params.update(loaded or ())
+        self._rl_div_loaded += len(weights)
         return self._rl_div_loaded
 
     def rl_div_finish_update(self) -> int:
-        """Re-run weight post-processing on the loaded values; returns tensors received."""
+        """Re-run weight post-processing on the loaded values; returns tensors received.
+
+        Strict like vLLM's own checkpoint loader: a parameter no tensor was loaded into is an
+        error (finalize would otherwise quietly keep its old value).
+        """
         from vllm.model_executor.model_loader.reload import finalize_layerwise_reload
 
-        finalize_layerwise_reload(self.model_runner.model, self.model_config)
+        model = self.model_runner.model
+        missing = {name for name, _ in model.named_parameters()} - self._rl_div_params
+        if missing:
+            raise ValueError(f"weight update left parameters without new values: {sorted(missing)}")
+        finalize_layerwise_reload(model, self.model_config)
+        self._rl_div_updating = False
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return int(getattr(self, "_rl_div_loaded", 0))
+
+    def rl_div_abort_update(self) -> None:
+        """Leave reload mode after a failed update, so that the next update starts clean.
+
+        Weights buffered for layers not yet complete are dropped, and those layers get their
+        pre-update tensors back (finalize's fallback for layers that loaded nothing); layers
+        completed before the failure keep their new values. The model is whole again but mixes
+        two versions: the rollout worker refuses to sample until a full update succeeds.
+        """
+        from vllm.model_executor.model_loader.reload import finalize_layerwise_reload
+        from vllm.model_executor.model_loader.reload.layerwise import get_layerwise_info
+
+        model = self.model_runner.model
+        for layer in model.modules():
+            info = get_layerwise_info(layer)
+            if info.can_load():
+                info.loaded_weights.clear()
+                info.load_numel = 0
+        finalize_layerwise_reload(model, self.model_config)
+        self._rl_div_updating = False
 
     # ---- CUDA IPC: learner and engine share a GPU --------------------------------------------
     def rl_div_device_uuid(self) -> str:

@@ -1,7 +1,7 @@
 """Weight sync from the learner to vLLM rollout engines: one interface, three transports.
 
     object_store  CPU tensors through the Ray object store, loaded in bounded chunks. Works on any
-                  machine; the only transport exercised on CPU (tests/vllm).
+                  machine; the only transport exercised on CPU (tests/vllm_lane).
     cuda_ipc      learner and engine share a GPU: the engine maps the learner's own tensors by
                   CUDA IPC handle (no copy); vLLM sleep mode frees the GPU for the learner between
                   rollouts. Written against vLLM's rlhf_colocate example; untested here.
@@ -117,14 +117,19 @@ class EngineWeightSync:
             self._rpc("rl_div_init_nccl", g.master_address, g.master_port, g.rank_offset, g.world_size)
             self.nccl_group = g
         self._rpc("rl_div_begin_update")
-        if isinstance(payload, CudaIpcPayload):
-            self._rpc("rl_div_load_ipc", payload.handles)
-        elif isinstance(payload, NcclPayload):
-            self._rpc("rl_div_receive_nccl", payload.metas)
-        else:
-            for chunk in chunk_named_tensors(payload, self.chunk_bytes):
-                self._rpc("rl_div_load_weights", chunk)
-        loaded = self._rpc("rl_div_finish_update")
+        try:
+            if isinstance(payload, CudaIpcPayload):
+                self._rpc("rl_div_load_ipc", payload.handles)
+            elif isinstance(payload, NcclPayload):
+                self._rpc("rl_div_receive_nccl", payload.metas)
+            else:
+                for chunk in chunk_named_tensors(payload, self.chunk_bytes):
+                    self._rpc("rl_div_load_weights", chunk)
+            loaded = self._rpc("rl_div_finish_update")
+        except WeightSyncError:
+            # Leave the engine's reload mode (no deadline: this is the cleanup of a failure).
+            self.llm.collective_rpc("rl_div_abort_update")
+            raise
         want = payload_size(payload)
         if any(n != want for n in loaded):
             raise WeightSyncError(f"engine ranks loaded {loaded} tensors, expected {want} each")
@@ -200,14 +205,34 @@ def nccl_broadcast(model: torch.nn.Module, group: NcclGroup, holder: Any) -> int
 
 
 # ---- driver side: one call per sync, whatever the transport ----------------------------------
+def nccl_group_on(learner: Any, num_engines: int, ranks_per_engine: int = 1) -> NcclGroup:
+    """A fresh weight-broadcast group hosted on the learner actor's node (its IP, a free port).
+
+    A new group (new port) makes the learner and every engine re-join on the next push: that is
+    also how a restarted rollout actor gets back into the group.
+    """
+    import ray
+
+    def address(_: Any) -> tuple[str, int]:
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind(("", 0))
+            return ray.util.get_node_ip_address(), int(sock.getsockname()[1])
+
+    host, port = ray.get(learner.__ray_call__.remote(address))
+    return NcclGroup(host, port, world_size=1 + num_engines * ranks_per_engine)
+
+
 def push_weights(learner: Any, workers: list[Any], transport: Transport, version: int, *, timeout_s: float,
-                 nccl_group: NcclGroup | None = None, ranks_per_engine: int = 1) -> None:
+                 nccl_group: NcclGroup | None = None, ranks_per_engine: int = 1) -> Any:
     """Ship the learner actor's weights to every rollout actor (Ray handles) within timeout_s.
 
     object_store uses the learner's get_weights; cuda_ipc and nccl build their payloads on the
     learner actor through Ray's ``__ray_call__`` (a function run with the actor instance, whose
-    model is ``.model``). nccl_group gives address/port/world_size; each engine gets its own
-    rank_offset (1 + i * ranks_per_engine).
+    model is ``.model``). nccl_group (see nccl_group_on) gives address/port/world_size; each engine
+    gets its own rank_offset (1 + i * ranks_per_engine). Returns what was shipped (for
+    object_store, the weights' object ref, which can be re-sent to a restarted actor).
     """
     import ray
 
@@ -216,10 +241,11 @@ def push_weights(learner: Any, workers: list[Any], transport: Transport, version
     def remaining() -> float:
         return max(deadline - time.monotonic(), 0.0)
 
+    shipped: Any = None
     try:
         if transport == "object_store":
-            ref = learner.get_weights.remote()
-            futures = [w.set_weights.remote(ref, version) for w in workers]
+            shipped = learner.get_weights.remote()
+            futures = [w.set_weights.remote(shipped, version) for w in workers]
         elif transport == "cuda_ipc":
             payload = ray.get(learner.__ray_call__.remote(lambda actor: cuda_ipc_payload(actor.model)),
                               timeout=remaining())
@@ -237,6 +263,7 @@ def push_weights(learner: Any, workers: list[Any], transport: Transport, version
         else:
             raise ValueError(f"unknown weight sync transport {transport!r} (valid: {', '.join(TRANSPORTS)})")
         ray.get(futures, timeout=remaining())
+        return shipped
     except ray.exceptions.GetTimeoutError as err:
         raise WeightSyncError(f"{transport} weight sync to {len(workers)} rollout workers took longer than "
                               f"{timeout_s:.0f} s") from err
