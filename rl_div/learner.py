@@ -148,6 +148,10 @@ class Learner:
 
         Every loss gets the mini-batch's token and sequence counts (so micro-batch losses sum to
         the mini-batch loss) and the Dr. GRPO constant (max_new_tokens) unless loss_params set it.
+        Token weights are computed per micro-batch: STEER's max|Omega| is per micro-batch as its
+        definition says; for high_entropy_mask, clip_cov and kl_cov the "top fraction of the
+        batch" is therefore of the micro-batch (set micro_batch_size = mini-batch size for the
+        batch-level reading).
         """
         cfg, algo = self.cfg.train, self.cfg.algo
         self.optimizer.zero_grad(set_to_none=True)

@@ -36,11 +36,13 @@ def configure_cpu_engine() -> dict[str, Any]:
     shared-memory queues; on a 2-core machine they starve each other (measured: 16 s for one
     8-token request, against 0.3 s in-process). The KV cache is sized explicitly (GiB) instead of
     from free RAM. Eager mode skips torch.compile, whose inductor build would take minutes here.
-    Values already set in the environment win.
+    Values already set in the environment win. Chunked prefill is off: with it, a large batch of
+    seeded requests (an evaluation, 32 prompts x 64 samples) gets a prompt split across steps, and
+    vLLM's CPU sampler then fails ("CPU Generator does not use offset").
     """
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    return {"distributed_executor_backend": "uni", "enforce_eager": True}
+    return {"distributed_executor_backend": "uni", "enforce_eager": True, "enable_chunked_prefill": False}
 
 
 class VLLMRolloutWorker:
