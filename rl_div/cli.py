@@ -95,6 +95,13 @@ def _restore(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from rl_div.bench import run_bench
+
+    run_bench(quick=args.quick, out=args.out)
+    return 0
+
+
 def _config_help(args: argparse.Namespace) -> int:
     print("\n".join(config_help()))
     return 0
@@ -162,6 +169,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefix", help="Decoder-layer key prefix (default: detected, e.g. model.layers).")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_restore)
+
+    p = sub.add_parser(
+        "bench", help="Speed/memory ratios measured side by side: chunked entropy, pass@k, a train step's split.",
+        description="Chunked vs naive float32 log-prob + entropy (time, peak memory, agreement), vectorised vs "
+        "looped pass@k, and the stage split of real train steps through Ray on the demo model.")
+    p.add_argument("--out", default="runs/bench.json", help="JSON output file (default: runs/bench.json).")
+    p.add_argument("--quick", action="store_true", help="Smaller sizes and 3 train steps instead of 10.")
+    p.set_defaults(func=_bench)
 
     p = sub.add_parser("config-help", help="Every config field with its default and help text.")
     p.set_defaults(func=_config_help)

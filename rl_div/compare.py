@@ -142,9 +142,9 @@ def run_status(run: PlannedRun) -> str:
         raise ConfigError(f"{run.dir} holds a run with another config (differs in {', '.join(diff)}); "
                           "use another --out or delete it")
     steps = run.config.train.steps
-    final_eval = (run.dir / "eval" / f"step_{steps:06d}.json").exists()
-    final_ckpt = steps == 0 or (run.dir / "checkpoints" / f"step_{steps:06d}").is_dir()
-    if final_eval and final_ckpt:
+    # The final evaluation is what a comparison needs; its checkpoint may have been pruned or
+    # deleted to save space, and a finished run must never be cleared and retrained for that.
+    if (run.dir / "eval" / f"step_{steps:06d}.json").exists():
         return "complete"
     return "resume" if latest_checkpoint(run.dir) is not None else "new"
 

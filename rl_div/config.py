@@ -63,7 +63,10 @@ class DataConfig(Section):
     )
     task: str = Field("prime_gap", description="Built-in task name (rl_div.tasks.TASKS).")
     path: str | None = Field(None, description="File path (jsonl/parquet) or HF dataset name.")
-    eval_path: str | None = Field(None, description="Held-out prompts (same format as path).")
+    eval_path: str | None = Field(
+        None, description="Held-out prompts (same format as path); None = the first num_eval_prompts rows of "
+        "path are held out of training (hf: eval_split)."
+    )
     hf_config: str | None = Field(None, description="HF dataset config name (e.g. 'main' for gsm8k).")
     split: str = Field("train", description="HF split for training prompts.")
     eval_split: str = Field("test", description="HF split for evaluation prompts.")
@@ -189,7 +192,10 @@ class TrainConfig(Section):
         "signal can wreck the answer format).",
     )
     use_ref_model: bool = Field(False, description="Keep a frozen reference policy for the KL term.")
-    logit_chunk_rows: int = Field(1024, ge=1, description="Rows per chunk for log-prob/entropy.")
+    logit_chunk_rows: int = Field(
+        256, ge=1, description="Rows per chunk for log-prob/entropy (bounded float32 memory; "
+        "rl-div bench: 256 rows at V=32k was 4-7x faster than one float32 pass on CPU)."
+    )
     num_cpus: float = Field(1.0, ge=0, description="Ray CPUs reserved for the learner actor.")
     num_gpus: float = Field(0.0, ge=0, description="Ray GPUs for the learner actor.")
 

@@ -9,9 +9,8 @@ OUT/<role>/seed<k>/eval/step_000000.json exactly as in training, so these number
 a run's own evaluations. Then the report (rl_div.report) is built from those files into OUT/report.
 
 Config: --config, else the run's config.yaml for a checkpoint of a run, else the defaults. The
-evaluation set is the config's held-out split drawn with run.seed, i.e. the one the run evaluated on
-(seed 0 by default); each --seeds value draws its own set and sampling seed, identical for the model
-and the reference.
+evaluation set is the config's held-out split drawn with data.eval_seed, i.e. the one the run
+evaluated on; each --seeds value sets the sampling seed, identical for the model and the reference.
 
 Reference (for the collapse decomposition and the dashed curve): --reference, else for a checkpoint
 of a run the run's base model (its model.path, or the cached bootstrap model), else the --config's

@@ -108,9 +108,14 @@ def load_prompts(cfg: DataConfig, split: str, seed: int) -> PromptSet:
             rows = list(datasets.load_dataset(path, cfg.hf_config, split=hf_split))
     prompt_set = records_from_rows(rows, cfg, f"{Path(path).name}[{split}]")
     prompt_set.skipped_rows += bad
+    if cfg.source != "hf" and cfg.eval_path is None:
+        # One file for both: the first num_eval_prompts rows are held out and never trained on.
+        held_out = cfg.num_eval_prompts
+        prompt_set.records = prompt_set.records[:held_out] if split == "eval" else prompt_set.records[held_out:]
     prompt_set.records = prompt_set.records[:limit]
     if not prompt_set.records:
-        raise ValueError(f"no usable prompts in {path} ({prompt_set.skipped_rows} rows skipped)")
+        raise ValueError(f"no usable {split} prompts in {path} ({prompt_set.skipped_rows} rows skipped; "
+                         "without data.eval_path the first data.num_eval_prompts rows are held out)")
     return prompt_set
 
 

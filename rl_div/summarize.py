@@ -2,12 +2,12 @@
 over steps, and the diversity-collapse decomposition against a reference model.
 
 Bands. Two kinds, both kept in every summary:
-  * ci_lo / ci_hi: a 95% percentile bootstrap over problems. Each replicate resamples the problems of
-    every seed (with replacement, independently per seed) and averages the per-seed means, so it
+  * ci_lo / ci_hi: a 95% percentile bootstrap over problems. Each replicate resamples the problems
+    (with replacement; one shared resample when every seed evaluated the same problems, as with the
+    default fixed data.eval_seed, else independently per seed) and averages the per-seed means, so it
     measures how much the numbers depend on which held-out problems were drawn. Only metrics with a
     per-problem value in eval/step_*.json (pass@k, mean@n, maj@n, distinct (correct) answers) get it.
-  * seed_min / seed_max: the range across seeds (training and sampling seed, and the eval set, which
-    the Trainer draws from run.seed). Every metric gets it.
+  * seed_min / seed_max: the range across seeds (training and sampling seed). Every metric gets it.
 The mean is always the plain mean over seeds of the run's logged value, i.e. of the tidy CSV rows.
 """
 
@@ -91,16 +91,19 @@ def per_problem_values(problems: list[dict[str, Any]], ks: Sequence[int]) -> dic
 
 
 def bootstrap_ci(per_seed: Sequence[np.ndarray], n_boot: int = N_BOOT, level: float = LEVEL,
-                 seed: int = 0) -> tuple[float, float]:
-    """Percentile CI of the seed-averaged mean when problems are resampled within each seed.
+                 seed: int = 0, paired: bool = False) -> tuple[float, float]:
+    """Percentile CI of the seed-averaged mean when problems are resampled.
 
-    per_seed: one [P_s] array of per-problem values per seed. Deterministic given ``seed``, so a
-    regenerated report shows the same bands.
+    per_seed: one [P_s] array of per-problem values per seed. paired: every seed evaluated the same
+    problems in the same order, so one resample of problem indices serves all seeds (resampling
+    them independently would shrink the band by about sqrt(seeds) even for identical seeds).
+    Deterministic given ``seed``, so a regenerated report shows the same bands.
     """
     rng = np.random.default_rng(seed)
     reps = np.zeros(n_boot)
+    shared = rng.integers(0, len(per_seed[0]), size=(n_boot, len(per_seed[0]))) if paired else None
     for values in per_seed:
-        idx = rng.integers(0, len(values), size=(n_boot, len(values)))
+        idx = shared if shared is not None else rng.integers(0, len(values), size=(n_boot, len(values)))
         reps += values[idx].mean(axis=1)
     reps /= len(per_seed)
     lo, hi = np.quantile(reps, [(1 - level) / 2, 1 - (1 - level) / 2])
@@ -121,9 +124,11 @@ def summarize_evals(points: Sequence[EvalPoint]) -> dict[str, Band]:
     if all(p.problems for p in points):
         ks = passk_keys(points[0].metrics)
         tables = [per_problem_values(p.problems, ks) for p in points]  # type: ignore[arg-type]
+        uids = [[q.get("uid") for q in p.problems] for p in points]  # type: ignore[union-attr]
+        paired = all(u == uids[0] for u in uids)
         for key in tables[0]:
             if key in bands and all(key in t for t in tables):
-                bands[key].ci_lo, bands[key].ci_hi = bootstrap_ci([t[key] for t in tables])
+                bands[key].ci_lo, bands[key].ci_hi = bootstrap_ci([t[key] for t in tables], paired=paired)
     return bands
 
 

@@ -22,17 +22,26 @@ ROWS = [
 ]
 
 
-def gsm8k_cfg(path: Path, source: str) -> DataConfig:
-    return DataConfig(source=source, path=str(path), answer_regex=r"####\s*(.+)", num_train_prompts=100)
+def gsm8k_cfg(path: Path, source: str, eval_path: Path | None = None) -> DataConfig:
+    return DataConfig(source=source, path=str(path), answer_regex=r"####\s*(.+)", num_train_prompts=100,
+                      num_eval_prompts=1, eval_path=str(eval_path) if eval_path else None)
 
 
 def test_jsonl_skips_and_counts_malformed_rows(tmp_path: Path) -> None:
     path = tmp_path / "train.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in ROWS) + "\n{not json\n")
-    got = load_prompts(gsm8k_cfg(path, "jsonl"), "train", seed=0)
+    got = load_prompts(gsm8k_cfg(path, "jsonl", eval_path=path), "train", seed=0)
     assert [(r.prompt, r.answer) for r in got.records] == [("What is 1+1?", "2"), ("What is 2+3?", "5")]
     assert got.skipped_rows == 5  # four bad rows + one line that is not JSON
     assert got.records[0].meta["extractor"] == "math"
+
+
+def test_without_eval_path_the_first_rows_are_held_out(tmp_path: Path) -> None:
+    path = tmp_path / "train.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in ROWS[:2]) + "\n")
+    train = load_prompts(gsm8k_cfg(path, "jsonl"), "train", seed=0).records
+    held_out = load_prompts(gsm8k_cfg(path, "jsonl"), "eval", seed=0).records
+    assert [r.answer for r in held_out] == ["2"] and [r.answer for r in train] == ["5"]
 
 
 def test_parquet_and_hf_disk(tmp_path: Path) -> None:
@@ -42,7 +51,7 @@ def test_parquet_and_hf_disk(tmp_path: Path) -> None:
 
     good = [r for r in ROWS[:2]]
     pq.write_table(pa.Table.from_pylist(good), tmp_path / "t.parquet")
-    got = load_prompts(gsm8k_cfg(tmp_path / "t.parquet", "parquet"), "train", seed=0)
+    got = load_prompts(gsm8k_cfg(tmp_path / "t.parquet", "parquet", eval_path=tmp_path / "t.parquet"), "train", 0)
     assert [r.answer for r in got.records] == ["2", "5"]
     datasets.Dataset.from_list(good).save_to_disk(str(tmp_path / "hf"))
     got = load_prompts(gsm8k_cfg(tmp_path / "hf", "hf"), "train", seed=0)
@@ -52,7 +61,7 @@ def test_parquet_and_hf_disk(tmp_path: Path) -> None:
 def test_all_rows_bad_is_an_error(tmp_path: Path) -> None:
     path = tmp_path / "bad.jsonl"
     path.write_text(json.dumps({"x": 1}) + "\n")
-    with pytest.raises(ValueError, match="no usable prompts"):
+    with pytest.raises(ValueError, match="no usable train prompts"):
         load_prompts(gsm8k_cfg(path, "jsonl"), "train", seed=0)
 
 

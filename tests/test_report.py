@@ -312,3 +312,17 @@ def test_eval_report_compares_the_model_with_its_reference(tmp_path: Path) -> No
     assert summary["base"]["pass@1"]["mean"] == pytest.approx(ref_pass1)
     rows = markdown_table(files["report_md"].read_text(), "variant")
     assert [(r["variant"], r["step"]) for r in rows] == [("reference (base)", ""), ("tuned@step9", "")]
+
+
+def test_paired_bootstrap_does_not_shrink_with_identical_seeds() -> None:
+    import numpy as np
+
+    from rl_div.summarize import bootstrap_ci
+
+    values = np.random.default_rng(3).random(40)
+    lo1, hi1 = bootstrap_ci([values], paired=True)
+    lo4, hi4 = bootstrap_ci([values] * 4, paired=True)
+    # four copies of the same evaluation carry no more information than one
+    assert (lo4, hi4) == pytest.approx((lo1, hi1))
+    lo_ind, hi_ind = bootstrap_ci([values] * 4, paired=False)
+    assert hi_ind - lo_ind < 0.75 * (hi1 - lo1)  # the unpaired reading would claim ~sqrt(4)x narrower

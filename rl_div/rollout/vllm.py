@@ -70,6 +70,10 @@ class VLLMRolloutWorker:
         # (weights offloaded, KV cache freed) whenever it is not sampling.
         self.sleep_mode = weight_sync == "cuda_ipc" and on_gpu
         self.sleep_level = sleep_level
+        # In-process engine on every platform: the actor is already its own process, and with
+        # vLLM's multiprocessing the collective_rpc arguments (tensors, IPC handles) would be
+        # msgpack-encoded, which they do not survive.
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         kwargs: dict[str, Any] = {} if on_gpu else configure_cpu_engine()
         kwargs.update(engine_kwargs or {})
         self.llm = LLM(

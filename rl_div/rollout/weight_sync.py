@@ -187,7 +187,12 @@ def stateless_nccl_group(master_address: str, master_port: int, rank: int, world
     from vllm.distributed.utils import StatelessProcessGroup
 
     pg = StatelessProcessGroup.create(host=master_address, port=master_port, rank=rank, world_size=world_size)
-    return PyNcclCommunicator(pg, device=device)
+    comm = PyNcclCommunicator(pg, device=device)
+    # A communicator that could not load NCCL (or VLLM_DISABLE_PYNCCL) turns broadcast into a no-op:
+    # the engines would then "receive" uninitialised buffers, so refuse it here.
+    if getattr(comm, "disabled", False):
+        raise WeightSyncError("PyNcclCommunicator is disabled (NCCL not loaded or VLLM_DISABLE_PYNCCL set)")
+    return comm
 
 
 def nccl_broadcast(model: torch.nn.Module, group: NcclGroup, holder: Any) -> int:

@@ -1,0 +1,311 @@
+"""``rl-div bench``: speed and memory, always as ratios measured side by side in one run.
+
+Absolute timings depend on the machine and on whatever else shares its cores, so every number here
+is paired with its baseline from the same run (chunked vs naive entropy, vectorised vs looped pass@k)
+or given as a share of the whole (one training step's stages). Tests check only the numerical
+agreement fields, never a timing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import torch
+
+from rl_div.metrics import default_ks, logprobs_and_entropy, pass_at_k
+
+REPO = Path(__file__).resolve().parent.parent
+STAGES = ("rollout", "reward", "learner_forward", "learner_update", "sync")
+MODES = {"forward": False, "forward_backward": True}  # mode -> with autograd
+MMAP_THRESHOLD = 1 << 20
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    cells = [header, *[[f"{c:.4g}" if isinstance(c, float) else str(c) for c in r] for r in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
+    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
+
+
+def _median_seconds(fn: Callable[[], object], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+@contextmanager
+def peak_rss_delta(interval_s: float = 0.0005) -> Iterator[dict[str, int]]:
+    """Peak RSS above the RSS at entry, sampled by a background thread (torch ops release the GIL).
+
+    CPU torch has no allocator statistics, so this is the honest measurement available: it sees
+    every page touched, including the gradient buffers, and may miss a spike shorter than a sample.
+    """
+    gc.collect()
+    with suppress(OSError, AttributeError):  # return freed heap pages so they do not sit in the baseline
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    proc = psutil.Process()
+    result = {"baseline": proc.memory_info().rss, "peak_delta": 0}
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            result["peak_delta"] = max(result["peak_delta"], proc.memory_info().rss - result["baseline"])
+            time.sleep(interval_s)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield result
+    finally:
+        done.set()
+        thread.join()
+        result["peak_delta"] = max(result["peak_delta"], proc.memory_info().rss - result["baseline"])
+
+
+# ---- 1. chunked entropy vs naive float32 ------------------------------------------------------
+def naive_logprobs_and_entropy(logits: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The baseline: upcast all of [N, T, V] to float32 and do log_softmax + entropy at once.
+
+    No clamp (unlike the library) so the baseline is as lean as the textbook formula allows.
+    """
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return logp.gather(-1, ids.unsqueeze(-1)).squeeze(-1), -(logp.exp() * logp).sum(-1)
+
+
+RunFn = Callable[[str, bool], tuple[torch.Tensor, ...]]
+
+
+def _entropy_case(rows: int, seq_len: int, vocab: int, chunk_rows: int, seed: int) -> tuple[list[int], RunFn]:
+    """Seeded bf16 logits [rows/seq_len, seq_len, V] and ``run(impl, grad)`` over them.
+
+    run(impl, False): forward under no_grad (rollout-side / eval stats). run(impl, True): forward +
+    backward of a weighted sum of both outputs (what the learner does); returns (logp, ent, grad).
+    """
+    g = torch.Generator().manual_seed(seed)
+    n = max(1, rows // seq_len)
+    logits = (torch.randn(n, seq_len, vocab, generator=g) * 3).to(torch.bfloat16)
+    ids = torch.randint(0, vocab, (n, seq_len), generator=g)
+    w_logp, w_ent = torch.randn(n, seq_len, generator=g), torch.randn(n, seq_len, generator=g)
+    impls: dict[str, Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]] = {
+        "naive": naive_logprobs_and_entropy,
+        "chunked": lambda x, i: logprobs_and_entropy(x, i, chunk_rows),
+    }
+
+    def run(name: str, grad: bool) -> tuple[torch.Tensor, ...]:
+        if not grad:
+            with torch.no_grad():
+                return impls[name](logits, ids)
+        x = logits.detach().requires_grad_(True)
+        logp, ent = impls[name](x, ids)
+        (logp * w_logp + ent * w_ent).sum().backward()
+        assert x.grad is not None
+        return logp.detach(), ent.detach(), x.grad
+
+    return [n, seq_len, vocab], run
+
+
+def entropy_peak_memory(rows: int, seq_len: int, vocab: int, chunk_rows: int, seed: int) -> dict[str, dict]:
+    """{mode: {impl: peak RSS delta bytes}}; meant for a fresh process (see _entropy_memory_subprocess)."""
+    _, run = _entropy_case(rows, seq_len, vocab, chunk_rows, seed)
+    out: dict[str, dict] = {}
+    for mode, grad in MODES.items():
+        out[mode] = {}
+        for name in ("naive", "chunked"):
+            run(name, grad)  # warm-up: one-off allocations (thread pools, autograd engine) are not the impl's
+            with peak_rss_delta() as mem:
+                run(name, grad)
+            out[mode][name] = mem["peak_delta"]
+    return out
+
+
+def _entropy_memory_subprocess(rows: int, seq_len: int, vocab: int, chunk_rows: int, seed: int) -> dict[str, dict]:
+    """Run entropy_peak_memory in a fresh interpreter whose glibc serves every block >= 1 MiB by mmap.
+
+    Otherwise glibc raises its mmap threshold up to 32 MiB as big blocks are freed, so chunk-sized
+    float32 buffers come from the heap, and the pages each chunk touches stay resident after free:
+    RSS would charge the chunked code for memory it no longer holds. A separate process also keeps
+    the timings (taken here, under default malloc settings) untouched by that setting.
+    """
+    code = (f"import json; from rl_div.bench import entropy_peak_memory; "
+            f"print(json.dumps(entropy_peak_memory({rows}, {seq_len}, {vocab}, {chunk_rows}, {seed})))")
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD)}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def bench_entropy(rows: int = 4096, seq_len: int = 512, vocab: int = 32000, chunk_rows: int = 1024,
+                  repeats: int = 3, seed: int = 0) -> dict[str, Any]:
+    """Time and peak memory of naive vs chunked log-prob + entropy (see _entropy_case for the modes).
+
+    Agreement: max abs difference of both outputs and of the logits gradient between the two.
+    """
+    shape, run = _entropy_case(rows, seq_len, vocab, chunk_rows, seed)
+    # Agreement first (this also warms both code paths up before anything is timed).
+    ref, new = run("naive", True), run("chunked", True)
+    agreement = {f"max_abs_diff_{k}": float((a.float() - b.float()).abs().max())
+                 for k, a, b in zip(("logp", "entropy", "grad"), ref, new, strict=True)}
+    del ref, new
+
+    block_rows = (chunk_rows // seq_len) * seq_len if seq_len <= chunk_rows else chunk_rows
+    out: dict[str, Any] = {
+        "shape": shape, "dtype": "bfloat16", "chunk_rows": chunk_rows, "repeats": repeats,
+        "memory_method": "measured: peak process RSS above the RSS just before the call (logits already "
+        "allocated), sampled every 0.5 ms by a psutil thread, in a fresh process with "
+        "MALLOC_MMAP_THRESHOLD_=1MiB so freed buffers leave RSS (CPU torch has no allocator stats); "
+        "analytic: bytes of one float32 [rows, V] buffer (every float32 intermediate has this size)",
+        "analytic_fp32_buffer_bytes": {"naive": 4 * shape[0] * seq_len * vocab, "chunked": 4 * block_rows * vocab},
+        **agreement,
+    }
+    for mode, grad in MODES.items():
+        out[mode] = {name: {"seconds": _median_seconds(lambda name=name, grad=grad: run(name, grad), repeats)}
+                     for name in ("naive", "chunked")}
+    memory = _entropy_memory_subprocess(rows, seq_len, vocab, chunk_rows, seed)
+    for mode in MODES:
+        res = out[mode]
+        for name in ("naive", "chunked"):
+            res[name]["peak_rss_delta_bytes"] = float(memory[mode][name])
+        res["ratio_naive_over_chunked"] = {
+            "time": res["naive"]["seconds"] / res["chunked"]["seconds"],
+            "memory": res["naive"]["peak_rss_delta_bytes"] / max(res["chunked"]["peak_rss_delta_bytes"], 1.0)}
+    a = out["analytic_fp32_buffer_bytes"]
+    out["analytic_ratio"] = a["naive"] / a["chunked"]
+    return out
+
+
+def print_entropy(r: dict[str, Any]) -> None:
+    mib = 2.0 ** 20
+    print(f"\n1. log-prob + entropy, bf16 logits {r['shape']}, chunk_rows={r['chunk_rows']} "
+          f"(median of {r['repeats']})")
+    rows = []
+    for mode in ("forward", "forward_backward"):
+        m = r[mode]
+        rows.append([mode, m["naive"]["seconds"], m["chunked"]["seconds"], m["ratio_naive_over_chunked"]["time"],
+                     m["naive"]["peak_rss_delta_bytes"] / mib, m["chunked"]["peak_rss_delta_bytes"] / mib,
+                     m["ratio_naive_over_chunked"]["memory"]])
+    print(_table(["mode", "naive s", "chunked s", "time naive/chunked", "naive peak MiB", "chunked peak MiB",
+                  "mem naive/chunked"], rows))
+    a = r["analytic_fp32_buffer_bytes"]
+    print(f"analytic float32 buffer: naive {a['naive'] / mib:.1f} MiB, chunked {a['chunked'] / mib:.1f} MiB "
+          f"(ratio {r['analytic_ratio']:.3g})")
+    print(f"memory: {r['memory_method']}")
+    print(f"agreement chunked vs naive, max |diff|: logp {r['max_abs_diff_logp']:.3g}, "
+          f"entropy {r['max_abs_diff_entropy']:.3g}, grad {r['max_abs_diff_grad']:.3g}")
+
+
+# ---- 2. pass@k: vectorised vs math.comb loop --------------------------------------------------
+def pass_at_k_loop(n: int, c: int, k: int) -> float:
+    """The textbook formula with exact integers; Python's int / int rounds the ratio correctly."""
+    return 1.0 if n - c < k else 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def bench_passk(problems: int = 10_000, n: int = 1024, repeats: int = 3, seed: int = 0) -> dict[str, Any]:
+    """pass@k for every k in default_ks(n) over ``problems`` problems, vectorised vs a Python loop.
+
+    c ~ Binomial(n, p), p ~ Beta(0.5, 2): most problems hard with a few easy ones, as in RLVR evals.
+    """
+    rng = np.random.default_rng(seed)
+    c = rng.binomial(n, rng.beta(0.5, 2.0, size=problems))
+    ks = default_ks(n)
+    k_arr = np.asarray(ks)[None, :]
+    vec = np.asarray(pass_at_k(n, c[:, None], k_arr))
+    vec_s = _median_seconds(lambda: pass_at_k(n, c[:, None], k_arr), repeats)
+    start = time.perf_counter()  # one loop pass: it is slow and its time barely varies
+    loop = np.array([[pass_at_k_loop(n, int(ci), k) for k in ks] for ci in c])
+    loop_s = time.perf_counter() - start
+    return {"problems": problems, "n": n, "ks": ks, "values": int(vec.size), "vectorised_seconds": vec_s,
+            "loop_seconds": loop_s, "ratio_loop_over_vectorised": loop_s / vec_s,
+            "max_abs_diff": float(np.abs(vec - loop).max())}
+
+
+def print_passk(r: dict[str, Any]) -> None:
+    print(f"\n2. pass@k, {r['problems']} problems, n={r['n']}, k in {r['ks']} ({r['values']} values)")
+    print(_table(["vectorised s", "math.comb loop s", "time loop/vectorised", "max |diff|"],
+                 [[r["vectorised_seconds"], r["loop_seconds"], r["ratio_loop_over_vectorised"], r["max_abs_diff"]]]))
+
+
+# ---- 3. one training step through Ray ---------------------------------------------------------
+def bench_train_step(steps: int = 10, config: str | Path | None = None) -> dict[str, Any]:
+    """Median stage times of ``steps`` real train_step() calls on the tiny bootstrapped model."""
+    import ray
+
+    from rl_div.config import load_config
+    from rl_div.trainer import Trainer
+
+    path = Path(config) if config is not None else Path("configs/demo.yaml")
+    if not path.exists():  # run from outside the repo: use the checkout's demo config
+        path = REPO / "configs" / "demo.yaml"
+    with tempfile.TemporaryDirectory(prefix="rl_div_bench_") as tmp:
+        cfg = load_config(path, [f"run.output_dir={tmp}", "eval.at_start=false", "tracking.progress=false",
+                                 f"train.steps={steps}"])
+        start = time.perf_counter()
+        trainer = Trainer(cfg)
+        startup_s = time.perf_counter() - start
+        totals, per_stage = [], {s: [] for s in STAGES}
+        try:
+            for _ in range(steps):
+                start = time.perf_counter()
+                metrics = trainer.train_step()
+                totals.append(time.perf_counter() - start)
+                for s in STAGES:
+                    per_stage[s].append(float(metrics[f"time/{s}"]))
+        finally:
+            trainer.close()
+            ray.shutdown()
+    step_s = statistics.median(totals)
+    medians = {s: statistics.median(v) for s, v in per_stage.items()}
+    # "other" = driver-side work outside the timed stages: advantages, step metrics, tracker write.
+    medians["other"] = max(step_s - sum(medians.values()), 0.0)
+    return {"config": str(path), "steps": steps, "startup_seconds": startup_s, "first_step_seconds": totals[0],
+            "median_step_seconds": step_s, "median_stage_seconds": medians,
+            "stage_share_of_step": {s: v / step_s for s, v in medians.items()}}
+
+
+def print_train_step(r: dict[str, Any]) -> None:
+    print(f"\n3. train_step through Ray, {r['config']}, median of {r['steps']} steps "
+          f"(startup {r['startup_seconds']:.3g} s, first step {r['first_step_seconds']:.3g} s)")
+    rows = [[s, r["median_stage_seconds"][s], f"{100 * r['stage_share_of_step'][s]:.1f}%"]
+            for s in r["median_stage_seconds"]]
+    rows.append(["step", r["median_step_seconds"], "100%"])
+    print(_table(["stage", "median s", "share of step"], rows))
+
+
+def run_bench(quick: bool = False, out: str | Path | None = None) -> dict[str, Any]:
+    """All three benchmarks (smaller in quick mode), printed as tables and written to ``out`` as JSON."""
+    result: dict[str, Any] = {
+        "quick": quick, "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(), "platform": platform.platform(),
+    }
+    if quick:
+        result["entropy"] = bench_entropy(rows=1024, seq_len=256, vocab=8000, chunk_rows=256, repeats=2)
+    else:
+        result["entropy"] = bench_entropy()
+    print_entropy(result["entropy"])
+    result["passk"] = bench_passk(problems=1000 if quick else 10_000)
+    print_passk(result["passk"])
+    result["train_step"] = bench_train_step(steps=3 if quick else 10)
+    print_train_step(result["train_step"])
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=2))
+        print(f"\nwrote {out}")
+    return result
