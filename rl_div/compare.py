@@ -41,8 +41,9 @@ log = logging.getLogger("rl_div")
 # it is logged, and how long it trains (raising train.steps extends a finished comparison by resuming).
 MAY_CHANGE = ("cluster.", "tracking.", "train.steps", "eval.every", "checkpoint.", "run.output_dir")
 # Fields that must be equal across variants so that they see the same prompts and evaluation.
+# rollout.num_workers: evaluation sampling seeds are per rollout shard, so it changes the samples.
 MUST_MATCH = ("data.", "eval.n", "eval.temperature", "eval.at_start", "rollout.top_p", "rollout.top_k",
-              "rollout.max_new_tokens", "rollout.stop")
+              "rollout.max_new_tokens", "rollout.stop", "rollout.num_workers")
 
 
 @dataclass

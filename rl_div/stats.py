@@ -117,7 +117,8 @@ def eval_summary(batch: RolloutBatch, embeddings: np.ndarray | None = None, voca
     metrics["maj@n"] = maj_at_n([[answers[i] for i in r] for r in groups], [[flags[i] for i in r] for r in groups])
     metrics["n"] = int(n.min())
     metrics["eval/unscored"] = float(unscored)
-    metrics.update(rollout_health(batch))
+    # mean@n is the evaluation's pass@1; the training-batch name would only mislead here
+    metrics.update({k: v for k, v in rollout_health(batch).items() if k != "train/pass@1"})
     per_group = []
     problems = []
     for g, rows in enumerate(groups):

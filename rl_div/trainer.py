@@ -131,7 +131,8 @@ class Trainer:
             self.sync_weights()
         self.step += 1
         metrics = {**rollout_health(batch), **step_diversity(batch, self.tokenize), **adv_metrics, **update_metrics,
-                   **timer.durations, **self.counters, "policy/version": self.weights_version}
+                   **timer.durations, **{k: v for k, v in self.counters.items() if not k.startswith("eval/")},
+                   "policy/version": self.weights_version}
         self.tracker.log(self.step, metrics)
         return metrics
 
@@ -163,8 +164,9 @@ class Trainer:
                 parts.append(ray.get(retry, timeout=self.cfg.rollout.generate_timeout_s))
         return parts[0] if len(parts) == 1 else RolloutBatch.concat(parts)
 
-    def score(self, batch: RolloutBatch) -> RolloutBatch:
-        """Rewards, correctness and extracted answers; failures are NaN and counted, never 0."""
+    def score(self, batch: RolloutBatch, counter_prefix: str = "faults/") -> RolloutBatch:
+        """Rewards, correctness and extracted answers; failures are NaN and counted, never 0
+        (training batches in the cumulative faults/ counters, evaluations under eval/)."""
         args = (batch.response_texts, batch.prompts, batch.group_index.tolist())
         try:
             result = ray.get(self.rewarder.score.remote(*args))
@@ -179,7 +181,8 @@ class Trainer:
         batch.reward_components = {k: torch.tensor(v, dtype=torch.float32) for k, v in result.components.items()}
         for key, count in result.errors.items():
             kind = "timeouts" if key.endswith("timeouts") else "errors"
-            self.counters[f"faults/reward_{kind}"] += count
+            name = f"{counter_prefix}reward_{kind}"
+            self.counters[name] = self.counters.get(name, 0.0) + count
         for message in result.error_messages[:3]:
             log.warning("reward error: %s", message)
         return batch
@@ -224,13 +227,14 @@ class Trainer:
                             top_k=cfg.rollout.top_k, max_new_tokens=cfg.rollout.max_new_tokens,
                             stop=list(cfg.rollout.stop), seed=cfg.run.seed + 7_919)
         with timer("eval_rollout"):
-            batch = self.score(self.rollout(self.eval_prompts, spec, seed_salt=0))
+            batch = self.score(self.rollout(self.eval_prompts, spec, seed_salt=0), counter_prefix="eval/")
             batch = self.policy_stats(batch, temperature=cfg.eval.temperature)
         embeddings = None
         if cfg.eval.embedding_metrics:
             with timer("eval_embed"):
                 embeddings = ray.get(self.rewarder.embed.remote(batch.response_texts))
         metrics, problems = eval_summary(batch, embeddings, self.vocab_size, self.tokenize)
+        metrics.update({k: v for k, v in self.counters.items() if k.startswith("eval/")})
         metrics.update(timer.durations)
         eval_dir = self.out / "eval"
         eval_dir.mkdir(exist_ok=True)
