@@ -11,13 +11,9 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 from pathlib import Path
 from typing import Any
-
-import numpy as np
-import torch
 
 STEP_PREFIX = "step_"
 
@@ -76,17 +72,6 @@ def _fsync_tree(root: Path) -> None:
         if p.is_file():
             with open(p, "rb") as f:
                 os.fsync(f.fileno())
-
-
-def rng_state() -> dict[str, Any]:
-    """Python, NumPy and torch RNG states of this process."""
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
 
 
 def save_trainer_state(ckpt_dir: Path, state: dict[str, Any]) -> None:

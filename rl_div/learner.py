@@ -232,6 +232,3 @@ class Learner:
         self.generator.set_state(saved["generator"])
         torch.set_rng_state(saved["torch_rng"])
         self.version = saved["version"]
-
-    def ready(self) -> bool:
-        return True

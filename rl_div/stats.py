@@ -11,10 +11,12 @@ import torch
 
 from rl_div.data import RolloutBatch
 from rl_div.metrics import (
+    as_flags,
     average_group_metrics,
     distinct_n,
     group_diversity,
     maj_at_n,
+    masked_mean,
     mean_at_n,
     pass_at_k_curve,
 )
@@ -30,8 +32,8 @@ def group_rows(batch: RolloutBatch) -> list[list[int]]:
 
 
 def _correct_flags(batch: RolloutBatch) -> list[bool]:
-    correct = batch.correct if batch.correct is not None else torch.full((batch.size,), math.nan)
-    return [bool(c == 1.0) for c in correct.tolist()]
+    """Verdict per row; unscored (NaN) and a batch without a verifier count as not correct."""
+    return as_flags(batch.correct).tolist() if batch.correct is not None else [False] * batch.size
 
 
 def _scored_flags(batch: RolloutBatch) -> list[bool]:
@@ -39,11 +41,6 @@ def _scored_flags(batch: RolloutBatch) -> list[bool]:
     if batch.correct is None:
         return [True] * batch.size
     return [bool(torch.isfinite(c)) for c in batch.correct]
-
-
-def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> float:
-    m = mask.float()
-    return float((x * m).sum() / m.sum().clamp(min=1))
 
 
 def rollout_health(batch: RolloutBatch) -> dict[str, float]:
@@ -66,7 +63,7 @@ def rollout_health(batch: RolloutBatch) -> dict[str, float]:
         scored = torch.isfinite(batch.correct)
         out["train/pass@1"] = float(batch.correct[scored].mean()) if scored.any() else math.nan
     if batch.old_entropy is not None:
-        out["policy/entropy"] = _masked_mean(batch.old_entropy, mask)
+        out["policy/entropy"] = float(masked_mean(batch.old_entropy, mask, empty=0.0))
     if batch.old_logprobs is not None:
         gap = (batch.old_logprobs - batch.rollout_logprobs).abs() * mask
         out["sync/logprob_gap_mean"] = float(gap.sum() / mask.sum().clamp(min=1))

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from rl_div.data import PromptRecord
+from rl_div.metrics.passk import pass_at_k
 from rl_div.models import build_char_tokenizer, format_prompt, load_policy, make_tiny_llama, save_policy
 from rl_div.tasks import get_task
 from rl_div.tasks.base import Split, Task
@@ -218,11 +219,6 @@ def sample_completions(
     return [out[i * n_samples : (i + 1) * n_samples] for i in range(len(records))]
 
 
-def _pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k, 1 - C(n-c, k) / C(n, k) (Chen et al. 2021); exact in integers here."""
-    return 1.0 if n - c < k else 1.0 - math.comb(n - c, k) / math.comb(n, k)
-
-
 def score_samples(task: Task, records: list[PromptRecord], samples: list[list[str]]) -> dict[str, Any]:
     """pass@k (k = 1, 2, 4, ..., n), format validity, distinct correct answers per prompt, and the
     fraction of prompts whose correct answers are a minority of the samples (room for RL)."""
@@ -235,7 +231,7 @@ def score_samples(task: Task, records: list[PromptRecord], samples: list[list[st
         answers = [task.extract(c) for c in comps]
         c = sum(correct)
         for k in ks:
-            passk[k] += _pass_at_k(n, c, k)
+            passk[k] += float(pass_at_k(n, c, k))
         valid += sum(a is not None for a in answers) / n
         distinct += len({a for a, ok in zip(answers, correct, strict=True) if ok})
         minority += c < n / 2
