@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from rewards.answers import extract_answer
 from rewards.isolation import IsolatedWorker, Outcome
 from rewards.registry import REWARDS, is_verifier, reward_scope
+from rl_div.data import group_rows
 from rl_div.registry import UnknownNameError, import_plugins
 
 if TYPE_CHECKING:
@@ -187,7 +188,7 @@ def _as_score(outcome: Outcome) -> float | None:
 def _group_scores(r: _Resolved, completions: Sequence[str], answers: list[str | None], correct: list[float],
                   records: Sequence[PromptRecord], group_index: Sequence[int], log_: _ErrorLog) -> list[float]:
     scores = [math.nan] * len(completions)
-    for rows in _groups(group_index):
+    for rows in group_rows(group_index):
         try:
             values = REWARDS.get(r.spec.name)(
                 [completions[i] for i in rows], [answers[i] for i in rows], [correct[i] for i in rows],
@@ -216,14 +217,6 @@ def _extract(completion: str, record: PromptRecord, row: int, log_: _ErrorLog) -
     except Exception as err:
         log_.add("extract", row, Outcome(error=f"{type(err).__name__}: {err}"))
         return None
-
-
-def _groups(group_index: Sequence[int]) -> list[list[int]]:
-    """Row indices of each group, groups in order of first appearance."""
-    rows: dict[int, list[int]] = {}
-    for i, g in enumerate(group_index):
-        rows.setdefault(int(g), []).append(i)
-    return list(rows.values())
 
 
 class _ErrorLog:

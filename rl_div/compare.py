@@ -28,18 +28,13 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import yaml
-
-from rl_div.config import Config, ConfigError, build_config, load_config, save_config
-from rl_div.results import RunRef, write_manifest
+from rl_div.config import Config, ConfigError, load_config, save_config
+from rl_div.config_tree import config_differences, saved_config_tree, set_fields
+from rl_div.report.results import RunRef, write_manifest
 
 log = logging.getLogger("rl_div")
 
-# Fields that may differ between an existing run and its plan: where it runs (a moved OUT folder), how
-# it is logged, and how long it trains (raising train.steps extends a finished comparison by resuming).
-MAY_CHANGE = ("cluster.", "tracking.", "train.steps", "eval.every", "checkpoint.", "run.output_dir")
 # Fields that must be equal across variants so that they see the same prompts and evaluation.
 # rollout.num_workers: evaluation sampling seeds are per rollout shard, so it changes the samples.
 MUST_MATCH = ("data.", "eval.n", "eval.temperature", "eval.at_start", "rollout.top_p", "rollout.top_k",
@@ -59,46 +54,6 @@ class PlannedRun:
     @property
     def ref(self) -> RunRef:
         return RunRef(self.variant, self.seed, self.dir)
-
-
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def set_fields(cfg: Config, updates: dict[str, Any]) -> Config:
-    """A validated copy of ``cfg`` with dotted fields replaced (values are not parsed as YAML, so a
-    path like '007' stays a string)."""
-    tree = cfg.model_dump(mode="json")
-    for dotted, value in updates.items():
-        node = tree
-        *parents, last = dotted.split(".")
-        for key in parents:
-            node = node[key]
-        node[last] = value
-    return build_config(tree)
-
-
-def config_differences(a: dict[str, Any], b: dict[str, Any], ignore: tuple[str, ...] = MAY_CHANGE) -> list[str]:
-    """Dotted keys whose values differ between two config trees, except those starting with ``ignore``."""
-    fa, fb = flatten(a), flatten(b)
-    keys = sorted(set(fa) | set(fb))
-    return [k for k in keys if fa.get(k) != fb.get(k) and not k.startswith(ignore)]
-
-
-def saved_config_tree(path: Path) -> dict[str, Any]:
-    """A run's config.yaml with every default filled in, so that a field added to Config after the run
-    was made does not count as a difference; the raw file if it no longer validates."""
-    tree = yaml.safe_load(path.read_text()) or {}
-    try:
-        return build_config(tree).model_dump(mode="json")
-    except ConfigError:
-        return tree
 
 
 def _dir_name(name: str) -> str:

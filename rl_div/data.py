@@ -18,10 +18,20 @@ Shapes:
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+
+
+def group_rows(group_index: Sequence[int] | torch.Tensor) -> list[list[int]]:
+    """Row indices of each group, groups in order of their id. group_index: [B] ints."""
+    ids = group_index.tolist() if isinstance(group_index, torch.Tensor) else group_index
+    rows: dict[int, list[int]] = {}
+    for i, g in enumerate(ids):
+        rows.setdefault(int(g), []).append(i)
+    return [rows[g] for g in sorted(rows)]
 
 
 @dataclass(frozen=True)

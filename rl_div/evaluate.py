@@ -29,7 +29,6 @@ from typing import Any
 import yaml
 
 from rl_div.checkpoint import latest_checkpoint
-from rl_div.compare import config_differences, saved_config_tree, set_fields
 from rl_div.config import (
     Config,
     ConfigError,
@@ -39,7 +38,8 @@ from rl_div.config import (
     load_config,
     parse_override,
 )
-from rl_div.results import RunRef, write_manifest
+from rl_div.config_tree import config_differences, saved_config_tree, set_fields
+from rl_div.report.results import RunRef, write_manifest
 
 log = logging.getLogger("rl_div")
 

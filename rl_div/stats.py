@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rl_div.data import RolloutBatch
+from rl_div.data import RolloutBatch, group_rows
 from rl_div.metrics import (
     as_flags,
     average_group_metrics,
@@ -21,14 +21,6 @@ from rl_div.metrics import (
     pass_at_k_curve,
 )
 from rl_div.metrics.diversity import Tokenizer
-
-
-def group_rows(batch: RolloutBatch) -> list[list[int]]:
-    """Row indices of each group, in group order."""
-    rows: dict[int, list[int]] = {}
-    for i, g in enumerate(batch.group_index.tolist()):
-        rows.setdefault(g, []).append(i)
-    return [rows[g] for g in sorted(rows)]
 
 
 def _correct_flags(batch: RolloutBatch) -> list[bool]:
@@ -77,7 +69,7 @@ def step_diversity(batch: RolloutBatch, tokenize: Tokenizer = list) -> dict[str,
     flags = _correct_flags(batch)
     answers = batch.answers or [None] * batch.size
     per_group = []
-    for rows in group_rows(batch):
+    for rows in group_rows(batch.group_index):
         ans = [answers[i] for i in rows]
         ok = [flags[i] for i in rows]
         per_group.append({
@@ -102,7 +94,7 @@ def eval_summary(batch: RolloutBatch, embeddings: np.ndarray | None = None, voca
     flags = _correct_flags(batch)
     scored = _scored_flags(batch)
     answers = batch.answers or [None] * batch.size
-    groups = [[i for i in r if scored[i]] for r in group_rows(batch)]
+    groups = [[i for i in r if scored[i]] for r in group_rows(batch.group_index)]
     unscored = batch.size - sum(len(r) for r in groups)
     groups = [r for r in groups if r]
     if not groups:

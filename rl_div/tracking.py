@@ -65,8 +65,10 @@ class Tracker:
     def _open_mlflow(self, run_name: str, config_dict: dict[str, Any]) -> Any:
         import mlflow
 
+        from rl_div.config_tree import flatten
+
         run = mlflow.start_run(run_name=run_name)
-        mlflow.log_params({k: str(v)[:250] for k, v in _flatten(config_dict).items()})
+        mlflow.log_params({k: str(v)[:250] for k, v in flatten(config_dict).items()})
         return run
 
     def log(self, step: int, metrics: dict[str, Any], kind: str = "train") -> None:
@@ -106,16 +108,6 @@ class Tracker:
             import mlflow
 
             mlflow.end_run()
-
-
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            flat.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            flat[f"{prefix}{k}"] = v
-    return flat
 
 
 def read_metrics(path: str | Path, kind: str | None = None) -> list[dict[str, Any]]:

@@ -16,7 +16,7 @@ import rl_div.trainer
 from rl_div.cli import main
 from rl_div.compare import compare, plan
 from rl_div.config import ConfigError
-from rl_div.results import read_tidy_csv
+from rl_div.report.results import read_tidy_csv
 from rl_div.tracking import read_metrics
 
 pytestmark = pytest.mark.slow

@@ -18,7 +18,7 @@ import rl_div.trainer
 from rl_div.cli import main
 from rl_div.evaluate import resolve_target
 from rl_div.metrics import collapse_report
-from rl_div.summarize import answer_diversity
+from rl_div.report.summarize import answer_diversity
 
 pytestmark = pytest.mark.slow
 

@@ -20,10 +20,11 @@ from PIL import Image
 
 from rl_div.cli import main
 from rl_div.metrics import collapse_report, embedding_diversity
-from rl_div.plots import PALETTE
-from rl_div.report import build_comparison, build_report, curves_figure, passk_curve, passk_figure, step_series
-from rl_div.results import RunRef, discover_runs, load_run, read_tidy_csv, write_manifest
-from rl_div.summarize import answer_diversity, bootstrap_ci
+from rl_div.report import build_comparison, build_report
+from rl_div.report.build import passk_curve, step_series
+from rl_div.report.plots import PALETTE, curves_figure, passk_figure
+from rl_div.report.results import RunRef, discover_runs, load_run, read_tidy_csv, write_manifest
+from rl_div.report.summarize import answer_diversity, bootstrap_ci
 
 N, P, STEPS = 8, 6, (0, 2, 4)
 VARIANTS = {"grpo": 0.25, "arm": 0.45}  # variant -> probability of a correct sample after training
@@ -317,7 +318,7 @@ def test_eval_report_compares_the_model_with_its_reference(tmp_path: Path) -> No
 def test_paired_bootstrap_does_not_shrink_with_identical_seeds() -> None:
     import numpy as np
 
-    from rl_div.summarize import bootstrap_ci
+    from rl_div.report.summarize import bootstrap_ci
 
     values = np.random.default_rng(3).random(40)
     lo1, hi1 = bootstrap_ci([values], paired=True)

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from rl_div.summarize import EvalPoint
+from rl_div.report.summarize import EvalPoint
 from rl_div.tracking import read_metrics
 
 log = logging.getLogger("rl_div")

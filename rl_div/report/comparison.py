@@ -1,0 +1,120 @@
+"""One comparison: every variant at its final evaluation (bands over problems and seeds), the
+base/reference model, and each variant's collapse decomposition, built from loaded runs."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from rl_div.report.results import RunData
+from rl_div.report.summarize import Band, EvalPoint, collapse_over_seeds, passk_keys, summarize_evals, table_k
+
+
+@dataclass
+class Comparison:
+    kind: str
+    variants: list[str]
+    final_step: dict[str, int]
+    final: dict[str, dict[str, Band]]
+    base_label: str | None = None
+    base: dict[str, Band] | None = None
+    collapse: dict[str, dict[str, float]] = field(default_factory=dict)
+    k: int = 1
+    notes: list[str] = field(default_factory=list)
+    setup: dict[str, Any] = field(default_factory=dict)
+
+
+def _final_step(runs: list[RunData], notes: list[str], variant: str) -> int:
+    """The last evaluation every seed has; a seed that stopped early must not bias the comparison."""
+    steps = [set(r.evals) for r in runs]
+    common = set.intersection(*steps)
+    if common:
+        return max(common)
+    notes.append(f"{variant}: no evaluation step common to all seeds; using each seed's last one")
+    return max(set.union(*steps))
+
+
+def build_comparison(runs: list[RunData], kind: str = "compare") -> Comparison:
+    """Each variant at its final evaluation, the base/reference model, and the collapse of each variant."""
+    variants: dict[str, list[RunData]] = {}
+    for r in runs:
+        if r.ref.role == "variant" and r.evals:
+            variants.setdefault(r.ref.variant, []).append(r)
+    references = [r for r in runs if r.ref.role == "reference" and r.evals]
+    if not variants:
+        raise ValueError("no evaluations found: nothing to report (did the runs reach their first eval?)")
+    comp = Comparison(kind, list(variants), {}, {})
+    for name, group in variants.items():
+        step = comp.final_step[name] = _final_step(group, comp.notes, name)
+        comp.final[name] = summarize_evals([r.evals.get(step) or r.evals[max(r.evals)] for r in group])
+    _add_base(comp, variants, references)
+    for name, group in variants.items():
+        _add_collapse(comp, name, group, references)
+    comp.k = table_k([*comp.final.values(), *([comp.base] if comp.base else [])])
+    comp.setup = _setup(variants[comp.variants[0]], variants, references)
+    return comp
+
+
+def _add_base(comp: Comparison, variants: dict[str, list[RunData]], references: list[RunData]) -> None:
+    """The reference runs of rl-div eval, else the step-0 evaluations of a comparison."""
+    if references:
+        comp.base_label = references[0].ref.variant
+        comp.base = summarize_evals([r.evals[max(r.evals)] for r in references])
+        return
+    if not any(step > 0 for step in comp.final_step.values()):
+        return  # the variants are their own step 0: a base row would repeat them
+    # One step-0 evaluation per seed (the first variant that has it): every variant's step 0 is the
+    # same base model on the same problems and sampling seed, so any one stands for all.
+    starts: dict[int, EvalPoint] = {}
+    for group in variants.values():
+        for r in group:
+            if 0 in r.evals:
+                starts.setdefault(r.ref.seed, r.evals[0])
+    if starts:
+        comp.base_label = "base (step 0)"
+        comp.base = summarize_evals([starts[s] for s in sorted(starts)])
+    models = {json.dumps([r.config.get("model"), r.config.get("bootstrap")], sort_keys=True)
+              for g in variants.values() for r in g}
+    if len(models) > 1:
+        comp.notes.append("variants start from different models; the base row is each seed's first variant's step 0")
+
+
+def _add_collapse(comp: Comparison, name: str, group: list[RunData], references: list[RunData]) -> None:
+    """Final evaluation against the reference model (rl-div eval) or the run's own step 0 (compare)."""
+    step = comp.final_step[name]
+    model = {r.ref.seed: r.evals[step].problems for r in group if step in r.evals and r.evals[step].problems}
+    if references:
+        ref = {r.ref.seed: r.evals[max(r.evals)].problems for r in references if r.evals[max(r.evals)].problems}
+    elif step > 0:
+        ref = {r.ref.seed: r.evals[0].problems for r in group if 0 in r.evals and r.evals[0].problems}
+    else:
+        return
+    try:
+        report = collapse_over_seeds(model, ref)  # type: ignore[arg-type]
+    except ValueError as err:  # evaluated on different problems: say so instead of failing the report
+        comp.notes.append(f"{name}: no collapse decomposition ({err})")
+        return
+    if report is not None:
+        comp.collapse[name] = report
+
+
+def _ks(bands: dict[str, Band]) -> list[int]:
+    return passk_keys(dict.fromkeys(bands, 0.0))
+
+
+def _setup(first: list[RunData], variants: dict[str, list[RunData]], references: list[RunData]) -> dict[str, Any]:
+    cfg = first[0].config
+    point = first[0].evals[max(first[0].evals)]
+    data = cfg.get("data", {})
+    return {
+        "data": data.get("task") if data.get("source") == "task" else data.get("path"),
+        "model": cfg.get("model", {}).get("path"),
+        "reference": references[0].config.get("model", {}).get("path") if references else None,
+        "seeds": sorted({r.ref.seed for g in variants.values() for r in g}),
+        "train_steps": {v: g[0].config.get("train", {}).get("steps") for v, g in variants.items()},
+        "eval_n": point.metrics.get("n"),
+        "eval_problems": len(point.problems) if point.problems else None,
+        "eval_temperature": cfg.get("eval", {}).get("temperature"),
+        "group_size": cfg.get("rollout", {}).get("group_size"),
+    }
