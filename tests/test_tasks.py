@@ -199,3 +199,30 @@ def test_task_rewards_are_registered_in_the_rewards_package() -> None:
     # Rewards run in a separate worker process: the verifier and extractor must pickle.
     assert pickle.loads(pickle.dumps(verifier))("10", rec) == 1.0
     assert pickle.loads(pickle.dumps(ANSWER_EXTRACTORS["prime_gap"]))("10") == "10"
+
+
+def test_demo_held_out_set_leaves_room_below_one_at_large_k() -> None:
+    """The demo's 32 held-out problems (data.eval_seed 0): a model that has learned the habit prior
+    exactly solves them all at k = 1 with some chance but not all of them at k = 64, so a fall of
+    pass@64 under RL is visible. Closed form: pass@k = 1 - (1 - p)^k per problem, p = prior mass on
+    the problem's valid answers (times the well-formed fraction), computed here from the prior."""
+    task = get_task("prime_gap")
+    prior = task.habit_prior()
+    records = task.make_prompts("eval", 32, seed=0)
+    p = [(1 - task.format_noise) * sum(prior[a] for a in r.meta["valid_answers"]) for r in records]
+    pass_at = {k: sum(1 - (1 - q) ** k for q in p) / len(p) for k in (1, 64)}
+    assert 0.1 < pass_at[1] < 0.3
+    assert 0.8 < pass_at[64] < 0.95
+    # Both kinds of problem are in the held-out set: odd N (even answers, which the habit likes)
+    # and even N (odd answers, which it rarely says).
+    assert {r.meta["n"] % 2 for r in records} == {0, 1}
+
+
+def test_task_version_is_part_of_the_bootstrap_cache_key() -> None:
+    import dataclasses
+
+    from rl_div.tasks.bootstrap import bootstrap_key
+
+    task = get_task("prime_gap")
+    args = {"steps": 300, "seed": 0}
+    assert bootstrap_key(task, args) != bootstrap_key(dataclasses.replace(task, version="1"), args)

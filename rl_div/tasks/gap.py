@@ -1,11 +1,20 @@
 """Gap tasks: given N, answer any a in 1..a_max such that N - a has a property.
 
 ``prime_gap`` (the demo task): "347-a is prime, a=" -> e.g. "6" (341 = 11*31 is not prime, so 6 is
-wrong) or "10" (337 is prime, right). N is an odd three-digit number, so about 16 of the 99
-possible answers are right for a typical prompt: many distinct correct answers, but a minority.
+wrong) or "10" (337 is prime, right). N is any three-digit number, so about 16 of the 99 possible
+answers are right for a typical prompt: many distinct correct answers, but a minority. The base
+model's habit strongly prefers even answers (``habit_even_bias``), which makes two kinds of problem:
+for odd N the right answers are even (N - a must be odd), so the habit finds them often; for even N
+they are odd, which the base model says rarely (about 1 sample in 50 is right). The base model's
+pass@k therefore keeps rising up to k = 64 and stays below 1 there (about 0.85-0.9 on the demo's 32
+held-out problems at n = 64): the hard half is where large-k coverage can be lost or kept.
+
 Whether N - a is prime is something a tiny model cannot learn to compute in CPU minutes; RL can
-only learn the easy part (even a keeps N - a odd) and then sharpen onto answers it already likes,
-so pass@1 rises while pass@k for large k can fall: the diversity collapse the demo shows.
+learn the easy part (a's parity opposite to N's) or, more readily, sharpen onto answers it already
+likes, so pass@1 rises while pass@k at large k can fall: the diversity collapse the demo shows.
+
+Version history: "1" had odd N only and an even bias of 3; the base model then solved nearly every
+held-out problem at k >= 32 (pass@32 = 1.000), so a fall in large-k pass@k could not be seen.
 
 Other predicates (``PREDICATES``) make variants, e.g. ``GapTask("odd_gap", "odd", odd_n_only=False)``,
 whose rule (a's parity must differ from N's last digit) is learnable in principle. Not registered:
@@ -57,9 +66,9 @@ class GapTask(Task):
     ``predicate(N - a)``.
 
     The habit prior over a is fixed by ``habit_seed``: log-weights ~ Normal(0, habit_sigma), with
-    even answers up-weighted by ``habit_even_bias`` (a habit that happens to help on odd N, so the
-    base model starts at a usable pass@1). A fraction ``format_noise`` of demonstrations is
-    malformed, so the base model is not perfectly well-formed either.
+    even answers up-weighted by ``habit_even_bias`` (a habit that helps on odd N, so the base model
+    starts at a usable pass@1, and hurts on even N, whose right answers are odd). A fraction
+    ``format_noise`` of demonstrations is malformed, so the base model is not perfectly well-formed.
     """
 
     name: str
@@ -164,4 +173,4 @@ class GapTask(Task):
         return rng.choice([f"a={a}", f"{a}.", "?", f"{a},{rng.choice(answers)}"])
 
 
-PRIME_GAP = GapTask(name="prime_gap", predicate="prime")
+PRIME_GAP = GapTask(name="prime_gap", predicate="prime", odd_n_only=False, habit_even_bias=12.0, version="2")
