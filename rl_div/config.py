@@ -65,7 +65,7 @@ class DataConfig(Section):
     path: str | None = Field(None, description="File path (jsonl/parquet) or HF dataset name.")
     eval_path: str | None = Field(
         None, description="Held-out prompts (same format as path); None = the first num_eval_prompts rows of "
-        "path are held out of training (hf: eval_split)."
+        "path are held out of training (hf: eval_split, or the first rows when the dataset has one split)."
     )
     hf_config: str | None = Field(None, description="HF dataset config name (e.g. 'main' for gsm8k).")
     split: str = Field("train", description="HF split for training prompts.")
@@ -83,6 +83,10 @@ class DataConfig(Section):
     eval_seed: int = Field(
         0, description="Seed choosing the evaluation prompts; fixed (not run.seed) so every seed and "
         "variant of a comparison is evaluated on the same problems."
+    )
+    allow_eval_overlap: bool = Field(
+        False, description="Accept evaluation prompts that are also training prompts (compared by text). "
+        "Off: such a config is refused before training, since its held-out numbers would be inflated."
     )
 
 

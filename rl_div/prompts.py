@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rl_div.config import DataConfig
+from rl_div.config import ConfigError, DataConfig
 from rl_div.data import PromptRecord
 
 log = logging.getLogger("rl_div")
@@ -98,17 +98,11 @@ def load_prompts(cfg: DataConfig, split: str, seed: int) -> PromptSet:
         import pyarrow.parquet as pq
 
         rows = pq.read_table(path).to_pylist()
-    else:  # hf: a hub name for users with network, or a local dataset directory
-        import datasets
-
-        hf_split = cfg.split if split == "train" else cfg.eval_split
-        if Path(path).is_dir() and (Path(path) / "dataset_info.json").exists():
-            rows = list(datasets.load_from_disk(path))
-        else:
-            rows = list(datasets.load_dataset(path, cfg.hf_config, split=hf_split))
+    else:
+        rows = _hf_rows(cfg, path, split)
     prompt_set = records_from_rows(rows, cfg, f"{Path(path).name}[{split}]")
     prompt_set.skipped_rows += bad
-    if cfg.source != "hf" and cfg.eval_path is None:
+    if shares_rows(cfg):
         # One file for both: the first num_eval_prompts rows are held out and never trained on.
         held_out = cfg.num_eval_prompts
         prompt_set.records = prompt_set.records[:held_out] if split == "eval" else prompt_set.records[held_out:]
@@ -117,6 +111,54 @@ def load_prompts(cfg: DataConfig, split: str, seed: int) -> PromptSet:
         raise ValueError(f"no usable {split} prompts in {path} ({prompt_set.skipped_rows} rows skipped; "
                          "without data.eval_path the first data.num_eval_prompts rows are held out)")
     return prompt_set
+
+
+def _hf_rows(cfg: DataConfig, path: str, split: str) -> list[Any]:
+    """Rows of an HF dataset: a hub name (users with network), a ``save_to_disk`` folder of one
+    dataset (every row, whatever the split), or one of several splits (DatasetDict) saved to disk."""
+    import datasets
+
+    hf_split = cfg.split if split == "train" else cfg.eval_split
+    folder = Path(path)
+    if folder.is_dir() and (folder / "dataset_info.json").exists():
+        return list(datasets.load_from_disk(path))
+    if folder.is_dir() and (folder / "dataset_dict.json").exists():
+        splits = datasets.load_from_disk(path)
+        if hf_split not in splits:
+            raise ValueError(f"{path} has no split {hf_split!r} (has {sorted(splits)})")
+        return list(splits[hf_split])
+    return list(datasets.load_dataset(path, cfg.hf_config, split=hf_split))
+
+
+def shares_rows(cfg: DataConfig) -> bool:
+    """Whether training and evaluation read the same rows, so that the first num_eval_prompts rows
+    must be held out: one file without data.eval_path, an HF dataset saved as a single split, or
+    one HF split named for both."""
+    if cfg.source == "task" or cfg.eval_path is not None:
+        return False
+    if cfg.source != "hf":
+        return True
+    assert cfg.path is not None
+    folder = Path(cfg.path)
+    single = folder.is_dir() and (folder / "dataset_info.json").exists()
+    return single or cfg.split == cfg.eval_split
+
+
+def load_splits(cfg: DataConfig, seed: int) -> tuple[PromptSet, PromptSet]:
+    """Training prompts (drawn with ``seed``) and evaluation prompts (data.eval_seed); refuses a
+    configuration whose evaluation prompts also appear in training, by prompt text, unless
+    data.allow_eval_overlap is set (then the overlap is logged)."""
+    train, held_out = load_prompts(cfg, "train", seed), load_prompts(cfg, "eval", cfg.eval_seed)
+    trained_on = {r.prompt for r in train.records}
+    shared = sorted({r.prompt for r in held_out.records if r.prompt in trained_on})
+    if shared:
+        what = (f"{len(shared)} of the {len(held_out.records)} evaluation prompts are also training prompts "
+                f"(e.g. {shared[0][:80]!r})")
+        if not cfg.allow_eval_overlap:
+            raise ConfigError(f"data: {what}; held-out numbers would be inflated. Use disjoint data.path / "
+                              "data.eval_path (or HF splits), or set data.allow_eval_overlap=true to accept it")
+        log.warning("data.allow_eval_overlap: %s", what)
+    return train, held_out
 
 
 class PromptStream:

@@ -35,7 +35,7 @@ from rl_div.config import Config, save_config
 from rl_div.data import PromptRecord, RolloutBatch
 from rl_div.learner import prompt_logprob_mask
 from rl_div.models import load_tokenizer
-from rl_div.prompts import PromptStream, load_prompts
+from rl_div.prompts import PromptStream, load_splits
 from rl_div.registry import import_plugins
 from rl_div.rollout import SamplingSpec
 from rl_div.rollout.weight_sync import NcclGroup, nccl_group_on, push_weights
@@ -76,13 +76,13 @@ class Trainer:
         setup_logging(self.out / "train.log")
         import_plugins(cfg.run.plugins)
         save_config(cfg, self.out / "config.yaml")
+        train_set, eval_set = load_splits(cfg.data, cfg.run.seed)  # refuses eval prompts seen in training
         self.model_path = resolve_model_path(cfg)
         # Distinct-n and EAD count the policy's own tokens.
         tokenizer = load_tokenizer(self.model_path, trust_remote_code=cfg.model.trust_remote_code)
         self.vocab_size = len(tokenizer)
         self.tokenize = functools.partial(tokenizer.encode, add_special_tokens=False)
-        train_set = load_prompts(cfg.data, "train", cfg.run.seed)
-        self.eval_prompts = load_prompts(cfg.data, "eval", cfg.data.eval_seed).records
+        self.eval_prompts = eval_set.records
         self.prompts = PromptStream(train_set.records, cfg.run.seed)
         self.counters: dict[str, float] = dict.fromkeys(FAULT_COUNTERS, 0.0)
         self.counters["data/skipped_rows"] = float(train_set.skipped_rows)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from rl_div.config import DataConfig
+from rl_div.config import ConfigError, DataConfig
 from rl_div.data import PromptRecord
-from rl_div.prompts import PromptStream, load_prompts
+from rl_div.prompts import PromptStream, load_prompts, load_splits
 
 ROWS = [
     {"question": "What is 1+1?", "answer": "It is 2.\n#### 2"},
@@ -55,7 +55,59 @@ def test_parquet_and_hf_disk(tmp_path: Path) -> None:
     assert [r.answer for r in got.records] == ["2", "5"]
     datasets.Dataset.from_list(good).save_to_disk(str(tmp_path / "hf"))
     got = load_prompts(gsm8k_cfg(tmp_path / "hf", "hf"), "train", seed=0)
-    assert [r.answer for r in got.records] == ["2", "5"]
+    assert [r.answer for r in got.records] == ["5"]  # one split on disk: the first row is held out
+
+
+QA = [{"question": f"What is {i}+1?", "answer": f"#### {i + 1}"} for i in range(6)]
+
+
+def test_single_split_hf_dataset_is_held_out_like_a_file(tmp_path: Path) -> None:
+    """save_to_disk of one split returns every row whatever split is asked for: without a hold-out,
+    every evaluation prompt was also trained on."""
+    import datasets
+
+    datasets.Dataset.from_list(QA).save_to_disk(str(tmp_path / "hf"))
+    cfg = gsm8k_cfg(tmp_path / "hf", "hf").model_copy(update={"num_eval_prompts": 2})
+    train, held_out = load_splits(cfg, seed=0)
+    assert [r.prompt for r in held_out.records] == ["What is 0+1?", "What is 1+1?"]
+    assert [r.prompt for r in train.records] == [f"What is {i}+1?" for i in range(2, 6)]
+
+
+def test_hf_dataset_dict_on_disk_reads_the_named_splits(tmp_path: Path) -> None:
+    import datasets
+
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(QA[2:]), "test": datasets.Dataset.from_list(QA[:2])}
+                         ).save_to_disk(str(tmp_path / "hf"))
+    cfg = gsm8k_cfg(tmp_path / "hf", "hf").model_copy(update={"num_eval_prompts": 2})
+    train, held_out = load_splits(cfg, seed=0)
+    assert [r.answer for r in held_out.records] == ["1", "2"]
+    assert [r.answer for r in train.records] == ["3", "4", "5", "6"]
+    with pytest.raises(ValueError, match="no split 'validation'"):
+        load_prompts(cfg.model_copy(update={"eval_split": "validation"}), "eval", 0)
+
+
+def test_overlapping_eval_prompts_are_refused_unless_allowed(tmp_path: Path) -> None:
+    train_path, eval_path = tmp_path / "train.jsonl", tmp_path / "eval.jsonl"
+    train_path.write_text("\n".join(json.dumps(r) for r in QA[1:]) + "\n")
+    eval_path.write_text("\n".join(json.dumps(r) for r in QA[:3]) + "\n")  # rows 1, 2 are trained on
+    cfg = gsm8k_cfg(train_path, "jsonl", eval_path=eval_path).model_copy(update={"num_eval_prompts": 3})
+    with pytest.raises(ConfigError, match="2 of the 3 evaluation prompts are also training prompts"):
+        load_splits(cfg, seed=0)
+    train, held_out = load_splits(cfg.model_copy(update={"allow_eval_overlap": True}), seed=0)
+    assert len(held_out.records) == 3 and len(train.records) == 5
+
+
+def test_cli_refuses_an_overlapping_config_before_work_starts(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from rl_div.cli import main
+
+    path = tmp_path / "qa.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in QA) + "\n")
+    (tmp_path / "cfg.yaml").write_text("{}\n")
+    args = ["train", str(tmp_path / "cfg.yaml"), "data.source=jsonl", f"data.path={path}", f"data.eval_path={path}",
+            "data.answer_regex=####\\s*(.+)", "model.path=/nonexistent/model", f"run.output_dir={tmp_path / 'run'}"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "evaluation prompts are also training prompts" in err and len(err.strip().splitlines()) == 1
 
 
 def test_all_rows_bad_is_an_error(tmp_path: Path) -> None:
