@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from rl_div.config import ConfigError
 from rl_div.report.results import RunData
 from rl_div.report.summarize import Band, EvalPoint, collapse_over_seeds, passk_keys, summarize_evals, table_k
 
@@ -23,6 +24,43 @@ class Comparison:
     k: int = 1
     notes: list[str] = field(default_factory=list)
     setup: dict[str, Any] = field(default_factory=dict)
+
+
+class MixedEvalSets(ConfigError):
+    """Runs evaluated on different sets (problems, n, temperature, eval seed) cannot share a table."""
+
+
+def eval_set(run: RunData) -> tuple[Any, ...]:
+    """What a run's evaluations were drawn from: the problem ids (from its eval files, else the
+    configured count), n, temperature, data.eval_seed and the sampling limits. Two runs with equal
+    sets give comparable numbers; the sampling seed (run.seed) may differ."""
+    cfg_eval, data, rollout = (run.config.get(k) or {} for k in ("eval", "data", "rollout"))
+    uids = next((tuple(p["uid"] for p in e.problems) for _, e in sorted(run.evals.items()) if e.problems), None)
+    n = cfg_eval.get("n", next((e.metrics.get("n") for e in run.evals.values()), None))
+    return (uids or data.get("num_eval_prompts"), n, cfg_eval.get("temperature"), data.get("eval_seed"),
+            rollout.get("top_p"), rollout.get("top_k"), rollout.get("max_new_tokens"))
+
+
+def describe_eval_set(key: tuple[Any, ...]) -> str:
+    problems, n, temperature, eval_seed, top_p, top_k, max_new = key
+    count = len(problems) if isinstance(problems, tuple) else problems
+    ids = f" ({', '.join(map(str, problems[:3]))}, ...)" if isinstance(problems, tuple) else ""
+    return (f"{count} problems{ids} x n = {n} at temperature {temperature}, eval_seed {eval_seed}, "
+            f"top_p {top_p}, top_k {top_k}, max_new_tokens {max_new}")
+
+
+def check_one_eval_set(runs: list[RunData]) -> None:
+    """Raise MixedEvalSets, naming each set and its runs, when the runs were not all evaluated on
+    the same problems with the same sampling: their pass@k curves and tables would not be comparable."""
+    groups: dict[tuple[Any, ...], list[str]] = {}
+    for r in runs:
+        if r.evals:
+            groups.setdefault(eval_set(r), []).append(f"{r.ref.variant}/seed{r.ref.seed}")
+    if len(groups) > 1:
+        parts = [f"[{describe_eval_set(key)}: {', '.join(names)}]" for key, names in groups.items()]
+        raise MixedEvalSets(f"these runs were evaluated on {len(groups)} different evaluation sets and cannot "
+                            f"share one report: {'; '.join(parts)}. Report each set separately "
+                            "(rl-div report on its run folders)")
 
 
 def _final_step(runs: list[RunData], notes: list[str], variant: str) -> int:
@@ -44,6 +82,7 @@ def build_comparison(runs: list[RunData], kind: str = "compare") -> Comparison:
     references = [r for r in runs if r.ref.role == "reference" and r.evals]
     if not variants:
         raise ValueError("no evaluations found: nothing to report (did the runs reach their first eval?)")
+    check_one_eval_set(runs)
     comp = Comparison(kind, list(variants), {}, {})
     for name, group in variants.items():
         step = comp.final_step[name] = _final_step(group, comp.notes, name)
