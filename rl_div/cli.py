@@ -61,7 +61,7 @@ def _compare(args: argparse.Namespace) -> int:
         raise ConfigError("compare: no CONFIG given")
     if args.address:
         overrides.append(f"cluster.address={args.address}")
-    compare(configs, seeds, args.out, overrides, jobs=args.jobs, report=not args.no_report)
+    compare(configs, seeds, args.out, overrides, jobs=args.jobs, report=not args.no_report, baseline=args.baseline)
     return 0
 
 
@@ -80,7 +80,7 @@ def _eval(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from rl_div.report import build_report
 
-    files = build_report(args.paths, args.out, title=args.title)
+    files = build_report(args.paths, args.out, title=args.title, baseline=args.baseline)
     for name, path in files.items():
         print(f"{name:>18}: {path}")
     return 0
@@ -105,6 +105,10 @@ def _bench(args: argparse.Namespace) -> int:
 def _config_help(args: argparse.Namespace) -> int:
     print("\n".join(config_help()))
     return 0
+
+
+BASELINE_HELP = ("Variant (run.name) the others are compared with in paired differences (default: the first "
+                 "variant, e.g. the first CONFIG of compare).")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -135,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Runs at once as separate processes (default 1: in turn, in this process).")
     p.add_argument("--address", help="Ray cluster address for every run.")
     p.add_argument("--no-report", action="store_true", help="Only train; build the report later (rl-div report).")
+    p.add_argument("--baseline", help=BASELINE_HELP)
     p.set_defaults(func=_compare)
 
     p = sub.add_parser(
@@ -155,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", metavar="RUN_DIRS_OR_COMPARE_DIR")
     p.add_argument("--out", help="Output folder (default: <first path>/report).")
     p.add_argument("--title", help="Report title.")
+    p.add_argument("--baseline", help=BASELINE_HELP)
     p.set_defaults(func=_report)
 
     p = sub.add_parser(

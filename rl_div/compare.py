@@ -150,7 +150,7 @@ def run_in_subprocesses(todo: list[tuple[PlannedRun, str]], jobs: int, out: Path
 
 
 def compare(config_paths: list[str], seeds: list[int], out: str | Path, overrides: list[str] | None = None,
-            jobs: int = 1, report: bool = True) -> Path:
+            jobs: int = 1, report: bool = True, baseline: str | None = None) -> Path:
     """Run what is missing of the variant x seed grid, write the manifest and the report; returns OUT."""
     out = Path(out)
     runs = plan(config_paths, seeds, out, list(overrides or []))
@@ -177,6 +177,6 @@ def compare(config_paths: list[str], seeds: list[int], out: str | Path, override
     if report:
         from rl_div.report import build_report
 
-        files = build_report([out], out / "report")
+        files = build_report([out], out / "report", baseline=baseline)
         print(f"[compare] report: {files['report_md']} and {files['report_html']}")
     return out

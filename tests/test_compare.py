@@ -124,7 +124,7 @@ def test_variants_must_share_prompts_and_evaluation(tmp_path: Path) -> None:
 def test_cli_splits_configs_seeds_and_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     got = {}
 
-    def fake_compare(configs, seeds, out, overrides, jobs=1, report=True):  # noqa: ANN001, ANN202
+    def fake_compare(configs, seeds, out, overrides, jobs=1, report=True, baseline=None):  # noqa: ANN001, ANN202
         got.update(configs=configs, seeds=seeds, out=out, overrides=overrides, jobs=jobs, report=report)
         return Path(out)
 

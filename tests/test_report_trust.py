@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import json
 import shutil
+from math import comb
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
-from test_report import VARIANTS, write_run
+from test_report import VARIANTS, markdown_table, write_run
 
 from rl_div.cli import main
 from rl_div.report import build_report
 from rl_div.report.comparison import MixedEvalSets
+from rl_div.report.plots import Curve, passk_figure
 from rl_div.report.results import RunRef, write_manifest
+from rl_div.report.summarize import paired_bootstrap
 
 
 @pytest.fixture(scope="module")
@@ -63,3 +67,57 @@ def test_runs_with_different_evaluation_sets_are_refused(compare_dir: Path, tmp_
     (hot / "config.yaml").write_text(yaml.safe_dump(cfg))
     with pytest.raises(MixedEvalSets, match="temperature 0.6"):
         build_report([compare_dir / "grpo", tmp_path / "hot"], tmp_path / "report2")
+
+
+def binomial_quantile(n: int, q: float) -> int:
+    """Smallest x with P(Binomial(n, 1/2) <= x) >= q, from math.comb."""
+    total = 0.0
+    for x in range(n + 1):
+        total += comb(n, x) / 2**n
+        if total >= q:
+            return x
+    return n
+
+
+def test_paired_bootstrap_against_hand_computations() -> None:
+    # A constant shift on every problem and seed: no uncertainty at all, however spread the problems.
+    assert paired_bootstrap(np.full((3, 20), 0.25)) == pytest.approx((0.25, 0.25))
+    # One seed, 40 problems, half with difference 1 and half 0: the resampled mean is Binomial(40, 1/2) / 40.
+    diff = np.array([[0.0, 1.0] * 20])
+    lo, hi = paired_bootstrap(diff, n_boot=20_000)
+    assert (lo, hi) == (binomial_quantile(40, 0.025) / 40, binomial_quantile(40, 0.975) / 40) == (0.35, 0.65)
+    # Two seeds that disagree completely (all 0 vs all 1): seeds are resampled too, so the mean is
+    # 0, 1/2 or 1 with probabilities 1/4, 1/2, 1/4 and the 95% interval spans [0, 1].
+    assert paired_bootstrap(np.array([[0.0] * 5, [1.0] * 5])) == (0.0, 1.0)
+
+
+def test_paired_differences_in_tables_and_plot(compare_dir: Path, tmp_path: Path) -> None:
+    files = build_report([compare_dir], tmp_path)
+    summary = json.loads(files["summary_json"].read_text())
+    assert summary["baseline"] == "grpo" and set(summary["differences"]) == {"grpo", "base (step 0)"}
+    # By hand from the eval files: arm - grpo per seed and problem at the final step, for pass@1 (c / n)
+    # and distinct correct answers; pairs are (seed, problem uid).
+    diffs = {"pass@1": [], "div/distinct_correct_answers": []}
+    for seed in (0, 1):
+        arm, grpo = (json.loads((compare_dir / v / f"seed{seed}" / "eval" / "step_000004.json").read_text())["problems"]
+                     for v in ("arm", "grpo"))
+        assert [p["uid"] for p in arm] == [p["uid"] for p in grpo]
+        diffs["pass@1"].append([a["c"] / a["n"] - g["c"] / g["n"] for a, g in zip(arm, grpo, strict=True)])
+        distinct = [[len({x for x, ok in zip(p["answers"], p["correct"], strict=True) if ok}) for p in probs]
+                    for probs in (arm, grpo)]
+        diffs["div/distinct_correct_answers"].append(np.subtract(*distinct).tolist())
+    for metric, table in diffs.items():
+        got = summary["differences"]["grpo"]["arm"][metric]
+        assert got["mean"] == pytest.approx(np.mean(table))
+        assert (got["ci_lo"], got["ci_hi"]) == pytest.approx(paired_bootstrap(np.array(table)))
+        assert got["seed_min"] == pytest.approx(min(np.mean(table, axis=1)))
+    page = files["report_md"].read_text()
+    assert "## Paired differences against grpo" in page and "## Paired differences against base (step 0)" in page
+    section = page[page.index("## Paired differences against grpo"):]
+    rows = {r["variant"]: r for r in markdown_table(section, "variant")}
+    cell = rows["arm − grpo"]["Δ pass@1"]
+    mean = np.mean(diffs["pass@1"])
+    assert cell.startswith(f"{mean:+.3f} [")
+    fig = passk_figure({"grpo": Curve([1, 2], [0.1, 0.2], [0.0, 0.1], [0.2, 0.3])},
+                       diffs=("grpo", {"arm": Curve([1, 2], [0.05, 0.0], [0.0, -0.1], [0.1, 0.1])}))
+    assert len(fig.axes) == 2 and [ln.get_label() for ln in fig.axes[1].get_lines()][-1] == "arm − grpo"

@@ -20,11 +20,13 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from rl_div.report.comparison import Comparison, _ks, build_comparison
-from rl_div.report.page import SEED_BAND_NOTE, document, render_html, render_markdown, table_rows
+from rl_div.report.page import document, render_html, render_markdown, table_rows
 from rl_div.report.plots import Curve, curves_figure, passk_figure, save_figure
 from rl_div.report.results import RunData, discover_runs, load_run, tidy_rows, write_tidy
-from rl_div.report.summarize import Band, step_curve
+from rl_div.report.summarize import Band, moving_average, smoothing_window, step_curve, summarize_evals
 
 TRAIN_PANELS = [("eval", "pass@1", "pass@1 (held-out)"), ("eval", "pass@K", "pass@K (held-out)"),
                 ("train", "policy/entropy", "policy entropy (training batches)"),
@@ -52,29 +54,66 @@ def step_series(runs: list[RunData], kind: str, metric: str) -> Curve:
     return Curve(*step_curve(series))
 
 
+def smoothed_series(runs: list[RunData], metric: str) -> Curve:
+    """A training metric: the moving average of the seed mean (and of its band), the raw mean kept."""
+    c = step_series(runs, "train", metric)
+    w = smoothing_window(c.x.size)
+    if w == 1:
+        return c
+    return Curve(c.x, moving_average(c.y, w), moving_average(c.lo, w), moving_average(c.hi, w), raw=c.y)
+
+
+def eval_series(runs: list[RunData], metric: str) -> Curve:
+    """A held-out metric at every evaluation step: mean over seeds with the 95% bootstrap CI over
+    problems (rl_div.report.summarize.summarize_evals); the seed range where there is no CI."""
+    steps = sorted({s for r in runs for s in r.evals})
+    rows = []  # (step, mean, lo, hi)
+    for step in steps:
+        band = summarize_evals([r.evals[step] for r in runs if step in r.evals]).get(metric)
+        if band is not None and not math.isnan(band.mean):
+            rows.append((step, band.mean, *band.interval()))
+    return Curve(*(np.array(col) for col in zip(*rows, strict=True))) if rows else Curve([], [], [], [])
+
+
 def figures(comp: Comparison, runs: list[RunData], out: Path) -> dict[str, Path]:
     files = {}
     base = (comp.base_label, passk_curve(comp.base)) if comp.base and comp.base_label else None
     note = "bands: " + ("95% bootstrap CI over problems" if all(
         b.get("pass@1", Band(0, 0, 0, 0)).has_ci for b in comp.final.values()) else "min-max over seeds")
-    steps = ", ".join(sorted({str(s) for s in comp.final_step.values()}, key=int))
-    fig = passk_figure({v: passk_curve(comp.final[v]) for v in comp.variants}, base,
-                       title=f"pass@k at the final evaluation (step {steps})", band_note=note)
+    if comp.kind == "eval":  # each model evaluated once; its label names the checkpoint's step
+        title = f"pass@k of {', '.join(comp.variants)}"
+    else:
+        steps = ", ".join(sorted({str(s) for s in comp.final_step.values()}, key=int))
+        title = f"pass@k at the final evaluation (step {steps})"
+    diffs = None
+    if comp.baseline and comp.baseline in comp.diffs:
+        diffs = (comp.baseline, {v: passk_curve(d) for v, d in comp.diffs[comp.baseline].items() if _ks(d)})
+    fig = passk_figure({v: passk_curve(comp.final[v]) for v in comp.variants}, base, title=title,
+                       band_note=note, diffs=diffs or None)
     files["passk_vs_k"] = save_figure(fig, out / "passk_vs_k.png")
     by_variant = {v: [r for r in runs if r.ref.variant == v and r.ref.role == "variant"] for v in comp.variants}
-    if not any(len(r.evals) + len(r.train) > 1 for g in by_variant.values() for r in g):
-        return files  # a single evaluation per run (rl-div eval): nothing to draw over steps
+    seeds = len({r.ref.seed for g in by_variant.values() for r in g})
     panels = [(title.replace("pass@K", f"pass@{comp.k}"),
-               {v: step_series(g, kind, metric.replace("pass@K", f"pass@{comp.k}")) for v, g in by_variant.items()})
+               {v: (eval_series(g, metric.replace("pass@K", f"pass@{comp.k}")) if kind == "eval"
+                    else smoothed_series(g, metric)) for v, g in by_variant.items()})
               for kind, metric, title in TRAIN_PANELS]
-    files["training_curves"] = save_figure(curves_figure(panels, comp.variants, SEED_BAND_NOTE),
-                                           out / "training_curves.png")
+    note = ("held-out panels: mean over seeds, band 95% bootstrap CI over problems; training panels: moving "
+            "average (raw mean faint behind)" + (", band min-max over seeds" if seeds > 1 else ", one seed"))
+    if panels := _drawable(panels):
+        files["training_curves"] = save_figure(curves_figure(panels, comp.variants, note), out / "training_curves.png")
     present = [m for m in DIVERSITY_PANELS if any(m in b for b in comp.final.values())]
-    panels = [(f"{m} (held-out)", {v: step_series(g, "eval", m) for v, g in by_variant.items()}) for m in present]
+    panels = _drawable([(f"{m} (held-out)", {v: eval_series(g, m) for v, g in by_variant.items()}) for m in present])
     if panels:
-        files["diversity_curves"] = save_figure(curves_figure(panels, comp.variants, SEED_BAND_NOTE),
+        note = "mean over seeds; band: 95% bootstrap CI over problems, else " + (
+            "min-max over seeds" if seeds > 1 else "none (one seed)")
+        files["diversity_curves"] = save_figure(curves_figure(panels, comp.variants, note),
                                                 out / "diversity_curves.png")
     return files
+
+
+def _drawable(panels: list[tuple[str, dict[str, Curve]]]) -> list[tuple[str, dict[str, Curve]]]:
+    """Panels with a line to draw: a series of one point over steps says nothing, so is left out."""
+    return [(t, s) for t, s in panels if any(c.x.size > 1 for c in s.values())]
 
 
 def _json_safe(value: Any) -> Any:
@@ -97,6 +136,12 @@ def write_summary(comp: Comparison, out: Path) -> tuple[Path, Path]:
             k = metric[5:] if metric.startswith("pass@") and metric[5:].isdigit() else ""
             rows.append({"variant": name, "role": role, "step": "" if step is None else step,
                          "metric": "pass@k" if k else metric, "k": k, **b.as_dict()})
+    for against, by_variant in comp.diffs.items():  # paired differences: role "minus <against>"
+        for name, bands in by_variant.items():
+            for metric, b in bands.items():
+                k = metric[5:] if metric.startswith("pass@") and metric[5:].isdigit() else ""
+                rows.append({"variant": name, "role": f"minus {against}", "step": comp.final_step[name],
+                             "metric": "pass@k" if k else metric, "k": k, **b.as_dict()})
     csv_path = out / "summary.csv"
     with open(csv_path, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=cols)
@@ -107,13 +152,17 @@ def write_summary(comp: Comparison, out: Path) -> tuple[Path, Path]:
         "base_label": comp.base_label, "setup": comp.setup, "notes": comp.notes, "collapse": comp.collapse,
         "final": {v: {m: b.as_dict() for m, b in bs.items()} for v, bs in comp.final.items()},
         "base": {m: b.as_dict() for m, b in comp.base.items()} if comp.base else None,
+        "baseline": comp.baseline,
+        "differences": {a: {v: {m: b.as_dict() for m, b in bs.items()} for v, bs in d.items()}
+                        for a, d in comp.diffs.items()},
     })
     json_path = out / "summary.json"
     json_path.write_text(json.dumps(clean, indent=1))
     return csv_path, json_path
 
 
-def build_report(paths: list[str | Path], out: str | Path | None = None, title: str | None = None) -> dict[str, Path]:
+def build_report(paths: list[str | Path], out: str | Path | None = None, title: str | None = None,
+                 baseline: str | None = None) -> dict[str, Path]:
     """Read the runs under ``paths`` and write every export into ``out`` (default: <first path>/report)."""
     kind, refs = discover_runs(paths)
     out_dir = Path(out) if out is not None else Path(paths[0]) / "report"
@@ -121,7 +170,7 @@ def build_report(paths: list[str | Path], out: str | Path | None = None, title: 
     runs = [load_run(r) for r in refs]
     files: dict[str, Path] = {}
     files["metrics_tidy_csv"], files["metrics_tidy_json"] = write_tidy(tidy_rows(runs), out_dir)
-    comp = build_comparison(runs, kind)
+    comp = build_comparison(runs, kind, baseline)
     files["summary_csv"], files["summary_json"] = write_summary(comp, out_dir)
     files.update(figures(comp, runs, out_dir))
     default_title = "Evaluation report" if kind == "eval" else "GRPO vs re-weighted variants: pass@k and diversity"

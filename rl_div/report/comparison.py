@@ -9,7 +9,15 @@ from typing import Any
 
 from rl_div.config import ConfigError
 from rl_div.report.results import RunData
-from rl_div.report.summarize import Band, EvalPoint, collapse_over_seeds, passk_keys, summarize_evals, table_k
+from rl_div.report.summarize import (
+    Band,
+    EvalPoint,
+    collapse_over_seeds,
+    paired_differences,
+    passk_keys,
+    summarize_evals,
+    table_k,
+)
 
 
 @dataclass
@@ -24,6 +32,13 @@ class Comparison:
     k: int = 1
     notes: list[str] = field(default_factory=list)
     setup: dict[str, Any] = field(default_factory=dict)
+    # Per-seed evaluations behind ``final`` and ``base`` (for paired differences).
+    points: dict[str, list[EvalPoint]] = field(default_factory=dict)
+    base_points: list[EvalPoint] = field(default_factory=list)
+    baseline: str | None = None
+    # {against: {variant: {metric: Band of variant - against}}}; against = the baseline variant
+    # and the base/reference model.
+    diffs: dict[str, dict[str, dict[str, Band]]] = field(default_factory=dict)
 
 
 class MixedEvalSets(ConfigError):
@@ -73,8 +88,9 @@ def _final_step(runs: list[RunData], notes: list[str], variant: str) -> int:
     return max(set.union(*steps))
 
 
-def build_comparison(runs: list[RunData], kind: str = "compare") -> Comparison:
-    """Each variant at its final evaluation, the base/reference model, and the collapse of each variant."""
+def build_comparison(runs: list[RunData], kind: str = "compare", baseline: str | None = None) -> Comparison:
+    """Each variant at its final evaluation, the base/reference model, the collapse of each variant,
+    and paired differences against ``baseline`` (default: the first variant) and the base model."""
     variants: dict[str, list[RunData]] = {}
     for r in runs:
         if r.ref.role == "variant" and r.evals:
@@ -86,10 +102,12 @@ def build_comparison(runs: list[RunData], kind: str = "compare") -> Comparison:
     comp = Comparison(kind, list(variants), {}, {})
     for name, group in variants.items():
         step = comp.final_step[name] = _final_step(group, comp.notes, name)
-        comp.final[name] = summarize_evals([r.evals.get(step) or r.evals[max(r.evals)] for r in group])
+        comp.points[name] = [r.evals.get(step) or r.evals[max(r.evals)] for r in group]
+        comp.final[name] = summarize_evals(comp.points[name])
     _add_base(comp, variants, references)
     for name, group in variants.items():
         _add_collapse(comp, name, group, references)
+    _add_differences(comp, baseline)
     comp.k = table_k([*comp.final.values(), *([comp.base] if comp.base else [])])
     comp.setup = _setup(variants[comp.variants[0]], variants, references)
     return comp
@@ -99,7 +117,8 @@ def _add_base(comp: Comparison, variants: dict[str, list[RunData]], references: 
     """The reference runs of rl-div eval, else the step-0 evaluations of a comparison."""
     if references:
         comp.base_label = references[0].ref.variant
-        comp.base = summarize_evals([r.evals[max(r.evals)] for r in references])
+        comp.base_points = [r.evals[max(r.evals)] for r in references]
+        comp.base = summarize_evals(comp.base_points)
         return
     if not any(step > 0 for step in comp.final_step.values()):
         return  # the variants are their own step 0: a base row would repeat them
@@ -112,7 +131,8 @@ def _add_base(comp: Comparison, variants: dict[str, list[RunData]], references: 
                 starts.setdefault(r.ref.seed, r.evals[0])
     if starts:
         comp.base_label = "base (step 0)"
-        comp.base = summarize_evals([starts[s] for s in sorted(starts)])
+        comp.base_points = [starts[s] for s in sorted(starts)]
+        comp.base = summarize_evals(comp.base_points)
     models = {json.dumps([r.config.get("model"), r.config.get("bootstrap")], sort_keys=True)
               for g in variants.values() for r in g}
     if len(models) > 1:
@@ -136,6 +156,22 @@ def _add_collapse(comp: Comparison, name: str, group: list[RunData], references:
         return
     if report is not None:
         comp.collapse[name] = report
+
+
+def _add_differences(comp: Comparison, baseline: str | None) -> None:
+    """Every other variant minus the baseline variant, and every variant minus the base model,
+    paired by seed and problem (rl_div.report.summarize.paired_differences)."""
+    if baseline is not None and baseline not in comp.final:
+        raise ConfigError(f"--baseline {baseline!r} is not a variant of this comparison ({', '.join(comp.variants)})")
+    comp.baseline = baseline or (comp.variants[0] if len(comp.variants) > 1 else None)
+    if comp.baseline is not None:
+        against = comp.points[comp.baseline]
+        comp.diffs[comp.baseline] = {v: d for v in comp.variants if v != comp.baseline
+                                     and (d := paired_differences(comp.points[v], against))}
+    if comp.base_label and comp.base_points:
+        comp.diffs[comp.base_label] = {v: d for v in comp.variants
+                                       if (d := paired_differences(comp.points[v], comp.base_points))}
+    comp.diffs = {k: v for k, v in comp.diffs.items() if v}
 
 
 def _ks(bands: dict[str, Band]) -> list[int]:

@@ -12,9 +12,12 @@ from typing import Any
 from rl_div.report.comparison import Comparison, _ks
 from rl_div.report.summarize import Band
 
-SEED_BAND_NOTE = "bands: min-max over seeds"
-CI_NOTE = ("95% bootstrap CI over problems (1000 resamples within each seed, averaged over seeds); "
-           "† = min–max over seeds (no per-problem values)")
+CI_NOTE = "95% bootstrap CI over problems (1000 resamples within each seed, averaged over seeds)"
+SEED_RANGE_NOTE = "; † = min–max over seeds (no per-problem values)"
+DIFF_NOTE = ("Paired differences: on the same problems and sampling seeds, variant minus the other, averaged "
+             "over problems and seeds; [95% paired bootstrap CI, resampling seeds and problems together, 1000 "
+             "resamples]; * = the CI excludes 0. Metrics without per-problem values (entropy, embedding "
+             "diversity) are paired by seed only.")
 # (column title, metric key); the K of pass@K is filled in per report.
 TABLE_COLUMNS = [("pass@1", "pass@1"), ("pass@K", "pass@K"), ("maj@n", "maj@n"), ("entropy", "policy/entropy"),
                  ("distinct correct answers", "div/distinct_correct_answers"), ("emb. diversity", "div/emb_diversity"),
@@ -32,6 +35,17 @@ def fmt(band: Band | None) -> str:
     if math.isnan(lo) or f"{lo:.3f}" == f"{hi:.3f}":  # no band, or none visible at this precision
         return f"{band.mean:.3f}"
     return f"{band.mean:.3f} [{lo:.3f}, {hi:.3f}]" + ("" if band.has_ci else " †")
+
+
+def fmt_diff(band: Band | None) -> str:
+    """'+0.012 [-0.004, +0.028]' (paired difference and its 95% CI); '*' when the CI excludes 0."""
+    if band is None or math.isnan(band.mean):
+        return "–"
+    lo, hi = band.interval()
+    if math.isnan(lo):
+        return f"{band.mean:+.3f}"
+    beyond = "*" if lo > 0 or hi < 0 else ""
+    return f"{band.mean:+.3f} [{lo:+.3f}, {hi:+.3f}]{beyond}"
 
 
 def table_rows(comp: Comparison) -> list[tuple[str, int | None, dict[str, Band]]]:
@@ -54,9 +68,35 @@ def results_table(comp: Comparison) -> tuple[list[str], list[list[str]]]:
 
 def passk_table(comp: Comparison) -> tuple[list[str], list[list[str]]]:
     ks = sorted({k for _, _, b in table_rows(comp) for k in _ks(b)})
-    body = [[name, *[f"{b[f'pass@{k}'].mean:.3f}" if f"pass@{k}" in b else "–" for k in ks]]
-            for name, _, b in table_rows(comp)]
+    body = [[name, *[fmt(b.get(f"pass@{k}")) for k in ks]] for name, _, b in table_rows(comp)]
     return ["variant", *[f"k={k}" for k in ks]], body
+
+
+def diff_table(comp: Comparison, against: str) -> tuple[list[str], list[list[str]]]:
+    """Each variant minus ``against`` in the results table's metrics."""
+    diffs = comp.diffs[against]
+    cols = [(t.replace("K", str(comp.k)), m.replace("K", str(comp.k))) for t, m in TABLE_COLUMNS
+            if any(m.replace("K", str(comp.k)) in d for d in diffs.values())]
+    header = ["variant", *[f"Δ {t}" for t, _ in cols]]
+    return header, [[f"{v} − {against}", *[fmt_diff(d.get(m)) for _, m in cols]] for v, d in diffs.items()]
+
+
+def diff_passk_table(comp: Comparison, against: str) -> tuple[list[str], list[list[str]]]:
+    """Each variant minus ``against`` in pass@k at every k."""
+    diffs = comp.diffs[against]
+    ks = sorted({k for d in diffs.values() for k in _ks(d)})
+    return (["variant", *[f"Δ k={k}" for k in ks]],
+            [[f"{v} − {against}", *[fmt_diff(d.get(f"pass@{k}")) for k in ks]] for v, d in diffs.items()])
+
+
+def diff_blocks(comp: Comparison) -> list[tuple[Any, ...]]:
+    blocks: list[tuple[Any, ...]] = []
+    for against in comp.diffs:
+        blocks += [("h2", f"Paired differences against {against}"), ("table", *diff_table(comp, against)),
+                   ("table", *diff_passk_table(comp, against))]
+    if blocks:
+        blocks.append(("p", DIFF_NOTE))
+    return blocks
 
 
 def collapse_table(comp: Comparison) -> tuple[list[str], list[list[str]]]:
@@ -77,10 +117,12 @@ def document(comp: Comparison, files: dict[str, Path], title: str) -> list[tuple
     setup = (f"{what}. Task/data: {s['data']}. Seeds: {', '.join(map(str, s['seeds']))}. Held-out evaluation: "
              f"{s['eval_problems'] or '?'} problems × n = {s['eval_n']} samples at temperature "
              f"{s['eval_temperature']}; pass@k is the unbiased estimator (Chen et al. 2021).")
+    seed_note = SEED_RANGE_NOTE if len(s["seeds"]) > 1 else ""
     blocks: list[tuple[Any, ...]] = [("h1", title), ("p", setup), ("h2", "Results"), ("table", *results_table(comp)),
-                                     ("p", f"Mean over seeds [{CI_NOTE}]. Entropy: mean token entropy of the "
-                                           "held-out samples; distinct correct answers: per problem, averaged.")]
+                                     ("p", f"Mean over seeds [{CI_NOTE}{seed_note}]. Entropy: mean token entropy "
+                                           "of the held-out samples; distinct correct answers: per problem, averaged.")]
     blocks += [("h2", "pass@k curve (mean over seeds)"), ("table", *passk_table(comp))]
+    blocks += diff_blocks(comp)
     if comp.collapse:
         blocks += [("h2", "Diversity collapse against the reference"), ("table", *collapse_table(comp)),
                    ("p", "Answer-level pairwise diversity (probability that two samples of a problem give "

@@ -25,15 +25,19 @@ BASE_STYLE = {"color": "0.25", "linestyle": "--", "marker": "s"}
 
 @dataclass
 class Curve:
-    """y over x with a band [lo, hi] (same length as x)."""
+    """y over x with a band [lo, hi] (same length as x); ``raw``: the unsmoothed y when y is a
+    smoothed series (drawn faint behind it)."""
 
     x: np.ndarray
     y: np.ndarray
     lo: np.ndarray
     hi: np.ndarray
+    raw: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.x, self.y, self.lo, self.hi = (np.asarray(a, dtype=np.float64) for a in (self.x, self.y, self.lo, self.hi))
+        if self.raw is not None:
+            self.raw = np.asarray(self.raw, dtype=np.float64)
 
 
 def colours(labels: list[str]) -> dict[str, str]:
@@ -41,6 +45,8 @@ def colours(labels: list[str]) -> dict[str, str]:
 
 
 def _draw(ax: Axes, curve: Curve, label: str, **style: Any) -> None:
+    if curve.raw is not None:  # the raw series, faint and unlabelled, behind its smoothed line
+        ax.plot(curve.x, curve.raw, linewidth=0.8, alpha=0.3, color=style.get("color"), label="_raw")
     ax.plot(curve.x, curve.y, label=label, linewidth=1.8, markersize=4, **({"marker": "o"} | style))
     band = ~(np.isnan(curve.lo) | np.isnan(curve.hi))
     # A zero-width band (one seed, no per-problem data) would only draw an outline: skip it.
@@ -50,11 +56,13 @@ def _draw(ax: Axes, curve: Curve, label: str, **style: Any) -> None:
 
 
 def passk_figure(curves: dict[str, Curve], base: tuple[str, Curve] | None = None, title: str = "pass@k",
-                 band_note: str = "") -> Figure:
-    """pass@k against k (log2 axis) per variant, the base/reference model dashed."""
-    fig = Figure(figsize=(6.4, 4.4))
-    ax = fig.add_subplot()
-    palette = colours(list(curves))
+                 band_note: str = "", diffs: tuple[str, dict[str, Curve]] | None = None) -> Figure:
+    """pass@k against k (log2 axis) per variant, the base/reference model dashed; with ``diffs``
+    = (baseline, {variant: curve of variant - baseline}) a second panel below shows the paired
+    differences with their bands around a zero line."""
+    fig = Figure(figsize=(6.4, 7.2 if diffs else 4.4))
+    ax = fig.add_subplot(2, 1, 1) if diffs else fig.add_subplot()
+    palette = colours([*curves, *[v for v in (diffs[1] if diffs else {}) if v not in curves]])
     ks: set[float] = set()
     if base is not None:
         _draw(ax, base[1], base[0], **BASE_STYLE)
@@ -62,18 +70,33 @@ def passk_figure(curves: dict[str, Curve], base: tuple[str, Curve] | None = None
     for label, curve in curves.items():
         _draw(ax, curve, label, color=palette[label])
         ks.update(curve.x.tolist())
+    _k_axis(ax, ks)
+    ax.set_ylabel("pass@k (unbiased)")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(title)
+    ax.legend(loc="upper left", fontsize=8)
+    if diffs:
+        baseline, series = diffs
+        dx = fig.add_subplot(2, 1, 2, sharex=ax)
+        dx.axhline(0.0, color=palette.get(baseline, "0.25"), linewidth=1.0, linestyle="--")
+        for label, curve in series.items():
+            _draw(dx, curve, f"{label} − {baseline}", color=palette[label])
+        _k_axis(dx, ks)
+        dx.set_ylabel(f"Δ pass@k vs {baseline}")
+        dx.set_title(f"paired difference against {baseline} (95% paired bootstrap CI)", fontsize=10)
+        dx.legend(loc="best", fontsize=8)
+        fig.tight_layout(rect=(0, 0.03 if band_note else 0, 1, 1))
+    if band_note:
+        fig.text(0.01, 0.005, band_note, fontsize=7, color="0.35")
+    return fig
+
+
+def _k_axis(ax: Axes, ks: set[float]) -> None:
     ax.set_xscale("log", base=2)
     ticks = sorted(ks)
     ax.set_xticks(ticks, [str(int(k)) for k in ticks])
     ax.set_xlabel("k (samples per problem)")
-    ax.set_ylabel("pass@k (unbiased)")
-    ax.set_ylim(0, 1.02)
     ax.grid(True, alpha=0.3)
-    ax.set_title(title)
-    ax.legend(loc="upper left", fontsize=8)
-    if band_note:
-        fig.text(0.01, 0.005, band_note, fontsize=7, color="0.35")
-    return fig
 
 
 def curves_figure(panels: list[tuple[str, dict[str, Curve]]], variants: list[str], band_note: str = "") -> Figure:

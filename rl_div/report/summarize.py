@@ -132,6 +132,62 @@ def summarize_evals(points: Sequence[EvalPoint]) -> dict[str, Band]:
     return bands
 
 
+def paired_bootstrap(diff: np.ndarray, n_boot: int = N_BOOT, level: float = LEVEL,
+                     seed: int = 0) -> tuple[float, float]:
+    """Percentile CI of mean(diff) when seeds and problems are both resampled, pairs kept intact.
+
+    diff: [S, P] per-seed, per-problem differences (variant - baseline on the same problem and
+    sampling seed; P = 1 for a metric with one value per evaluation, e.g. entropy). Each replicate
+    draws S seeds and P problems with replacement (one problem draw shared by the seeds, since they
+    evaluated the same problems) and takes the mean of the [S, P] sub-table. Deterministic given seed.
+    """
+    rng = np.random.default_rng(seed)
+    s, p = diff.shape
+    seed_idx = rng.integers(0, s, size=(n_boot, s))
+    prob_idx = rng.integers(0, p, size=(n_boot, p))
+    reps = diff[seed_idx[:, :, None], prob_idx[:, None, :]].mean(axis=(1, 2))  # [n_boot]
+    lo, hi = np.quantile(reps, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return float(lo), float(hi)
+
+
+def paired_differences(variant: Sequence[EvalPoint], baseline: Sequence[EvalPoint]) -> dict[str, Band]:
+    """variant - baseline per metric, paired by sampling seed (and by problem where the evaluations
+    hold per-problem values), with a paired-bootstrap 95% CI (paired_bootstrap) and the per-seed range.
+
+    Only seeds both evaluated count; per-problem pairing needs both evaluations of a seed to list the
+    same problems in the same order, else that metric falls back to pairing by seed alone. Empty
+    when no seed is shared.
+    """
+    base = {p.seed: p for p in baseline}
+    pairs = [(v, base[v.seed]) for v in variant if v.seed in base]
+    if not pairs:
+        return {}
+    out: dict[str, Band] = {}
+    per_problem = all(v.problems and b.problems and [q["uid"] for q in v.problems] == [q["uid"] for q in b.problems]
+                      for v, b in pairs)
+    if per_problem:
+        ks = sorted(set(passk_keys(pairs[0][0].metrics)) & set(passk_keys(pairs[0][1].metrics)))
+        tables = [(per_problem_values(v.problems, ks), per_problem_values(b.problems, ks))  # type: ignore[arg-type]
+                  for v, b in pairs]
+        for key in tables[0][0]:
+            if all(key in tv and key in tb for tv, tb in tables):
+                out[key] = _diff_band(np.stack([tv[key] - tb[key] for tv, tb in tables]))
+    for key, value in pairs[0][0].metrics.items():
+        if key in out or not isinstance(value, (int, float)) or isinstance(value, bool) or key == "n":
+            continue
+        d = np.array([[_finite(v.metrics.get(key)) - _finite(b.metrics.get(key))] for v, b in pairs])
+        if not np.isnan(d).any():
+            out[key] = _diff_band(d)
+    return out
+
+
+def _diff_band(diff: np.ndarray) -> Band:
+    """Band of a [S, P] difference table: mean, per-seed means' range, paired-bootstrap CI."""
+    per_seed = diff.mean(axis=1)
+    lo, hi = paired_bootstrap(diff)
+    return Band(float(diff.mean()), float(per_seed.min()), float(per_seed.max()), int(diff.shape[0]), lo, hi)
+
+
 def table_k(evals: Sequence[dict[str, Any]], preferred: int = 32) -> int:
     """The large k of the results table: ``preferred`` when every evaluation has it, else the largest
     k every evaluation has (small eval.n)."""
@@ -152,6 +208,23 @@ def step_curve(series: dict[int, list[float]]) -> tuple[np.ndarray, np.ndarray, 
             lo.append(vals.min())
             hi.append(vals.max())
     return np.array(steps), np.array(mean), np.array(lo), np.array(hi)
+
+
+def moving_average(y: np.ndarray, window: int) -> np.ndarray:
+    """[T] centred moving average over ``window`` points (odd; shrinks at the ends, NaNs skipped)."""
+    half = window // 2
+    out = np.full(len(y), np.nan)
+    for i in range(len(y)):
+        part = y[max(0, i - half):i + half + 1]
+        part = part[~np.isnan(part)]
+        if part.size:
+            out[i] = part.mean()
+    return out
+
+
+def smoothing_window(points: int) -> int:
+    """An odd window of about 1/15 of the series (1 = no smoothing for short series)."""
+    return 2 * (points // 30) + 1
 
 
 def answer_diversity(answers: Sequence[str | None]) -> float:
