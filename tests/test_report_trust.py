@@ -18,7 +18,7 @@ from rl_div.report import build_report
 from rl_div.report.comparison import MixedEvalSets
 from rl_div.report.plots import Curve, passk_figure
 from rl_div.report.results import RunRef, write_manifest
-from rl_div.report.summarize import paired_bootstrap
+from rl_div.report.summarize import moving_average, paired_bootstrap
 
 
 @pytest.fixture(scope="module")
@@ -121,3 +121,15 @@ def test_paired_differences_in_tables_and_plot(compare_dir: Path, tmp_path: Path
     fig = passk_figure({"grpo": Curve([1, 2], [0.1, 0.2], [0.0, 0.1], [0.2, 0.3])},
                        diffs=("grpo", {"arm": Curve([1, 2], [0.05, 0.0], [0.0, -0.1], [0.1, 0.1])}))
     assert len(fig.axes) == 2 and [ln.get_label() for ln in fig.axes[1].get_lines()][-1] == "arm − grpo"
+
+
+def test_moving_average_by_hand() -> None:
+    assert moving_average(np.array([1.0, 2.0, 3.0, 4.0, 5.0]), 3).tolist() == [1.5, 2.0, 3.0, 4.0, 4.5]
+    assert moving_average(np.array([1.0, np.nan, 3.0]), 3).tolist() == [1.0, 2.0, 3.0]
+
+
+def test_one_seed_report_claims_no_seed_range(compare_dir: Path, tmp_path: Path) -> None:
+    files = build_report([compare_dir / "grpo" / "seed0", compare_dir / "arm" / "seed0"], tmp_path)
+    page = files["report_md"].read_text()
+    assert "min–max over seeds" not in page and "min-max over seeds" not in page
+    assert "95% bootstrap CI over problems" in page
