@@ -31,6 +31,7 @@ from pathlib import Path
 
 from rl_div.config import Config, ConfigError, load_config, save_config
 from rl_div.config_tree import config_differences, saved_config_tree, set_fields
+from rl_div.report.provenance import code_version
 from rl_div.report.results import RunRef, write_manifest
 
 log = logging.getLogger("rl_div")
@@ -164,7 +165,7 @@ def compare(config_paths: list[str], seeds: list[int], out: str | Path, override
     out.mkdir(parents=True, exist_ok=True)
     write_manifest(out, "compare", [r.ref for r in runs],
                    {"configs": [str(Path(p).resolve()) for p in config_paths], "seeds": seeds,
-                    "overrides": list(overrides or [])})
+                    "overrides": list(overrides or []), "code": code_version()})
     if jobs > 1 and len(todo) > 1:
         run_in_subprocesses(todo, jobs, out)
     else:

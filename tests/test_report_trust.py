@@ -13,6 +13,7 @@ import pytest
 import yaml
 from test_report import VARIANTS, markdown_table, write_run
 
+import rl_div
 from rl_div.cli import main
 from rl_div.report import build_report
 from rl_div.report.comparison import MixedEvalSets
@@ -133,3 +134,32 @@ def test_one_seed_report_claims_no_seed_range(compare_dir: Path, tmp_path: Path)
     page = files["report_md"].read_text()
     assert "min–max over seeds" not in page and "min-max over seeds" not in page
     assert "95% bootstrap CI over problems" in page
+
+
+def test_provenance_names_code_config_differences_cost_and_links(compare_dir: Path, tmp_path: Path) -> None:
+    root = tmp_path / "cmp"
+    shutil.copytree(compare_dir, root)
+    for name in VARIANTS:
+        for seed in (0, 1):
+            run = root / name / f"seed{seed}"
+            cfg = yaml.safe_load((run / "config.yaml").read_text())
+            cfg["rollout"]["prompts_per_step"] = 2
+            if name == "arm":
+                cfg["algo"] = {"advantage": "arm"}
+            (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+            rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+            for i, row in enumerate(rows):  # rows 30 s apart: wall time (len - 1) * 30 s
+                row["time"] = 1000.0 + 30.0 * i
+            (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    n_rows = len((root / "grpo" / "seed0" / "metrics.jsonl").read_text().splitlines())
+    files = build_report([root], root / "report")
+    page = files["report_md"].read_text()
+    section = page[page.index("## Provenance"):]
+    assert f"rl_div {rl_div.__version__}" in section
+    rows = {r["variant"]: r for r in markdown_table(section, "variant")}
+    assert rows["grpo"]["config difference from grpo"] == "(baseline)"
+    assert rows["arm"]["config difference from grpo"] == "algo.advantage: None → 'arm'"
+    assert rows["arm"]["wall time / run"] == f"{(n_rows - 1) * 30 / 60:.1f} min"
+    assert rows["arm"]["samples / run"] == str(4 * 2 * 4)  # last train step 4 x 2 prompts x group of 4
+    assert "[seed 1](../arm/seed1) ([config](../arm/seed1/config.yaml))" in rows["arm"]["runs"]
+    assert '<a href="../arm/seed1/config.yaml">config</a>' in files["report_html"].read_text()

@@ -25,7 +25,8 @@ import numpy as np
 from rl_div.report.comparison import Comparison, _ks, build_comparison
 from rl_div.report.page import document, render_html, render_markdown, table_rows
 from rl_div.report.plots import Curve, curves_figure, passk_figure, save_figure
-from rl_div.report.results import RunData, discover_runs, load_run, tidy_rows, write_tidy
+from rl_div.report.provenance import provenance_blocks
+from rl_div.report.results import MANIFEST, RunData, discover_runs, load_run, read_manifest, tidy_rows, write_tidy
 from rl_div.report.summarize import Band, moving_average, smoothing_window, step_curve, summarize_evals
 
 TRAIN_PANELS = [("eval", "pass@1", "pass@1 (held-out)"), ("eval", "pass@K", "pass@K (held-out)"),
@@ -174,7 +175,11 @@ def build_report(paths: list[str | Path], out: str | Path | None = None, title: 
     files["summary_csv"], files["summary_json"] = write_summary(comp, out_dir)
     files.update(figures(comp, runs, out_dir))
     default_title = "Evaluation report" if kind == "eval" else "GRPO vs re-weighted variants: pass@k and diversity"
-    blocks = document(comp, files, title or default_title)
+    groups = {v: [r for r in runs if r.ref.variant == v and r.ref.role == "variant"] for v in comp.variants}
+    trained_with = next((extra["code"] for p in paths if (Path(p) / MANIFEST).exists()
+                         and "code" in (extra := read_manifest(Path(p))[2])), None)
+    blocks = document(comp, files, title or default_title,
+                      provenance_blocks(groups, comp.baseline, out_dir, trained_with))
     files["report_md"] = out_dir / "report.md"
     files["report_md"].write_text(render_markdown(blocks), encoding="utf-8")
     files["report_html"] = out_dir / "report.html"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import html
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +110,8 @@ def collapse_table(comp: Comparison) -> tuple[list[str], list[list[str]]]:
     return header, body
 
 
-def document(comp: Comparison, files: dict[str, Path], title: str) -> list[tuple[Any, ...]]:
+def document(comp: Comparison, files: dict[str, Path], title: str,
+             provenance: list[tuple[Any, ...]] | None = None) -> list[tuple[Any, ...]]:
     s = comp.setup
     steps = ", ".join(f"{v}: {n}" for v, n in s["train_steps"].items())
     what = (f"Model {s['model']} against reference {s['reference']}" if comp.kind == "eval" and s["reference"]
@@ -133,6 +135,7 @@ def document(comp: Comparison, files: dict[str, Path], title: str) -> list[tuple
                          + ("the reference model." if comp.kind == "eval" else "each run's step-0 evaluation."))]
     blocks.append(("h2", "Figures"))
     blocks += [("img", path.name, name.replace("_", " ")) for name, path in files.items() if path.suffix == ".png"]
+    blocks += provenance or []
     if comp.notes:
         blocks += [("h2", "Notes"), *[("p", n) for n in comp.notes]]
     data_files = ", ".join(p.name for k, p in files.items() if p.suffix != ".png")
@@ -157,6 +160,14 @@ def render_markdown(blocks: list[tuple[Any, ...]]) -> str:
     return "\n\n".join(out) + "\n"
 
 
+_MD_LINK = re.compile(r"\[([^\]]+)\]\(([^)\s]+)\)")
+
+
+def _links(escaped: str) -> str:
+    """Markdown links [text](href) in an already escaped cell -> <a href>."""
+    return _MD_LINK.sub(r'<a href="\2">\1</a>', escaped)
+
+
 def render_html(blocks: list[tuple[Any, ...]], folder: Path) -> str:
     """A self-contained page: images are embedded (base64), so the one file can be mailed or uploaded."""
     esc = html.escape
@@ -167,7 +178,7 @@ def render_html(blocks: list[tuple[Any, ...]], folder: Path) -> str:
             parts.append(f"<{kind}>{esc(block[1])}</{kind}>")
         elif kind == "table":
             head = "".join(f"<th>{esc(h)}</th>" for h in block[1])
-            rows = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in block[2])
+            rows = "".join("<tr>" + "".join(f"<td>{_links(esc(c))}</td>" for c in r) + "</tr>" for r in block[2])
             parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
         elif kind == "img":
             data = base64.b64encode((folder / block[1]).read_bytes()).decode()
