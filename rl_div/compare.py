@@ -82,8 +82,11 @@ def plan(config_paths: list[str], seeds: list[int], out: str | Path, overrides: 
         if diff:
             raise ConfigError(f"variants {first_name!r} and {name!r} would not see the same prompts/evaluation: "
                               f"they differ in {', '.join(diff)} (align them with key=value overrides)")
+    # One W&B group per comparison: the seeds and variants of OUT.
     return [PlannedRun(name, seed, set_fields(cfg, {"run.seed": seed, "run.name": name,
-                                                     "run.output_dir": str(out / name / f"seed{seed}")}))
+                                                     "run.output_dir": str(out / name / f"seed{seed}"),
+                                                     "tracking.wandb_group": cfg.tracking.wandb_group
+                                                     or out.resolve().name}))
             for name, cfg in variants for seed in seeds]
 
 

@@ -225,6 +225,14 @@ class TrackingConfig(Section):
         "auto", description="TensorBoard: true, false, or 'auto' (on when installed)."
     )
     wandb: bool = Field(False, description="Log to Weights & Biases (needs the wandb extra).")
+    wandb_project: str = Field("rl_div", description="W&B project.")
+    wandb_group: str | None = Field(
+        None, description="W&B group; rl-div compare sets it to its output folder's name, so the seeds and "
+        "variants of one comparison are one group."
+    )
+    wandb_tags: list[str] = Field(
+        default_factory=list, description="Extra W&B tags (the run name and the algorithm's names are added)."
+    )
     mlflow: bool = Field(False, description="Log to MLflow (needs the mlflow extra).")
     progress: bool = Field(True, description="Console progress bar.")
 

@@ -8,11 +8,14 @@ import logging
 import math
 import os
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("rl_div")
 
+# Metrics the TensorBoard hparams view lists against the config.
+HPARAM_METRICS = ["eval/pass@1", "eval/mean@n", "eval/div/distinct_correct_answers"]
 PROGRESS_KEYS = {
     "reward": "reward/mean",
     "pass@1": "train/pass@1",
@@ -37,8 +40,8 @@ class Tracker:
         self.dir = Path(output_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self._jsonl = open(self.dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
-        self._tb = self._open_tensorboard(cfg.tensorboard)
-        self._wandb = self._open_wandb(run_name, config_dict) if cfg.wandb else None
+        self._tb = self._open_tensorboard(cfg.tensorboard, config_dict)
+        self._wandb = self._open_wandb(wandb_init_kwargs(self.dir, cfg, run_name, config_dict)) if cfg.wandb else None
         self._mlflow = self._open_mlflow(run_name, config_dict) if cfg.mlflow else None
         self._bar = None
         if cfg.progress:
@@ -46,21 +49,33 @@ class Tracker:
 
             self._bar = tqdm(total=total_steps, desc=run_name, unit="step", dynamic_ncols=True)
 
-    def _open_tensorboard(self, mode: bool | str) -> Any:
+    def _open_tensorboard(self, mode: bool | str, config_dict: dict[str, Any]) -> Any:
+        """A SummaryWriter with the run's config as text (YAML) and as hparams (flat keys)."""
         if mode is False:
             return None
         try:
             from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard.summary import hparams
         except ImportError:
             if mode is True:
                 raise
             return None
-        return SummaryWriter(str(self.dir / "tensorboard"))
+        writer = SummaryWriter(str(self.dir / "tensorboard"))
+        import yaml
 
-    def _open_wandb(self, run_name: str, config_dict: dict[str, Any]) -> Any:
+        from rl_div.config_tree import flatten
+
+        text = yaml.safe_dump(config_dict, sort_keys=False)
+        writer.add_text("config", "    " + text.replace("\n", "\n    "), 0)  # indented = Markdown code block
+        flat = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flatten(config_dict).items()}
+        for summary in hparams(flat, dict.fromkeys(HPARAM_METRICS, 0.0)):
+            writer.file_writer.add_summary(summary)
+        return writer
+
+    def _open_wandb(self, kwargs: dict[str, Any]) -> Any:
         import wandb  # optional extra: a clear ImportError tells the user to install it
 
-        return wandb.init(name=run_name, config=config_dict, dir=str(self.dir))
+        return wandb.init(**kwargs)
 
     def _open_mlflow(self, run_name: str, config_dict: dict[str, Any]) -> Any:
         import mlflow
@@ -80,16 +95,18 @@ class Tracker:
         numeric = {k: float(v) for k, v in row.items()
                    if isinstance(v, (int, float)) and k not in ("step", "time")}
         prefix = "" if kind == "train" else f"{kind}/"
+        # eval/unscored stays eval/unscored (not eval/eval/...); pass@1 of an eval becomes eval/pass@1
+        tagged = {(k if k.startswith(prefix) else prefix + k): v for k, v in numeric.items()}
         if self._tb is not None:
-            for k, v in numeric.items():
-                self._tb.add_scalar(prefix + k, v, step)
+            for k, v in tagged.items():
+                self._tb.add_scalar(k, v, step)
             self._tb.flush()
         if self._wandb is not None:
-            self._wandb.log({prefix + k: v for k, v in numeric.items()}, step=step)
+            self._wandb.log(tagged, step=step)
         if self._mlflow is not None:
             import mlflow
 
-            mlflow.log_metrics({(prefix + k).replace("@", "_at_"): v for k, v in numeric.items()}, step=step)
+            mlflow.log_metrics({k.replace("@", "_at_"): v for k, v in tagged.items()}, step=step)
         if self._bar is not None and kind == "train":
             shown = {label: numeric[key] for label, key in PROGRESS_KEYS.items() if key in numeric}
             self._bar.set_postfix({k: f"{v:.3g}" for k, v in shown.items()}, refresh=False)
@@ -108,6 +125,22 @@ class Tracker:
             import mlflow
 
             mlflow.end_run()
+
+
+def wandb_init_kwargs(run_dir: Path, cfg: Any, run_name: str, config_dict: dict[str, Any]) -> dict[str, Any]:
+    """Arguments of wandb.init: project, group, tags, and a run id kept in RUN_DIR/wandb_run_id so that
+    ``--resume`` continues the same W&B run (resume="allow"); a fresh run folder gets a fresh id."""
+    id_file = run_dir / "wandb_run_id"
+    if id_file.exists():
+        run_id = id_file.read_text().strip()
+    else:
+        run_id = uuid.uuid4().hex[:16]
+        id_file.write_text(run_id + "\n")
+    algo = config_dict.get("algo") or {}
+    tags = [run_name, *(str(algo.get(k)) for k in ("advantage", "token_weight", "loss")
+                        if algo.get(k) not in (None, "none")), *cfg.wandb_tags]
+    return {"project": cfg.wandb_project, "group": cfg.wandb_group, "name": run_name, "id": run_id,
+            "resume": "allow", "tags": list(dict.fromkeys(tags)), "config": config_dict, "dir": str(run_dir)}
 
 
 def read_metrics(path: str | Path, kind: str | None = None) -> list[dict[str, Any]]:
