@@ -92,16 +92,21 @@ class EngineWeightSync:
 
     Every apply() is one reload (begin, load, finish) within timeout_s; any failure raises
     WeightSyncError, and the engine is then unusable until an apply() succeeds (its model may be
-    half-reloaded).
+    half-reloaded). After every successful load the engine's prefix cache is reset: vLLM keys cached
+    prompt KV blocks by token ids only, so without the reset a prompt seen before (a training prompt
+    in its second epoch, the evaluation set, any shared system prompt) would be sampled with KV
+    computed by the old weights. ``reset_prefix_cache=False`` exists for the test that shows this.
     """
 
-    def __init__(self, llm: Any, transport: Transport, *, chunk_bytes: int, timeout_s: float) -> None:
+    def __init__(self, llm: Any, transport: Transport, *, chunk_bytes: int, timeout_s: float,
+                 reset_prefix_cache: bool = True) -> None:
         if transport not in TRANSPORTS:
             raise ValueError(f"unknown weight sync transport {transport!r} (valid: {', '.join(TRANSPORTS)})")
         self.llm = llm
         self.transport = transport
         self.chunk_bytes = chunk_bytes
         self.timeout_s = timeout_s
+        self.reset_prefix_cache = reset_prefix_cache
         self.nccl_group: NcclGroup | None = None
         self._deadline = 0.0
 
@@ -133,7 +138,19 @@ class EngineWeightSync:
         want = payload_size(payload)
         if any(n != want for n in loaded):
             raise WeightSyncError(f"engine ranks loaded {loaded} tensors, expected {want} each")
+        if self.reset_prefix_cache:
+            self.forget_cached_prompts()
         return want
+
+    def forget_cached_prompts(self) -> None:
+        """Drop every cached prompt KV block (computed by the old weights).
+
+        vLLM's reset refuses (returns False) while requests hold blocks; between rollouts none run,
+        so a refusal means the engine is not in the state a sync expects, and the sync fails.
+        """
+        if self.llm.reset_prefix_cache() is False:
+            raise WeightSyncError("vLLM refused to reset its prefix cache after the weight load (requests "
+                                  "still running): prompts seen before would use KV of the old weights")
 
     def _rpc(self, method: str, *args: Any) -> list[Any]:
         remaining = self._deadline - time.monotonic()
