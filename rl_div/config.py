@@ -114,6 +114,11 @@ class RolloutConfig(Section):
     weight_sync_timeout_s: float = Field(
         300.0, gt=0, description="Max seconds for one weight sync; past it the sync fails loudly."
     )
+    sleep_level: Literal[1, 2] = Field(
+        1, description="vLLM sleep level between rollouts when colocated (weight_sync=cuda_ipc): 1 offloads the "
+        "weights to CPU memory and frees the KV cache; 2 discards both (less CPU memory; every rollout follows a "
+        "sync, so nothing is lost).",
+    )
 
     @model_validator(mode="after")
     def check_weight_sync(self) -> RolloutConfig:
@@ -198,6 +203,10 @@ class TrainConfig(Section):
     )
     num_cpus: float = Field(1.0, ge=0, description="Ray CPUs reserved for the learner actor.")
     num_gpus: float = Field(0.0, ge=0, description="Ray GPUs for the learner actor.")
+    offload_optimizer: bool = Field(
+        False, description="Keep AdamW's state in CPU memory between updates (frees accelerator memory for a "
+        "colocated vLLM engine; costs one copy each way per update).",
+    )
 
 
 class EvalConfig(Section):

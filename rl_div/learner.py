@@ -52,6 +52,23 @@ def policy_forward(model: torch.nn.Module, batch: RolloutBatch, chunk_rows: int,
     return logp, entropy, prompt_logp
 
 
+def move_optimizer_state(optimizer: torch.optim.Optimizer, to_cpu: bool) -> None:
+    """Move every state tensor of optimizer (AdamW's moments) to CPU memory (pinned when CUDA is
+    there, for asynchronous copies), or back to the device of its parameter. Scalar state such as
+    AdamW's step count stays where the optimizer keeps it."""
+    for param, state in optimizer.state.items():
+        for key, value in state.items():
+            if not torch.is_tensor(value) or value.dim() == 0:
+                continue
+            if to_cpu and value.device.type != "cpu":
+                host = torch.empty(value.shape, dtype=value.dtype, pin_memory=True)
+                state[key] = host.copy_(value, non_blocking=True)
+            elif not to_cpu and value.device != param.device:
+                state[key] = value.to(param.device, non_blocking=True)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def prompt_logprob_mask(prompt_mask: torch.Tensor) -> torch.Tensor:
     """[B, P] mask of prompt tokens that have a prediction (real and not the first real token)."""
     previous_real = torch.nn.functional.pad(prompt_mask[:, :-1], (1, 0))
@@ -132,6 +149,8 @@ class Learner:
         assert batch.advantages is not None and batch.old_logprobs is not None
         cfg = self.cfg.train
         self.model.train()
+        if cfg.offload_optimizer:
+            move_optimizer_state(self.optimizer, to_cpu=False)
         mini_size = cfg.mini_batch_size or batch.size
         sums: dict[str, float] = {}
         counts = {"train/optimizer_steps": 0, "train/skipped_zero_signal": 0, "faults/nonfinite_loss": 0}
@@ -152,11 +171,20 @@ class Learner:
                 counts["train/optimizer_steps"] += 1
                 for k, v in step_metrics.items():
                     sums[k] = sums.get(k, 0.0) + v
+        self.release_memory()
         steps = max(counts["train/optimizer_steps"], 1)
         metrics = {k: v / steps for k, v in sums.items()}
         metrics.update({k: float(v) for k, v in counts.items()})
         metrics["train/lr"] = self.scheduler.get_last_lr()[0]
         return metrics
+
+    def release_memory(self) -> None:
+        """After an update: nothing of it stays on the accelerator but the weights (and the
+        optimizer state unless offloaded), so a colocated engine can take the memory back."""
+        if self.cfg.train.offload_optimizer:
+            move_optimizer_state(self.optimizer, to_cpu=True)
+        if next(self.model.parameters()).is_cuda:
+            torch.cuda.empty_cache()
 
     def _has_signal(self, mini: RolloutBatch) -> bool:
         """Whether any loss term would give a gradient: a non-zero advantage, or a KL, entropy or
@@ -216,6 +244,7 @@ class Learner:
             self.optimizer.zero_grad(set_to_none=True)
             return None
         self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)  # gradients would otherwise live until the next step
         self.scheduler.step()
         self.version += 1
         sums["train/grad_norm"] = grad_norm
