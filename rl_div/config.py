@@ -239,6 +239,14 @@ class ClusterConfig(Section):
         None, description="Ray address of an existing cluster; None = RAY_ADDRESS or start locally."
     )
     num_cpus: int | None = Field(None, ge=1, description="CPUs for a local Ray (None = all).")
+    placement_timeout_s: float = Field(
+        60.0, gt=0, description="Max seconds to reserve the run's resources (placement group) when the cluster "
+        "has them but other jobs hold them; a cluster that lacks them fails at once.",
+    )
+    startup_timeout_s: float = Field(
+        1800.0, gt=0, description="Max seconds for the learner and rollout actors to start (model load or "
+        "download, vLLM compile and CUDA graphs), before the first weight sync.",
+    )
 
 
 class Config(Section):
@@ -254,6 +262,15 @@ class Config(Section):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig, description="Checkpoints.")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="Metric sinks.")
     cluster: ClusterConfig = Field(default_factory=ClusterConfig, description="Ray.")
+
+    @model_validator(mode="after")
+    def check_placement(self) -> Config:
+        from rl_div.placement import config_problems
+
+        problems = config_problems(self.rollout, self.train)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
     @model_validator(mode="after")
     def check_batch_shapes(self) -> Config:
