@@ -24,6 +24,8 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from rl_div.versions import check_transformers
+
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)  # ids 0..3, in this order
 # Printable ASCII (space included) plus newline: enough for every built-in task and for readable
@@ -124,6 +126,7 @@ def load_policy(
     """
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r} (valid: {', '.join(sorted(DTYPES))})")
+    check_transformers()
     tokenizer = load_tokenizer(name_or_path, trust_remote_code=trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(
         str(name_or_path), dtype=DTYPES[dtype], trust_remote_code=trust_remote_code
