@@ -12,10 +12,11 @@ import pytest
 import ray
 
 from rl_div.cli import main
-from rl_div.cluster import PlacementError, StartupError, init_ray
+from rl_div.cluster import PlacementError, StartupError, init_ray, start_learner, start_rollout_worker, wait_started
 from rl_div.config import Config, ConfigError, load_config, save_config
 from rl_div.models import build_char_tokenizer, make_tiny_llama, save_policy
 from rl_div.placement import cluster_problems, plan_placement
+from rl_div.rollout.weight_sync import WeightSyncError, push_weights
 from rl_div.tasks import TASKS
 from rl_div.trainer import Trainer
 
@@ -133,3 +134,18 @@ def test_startup_has_its_own_timeout_naming_the_stage(tmp_path: Path, model_path
     with pytest.raises(StartupError, match=r"did not start within cluster.startup_timeout_s=0.01 s \(stage: actor "
                                            r"start-up"):
         Trainer(run_cfg(tmp_path, model_path, "cluster.startup_timeout_s=0.01"))
+
+
+def test_a_sync_past_its_timeout_names_the_stages_still_running(tmp_path: Path, model_path: str) -> None:
+    cfg = run_cfg(tmp_path, model_path)
+    init_ray(cfg)
+    learner, worker = start_learner(cfg, model_path), start_rollout_worker(cfg, model_path)
+    try:
+        wait_started({"learner": learner, "rollout worker 0": worker}, timeout_s=120)
+        with pytest.raises(WeightSyncError, match=r"longer than 0 s; still running: .*rollout worker 0 \(loading\)"):
+            push_weights(learner, [worker], "object_store", 3, timeout_s=1e-3)
+        push_weights(learner, [worker], "object_store", 4, timeout_s=60)
+        assert ray.get(worker.policy_version.remote()) == 4
+    finally:
+        for actor in (learner, worker):
+            ray.kill(actor)
