@@ -1,7 +1,10 @@
 """Ray: start locally or connect to a cluster, and place the rollout, reward and learner actors.
 
-Every actor imports the run's plugin modules before it reads a registry, so a user-registered
-advantage, loss or reward works inside Ray workers as it does in the driver.
+The learner and rollout actors go into one placement group (rl_div.placement plans its bundles),
+reserved before any actor starts: a run the cluster cannot hold fails in seconds, naming what is
+missing, instead of leaving an actor pending until some later timeout. Every actor imports the
+run's plugin modules before it reads a registry, so a user-registered advantage, loss or reward
+works inside Ray workers as it does in the driver.
 """
 
 from __future__ import annotations
@@ -9,11 +12,14 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
+from dataclasses import dataclass
 from typing import Any
 
 import ray
 
-from rl_div.config import Config
+from rl_div.config import Config, ConfigError
+from rl_div.placement import ActorSlot, PlacementPlan, cluster_problems, describe, format_resources, plan_placement
 
 log = logging.getLogger("rl_div")
 
@@ -66,6 +72,10 @@ class RolloutHost:
     def pid(self) -> int:
         return os.getpid()
 
+    def ready(self) -> bool:
+        """Answers once the constructor (model load, engine start-up) has finished."""
+        return True
+
 
 class RewardHost:
     """Ray actor body that scores batches; keeps its isolated verifier process alive across steps."""
@@ -91,31 +101,119 @@ class RewardHost:
         self.scorer.close()
 
 
-def rollout_actor_options(cfg: Config) -> dict[str, Any]:
-    return {"num_cpus": cfg.rollout.num_cpus_per_worker, "num_gpus": cfg.rollout.num_gpus_per_worker,
-            "max_restarts": 0}
+class PlacementError(ConfigError):
+    """The cluster cannot hold the run as configured (the CLI exits with status 2)."""
 
 
-def start_rollout_worker(cfg: Config, model_path: str) -> Any:
-    """A new rollout actor holding the policy at model_path (weights are pushed after start)."""
-    actor_cls = ray.remote(RolloutHost).options(**rollout_actor_options(cfg))
+class StartupError(RuntimeError):
+    """An actor did not start (crashed or ran past cluster.startup_timeout_s)."""
+
+
+@dataclass
+class RunPlacement:
+    """The run's plan and its reserved placement group (None when no actor reserves anything)."""
+
+    plan: PlacementPlan
+    group: Any = None
+
+    def options(self, slot: ActorSlot) -> dict[str, Any]:
+        """Ray actor options that put an actor into its bundle."""
+        opts: dict[str, Any] = {"num_cpus": slot.num_cpus, "num_gpus": slot.num_gpus}
+        if slot.bundle is not None and self.group is not None:
+            from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+            opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
+                self.group, placement_group_bundle_index=slot.bundle)
+        return opts
+
+
+def place_run(cfg: Config) -> RunPlacement:
+    """Check the plan against the cluster, reserve its placement group, and wait (at most
+    cluster.placement_timeout_s) until every bundle is placed. Raises PlacementError naming the
+    missing resources (ray.cluster_resources()) or what is free now (ray.available_resources())."""
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    plan = plan_placement(cfg)
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    problems = cluster_problems(plan, cfg, ray.cluster_resources(), nodes)
+    if problems:
+        raise PlacementError("this Ray cluster cannot hold the run: " + "; ".join(problems))
+    if not plan.bundles:
+        return RunPlacement(plan)
+    group = placement_group(plan.bundles, strategy="PACK", name="")
+    timeout = cfg.cluster.placement_timeout_s
+    try:
+        ray.get(group.ready(), timeout=timeout)
+    except ray.exceptions.GetTimeoutError:
+        remove_placement_group(group)
+        free = {k: v for k, v in ray.available_resources().items() if k in ("CPU", "GPU")}
+        raise PlacementError(f"the run's resources were not free within cluster.placement_timeout_s={timeout:g} s "
+                             f"(other jobs hold them?): needs {describe(plan)}; free now: "
+                             f"{format_resources(free)}") from None
+    return RunPlacement(plan, group)
+
+
+def release_placement(placement: RunPlacement | None) -> None:
+    """Give the run's reserved resources back (after its actors are gone)."""
+    if placement is not None and placement.group is not None:
+        from ray.util.placement_group import remove_placement_group
+
+        remove_placement_group(placement.group)
+        placement.group = None
+
+
+def unplaced(cfg: Config) -> RunPlacement:
+    """The plan's per-actor resources without a reservation (tests that start single actors)."""
+    return RunPlacement(plan_placement(cfg))
+
+
+def start_rollout_worker(cfg: Config, model_path: str, placement: RunPlacement | None = None, index: int = 0) -> Any:
+    """A new rollout actor holding the policy at model_path (weights are pushed after start), in
+    the bundle of rollout worker `index` (a restarted worker goes back into its own bundle)."""
+    placement = placement or unplaced(cfg)
+    slot = placement.plan.rollout[index]
+    r = cfg.rollout
+    actor_cls = ray.remote(RolloutHost).options(max_restarts=0, **placement.options(slot))
+    if r.backend == "vllm":
+        backend_kwargs: dict[str, Any] = {
+            "tensor_parallel_size": r.tensor_parallel_size, "gpu_memory_utilization": r.gpu_memory_utilization,
+            "seed": cfg.run.seed, "weight_sync": r.weight_sync, "sync_chunk_mb": r.weight_sync_chunk_mb,
+            "sync_timeout_s": r.weight_sync_timeout_s, "sleep_level": r.sleep_level}
+    else:  # on the device the config reserved for it, never an unreserved GPU
+        backend_kwargs = {"max_batch_rows": r.max_batch_rows, "device": "cuda" if slot.num_gpus > 0 else "cpu"}
     return actor_cls.remote(
-        cfg.rollout.backend, list(cfg.run.plugins), cfg.run.torch_threads,
+        r.backend, list(cfg.run.plugins), cfg.run.torch_threads,
         model_path=model_path, dtype=cfg.model.dtype, trust_remote_code=cfg.model.trust_remote_code,
-        use_chat_template=cfg.model.use_chat_template, prompt_template=cfg.data.prompt_template,
-        **({"tensor_parallel_size": cfg.rollout.tensor_parallel_size,
-            "gpu_memory_utilization": cfg.rollout.gpu_memory_utilization, "seed": cfg.run.seed,
-            "weight_sync": cfg.rollout.weight_sync, "sync_chunk_mb": cfg.rollout.weight_sync_chunk_mb,
-            "sync_timeout_s": cfg.rollout.weight_sync_timeout_s}
-           if cfg.rollout.backend == "vllm" else {"max_batch_rows": cfg.rollout.max_batch_rows}),
-    )
+        use_chat_template=cfg.model.use_chat_template, prompt_template=cfg.data.prompt_template, **backend_kwargs)
 
 
-def start_learner(cfg: Config, model_path: str) -> Any:
+def start_learner(cfg: Config, model_path: str, placement: RunPlacement | None = None) -> Any:
     from rl_div.learner import Learner
 
-    return ray.remote(Learner).options(num_cpus=cfg.train.num_cpus, num_gpus=cfg.train.num_gpus).remote(
-        cfg, model_path)
+    placement = placement or unplaced(cfg)
+    return ray.remote(Learner).options(**placement.options(placement.plan.learner)).remote(cfg, model_path)
+
+
+def wait_started(actors: dict[str, Any], timeout_s: float) -> None:
+    """Block until every actor's constructor has finished (learner: model load; rollout worker:
+    model load or vLLM engine start-up, compile and CUDA graphs), at most timeout_s in all.
+
+    Raises StartupError naming the actors still starting or the one that crashed, so a slow
+    start-up is not mistaken for a hung weight sync.
+    """
+    start = time.monotonic()
+    refs = {name: actor.__ray_call__.remote(lambda _: True) for name, actor in actors.items()}
+    _, pending = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout_s)
+    if pending:
+        waiting = [name for name, ref in refs.items() if ref in pending]
+        raise StartupError(f"{', '.join(waiting)} did not start within cluster.startup_timeout_s={timeout_s:g} s "
+                           "(stage: actor start-up: model load, vLLM engine compile / CUDA graphs, downloads)")
+    for name, ref in refs.items():
+        try:
+            ray.get(ref)
+        except ray.exceptions.RayActorError as err:
+            raise StartupError(f"{name} failed to start: {err}") from err
+    log.info("actors started in %.1f s", time.monotonic() - start)
 
 
 def start_reward_worker(cfg: Config) -> Any:

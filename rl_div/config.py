@@ -118,6 +118,11 @@ class RolloutConfig(Section):
     weight_sync_timeout_s: float = Field(
         300.0, gt=0, description="Max seconds for one weight sync; past it the sync fails loudly."
     )
+    sleep_level: Literal[1, 2] = Field(
+        1, description="vLLM sleep level between rollouts when colocated (weight_sync=cuda_ipc): 1 offloads the "
+        "weights to CPU memory and frees the KV cache; 2 discards both (less CPU memory; every rollout follows a "
+        "sync, so nothing is lost).",
+    )
 
     @model_validator(mode="after")
     def check_weight_sync(self) -> RolloutConfig:
@@ -202,6 +207,10 @@ class TrainConfig(Section):
     )
     num_cpus: float = Field(1.0, ge=0, description="Ray CPUs reserved for the learner actor.")
     num_gpus: float = Field(0.0, ge=0, description="Ray GPUs for the learner actor.")
+    offload_optimizer: bool = Field(
+        False, description="Keep AdamW's state in CPU memory between updates (frees accelerator memory for a "
+        "colocated vLLM engine; costs one copy each way per update).",
+    )
 
 
 class EvalConfig(Section):
@@ -242,6 +251,14 @@ class ClusterConfig(Section):
         None, description="Ray address of an existing cluster; None = RAY_ADDRESS or start locally."
     )
     num_cpus: int | None = Field(None, ge=1, description="CPUs for a local Ray (None = all).")
+    placement_timeout_s: float = Field(
+        60.0, gt=0, description="Max seconds to reserve the run's resources (placement group) when the cluster "
+        "has them but other jobs hold them; a cluster that lacks them fails at once.",
+    )
+    startup_timeout_s: float = Field(
+        1800.0, gt=0, description="Max seconds for the learner and rollout actors to start (model load or "
+        "download, vLLM compile and CUDA graphs), before the first weight sync.",
+    )
 
 
 class Config(Section):
@@ -257,6 +274,15 @@ class Config(Section):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig, description="Checkpoints.")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="Metric sinks.")
     cluster: ClusterConfig = Field(default_factory=ClusterConfig, description="Ray.")
+
+    @model_validator(mode="after")
+    def check_placement(self) -> Config:
+        from rl_div.placement import config_problems
+
+        problems = config_problems(self.rollout, self.train)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
     @model_validator(mode="after")
     def check_batch_shapes(self) -> Config:

@@ -24,13 +24,15 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from rl_div.versions import check_transformers
+
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)  # ids 0..3, in this order
 # Printable ASCII (space included) plus newline: enough for every built-in task and for readable
 # demo prompts; tabs and other control characters map to <unk>.
 DEFAULT_ALPHABET = "".join(c for c in string.printable if c not in "\t\r\x0b\x0c")
 
-_DTYPES = {
+DTYPES = {
     "float32": torch.float32,
     "fp32": torch.float32,
     "float16": torch.float16,
@@ -122,11 +124,12 @@ def load_policy(
     The tokenizer gets a pad token (its eos) when it has none, and pads on the left, because
     batched generation appends new tokens on the right of every row.
     """
-    if dtype not in _DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r} (valid: {', '.join(sorted(_DTYPES))})")
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r} (valid: {', '.join(sorted(DTYPES))})")
+    check_transformers()
     tokenizer = load_tokenizer(name_or_path, trust_remote_code=trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(
-        str(name_or_path), dtype=_DTYPES[dtype], trust_remote_code=trust_remote_code
+        str(name_or_path), dtype=DTYPES[dtype], trust_remote_code=trust_remote_code
     )
     model.to(device)
     if model.generation_config.pad_token_id is None:

@@ -30,7 +30,15 @@ from rl_div.checkpoint import (
     save_trainer_state,
     write_text_atomic,
 )
-from rl_div.cluster import init_ray, start_learner, start_reward_worker, start_rollout_worker
+from rl_div.cluster import (
+    init_ray,
+    place_run,
+    release_placement,
+    start_learner,
+    start_reward_worker,
+    start_rollout_worker,
+    wait_started,
+)
 from rl_div.config import Config, save_config
 from rl_div.data import PromptRecord, RolloutBatch
 from rl_div.learner import prompt_logprob_mask
@@ -87,9 +95,13 @@ class Trainer:
         self.counters: dict[str, float] = dict.fromkeys(FAULT_COUNTERS, 0.0)
         self.counters["data/skipped_rows"] = float(train_set.skipped_rows)
         init_ray(cfg)
-        self.learner = start_learner(cfg, self.model_path)
-        self.rollout_workers = [start_rollout_worker(cfg, self.model_path) for _ in range(cfg.rollout.num_workers)]
+        self.placement = place_run(cfg)  # fails in seconds when the cluster cannot hold the run
+        self.learner = start_learner(cfg, self.model_path, self.placement)
+        self.rollout_workers = [start_rollout_worker(cfg, self.model_path, self.placement, i)
+                                for i in range(cfg.rollout.num_workers)]
         self.rewarder = start_reward_worker(cfg)
+        actors = {"learner": self.learner, **{f"rollout worker {i}": w for i, w in enumerate(self.rollout_workers)}}
+        wait_started(actors, cfg.cluster.startup_timeout_s)  # start-up has its own timeout, not the sync's
         self.step = 0
         self.nccl_group: NcclGroup | None = None
         checkpoint = latest_checkpoint(self.out) if resume else None
@@ -212,7 +224,8 @@ class Trainer:
         too, since its membership changed)."""
         with contextlib.suppress(Exception):  # already dead is the usual case
             ray.kill(self.rollout_workers[index])
-        self.rollout_workers[index] = start_rollout_worker(self.cfg, self.model_path)
+        self.rollout_workers[index] = start_rollout_worker(self.cfg, self.model_path, self.placement, index)
+        wait_started({f"rollout worker {index}": self.rollout_workers[index]}, self.cfg.cluster.startup_timeout_s)
         self.nccl_group = None
         self.sync_weights()
 
@@ -268,6 +281,8 @@ class Trainer:
             if actor is not None:
                 with contextlib.suppress(Exception):  # shutting down: an actor already gone is fine
                     ray.kill(actor)
+        with contextlib.suppress(Exception):
+            release_placement(getattr(self, "placement", None))
 
 
 def compute_advantages(batch: RolloutBatch, cfg: Config) -> tuple[torch.Tensor, dict[str, float]]:

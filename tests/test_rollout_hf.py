@@ -67,3 +67,38 @@ def test_set_weights_is_strict(worker: HFRolloutWorker, tmp_path: Path) -> None:
     state.pop(next(iter(state)))
     with pytest.raises(RuntimeError):
         worker.set_weights(state, 1)
+
+
+@pytest.fixture(scope="module")
+def opinionated_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A tiny model whose generation_config asks for a repetition penalty, top-k and top-p, as real
+    checkpoints do (Qwen2.5 ships repetition_penalty 1.1, top_k 20, top_p 0.8)."""
+    tok = build_char_tokenizer()  # ~100 tokens: more than transformers' own default top_k of 50
+    model = make_tiny_llama(tok, seed=2)
+    with torch.no_grad():  # sharper next-token distributions, so a penalty shows
+        model.lm_head.weight.mul_(8.0)
+    model.generation_config.update(repetition_penalty=1.5, top_k=5, top_p=0.8, do_sample=True)
+    return str(save_policy(model, tok, tmp_path_factory.mktemp("opinionated") / "policy"))
+
+
+def test_sampling_uses_the_spec_and_nothing_from_the_checkpoint(opinionated_checkpoint: str) -> None:
+    """The empirical distribution of the first sampled token equals softmax(logits / T) from an
+    independent forward pass: no repetition penalty, top-k or top-p from generation_config."""
+    worker = HFRolloutWorker(opinionated_checkpoint, device="cpu")
+    record = TASKS["prime_gap"].make_prompts("train", 1, seed=0)
+    n, temperature = 3000, 1.3
+    batch = worker.generate(record, SamplingSpec(n=n, temperature=temperature, max_new_tokens=1, seed=0))
+    prompt = batch.prompt_ids[0][batch.prompt_mask[0].bool()]
+    with torch.no_grad():
+        logits = worker.model(input_ids=prompt[None]).logits[0, -1].double()
+    expected = torch.softmax(logits / temperature, -1)
+    counts = torch.bincount(batch.response_ids[:, 0], minlength=expected.numel()).double()
+    total_variation = 0.5 * float((counts / n - expected).abs().sum())
+    # sampling noise alone: about 0.5 * sum_v sqrt(2 p_v / (pi n)) < 0.08 for 100 tokens and n = 3000
+    assert total_variation < 0.1, f"samples do not follow the model's tempered distribution (TV {total_variation:.3f})"
+    assert len(counts.nonzero()) > 5  # more tokens than the checkpoint's top_k=5 would ever allow
+    # the log-probs reported with longer samples are the learner's
+    long = worker.generate(record, SamplingSpec(n=8, temperature=temperature, max_new_tokens=12, seed=1))
+    with torch.no_grad():
+        logp, _, _ = policy_forward(worker.model, long, chunk_rows=64, temperature=temperature)
+    assert (logp - long.rollout_logprobs)[long.response_mask.bool()].abs().max() < 1e-5

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+from transformers import GenerationConfig
 
 from rl_div.data import PromptRecord, RolloutBatch
 from rl_div.models import load_policy
@@ -21,6 +22,11 @@ class HFRolloutWorker:
         self.model, self.tokenizer = load_policy(model_path, dtype=dtype, trust_remote_code=trust_remote_code,
                                                  device=device)
         self.model.eval()
+        # generate() fills every field left unset from the checkpoint's generation_config (Qwen:
+        # repetition_penalty 1.1, top_k 20, top_p 0.8) and then from transformers' defaults
+        # (top_k 50): the samples would not come from the distribution whose log-probs we report.
+        # Only the token ids survive from the checkpoint; sampling follows the SamplingSpec alone.
+        self.model.generation_config = plain_generation_config(self.model.generation_config)
         self.device = device
         self.use_chat_template = use_chat_template
         self.prompt_template = prompt_template
@@ -59,23 +65,15 @@ class HFRolloutWorker:
         out = self.model.generate(
             input_ids=input_ids.to(self.device),
             attention_mask=attention.to(self.device),
-            do_sample=True,
-            temperature=spec.temperature,
-            top_p=spec.top_p,
-            top_k=spec.top_k or None,
-            max_new_tokens=spec.max_new_tokens,
-            num_return_sequences=spec.n,
-            stop_strings=spec.stop or None,
+            generation_config=sampling_config(spec, tok.pad_token_id, tok.eos_token_id),
             tokenizer=tok if spec.stop else None,
-            pad_token_id=tok.pad_token_id,
-            eos_token_id=tok.eos_token_id,
-            return_dict_in_generate=True,
-            output_logits=True,
         )
         new_tokens = out.sequences[:, width:].cpu()
-        # Per-step log-softmax keeps memory at [rows, V] rather than [rows, T, V].
+        # Per-step log-softmax keeps memory at [rows, V] rather than [rows, T, V]; logits are cast
+        # to float32 before the temperature divides them (bf16 models return bf16 logits).
         step_logprobs = torch.stack(
-            [sampled_logprob(step / spec.temperature, new_tokens[:, t]) for t, step in enumerate(out.logits)], dim=1)
+            [sampled_logprob(step.float() / spec.temperature, new_tokens[:, t]) for t, step in enumerate(out.logits)],
+            dim=1)
         responses, logprobs, texts, truncated = [], [], [], []
         for row in range(new_tokens.shape[0]):
             ids = new_tokens[row].tolist()
@@ -96,6 +94,28 @@ class HFRolloutWorker:
 
     def policy_version(self) -> int:
         return self.version
+
+
+def plain_generation_config(checkpoint: GenerationConfig) -> GenerationConfig:
+    """A generation config that keeps only the checkpoint's special token ids."""
+    ids = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
+    kept = {k: getattr(checkpoint, k, None) for k in ids}
+    return GenerationConfig(**{k: v for k, v in kept.items() if v is not None})
+
+
+def sampling_config(spec: SamplingSpec, pad_token_id: int, eos_token_id: int) -> GenerationConfig:
+    """Every field that shapes the sampled distribution set from spec or to its neutral value, so
+    generate() takes nothing from the model's generation_config or transformers' defaults."""
+    return GenerationConfig(
+        do_sample=True, num_beams=1, temperature=spec.temperature, top_p=spec.top_p, top_k=spec.top_k,
+        min_p=None, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0, repetition_penalty=1.0,
+        encoder_repetition_penalty=1.0, no_repeat_ngram_size=0, min_length=0,
+        bad_words_ids=None, suppress_tokens=None, begin_suppress_tokens=None, forced_bos_token_id=None,
+        forced_eos_token_id=None, exponential_decay_length_penalty=None, sequence_bias=None,
+        renormalize_logits=False, remove_invalid_values=False,
+        max_new_tokens=spec.max_new_tokens, num_return_sequences=spec.n, stop_strings=spec.stop or None,
+        pad_token_id=pad_token_id, eos_token_id=eos_token_id, return_dict_in_generate=True, output_logits=True,
+    )
 
 
 def sampled_logprob(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:

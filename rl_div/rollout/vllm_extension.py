@@ -115,15 +115,16 @@ class WeightSyncExtension:
         return int(self._rl_div_loaded)
 
     # ---- NCCL: learner on other GPUs / nodes broadcasts every tensor --------------------------
-    def rl_div_init_nccl(self, master_address: str, master_port: int, rank_offset: int, world_size: int) -> None:
+    def rl_div_init_nccl(self, master_address: str, master_port: int, rank_offset: int, world_size: int,
+                         timeout_s: float = 300.0) -> None:
         """Join the learner's weight-broadcast group (learner = rank 0, this worker = rank_offset + its
-        rank in the engine). Blocks until every member has joined."""
+        rank in the engine). Blocks until every member has joined, at most timeout_s."""
         from vllm.distributed.parallel_state import get_world_group
 
         from rl_div.rollout.weight_sync import stateless_nccl_group
 
         rank = get_world_group().rank + rank_offset
-        self._rl_div_nccl = stateless_nccl_group(master_address, master_port, rank, world_size, self.device)
+        self._rl_div_nccl = stateless_nccl_group(master_address, master_port, rank, world_size, self.device, timeout_s)
 
     def rl_div_receive_nccl(self, metas: list[tuple[str, str, list[int]]], chunk_size: int = 64) -> int:
         """Receive (name, dtype name, shape) tensors broadcast by rank 0, in this order, and load them."""

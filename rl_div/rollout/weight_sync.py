@@ -18,6 +18,7 @@ worker extension (rl_div.rollout.vllm_extension) with ``LLM.collective_rpc``; on
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -51,6 +52,7 @@ class NcclGroup:
     master_port: int
     world_size: int
     rank_offset: int = 1
+    timeout_s: float = 300.0  # joining the group (TCP store) waits at most this long
 
 
 @dataclass(frozen=True)
@@ -92,16 +94,21 @@ class EngineWeightSync:
 
     Every apply() is one reload (begin, load, finish) within timeout_s; any failure raises
     WeightSyncError, and the engine is then unusable until an apply() succeeds (its model may be
-    half-reloaded).
+    half-reloaded). After every successful load the engine's prefix cache is reset: vLLM keys cached
+    prompt KV blocks by token ids only, so without the reset a prompt seen before (a training prompt
+    in its second epoch, the evaluation set, any shared system prompt) would be sampled with KV
+    computed by the old weights. ``reset_prefix_cache=False`` exists for the test that shows this.
     """
 
-    def __init__(self, llm: Any, transport: Transport, *, chunk_bytes: int, timeout_s: float) -> None:
+    def __init__(self, llm: Any, transport: Transport, *, chunk_bytes: int, timeout_s: float,
+                 reset_prefix_cache: bool = True) -> None:
         if transport not in TRANSPORTS:
             raise ValueError(f"unknown weight sync transport {transport!r} (valid: {', '.join(TRANSPORTS)})")
         self.llm = llm
         self.transport = transport
         self.chunk_bytes = chunk_bytes
         self.timeout_s = timeout_s
+        self.reset_prefix_cache = reset_prefix_cache
         self.nccl_group: NcclGroup | None = None
         self._deadline = 0.0
 
@@ -114,7 +121,7 @@ class EngineWeightSync:
         if isinstance(payload, NcclPayload) and payload.group != self.nccl_group:
             # Joining blocks until the learner joins too (push_weights starts both sides together).
             g = payload.group
-            self._rpc("rl_div_init_nccl", g.master_address, g.master_port, g.rank_offset, g.world_size)
+            self._rpc("rl_div_init_nccl", g.master_address, g.master_port, g.rank_offset, g.world_size, g.timeout_s)
             self.nccl_group = g
         self._rpc("rl_div_begin_update")
         try:
@@ -133,7 +140,19 @@ class EngineWeightSync:
         want = payload_size(payload)
         if any(n != want for n in loaded):
             raise WeightSyncError(f"engine ranks loaded {loaded} tensors, expected {want} each")
+        if self.reset_prefix_cache:
+            self.forget_cached_prompts()
         return want
+
+    def forget_cached_prompts(self) -> None:
+        """Drop every cached prompt KV block (computed by the old weights).
+
+        vLLM's reset refuses (returns False) while requests hold blocks; between rollouts none run,
+        so a refusal means the engine is not in the state a sync expects, and the sync fails.
+        """
+        if self.llm.reset_prefix_cache() is False:
+            raise WeightSyncError("vLLM refused to reset its prefix cache after the weight load (requests "
+                                  "still running): prompts seen before would use KV of the old weights")
 
     def _rpc(self, method: str, *args: Any) -> list[Any]:
         remaining = self._deadline - time.monotonic()
@@ -151,9 +170,24 @@ class EngineWeightSync:
 
 
 # ---- learner side: build payloads from the learner's model -----------------------------------
-def state_dict_payload(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """object_store: a CPU copy of every tensor (the learner's get_weights does the same)."""
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+# The learner keeps float32 master weights; engines hold model.dtype. Every payload carries the
+# engines' dtype (the learner actor's ``sync_dtype``), cast on the learner's side.
+def engine_tensors(model: torch.nn.Module, dtype: torch.dtype | None) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) for the model's state dict, floating tensors cast to dtype (the model's own
+    tensors, no copy, where they already have it; every tensor as is when dtype is None)."""
+    for name, tensor in model.state_dict().items():
+        tensor = tensor.detach()
+        yield name, tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
+
+
+def sync_dtype_of(actor: Any) -> torch.dtype | None:
+    """The dtype a learner actor's engines hold (None: the model's own)."""
+    return getattr(actor, "sync_dtype", None)
+
+
+def state_dict_payload(model: torch.nn.Module, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """object_store: a CPU copy of every tensor, in the engines' dtype."""
+    return {name: t.to("cpu", copy=True) for name, t in engine_tensors(model, dtype)}
 
 
 def device_uuid(device: torch.device | int) -> str:
@@ -161,33 +195,51 @@ def device_uuid(device: torch.device | int) -> str:
     return str(torch.cuda.get_device_properties(device).uuid)
 
 
-def cuda_ipc_payload(model: torch.nn.Module) -> CudaIpcPayload:
-    """cuda_ipc: IPC handles of the model's own GPU tensors (no copy; keep the model alive and
-    unchanged until every engine has loaded them)."""
+def cuda_ipc_payload(model: torch.nn.Module, holder: Any, dtype: torch.dtype | None = None) -> CudaIpcPayload:
+    """cuda_ipc: IPC handles of the model's GPU tensors in the engines' dtype.
+
+    Where no cast is needed the handles point at the model's own tensors (keep the model unchanged
+    until every engine has loaded them); cast copies are kept alive on ``holder`` (the learner)
+    until :func:`release_ipc_copies`, since an engine maps them after this function returns.
+    """
     from torch.multiprocessing.reductions import reduce_tensor
 
-    state = model.state_dict()
-    devices = {t.device for t in state.values()}
+    tensors = list(engine_tensors(model, dtype))
+    devices = {t.device for _, t in tensors}
     if len(devices) != 1 or next(iter(devices)).type != "cuda":
         raise WeightSyncError(f"cuda_ipc needs the whole model on one GPU, found {sorted(map(str, devices))}")
+    holder._rl_div_ipc_tensors = tensors
     uuid = device_uuid(next(iter(devices)))
-    return CudaIpcPayload({uuid: [(name, reduce_tensor(t.detach())) for name, t in state.items()]})
+    return CudaIpcPayload({uuid: [(name, reduce_tensor(t)) for name, t in tensors]})
 
 
-def nccl_metas(model: torch.nn.Module) -> list[tuple[str, str, list[int]]]:
-    """nccl: (name, dtype name, shape) of each tensor, in the order nccl_broadcast sends them."""
-    return [(name, str(t.dtype).removeprefix("torch."), list(t.shape)) for name, t in model.state_dict().items()]
+def release_ipc_copies(holder: Any) -> None:
+    """After every engine loaded a cuda_ipc payload: drop the cast copies and return their memory."""
+    holder._rl_div_ipc_tensors = None
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def nccl_metas(model: torch.nn.Module, dtype: torch.dtype | None = None) -> list[tuple[str, str, list[int]]]:
+    """nccl: (name, dtype name, shape) of each tensor as broadcast (engines' dtype), in send order."""
+    return [(name, str(t.dtype).removeprefix("torch."), list(t.shape)) for name, t in engine_tensors(model, dtype)]
 
 
 def stateless_nccl_group(master_address: str, master_port: int, rank: int, world_size: int,
-                         device: torch.device | int) -> Any:
+                         device: torch.device | int, timeout_s: float = 300.0) -> Any:
     """A PyNcclCommunicator over vLLM's StatelessProcessGroup: a group outside torch.distributed,
-    so neither the learner's nor vLLM's own process groups are disturbed."""
+    so neither the learner's nor vLLM's own process groups are disturbed. Joining waits at most
+    timeout_s for every member (the TCP store's timeout), then raises."""
     from vllm.distributed.device_communicators.pynccl import PyNcclCommunicator
     from vllm.distributed.utils import StatelessProcessGroup
 
-    pg = StatelessProcessGroup.create(host=master_address, port=master_port, rank=rank, world_size=world_size)
-    comm = PyNcclCommunicator(pg, device=device)
+    try:
+        pg = StatelessProcessGroup.create(host=master_address, port=master_port, rank=rank, world_size=world_size,
+                                          store_timeout=max(1, int(timeout_s)))
+        comm = PyNcclCommunicator(pg, device=device)
+    except Exception as err:  # the store raises a bare RuntimeError/DistStoreError on timeout
+        raise WeightSyncError(f"rank {rank} could not join the NCCL weight-sync group at {master_address}:"
+                              f"{master_port} (world size {world_size}) within {timeout_s:.0f} s: {err}") from err
     # A communicator that could not load NCCL (or VLLM_DISABLE_PYNCCL) turns broadcast into a no-op:
     # the engines would then "receive" uninitialised buffers, so refuse it here.
     if getattr(comm, "disabled", False):
@@ -195,18 +247,21 @@ def stateless_nccl_group(master_address: str, master_port: int, rank: int, world
     return comm
 
 
-def nccl_broadcast(model: torch.nn.Module, group: NcclGroup, holder: Any) -> int:
-    """nccl, learner side (rank 0): join the group once (kept on holder), broadcast every tensor."""
+def nccl_broadcast(model: torch.nn.Module, group: NcclGroup, holder: Any, dtype: torch.dtype | None = None) -> int:
+    """nccl, learner side (rank 0): join the group once (kept on holder), broadcast every tensor
+    in the engines' dtype (cast one tensor at a time: the extra memory is one tensor)."""
     comm = getattr(holder, "_rl_div_nccl", None)
     if comm is None or getattr(holder, "_rl_div_nccl_group", None) != group:
         device = next(model.parameters()).device
-        comm = stateless_nccl_group(group.master_address, group.master_port, 0, group.world_size, device)
+        comm = stateless_nccl_group(group.master_address, group.master_port, 0, group.world_size, device,
+                                    group.timeout_s)
         holder._rl_div_nccl, holder._rl_div_nccl_group = comm, group
-    state = model.state_dict()
-    for tensor in state.values():
-        comm.broadcast(tensor.detach().contiguous(), src=0, stream=torch.cuda.current_stream())
+    count = 0
+    for _, tensor in engine_tensors(model, dtype):
+        comm.broadcast(tensor.contiguous(), src=0, stream=torch.cuda.current_stream())
+        count += 1
     torch.cuda.current_stream().synchronize()
-    return len(state)
+    return count
 
 
 # ---- driver side: one call per sync, whatever the transport ----------------------------------
@@ -235,40 +290,52 @@ def push_weights(learner: Any, workers: list[Any], transport: Transport, version
 
     object_store uses the learner's get_weights; cuda_ipc and nccl build their payloads on the
     learner actor through Ray's ``__ray_call__`` (a function run with the actor instance, whose
-    model is ``.model``). nccl_group (see nccl_group_on) gives address/port/world_size; each engine
-    gets its own rank_offset (1 + i * ranks_per_engine). Returns what was shipped (for
-    object_store, the weights' object ref, which can be re-sent to a restarted actor).
+    model is ``.model`` and whose engines hold ``.sync_dtype``). nccl_group (see nccl_group_on)
+    gives address/port/world_size; each engine gets its own rank_offset (1 + i * ranks_per_engine),
+    and joining the group times out with the sync. Returns what was shipped (for object_store, the
+    weights' object ref, which can be re-sent to a restarted actor). A sync past timeout_s raises
+    WeightSyncError naming the stages still running (the learner building or sending the payload,
+    or which rollout workers were still loading).
     """
     import ray
 
     deadline = time.monotonic() + timeout_s
 
-    def remaining() -> float:
-        return max(deadline - time.monotonic(), 0.0)
+    def wait(stages: dict[str, Any]) -> list[Any]:
+        """ray.get of every stage's future by the deadline; the error names those still running."""
+        refs = list(stages.values())
+        _, pending = ray.wait(refs, num_returns=len(refs), timeout=max(deadline - time.monotonic(), 0.0))
+        if pending:
+            hung = [name for name, ref in stages.items() if ref in pending]
+            raise WeightSyncError(f"{transport} weight sync to {len(workers)} rollout workers took longer than "
+                                  f"{timeout_s:.0f} s; still running: {', '.join(hung)}")
+        return list(ray.get(refs))
 
-    shipped: Any = None
-    try:
-        if transport == "object_store":
-            shipped = learner.get_weights.remote()
-            futures = [w.set_weights.remote(shipped, version) for w in workers]
-        elif transport == "cuda_ipc":
-            payload = ray.get(learner.__ray_call__.remote(lambda actor: cuda_ipc_payload(actor.model)),
-                              timeout=remaining())
-            futures = [w.set_weights.remote(payload, version) for w in workers]
-        elif transport == "nccl":
-            if nccl_group is None:
-                raise ValueError("nccl weight sync needs nccl_group (address, port, world size)")
-            metas = ray.get(learner.__ray_call__.remote(lambda actor: nccl_metas(actor.model)), timeout=remaining())
-            futures = [w.set_weights.remote(NcclPayload(
-                NcclGroup(nccl_group.master_address, nccl_group.master_port, nccl_group.world_size,
-                          1 + i * ranks_per_engine), metas), version) for i, w in enumerate(workers)]
-            # Sender last: the engines are already waiting in their receive loop.
-            futures.append(learner.__ray_call__.remote(
-                lambda actor: nccl_broadcast(actor.model, nccl_group, actor)))
-        else:
-            raise ValueError(f"unknown weight sync transport {transport!r} (valid: {', '.join(TRANSPORTS)})")
-        ray.get(futures, timeout=remaining())
+    def loads(payloads: list[Any]) -> dict[str, Any]:
+        return {f"rollout worker {i} (loading)": w.set_weights.remote(p, version)
+                for i, (w, p) in enumerate(zip(workers, payloads, strict=True))}
+
+    if transport == "object_store":
+        shipped = learner.get_weights.remote()
+        wait({"learner (copying its weights to the object store)": shipped, **loads([shipped] * len(workers))})
         return shipped
-    except ray.exceptions.GetTimeoutError as err:
-        raise WeightSyncError(f"{transport} weight sync to {len(workers)} rollout workers took longer than "
-                              f"{timeout_s:.0f} s") from err
+    if transport == "cuda_ipc":
+        [payload] = wait({"learner (building CUDA IPC handles)": learner.__ray_call__.remote(
+            lambda actor: cuda_ipc_payload(actor.model, actor, sync_dtype_of(actor)))})
+        wait(loads([payload] * len(workers)))
+        wait({"learner (releasing the IPC copies)": learner.__ray_call__.remote(release_ipc_copies)})
+        return None
+    if transport == "nccl":
+        if nccl_group is None:
+            raise ValueError("nccl weight sync needs nccl_group (address, port, world size)")
+        group = dataclasses.replace(nccl_group, timeout_s=timeout_s)
+        [metas] = wait({"learner (listing tensors)": learner.__ray_call__.remote(
+            lambda actor: nccl_metas(actor.model, sync_dtype_of(actor)))})
+        payloads = [NcclPayload(dataclasses.replace(group, rank_offset=1 + i * ranks_per_engine), metas)
+                    for i in range(len(workers))]
+        receivers = loads(payloads)  # the engines wait in their receive loop for the sender
+        sender = learner.__ray_call__.remote(lambda actor: nccl_broadcast(actor.model, group, actor,
+                                                                         sync_dtype_of(actor)))
+        wait({**receivers, "learner (NCCL broadcast)": sender})
+        return None
+    raise ValueError(f"unknown weight sync transport {transport!r} (valid: {', '.join(TRANSPORTS)})")

@@ -208,3 +208,9 @@ def take_optimizer_step(model: torch.nn.Module, batch: RolloutBatch, lr: float =
     (-(logp * mask).sum() / mask.sum()).backward()
     optimizer.step()
     model.eval()
+
+
+def test_installed_vllm_passes_the_start_up_version_check() -> None:
+    from rl_div.versions import check_vllm
+
+    check_vllm()  # the version floor and the layer-wise reload API the weight sync uses
