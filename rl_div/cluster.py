@@ -13,6 +13,7 @@ from typing import Any
 
 import ray
 
+import rl_div
 from rl_div.config import Config
 
 log = logging.getLogger("rl_div")
@@ -32,6 +33,8 @@ def init_ray(cfg: Config) -> None:
     if address:
         # On a cluster, code and plugins travel with `ray job submit --working-dir` (launch/).
         ray.init(address=address, runtime_env={"env_vars": env_vars}, log_to_driver=True)
+        log.info("connected to the Ray cluster at %s (%d alive nodes); driver's rl_div from %s", address,
+                 sum(n["Alive"] for n in ray.nodes()), os.path.dirname(rl_div.__file__))
         return
     # Locally the workers see the driver's import path, so plugin modules next to the run resolve.
     paths = [p for p in [os.getcwd(), *sys.path] if p and os.path.isdir(p)]
@@ -93,7 +96,12 @@ class RewardHost:
 
 def rollout_actor_options(cfg: Config) -> dict[str, Any]:
     return {"num_cpus": cfg.rollout.num_cpus_per_worker, "num_gpus": cfg.rollout.num_gpus_per_worker,
-            "max_restarts": 0}
+            "resources": dict(cfg.cluster.rollout_resources), "max_restarts": 0}
+
+
+def learner_actor_options(cfg: Config) -> dict[str, Any]:
+    return {"num_cpus": cfg.train.num_cpus, "num_gpus": cfg.train.num_gpus,
+            "resources": dict(cfg.cluster.learner_resources)}
 
 
 def start_rollout_worker(cfg: Config, model_path: str) -> Any:
@@ -114,8 +122,7 @@ def start_rollout_worker(cfg: Config, model_path: str) -> Any:
 def start_learner(cfg: Config, model_path: str) -> Any:
     from rl_div.learner import Learner
 
-    return ray.remote(Learner).options(num_cpus=cfg.train.num_cpus, num_gpus=cfg.train.num_gpus).remote(
-        cfg, model_path)
+    return ray.remote(Learner).options(**learner_actor_options(cfg)).remote(cfg, model_path)
 
 
 def start_reward_worker(cfg: Config) -> Any:
