@@ -1,13 +1,28 @@
 #!/usr/bin/env bash
-# Submit a training run to an existing Ray cluster as a Ray job. The repository travels as the
-# job's working directory, so configs and plugin modules resolve on every node; the cluster's
-# Python environment must already have rl_div's dependencies (bash launch/setup.sh on each node,
-# or a container image).
-#   RAY_ADDRESS=http://head:8265 bash launch/ray_job_submit.sh configs/grpo.yaml train.steps=200
-# Outputs go to run.output_dir on the node running the driver: point it at shared storage.
+# Submit a training run to a running Ray cluster as a Ray job, and wait for it (exit 0 when it
+# succeeded, 1 when it failed; its log streams here).
+#   RAY_ADDRESS=http://HEAD:8265 bash launch/ray_job_submit.sh configs/demo.yaml \
+#       run.output_dir=/shared/runs/demo train.steps=200
+# - RAY_ADDRESS is the head's job server (the Ray dashboard, port 8265 by default): the head needs
+#   `ray[default]` (a dependency of rl_div) and must not be started with --include-dashboard=false.
+# - The repository is the job's working directory: rl_div, rewards/, configs and your plugin modules
+#   (run.plugins=[mypkg.my_rewards] for ./mypkg/my_rewards.py) travel to every node with it. The
+#   cluster's Python must have rl_div's dependencies: start every node with the environment
+#   activated (source .venv/bin/activate && ray start ...), or use a container image.
+# - run.output_dir must be an absolute path on storage every node mounts (the driver writes metrics,
+#   the learner actor writes checkpoint parts); the run checks this at start-up.
+# - RL_DIV_JOB_ARGS adds `ray job submit` options, e.g. RL_DIV_JOB_ARGS=--no-wait.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-: "${RAY_ADDRESS:?set RAY_ADDRESS to the cluster's job server, e.g. http://head:8265}"
-exec ray job submit --address "$RAY_ADDRESS" --working-dir . \
-  --runtime-env-json '{"excludes": [".venv", "runs", ".git"]}' \
+if [ -z "${RAY_ADDRESS:-}" ]; then
+  echo "ray_job_submit.sh: set RAY_ADDRESS to the job server of the cluster, e.g. http://HEAD:8265" >&2
+  exit 2
+fi
+ray_cli=ray
+[ -x .venv/bin/ray ] && ray_cli=.venv/bin/ray
+# Virtual environments (also the symlinked .venv*), run outputs and caches stay behind.
+excludes='[".venv*", ".git", "runs", "**/__pycache__", ".pytest_cache", ".ruff_cache", ".hypothesis", "*.egg-info"]'
+# shellcheck disable=SC2086  # RL_DIV_JOB_ARGS is a list of options
+exec "$ray_cli" job submit --address "$RAY_ADDRESS" --working-dir . \
+  --runtime-env-json "{\"excludes\": $excludes}" ${RL_DIV_JOB_ARGS:-} \
   -- python -m rl_div.cli train "$@" --address auto

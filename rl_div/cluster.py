@@ -18,6 +18,7 @@ from typing import Any
 
 import ray
 
+import rl_div
 from rl_div.config import Config, ConfigError
 from rl_div.placement import ActorSlot, PlacementPlan, cluster_problems, describe, format_resources, plan_placement
 
@@ -38,6 +39,8 @@ def init_ray(cfg: Config) -> None:
     if address:
         # On a cluster, code and plugins travel with `ray job submit --working-dir` (launch/).
         ray.init(address=address, runtime_env={"env_vars": env_vars}, log_to_driver=True)
+        log.info("connected to the Ray cluster at %s (%d alive nodes); driver's rl_div from %s", address,
+                 sum(n["Alive"] for n in ray.nodes()), os.path.dirname(rl_div.__file__))
         return
     # Locally the workers see the driver's import path, so plugin modules next to the run resolve.
     paths = [p for p in [os.getcwd(), *sys.path] if p and os.path.isdir(p)]
@@ -119,6 +122,8 @@ class RunPlacement:
     def options(self, slot: ActorSlot) -> dict[str, Any]:
         """Ray actor options that put an actor into its bundle."""
         opts: dict[str, Any] = {"num_cpus": slot.num_cpus, "num_gpus": slot.num_gpus}
+        if slot.resources:  # cluster.learner_resources / rollout_resources: pin to the nodes that have them
+            opts["resources"] = dict(slot.resources)
         if slot.bundle is not None and self.group is not None:
             from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 

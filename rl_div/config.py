@@ -259,6 +259,25 @@ class ClusterConfig(Section):
         1800.0, gt=0, description="Max seconds for the learner and rollout actors to start (model load or "
         "download, vLLM compile and CUDA graphs), before the first weight sync.",
     )
+    learner_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Custom Ray resources the learner actor asks for, e.g. {node_b: 1} with a node started "
+        "by `ray start --resources='{\"node_b\": 1}'`: places it on that node.",
+    )
+    rollout_resources: dict[str, float] = Field(
+        default_factory=dict, description="Custom Ray resources each rollout actor asks for (as learner_resources)."
+    )
+
+    @model_validator(mode="after")
+    def check_custom_resources(self) -> ClusterConfig:
+        for field in ("learner_resources", "rollout_resources"):
+            for name, amount in getattr(self, field).items():
+                if name in ("CPU", "GPU"):
+                    raise ValueError(f"cluster.{field}: use train.num_cpus/num_gpus or rollout.num_cpus_per_worker/"
+                                     f"num_gpus_per_worker for {name}, not a custom resource")
+                if amount <= 0:
+                    raise ValueError(f"cluster.{field}.{name} must be > 0, got {amount}")
+        return self
 
 
 class Config(Section):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -33,6 +33,7 @@ class ActorSlot:
     bundle: int | None
     num_cpus: float
     num_gpus: float
+    resources: Mapping[str, float] = field(default_factory=dict)  # custom Ray resources (node pinning)
 
 
 @dataclass(frozen=True)
@@ -46,11 +47,12 @@ class PlacementPlan:
 def plan_placement(cfg: Config) -> PlacementPlan:
     """The bundles a run needs and which actor goes into which."""
     r, t = cfg.rollout, cfg.train
+    learner_res, rollout_res = dict(cfg.cluster.learner_resources), dict(cfg.cluster.rollout_resources)
     bundles: list[Resources] = []
     owners: list[str] = []
 
-    def bundle(owner: str, cpus: float, gpus: float) -> int | None:
-        resources = {k: float(v) for k, v in {"CPU": cpus, "GPU": gpus}.items() if v > 0}
+    def bundle(owner: str, cpus: float, gpus: float, custom: Mapping[str, float]) -> int | None:
+        resources = {k: float(v) for k, v in {"CPU": cpus, "GPU": gpus, **custom}.items() if v > 0}
         if not resources:
             return None
         bundles.append(resources)
@@ -58,13 +60,15 @@ def plan_placement(cfg: Config) -> PlacementPlan:
         return len(bundles) - 1
 
     if r.weight_sync == "cuda_ipc":  # config rules: one engine, learner and engine on one GPU each
-        shared = bundle("learner + rollout worker 0 (one shared GPU)", t.num_cpus + r.num_cpus_per_worker, 1.0)
-        return PlacementPlan(bundles, owners, ActorSlot("learner", shared, t.num_cpus, 0.5),
+        shared = bundle("learner + rollout worker 0 (one shared GPU)", t.num_cpus + r.num_cpus_per_worker, 1.0,
+                        learner_res)
+        return PlacementPlan(bundles, owners, ActorSlot("learner", shared, t.num_cpus, 0.5, learner_res),
                              [ActorSlot("rollout worker 0", shared, r.num_cpus_per_worker, 0.5)])
-    learner = ActorSlot("learner", bundle("learner", t.num_cpus, t.num_gpus), t.num_cpus, t.num_gpus)
+    learner = ActorSlot("learner", bundle("learner", t.num_cpus, t.num_gpus, learner_res), t.num_cpus, t.num_gpus,
+                        learner_res)
     rollout = [ActorSlot(f"rollout worker {i}", bundle(f"rollout worker {i}", r.num_cpus_per_worker,
-                                                       r.num_gpus_per_worker), r.num_cpus_per_worker,
-                         r.num_gpus_per_worker)
+                                                       r.num_gpus_per_worker, rollout_res), r.num_cpus_per_worker,
+                         r.num_gpus_per_worker, rollout_res)
                for i in range(r.num_workers)]
     return PlacementPlan(bundles, owners, learner, rollout)
 

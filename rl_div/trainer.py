@@ -43,6 +43,7 @@ from rl_div.config import Config, save_config
 from rl_div.data import PromptRecord, RolloutBatch
 from rl_div.learner import prompt_logprob_mask
 from rl_div.models import load_tokenizer
+from rl_div.outputs import check_writers, prepare_output_dir
 from rl_div.prompts import PromptStream, load_splits
 from rl_div.registry import import_plugins
 from rl_div.rollout import SamplingSpec
@@ -70,8 +71,7 @@ def train(cfg: Config, resume: bool = False) -> Path:
 class Trainer:
     def __init__(self, cfg: Config, resume: bool = False) -> None:
         self.cfg = cfg
-        self.out = Path(cfg.run.output_dir)
-        self.out.mkdir(parents=True, exist_ok=True)
+        self.out = prepare_output_dir(cfg.run.output_dir)  # absolute, writable; who writes what: rl_div/outputs.py
         try:
             self._start(resume)
         except BaseException:
@@ -102,6 +102,7 @@ class Trainer:
         self.rewarder = start_reward_worker(cfg)
         actors = {"learner": self.learner, **{f"rollout worker {i}": w for i, w in enumerate(self.rollout_workers)}}
         wait_started(actors, cfg.cluster.startup_timeout_s)  # start-up has its own timeout, not the sync's
+        check_writers(self.out, {"learner": self.learner})  # it writes its checkpoint part into the run dir
         self.step = 0
         self.nccl_group: NcclGroup | None = None
         checkpoint = latest_checkpoint(self.out) if resume else None

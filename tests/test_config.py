@@ -47,6 +47,8 @@ def test_algo_preset_shorthand(tmp_path: Path) -> None:
         (["rollout.backend=vlm"], "rollout.backend"),
         (["train.mini_batch_size=100000"], "exceeds"),
         (["noequals"], "key=value"),
+        (["cluster.learner_resources={GPU: 1}"], "use train.num_cpus/num_gpus"),
+        (["cluster.rollout_resources={node_a: 0}"], "cluster.rollout_resources.node_a must be > 0"),
     ],
 )
 def test_bad_configs_fail_early_with_a_named_field(overrides: list[str], needle: str) -> None:
