@@ -9,6 +9,9 @@ Two scopes (recorded on the function by :func:`register_reward`):
 * ``"group"``: ``fn(completions, answers, correct, records, **params) -> list[float]`` scores the G
   responses to one prompt together (novelty, partition). It runs in the scoring process after every
   sample reward, so ``correct`` (1.0/0.0/NaN) is already known.
+  A group reward may carry ``fn.prepare_batch(completions, answers, correct, records, group_index,
+  **params)``, called once per batch (rows [B]) before the per-group calls, to do batch-wide work
+  once (novelty and partition embed every needed text of the batch in one call there).
 
 A reward signals failure by raising; the runner turns that into NaN and an error count, never 0.
 """
