@@ -35,10 +35,25 @@ def _device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-@lru_cache(maxsize=4)
+_load_lock = threading.Lock()
+
+
 def get_embedder(model: str | None = None) -> Any:
     """The SentenceTransformer for ``model`` (None = the packaged all-MiniLM-L6-v2), loaded once per
-    process (cached), on CUDA when available else CPU."""
+    process (cached; a second caller waits for a load in progress), on CUDA when available else CPU."""
+    with _load_lock:
+        return _load_embedder(model)
+
+
+def warm_up_in_background(model: str | None = None) -> threading.Thread:
+    """Start loading the embedder in a daemon thread, so that it is ready when first needed."""
+    thread = threading.Thread(target=get_embedder, args=(model,), name="embedder-warm-up", daemon=True)
+    thread.start()
+    return thread
+
+
+@lru_cache(maxsize=4)
+def _load_embedder(model: str | None) -> Any:
     path = model or default_model_path()
     if os.path.isdir(path):
         # A local directory needs no hub; say so before huggingface_hub reads its settings, so a

@@ -146,3 +146,4 @@ def prepare_novelty_batch(completions: list[str], answers: list[str | None], cor
 
 
 novelty_reward.prepare_batch = prepare_novelty_batch  # type: ignore[attr-defined]
+novelty_reward.uses_embedder = lambda params: True  # type: ignore[attr-defined]

@@ -142,3 +142,5 @@ def prepare_partition_batch(completions: list[str], answers: list[str | None], c
 
 
 partition_reward.prepare_batch = prepare_partition_batch  # type: ignore[attr-defined]
+partition_reward.uses_embedder = (  # type: ignore[attr-defined]
+    lambda params: params.get("test", "answer_or_embedding") == "answer_or_embedding")

@@ -77,10 +77,6 @@ class Trainer:
         import_plugins(cfg.run.plugins)
         save_config(cfg, self.out / "config.yaml")
         self.model_path = resolve_model_path(cfg)
-        # Distinct-n and EAD count the policy's own tokens.
-        tokenizer = load_tokenizer(self.model_path, trust_remote_code=cfg.model.trust_remote_code)
-        self.vocab_size = len(tokenizer)
-        self.tokenize = functools.partial(tokenizer.encode, add_special_tokens=False)
         train_set = load_prompts(cfg.data, "train", cfg.run.seed)
         self.eval_prompts = load_prompts(cfg.data, "eval", cfg.data.eval_seed).records
         self.prompts = PromptStream(train_set.records, cfg.run.seed)
@@ -90,6 +86,11 @@ class Trainer:
         self.learner = start_learner(cfg, self.model_path)
         self.rollout_workers = [start_rollout_worker(cfg, self.model_path) for _ in range(cfg.rollout.num_workers)]
         self.rewarder = start_reward_worker(cfg)
+        # The actors import and load the policy in their own processes meanwhile.
+        # Distinct-n and EAD count the policy's own tokens.
+        tokenizer = load_tokenizer(self.model_path, trust_remote_code=cfg.model.trust_remote_code)
+        self.vocab_size = len(tokenizer)
+        self.tokenize = functools.partial(tokenizer.encode, add_special_tokens=False)
         self.step = 0
         self.nccl_group: NcclGroup | None = None
         checkpoint = latest_checkpoint(self.out) if resume else None
