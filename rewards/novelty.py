@@ -99,6 +99,19 @@ def novelty_rewards(u: Sequence[float], answers: Sequence[str | None], correct: 
     return out
 
 
+def _embedded_texts(completions: list[str], answers: list[str | None], correct: list[float],
+                    text: str) -> tuple[list[int | None], list[str]]:
+    """Correctness classes [G] and the texts embedded for the scored rows (class not None), in order.
+
+    A correct response without extracted answer text is embedded by its whole completion.
+    """
+    if text not in ("answer", "completion"):
+        raise ValueError(f"novelty: text must be 'answer' or 'completion', got {text!r}")
+    classes = correctness_classes(answers, correct)
+    source = [a if text == "answer" and a is not None else c for a, c in zip(answers, completions, strict=True)]
+    return classes, [source[i] for i, c in enumerate(classes) if c is not None]
+
+
 @register_reward("novelty", scope="group")
 def novelty_reward(
     completions: list[str],
@@ -115,15 +128,22 @@ def novelty_reward(
     ``text``: what is embedded, "answer" (the extracted answer text, the spec's default) or
     "completion" (the whole response). ``model``: embedding model (None = packaged MiniLM).
     """
-    if text not in ("answer", "completion"):
-        raise ValueError(f"novelty: text must be 'answer' or 'completion', got {text!r}")
-    classes = correctness_classes(answers, correct)
+    classes, texts = _embedded_texts(completions, answers, correct, text)
     pool = [i for i, c in enumerate(classes) if c is not None]
     sim = np.zeros((len(classes), len(classes)))
     if pool:
-        # A correct response without extracted answer text is embedded by its whole completion.
-        source = [a if text == "answer" and a is not None else c for a, c in zip(answers, completions, strict=True)]
-        vectors = embed([source[i] for i in pool], model=model)
-        sim[np.ix_(pool, pool)] = cosine_matrix(vectors)
+        sim[np.ix_(pool, pool)] = cosine_matrix(embed(texts, model=model))
     u = novelty_scores(sim, classes, mean_weight)
     return novelty_rewards(u.tolist(), answers, correct)
+
+
+def prepare_novelty_batch(completions: list[str], answers: list[str | None], correct: list[float],
+                          records: list[PromptRecord], group_index: list[int], *, text: str = "answer",
+                          model: str | None = None, mean_weight: float = 0.5) -> None:
+    """Embed every text the batch's groups will need in one call (each distinct text once); the
+    per-group calls then find the vectors in rewards.embedding's cache. Rows are [B]."""
+    embed(_embedded_texts(completions, answers, correct, text)[1], model=model)
+
+
+novelty_reward.prepare_batch = prepare_novelty_batch  # type: ignore[attr-defined]
+novelty_reward.uses_embedder = lambda params: True  # type: ignore[attr-defined]

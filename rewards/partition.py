@@ -94,6 +94,27 @@ def answer_or_embedding_test(
     return equivalent
 
 
+def _prepare_answer_or_embedding(completions: list[str], answers: list[str | None], group_index: list[int], *,
+                                 threshold: float = 0.9, text: str = "completion", model: str | None = None) -> None:
+    """Embed, in one call, the texts of every group whose clustering will look at an embedding
+    (some pair is not answer-equal and, for text="answer", both answers exist). Rows are [B]."""
+    groups: dict[int, list[int]] = {}
+    for i, g in enumerate(group_index):
+        groups.setdefault(int(g), []).append(i)
+    needed: list[str] = []
+    for rows in groups.values():
+        sub = [answers[i] for i in rows]
+        pairs = [(i, j) for i in range(len(rows)) for j in range(i + 1, len(rows)) if not _same_answer(sub, i, j)]
+        if text == "answer":
+            pairs = [(i, j) for i, j in pairs if sub[i] is not None and sub[j] is not None]
+        if pairs:
+            needed += [completions[i] if text == "completion" else (answers[i] or "") for i in rows]
+    embed(needed, model=model)
+
+
+answer_or_embedding_test.prepare_batch = _prepare_answer_or_embedding  # type: ignore[attr-defined]
+
+
 @register_reward("partition", scope="group")
 def partition_reward(
     completions: list[str],
@@ -109,3 +130,17 @@ def partition_reward(
     equivalent = EQUIVALENCE_TESTS.get(test)(completions, answers, **test_params)
     div = partition_diversity(equivalence_classes(len(completions), equivalent))
     return [math.nan if math.isnan(q) else q * d for q, d in zip(correct, div, strict=True)]
+
+
+def prepare_partition_batch(completions: list[str], answers: list[str | None], correct: list[float],
+                            records: list[PromptRecord], group_index: list[int], *,
+                            test: str = "answer_or_embedding", **test_params: Any) -> None:
+    """The equivalence test's batch preparation (one embedding call for the batch), if it has one."""
+    prepare = getattr(EQUIVALENCE_TESTS.get(test), "prepare_batch", None)
+    if prepare is not None:
+        prepare(completions, answers, group_index, **test_params)
+
+
+partition_reward.prepare_batch = prepare_partition_batch  # type: ignore[attr-defined]
+partition_reward.uses_embedder = (  # type: ignore[attr-defined]
+    lambda params: params.get("test", "answer_or_embedding") == "answer_or_embedding")

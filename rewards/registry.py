@@ -9,6 +9,10 @@ Two scopes (recorded on the function by :func:`register_reward`):
 * ``"group"``: ``fn(completions, answers, correct, records, **params) -> list[float]`` scores the G
   responses to one prompt together (novelty, partition). It runs in the scoring process after every
   sample reward, so ``correct`` (1.0/0.0/NaN) is already known.
+  A group reward may carry ``fn.prepare_batch(completions, answers, correct, records, group_index,
+  **params)``, called once per batch (rows [B]) before the per-group calls, to do batch-wide work
+  once (novelty and partition embed every needed text of the batch in one call there), and
+  ``fn.uses_embedder(params) -> bool`` when it needs the sentence embedder (loaded early then).
 
 A reward signals failure by raising; the runner turns that into NaN and an error count, never 0.
 """
@@ -57,3 +61,9 @@ def reward_scope(fn: RewardFn) -> str:
 
 def is_verifier(fn: RewardFn) -> bool:
     return bool(getattr(fn, "is_verifier", False))
+
+
+def uses_embedder(fn: RewardFn, params: dict[str, Any]) -> bool:
+    """Whether the reward with these params embeds texts (its ``uses_embedder`` hook; default no)."""
+    hook = getattr(fn, "uses_embedder", None)
+    return bool(hook(params)) if hook is not None else False

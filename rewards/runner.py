@@ -188,6 +188,12 @@ def _as_score(outcome: Outcome) -> float | None:
 def _group_scores(r: _Resolved, completions: Sequence[str], answers: list[str | None], correct: list[float],
                   records: Sequence[PromptRecord], group_index: Sequence[int], log_: _ErrorLog) -> list[float]:
     scores = [math.nan] * len(completions)
+    prepare = getattr(REWARDS.get(r.spec.name), "prepare_batch", None)
+    if prepare is not None:  # e.g. embed the whole batch in one call; a failure shows in the group calls
+        try:
+            prepare(list(completions), answers, correct, list(records), list(group_index), **r.spec.params)
+        except Exception as err:
+            log.debug("%s: batch preparation failed (%s); groups run on their own", r.key, err)
     for rows in group_rows(group_index):
         try:
             values = REWARDS.get(r.spec.name)(

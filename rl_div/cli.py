@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
+import threading
 
 from rl_div.config import ConfigError, config_help, load_config
 
@@ -15,6 +17,13 @@ def _train(args: argparse.Namespace) -> int:
     if args.address:
         overrides.append(f"cluster.address={args.address}")
     cfg = load_config(args.config, overrides)
+    # Start Ray's processes while the driver imports torch and the trainer (seconds each).
+    importer = threading.Thread(target=importlib.import_module, args=("rl_div.trainer",), daemon=True)
+    importer.start()
+    from rl_div.cluster import init_ray
+
+    init_ray(cfg)
+    importer.join()
     from rl_div.trainer import train
 
     out = train(cfg, resume=args.resume)
@@ -96,6 +105,20 @@ def _restore(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    if args.vs_trl:
+        import json
+        from pathlib import Path
+
+        from rl_div.bench_trl import bench_vs_trl, print_vs_trl
+
+        result = bench_vs_trl(models=tuple(args.models.split(",")), pairs=args.pairs, steps=args.steps,
+                              steps_20m=args.steps_20m)
+        print_vs_trl(result)
+        out = Path(args.out if args.out != "runs/bench.json" else "runs/bench_vs_trl.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2))
+        print(f"\nwrote {out}")
+        return 0
     from rl_div.bench import run_bench
 
     run_bench(quick=args.quick, out=args.out)
@@ -182,6 +205,13 @@ def build_parser() -> argparse.ArgumentParser:
         "looped pass@k, and the stage split of real train steps through Ray on the demo model.")
     p.add_argument("--out", default="runs/bench.json", help="JSON output file (default: runs/bench.json).")
     p.add_argument("--quick", action="store_true", help="Smaller sizes and 3 train steps instead of 10.")
+    p.add_argument("--vs-trl", action="store_true",
+                   help="Instead: rl_div vs TRL's GRPOTrainer on the same work, interleaved fresh processes "
+                   "(rl_div/bench_trl.py); JSON to runs/bench_vs_trl.json unless --out is given.")
+    p.add_argument("--models", default="demo,20m", help="--vs-trl: models, from demo,20m (default both).")
+    p.add_argument("--pairs", type=int, default=3, help="--vs-trl: interleaved run pairs per model.")
+    p.add_argument("--steps", type=int, default=40, help="--vs-trl: steps per run on the demo model.")
+    p.add_argument("--steps-20m", type=int, default=12, help="--vs-trl: steps per run on the 20M model.")
     p.set_defaults(func=_bench)
 
     p = sub.add_parser("config-help", help="Every config field with its default and help text.")

@@ -91,6 +91,11 @@ class RewardHost:
         specs = [RewardSpec(name=r.name, weight=r.weight, params=dict(r.params)) for r in cfg.reward.rewards]
         self.scorer = RewardScorer(specs, timeout_s=cfg.reward.timeout_s, isolated=cfg.reward.isolated,
                                    plugins=list(cfg.run.plugins))
+        from rewards.embedding import warm_up_in_background
+        from rewards.registry import REWARDS, uses_embedder
+
+        if cfg.eval.embedding_metrics or any(uses_embedder(REWARDS.get(s.name), s.params) for s in specs):
+            warm_up_in_background()  # loads while the actors start: ready for the first evaluation
 
     def score(self, completions: list[str], records: list, group_index: list[int]) -> Any:
         return self.scorer.score(completions, records, group_index)

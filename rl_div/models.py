@@ -10,19 +10,14 @@ from __future__ import annotations
 import os
 import string
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tokenizers import Tokenizer, decoders, models, processors
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    LlamaConfig,
-    LlamaForCausalLM,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-    PreTrainedTokenizerFast,
-)
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+if TYPE_CHECKING:  # the modelling classes are imported where used: the driver only needs tokenizers
+    from transformers import LlamaForCausalLM, PreTrainedModel
 
 from rl_div.versions import check_transformers
 
@@ -90,6 +85,8 @@ def make_tiny_llama(
     The defaults train a built-in task in about a minute on two CPU cores; initialisation is
     deterministic given ``seed`` (the global torch RNG is restored afterwards).
     """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
@@ -127,6 +124,8 @@ def load_policy(
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r} (valid: {', '.join(sorted(DTYPES))})")
     check_transformers()
+    from transformers import AutoModelForCausalLM
+
     tokenizer = load_tokenizer(name_or_path, trust_remote_code=trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(
         str(name_or_path), dtype=DTYPES[dtype], trust_remote_code=trust_remote_code

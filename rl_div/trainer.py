@@ -86,10 +86,6 @@ class Trainer:
         save_config(cfg, self.out / "config.yaml")
         train_set, eval_set = load_splits(cfg.data, cfg.run.seed)  # refuses eval prompts seen in training
         self.model_path = resolve_model_path(cfg)
-        # Distinct-n and EAD count the policy's own tokens.
-        tokenizer = load_tokenizer(self.model_path, trust_remote_code=cfg.model.trust_remote_code)
-        self.vocab_size = len(tokenizer)
-        self.tokenize = functools.partial(tokenizer.encode, add_special_tokens=False)
         self.eval_prompts = eval_set.records
         self.prompts = PromptStream(train_set.records, cfg.run.seed)
         self.counters: dict[str, float] = dict.fromkeys(FAULT_COUNTERS, 0.0)
@@ -100,6 +96,11 @@ class Trainer:
         self.rollout_workers = [start_rollout_worker(cfg, self.model_path, self.placement, i)
                                 for i in range(cfg.rollout.num_workers)]
         self.rewarder = start_reward_worker(cfg)
+        # The actors import and load the policy in their own processes meanwhile.
+        # Distinct-n and EAD count the policy's own tokens.
+        tokenizer = load_tokenizer(self.model_path, trust_remote_code=cfg.model.trust_remote_code)
+        self.vocab_size = len(tokenizer)
+        self.tokenize = functools.partial(tokenizer.encode, add_special_tokens=False)
         actors = {"learner": self.learner, **{f"rollout worker {i}": w for i, w in enumerate(self.rollout_workers)}}
         wait_started(actors, cfg.cluster.startup_timeout_s)  # start-up has its own timeout, not the sync's
         check_writers(self.out, {"learner": self.learner})  # it writes its checkpoint part into the run dir

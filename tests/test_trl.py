@@ -8,8 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from rewards import RewardSpec
 from rl_div.integrations.trl import consecutive_groups, trl_reward
 from rl_div.tasks import TASKS
+
+README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def test_consecutive_groups() -> None:
@@ -25,6 +28,41 @@ def test_adapter_scores_like_the_verifier_and_reports_failures_as_none() -> None
         reward.close()
     assert got[0] == 1.0 and got[1] == 0.0
     assert got[2] is None  # a gold that does not parse is an error, not reward 0
+
+
+def test_a_group_reward_alone_is_refused_with_the_fix_in_the_message() -> None:
+    with pytest.raises(ValueError, match=r"trl_reward\(\['math_verify', 'novelty'\]\)"):
+        trl_reward("novelty")
+
+
+def test_a_group_reward_after_its_verifier_sees_the_verdicts() -> None:
+    """Group 1: three identical correct answers (a flat class: u = 0.5 each) and one incorrect (a lone
+    class: u = 0.5), so novelty is 0.5 + 0.25 = 0.75 for correct and -1 + 0.25 = -0.75 for incorrect;
+    the weights 1 and 2 give 1 + 1.5 and 0 - 1.5. Group 2: a lone correct answer also gets 1 + 1.5, an
+    unparseable incorrect one novelty -1, so 0 - 2."""
+    reward = trl_reward([RewardSpec("math_verify", 1.0), RewardSpec("novelty", 2.0)], isolated=False)
+    try:
+        got = reward(prompts=["q1"] * 4 + ["q2"] * 2,
+                     completions=["\\boxed{4}", "\\boxed{4}", "\\boxed{4}", "\\boxed{5}", "\\boxed{7}", "no answer"],
+                     answer=["4"] * 4 + ["7", "7"])
+    finally:
+        reward.close()
+    assert got == pytest.approx([2.5, 2.5, 2.5, -1.5, 2.5, -2.0])
+    assert reward.last_correct == [1.0, 1.0, 1.0, 0.0, 1.0, 0.0]
+
+
+@pytest.mark.slow
+def test_the_readme_trl_example_runs_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    section = README.read_text().split("## TRL", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    history = namespace["trainer"].state.log_history
+    assert namespace["trainer"].state.global_step == 2
+    # novelty saw the verifier's verdicts: its values are numbers, not None (which TRL logs as NaN/None)
+    logged = [h["rewards/rl_div_math_verify+novelty/mean"] for h in history if "reward" in h]
+    assert logged and all(math.isfinite(v) for v in logged)
 
 
 @pytest.mark.slow

@@ -1,0 +1,21 @@
+"""rl-div bench --vs-trl: the settings it gives rl_div are valid config and are the advertised ones
+(the timings themselves are reported by the bench, never asserted)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rl_div.bench_trl import GROUP, NEW_TOKENS, PROMPTS, REPO, _overrides
+from rl_div.config import load_config
+
+
+def test_the_rl_div_side_runs_the_advertised_work(tmp_path: Path) -> None:
+    cfg = load_config(REPO / "configs" / "demo.yaml", _overrides("some/model", 7, 1e-3, str(tmp_path)))
+    assert (cfg.rollout.prompts_per_step, cfg.rollout.group_size, cfg.rollout.max_new_tokens) == (16, 8, 4)
+    assert (PROMPTS, GROUP, NEW_TOKENS) == (16, 8, 4)
+    assert cfg.train.micro_batch_size >= PROMPTS * GROUP  # one forward over the batch, as TRL's side
+    assert cfg.train.ppo_epochs == 1 and cfg.train.warmup_steps == 0 and cfg.model.dtype == "float32"
+    assert cfg.algo.advantage == "grpo" and cfg.algo.loss == "ppo_clip" and cfg.algo.token_weight == "none"
+    assert cfg.algo.loss_params.get("agg", "token-mean") == "token-mean"
+    assert cfg.algo.loss_params.get("kl_coef", 0.0) == 0.0 and not cfg.train.use_ref_model
+    assert cfg.run.torch_threads == 1 and cfg.eval.every == 0 and not cfg.eval.at_start
