@@ -36,6 +36,17 @@ def test_jsonl_skips_and_counts_malformed_rows(tmp_path: Path) -> None:
     assert got.records[0].meta["extractor"] == "math"
 
 
+def test_a_non_utf8_line_is_skipped_and_counted(tmp_path: Path) -> None:
+    """Issue 8 item 8: one Latin-1 line among good rows raised UnicodeDecodeError."""
+    path = tmp_path / "train.jsonl"
+    good = [json.dumps(r).encode() for r in ROWS[:2]]
+    latin1 = '{"question": "Caf\xe9 costs?", "answer": "#### 3"}'.encode("latin-1")
+    path.write_bytes(b"\n".join([good[0], latin1, good[1], b"\xff\xfe\x00garbage"]) + b"\n")
+    got = load_prompts(gsm8k_cfg(path, "jsonl", eval_path=path), "train", seed=0)
+    assert [(r.prompt, r.answer) for r in got.records] == [("What is 1+1?", "2"), ("What is 2+3?", "5")]
+    assert got.skipped_rows == 2
+
+
 def test_without_eval_path_the_first_rows_are_held_out(tmp_path: Path) -> None:
     path = tmp_path / "train.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in ROWS[:2]) + "\n")
