@@ -35,10 +35,10 @@ from rl_div.config import (
     ConfigError,
     apply_override,
     build_config,
-    check_registry_names,
     load_config,
     parse_override,
 )
+from rl_div.preflight import check_registry_names
 from rl_div.results import RunRef, write_manifest
 
 log = logging.getLogger("rl_div")
