@@ -176,13 +176,15 @@ def _resolve(specs: Sequence[RewardSpec]) -> list[_Resolved]:
 
 
 def _as_score(outcome: Outcome) -> float | None:
-    """The outcome's value as a float, or None when it failed or is not a real number."""
+    """The outcome's value as a float, or None when it failed or is not a finite real number (a NaN
+    or inf from a reward is that reward's error, never a score)."""
     if not outcome.ok or isinstance(outcome.value, str | bytes):  # float("1") would accept text
         return None
     try:
-        return float(outcome.value)
+        value = float(outcome.value)
     except (TypeError, ValueError):
         return None
+    return value if math.isfinite(value) else None
 
 
 def _group_scores(r: _Resolved, completions: Sequence[str], answers: list[str | None], correct: list[float],
@@ -209,7 +211,10 @@ def _group_scores(r: _Resolved, completions: Sequence[str], answers: list[str | 
             log_.add(r.key, rows[0], Outcome(error=f"{type(err).__name__}: {err}"), group=True)
             continue
         for i, v in zip(rows, values, strict=True):
-            scores[i] = v
+            if math.isfinite(v):
+                scores[i] = v
+            else:  # NaN/inf is this response's error (left NaN), never a reward
+                log_.add(r.key, i, Outcome(value=v))
     return scores
 
 
@@ -240,5 +245,5 @@ class _ErrorLog:
         self.counts[f"{key}/{kind}"] = self.counts.get(f"{key}/{kind}", 0) + 1
         if len(self.messages) < self.max_messages:
             where = f"group of row {row}" if group else f"row {row}"
-            error = outcome.error or f"returned a non-number: {outcome.value!r}"
+            error = outcome.error or f"returned a non-finite number or a non-number: {outcome.value!r}"
             self.messages.append(f"{key} ({where}): {error}")

@@ -58,10 +58,10 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     return done[-1] if done else None
 
 
-def write_text_atomic(path: Path, text: str) -> None:
+def write_text_atomic(path: Path, text: str | bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
+    with open(tmp, "wb") as f:
+        f.write(text.encode("utf-8") if isinstance(text, str) else text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -80,3 +80,67 @@ def save_trainer_state(ckpt_dir: Path, state: dict[str, Any]) -> None:
 
 def load_trainer_state(ckpt_dir: Path) -> dict[str, Any]:
     return json.loads((ckpt_dir / "trainer_state.json").read_text())
+
+
+# What a run writes into its output_dir (config.yaml is rewritten by every start and does not count).
+RUN_OUTPUTS = ("metrics.jsonl", "eval", "tensorboard", "checkpoints", "train.log")
+
+
+def existing_run(output_dir: str | Path) -> list[str]:
+    """What in ``output_dir`` shows that a run already trained or evaluated there: a non-empty
+    metrics.jsonl, a committed checkpoint, an evaluation file. Empty list = a fresh folder."""
+    out = Path(output_dir)
+    found = []
+    metrics = out / "metrics.jsonl"
+    if metrics.is_file() and metrics.stat().st_size > 0:
+        found.append("metrics.jsonl")
+    if latest_checkpoint(out) is not None:
+        found.append("checkpoints/")
+    if any((out / "eval").glob("step_*.json")):
+        found.append("eval/")
+    return found
+
+
+def claim_output_dir(output_dir: str | Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to start a new run over an existing one unless ``resume`` (continue it) or
+    ``overwrite`` (delete its outputs first) says what is meant."""
+    from rl_div.config import ConfigError
+
+    found = existing_run(output_dir)
+    if not found or resume:
+        return
+    if not overwrite:
+        raise ConfigError(f"run.output_dir {str(output_dir)!r} already holds a run ({', '.join(found)}): pass "
+                          "--resume to continue it or --overwrite to replace it")
+    for name in RUN_OUTPUTS:
+        path = Path(output_dir) / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def trim_to_step(output_dir: str | Path, step: int) -> int:
+    """Before a resumed run logs again from ``step`` + 1: drop metrics.jsonl rows past ``step`` and
+    any unreadable (torn) line, and evaluation files past ``step``, so the folder reads as one clean
+    run. Returns the number of metric rows dropped."""
+    out = Path(output_dir)
+    for path in (out / "eval").glob("step_*.json"):
+        if path.stem.removeprefix("step_").isdigit() and int(path.stem.removeprefix("step_")) > step:
+            path.unlink()
+    metrics = out / "metrics.jsonl"
+    if not metrics.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in metrics.read_bytes().splitlines():
+        try:
+            row = json.loads(line)
+            keep = isinstance(row, dict) and int(row["step"]) <= step
+        except (ValueError, KeyError, TypeError):  # torn or foreign line (JSONDecodeError is a ValueError)
+            keep = False
+        if keep:
+            kept.append(line + b"\n")
+        elif line.strip():
+            dropped += 1
+    write_text_atomic(metrics, b"".join(kept))
+    return dropped

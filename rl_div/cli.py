@@ -17,6 +17,9 @@ def _train(args: argparse.Namespace) -> int:
     if args.address:
         overrides.append(f"cluster.address={args.address}")
     cfg = load_config(args.config, overrides)
+    from rl_div.preflight import check_inputs
+
+    check_inputs(cfg)  # the Trainer checks again; here it fails before Ray and transformers are imported
     # Start Ray's processes while the driver imports torch and the trainer (seconds each).
     importer = threading.Thread(target=importlib.import_module, args=("rl_div.trainer",), daemon=True)
     importer.start()
@@ -26,7 +29,7 @@ def _train(args: argparse.Namespace) -> int:
     importer.join()
     from rl_div.trainer import train
 
-    out = train(cfg, resume=args.resume)
+    out = train(cfg, resume=args.resume, overwrite=args.overwrite)
     print(f"run finished: metrics in {out / 'metrics.jsonl'}, evaluations in {out / 'eval'}")
     return 0
 
@@ -96,9 +99,14 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _restore(args: argparse.Namespace) -> int:
+    from rl_div.evaluate import resolve_target
     from rl_div.restore import restore_layers
 
-    info = restore_layers(args.base, args.tuned, args.layers, args.out, prefix=args.prefix, overwrite=args.overwrite)
+    try:  # a checkpoint step folder or a run folder names its model as in rl-div eval
+        base, tuned = resolve_target(args.base).model_dir, resolve_target(args.tuned).model_dir
+        info = restore_layers(base, tuned, args.layers, args.out, prefix=args.prefix, overwrite=args.overwrite)
+    except (ValueError, OSError) as err:  # bad --layers, incompatible models, missing or existing folders
+        raise ConfigError(f"restore: {err}") from None
     print(f"wrote {args.out}: layers {info['layers']} of {info['num_layers']} ({info['prefix']}.*) from "
           f"{args.base}, the rest from {args.tuned}; evaluate with: rl-div eval {args.out} --reference {args.base}")
     return 0
@@ -142,7 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="YAML config file (see configs/).")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. algo=arm train.steps=10")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else start locally).")
-    p.add_argument("--resume", action="store_true", help="Continue from the latest checkpoint.")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="Continue from the latest checkpoint.")
+    mode.add_argument("--overwrite", action="store_true",
+                      help="Delete the outputs of a run already in run.output_dir and start afresh "
+                      "(without this or --resume an existing run folder is refused).")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("bootstrap", help="Pretrain (or find cached) the tiny demo base model; print its path.")
@@ -241,6 +253,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"rl-div: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as err:  # RunInterrupted says where the run stopped; actors are stopped
+        print(f"rl-div: {err or 'interrupted'}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

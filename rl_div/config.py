@@ -7,12 +7,14 @@ suggesting the closest valid name.
 
 from __future__ import annotations
 
-import difflib
+import string
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from rl_div.registry import unknown_name_message
 
 
 class Section(BaseModel):
@@ -76,7 +78,8 @@ class DataConfig(Section):
         None, description="Regex whose group 1 extracts the gold from the answer field (GSM8K: '#### (.+)')."
     )
     prompt_template: str = Field(
-        "{prompt}", description="Format string applied to each prompt ({prompt} is replaced)."
+        "{prompt}", description="Format string applied to each prompt ({prompt} is replaced; it is the only "
+        "placeholder; write a literal brace as {{ or }})."
     )
     num_train_prompts: int = Field(512, ge=1, description="Training prompts (task source) / max rows.")
     num_eval_prompts: int = Field(32, ge=1, description="Held-out evaluation prompts.")
@@ -88,6 +91,26 @@ class DataConfig(Section):
         False, description="Accept evaluation prompts that are also training prompts (compared by text). "
         "Off: such a config is refused before training, since its held-out numbers would be inflated."
     )
+
+    @field_validator("prompt_template")
+    @classmethod
+    def check_template(cls, template: str) -> str:
+        """Only ``{prompt}`` may be used (the rollout workers format with ``prompt=`` alone)."""
+        try:
+            fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+        except ValueError as err:
+            raise ValueError(f"not a valid format string ({err}); write a literal brace as {{{{ or }}}}") from None
+        for name in fields:
+            if name != "prompt":
+                raise ValueError(f"unknown placeholder {{{name}}}: the only placeholder is {{prompt}} "
+                                 "(write a literal brace as {{ or }})")
+        return template
+
+    @model_validator(mode="after")
+    def check_path(self) -> DataConfig:
+        if self.source != "task" and not self.path:
+            raise ValueError(f"data.source={self.source!r} needs data.path")
+        return self
 
 
 class RolloutConfig(Section):
@@ -145,6 +168,11 @@ class RewardConfig(Section):
     )
     timeout_s: float = Field(5.0, gt=0, description="Per-sample timeout; a hung reward is killed.")
     isolated: bool = Field(True, description="Run sample rewards in a killable worker process.")
+    call_timeout_s: float = Field(
+        900.0, gt=0, description="Max seconds for scoring one whole batch (every response, every reward, group "
+        "rewards included); past it the reward worker is restarted and the batch's rewards are NaN, counted as "
+        "reward timeouts. Raise it for large evaluations with slow verifiers."
+    )
 
 
 class AlgoConfig(Section):
@@ -161,7 +189,7 @@ class AlgoConfig(Section):
         """``algo: arm`` (or ``algo=arm``) is shorthand for a named preset."""
         if isinstance(value, str):
             if value not in ALGO_PRESETS:
-                raise ValueError(_suggest("algo preset", value, ALGO_PRESETS))
+                raise ValueError(unknown_name_message("algo preset", value, ALGO_PRESETS))
             return dict(ALGO_PRESETS[value])
         return value
 
@@ -316,12 +344,6 @@ class ConfigError(ValueError):
     """A config that cannot run; the message names the field and the closest valid name."""
 
 
-def _suggest(kind: str, name: str, valid: Any) -> str:
-    close = difflib.get_close_matches(str(name), list(valid), n=1, cutoff=0.4)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    return f"unknown {kind} {name!r}{hint} (valid: {', '.join(sorted(valid))})"
-
-
 def parse_override(text: str) -> tuple[list[str], Any]:
     """'train.lr=3e-4' -> (['train', 'lr'], 0.0003). Values are parsed as YAML scalars/lists."""
     if "=" not in text:
@@ -329,7 +351,22 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, raw = text.split("=", 1)
     if not key:
         raise ConfigError(f"override {text!r} has an empty key")
-    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        where = yaml_error_text(err).removeprefix("line 1, ")
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({where}); "
+                          f"quote a plain string: {key}='\"...\"'") from None
+    return key.strip().split("."), value
+
+
+def yaml_error_text(err: yaml.YAMLError) -> str:
+    """One line: 'line L, column C: problem' (1-based, as editors count)."""
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    problem = getattr(err, "problem", None) or str(err)
+    context = getattr(err, "context", None)
+    return where + (f"{context}, {problem}" if context else str(problem)).replace("\n", " ")
 
 
 def apply_override(tree: dict[str, Any], path: list[str], value: Any) -> None:
@@ -340,7 +377,7 @@ def apply_override(tree: dict[str, Any], path: list[str], value: Any) -> None:
         fields = getattr(model, "model_fields", None)
         if fields is not None and key not in fields:
             where = ".".join(path[:depth]) or "top level"
-            raise ConfigError(f"{_suggest('config key', key, fields)} at {where}")
+            raise ConfigError(f"{unknown_name_message('config key', key, fields)} at {where}")
         last = depth == len(path) - 1
         if last:
             node[key] = value
@@ -367,9 +404,12 @@ def build_config(tree: dict[str, Any]) -> Config:
             loc = ".".join(str(p) for p in e["loc"])
             if e["type"] == "extra_forbidden":
                 parent = _section_fields(e["loc"][:-1])
-                lines.append(f"{loc}: {_suggest('config key', str(e['loc'][-1]), parent)}")
+                lines.append(f"{loc}: {unknown_name_message('config key', str(e['loc'][-1]), parent)}")
             else:
-                lines.append(f"{loc}: {e['msg']} (got {e.get('input')!r})")
+                got = "" if isinstance(e.get("input"), dict) else f" (got {e.get('input')!r})"
+                lines.append(f"{loc or 'config'}: {e['msg'].removeprefix('Value error, ')}{got}")
+        if len(lines) == 1:
+            raise ConfigError(f"invalid config: {lines[0]}") from None
         raise ConfigError("invalid config:\n  " + "\n  ".join(lines)) from None
 
 
@@ -392,6 +432,8 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         key_path, value = parse_override(text)
         apply_override(tree, key_path, value)
     cfg = build_config(tree)
+    from rl_div.preflight import check_registry_names  # imports plugins and registries
+
     check_registry_names(cfg)
     return cfg
 
@@ -403,7 +445,12 @@ def read_config_tree(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         raise ConfigError(f"config file {str(path)!r} does not exist")
     if path.resolve() in seen:
         raise ConfigError(f"config inheritance loops through {str(path)!r}")
-    loaded = yaml.safe_load(path.read_text()) or {}
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {str(path)!r}: {yaml_error_text(err)}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config file {str(path)!r} is not UTF-8 text ({err.reason} at byte {err.start})") from None
     if not isinstance(loaded, dict):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping, got {type(loaded).__name__}")
     parent = loaded.pop("inherit", None)
@@ -421,27 +468,6 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
         else:
             merged[key] = value
     return merged
-
-
-def check_registry_names(cfg: Config) -> None:
-    """Fail early on names no registry knows, after importing the run's plugin modules."""
-    from rewards import REWARDS
-    from rl_div.algos import ADVANTAGES, LOSSES, TOKEN_WEIGHTS
-    from rl_div.registry import import_plugins
-    from rl_div.tasks import TASKS
-
-    import_plugins(cfg.run.plugins)
-    checks = [
-        ("algo.advantage", "advantage", cfg.algo.advantage, ADVANTAGES),
-        ("algo.token_weight", "token weight", cfg.algo.token_weight, TOKEN_WEIGHTS),
-        ("algo.loss", "loss", cfg.algo.loss, LOSSES),
-    ]
-    checks += [(f"reward.rewards[{i}].name", "reward", r.name, REWARDS) for i, r in enumerate(cfg.reward.rewards)]
-    if cfg.data.source == "task":
-        checks.append(("data.task", "task", cfg.data.task, TASKS))
-    for field, kind, name, registry in checks:
-        if name not in registry:
-            raise ConfigError(f"{field}: {_suggest(kind, name, registry.names())}")
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

@@ -34,11 +34,11 @@ from rl_div.config import (
     ConfigError,
     apply_override,
     build_config,
-    check_registry_names,
     load_config,
     parse_override,
 )
 from rl_div.config_tree import config_differences, saved_config_tree, set_fields
+from rl_div.preflight import check_registry_names
 from rl_div.report.results import RunRef, write_manifest
 
 log = logging.getLogger("rl_div")

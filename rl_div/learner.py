@@ -279,7 +279,9 @@ class Learner:
         if missing or unexpected:
             raise RuntimeError(f"checkpoint {ckpt_dir} does not match the model: missing={missing} "
                                f"unexpected={unexpected}")
-        saved = torch.load(Path(ckpt_dir) / "learner_state.pt", weights_only=False)
+        # weights_only: a checkpoint from elsewhere cannot run code on load (optimizer, scheduler and RNG
+        # states are tensors, numbers, lists and dicts, which the safe unpickler allows).
+        saved = torch.load(Path(ckpt_dir) / "learner_state.pt", weights_only=True)
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
         self.generator.set_state(saved["generator"])

@@ -65,17 +65,18 @@ def _row_problem(row: Any, cfg: DataConfig, pattern: re.Pattern[str] | None) -> 
 
 
 def read_jsonl(path: Path) -> tuple[list[Any], int]:
-    """Rows of a JSONL file; lines that are not JSON are counted as bad, not fatal."""
+    """Rows of a JSONL file; lines that are not UTF-8 JSON are counted as bad, not fatal."""
     rows, bad = [], 0
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            if not raw.strip():
                 continue
             try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as err:
+                rows.append(json.loads(raw.decode("utf-8")))
+            except (UnicodeDecodeError, json.JSONDecodeError) as err:
                 bad += 1
-                log.warning("skipping line %d of %s: not JSON (%s)", n, path, err)
+                if bad <= 5:
+                    log.warning("skipping line %d of %s: not UTF-8 JSON (%s)", n, path, err)
     return rows, bad
 
 

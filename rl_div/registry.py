@@ -67,12 +67,13 @@ class Registry(Generic[F]):
         return f"Registry({self.kind}: {', '.join(self.names())})"
 
 
-def unknown_name_message(kind: str, name: str, valid: Iterable[str]) -> str:
-    """'unknown advantage 'grp'; did you mean 'grpo'? (valid: ...)'."""
+def unknown_name_message(kind: str, name: object, valid: Iterable[str]) -> str:
+    """'unknown advantage 'grp'; did you mean 'grpo'? (valid: ...)': the one did-you-mean message for
+    registry names, config keys, presets and function parameters."""
     valid = sorted(valid)
-    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.4)
+    close = difflib.get_close_matches(str(name), valid, n=1, cutoff=0.4)
     hint = f"; did you mean {close[0]!r}?" if close else ""
-    return f"unknown {kind} {name!r}{hint} (valid: {', '.join(valid)})"
+    return f"unknown {kind} {name!r}{hint} (valid: {', '.join(valid) or 'none'})"
 
 
 def import_plugins(modules: Iterable[str]) -> None:

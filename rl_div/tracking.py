@@ -33,14 +33,19 @@ def _jsonable(value: Any) -> Any:
 
 
 class Tracker:
-    """Writes metrics to every configured sink; ``close()`` flushes them all."""
+    """Writes metrics to every configured sink; ``close()`` flushes them all.
+
+    ``resume_after``: a resumed run continues after this step; TensorBoard drops its events past it
+    (the trainer trims metrics.jsonl likewise), so no step is seen twice.
+    """
 
     def __init__(self, output_dir: str | Path, cfg: Any, run_name: str, config_dict: dict[str, Any],
-                 total_steps: int) -> None:
+                 total_steps: int, resume_after: int | None = None) -> None:
         self.dir = Path(output_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self._jsonl = open(self.dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
-        self._tb = self._open_tensorboard(cfg.tensorboard, config_dict)
+        self._tb = self._open_tensorboard(cfg.tensorboard, config_dict,
+                                          None if resume_after is None else resume_after + 1)
         self._wandb = self._open_wandb(wandb_init_kwargs(self.dir, cfg, run_name, config_dict)) if cfg.wandb else None
         self._mlflow = self._open_mlflow(run_name, config_dict) if cfg.mlflow else None
         self._bar = None
@@ -49,8 +54,9 @@ class Tracker:
 
             self._bar = tqdm(total=total_steps, desc=run_name, unit="step", dynamic_ncols=True)
 
-    def _open_tensorboard(self, mode: bool | str, config_dict: dict[str, Any]) -> Any:
-        """A SummaryWriter with the run's config as text (YAML) and as hparams (flat keys)."""
+    def _open_tensorboard(self, mode: bool | str, config_dict: dict[str, Any], purge_step: int | None) -> Any:
+        """A SummaryWriter with the run's config as text (YAML) and as hparams (flat keys); on resume,
+        purge_step drops the events past the checkpoint."""
         if mode is False:
             return None
         try:
@@ -60,7 +66,7 @@ class Tracker:
             if mode is True:
                 raise
             return None
-        writer = SummaryWriter(str(self.dir / "tensorboard"))
+        writer = SummaryWriter(str(self.dir / "tensorboard"), purge_step=purge_step)
         import yaml
 
         from rl_div.config_tree import flatten

@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import json
 import logging
+import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,14 +21,17 @@ from typing import Any
 import ray
 import torch
 
+from rewards.runner import RewardResult
 from rl_div.algos import ADVANTAGES
 from rl_div.algos.advantages import AdvantageInputs
 from rl_div.checkpoint import (
+    claim_output_dir,
     commit_checkpoint,
     latest_checkpoint,
     load_trainer_state,
     new_checkpoint_dir,
     save_trainer_state,
+    trim_to_step,
     write_text_atomic,
 )
 from rl_div.cluster import (
@@ -44,10 +48,11 @@ from rl_div.data import PromptRecord, RolloutBatch
 from rl_div.learner import prompt_logprob_mask
 from rl_div.models import load_tokenizer
 from rl_div.outputs import check_writers, prepare_output_dir
+from rl_div.preflight import check_inputs
 from rl_div.prompts import PromptStream, load_splits
 from rl_div.registry import import_plugins
 from rl_div.rollout import SamplingSpec
-from rl_div.rollout.weight_sync import NcclGroup, nccl_group_on, push_weights
+from rl_div.rollout.weight_sync import NcclGroup, WeightSyncError, nccl_group_on, push_weights
 from rl_div.stats import eval_summary, rollout_health, step_diversity
 from rl_div.tracking import Tracker
 
@@ -58,19 +63,32 @@ FAULT_COUNTERS = ("faults/rollout_restarts", "faults/reward_worker_restarts", "f
                   "faults/nonfinite_loss", "data/skipped_rows", "train/skipped_zero_signal")
 
 
-def train(cfg: Config, resume: bool = False) -> Path:
-    """Run a whole training job; returns the output directory."""
-    trainer = Trainer(cfg, resume=resume)
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training, after the run's actors were stopped; str() is the one line to show."""
+
+
+def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> Path:
+    """Run a whole training job; returns the output directory. Ctrl-C raises RunInterrupted."""
+    trainer = Trainer(cfg, resume=resume, overwrite=overwrite)
     try:
         trainer.run()
+    except KeyboardInterrupt:
+        checkpoint = latest_checkpoint(trainer.out)
+        saved = f"step {load_trainer_state(checkpoint)['step']}" if checkpoint is not None else "none yet"
+        raise RunInterrupted(f"interrupted at step {trainer.step} (last checkpoint: {saved}); rerun with --resume "
+                             f"to continue from the last checkpoint") from None
     finally:
         trainer.close()
     return trainer.out
 
 
 class Trainer:
-    def __init__(self, cfg: Config, resume: bool = False) -> None:
+    def __init__(self, cfg: Config, resume: bool = False, overwrite: bool = False) -> None:
+        """Checks the inputs (ConfigError before anything starts), then starts the run; an output_dir
+        that already holds a run needs ``resume`` (continue it) or ``overwrite`` (replace it)."""
         self.cfg = cfg
+        check_inputs(cfg)
+        claim_output_dir(cfg.run.output_dir, resume, overwrite)  # a run there needs --resume or --overwrite
         self.out = prepare_output_dir(cfg.run.output_dir)  # absolute, writable; who writes what: rl_div/outputs.py
         try:
             self._start(resume)
@@ -111,8 +129,14 @@ class Trainer:
             log.warning("--resume: no checkpoint in %s, starting from step 0", self.out)
         if checkpoint is not None:
             self.restore(checkpoint)
+        resume_after = (self.step if checkpoint is not None else -1) if resume else None
+        if resume_after is not None:  # the steps past the checkpoint are logged again: keep one clean run
+            dropped = trim_to_step(self.out, resume_after)
+            if dropped:
+                log.info("--resume: dropped %d metric rows past step %d (or torn)", dropped, resume_after)
         self.sync_weights()
-        self.tracker = Tracker(self.out, cfg.tracking, cfg.run.name, cfg.model_dump(mode="json"), cfg.train.steps)
+        self.tracker = Tracker(self.out, cfg.tracking, cfg.run.name, cfg.model_dump(mode="json"), cfg.train.steps,
+                               resume_after=resume_after)
 
     # ---- the loop ------------------------------------------------------------------------------
     def run(self) -> None:
@@ -182,13 +206,11 @@ class Trainer:
         """Rewards, correctness and extracted answers; failures are NaN and counted, never 0
         (training batches in the cumulative faults/ counters, evaluations under eval/)."""
         args = (batch.response_texts, batch.prompts, batch.group_index.tolist())
-        try:
-            result = ray.get(self.rewarder.score.remote(*args))
-        except ray.exceptions.RayActorError as err:
-            log.warning("reward worker died (%s); restarting it", err)
-            self.counters["faults/reward_worker_restarts"] += 1
-            self.rewarder = start_reward_worker(self.cfg)
-            result = ray.get(self.rewarder.score.remote(*args))
+        result = self.call_rewarder(args)
+        if result is None:  # the call timed out: every response's reward failed
+            nan = [math.nan] * batch.size
+            result = RewardResult(total=nan, components={}, correct=nan, answers=[None] * batch.size,
+                                  errors={"batch/timeouts": batch.size}, error_messages=[])
         batch.rewards = torch.tensor(result.total, dtype=torch.float32)
         batch.correct = torch.tensor(result.correct, dtype=torch.float32)
         batch.answers = list(result.answers)
@@ -201,6 +223,31 @@ class Trainer:
             log.warning("reward error: %s", message)
         return batch
 
+    def call_rewarder(self, args: tuple[Any, ...]) -> RewardResult | None:
+        """The reward actor's score(); a dead actor is restarted and asked again, and a call that takes
+        longer than reward.call_timeout_s is abandoned (the actor restarted): None."""
+        timeout = self.cfg.reward.call_timeout_s
+        for attempt in range(2):
+            try:
+                return ray.get(self.rewarder.score.remote(*args), timeout=timeout)
+            except ray.exceptions.GetTimeoutError:
+                log.warning("scoring took longer than reward.call_timeout_s=%g s; restarting the reward worker, "
+                            "the batch's rewards are NaN", timeout)
+                self.restart_reward_worker()
+                return None
+            except ray.exceptions.RayActorError as err:
+                if attempt:
+                    raise
+                log.warning("reward worker died (%s); restarting it", err)
+                self.restart_reward_worker()
+        return None
+
+    def restart_reward_worker(self) -> None:
+        with contextlib.suppress(Exception):  # dead already, or stuck: either way replaced
+            ray.kill(self.rewarder)
+        self.counters["faults/reward_worker_restarts"] += 1
+        self.rewarder = start_reward_worker(self.cfg)
+
     def policy_stats(self, batch: RolloutBatch, temperature: float | None = None) -> RolloutBatch:
         """Log-probs and entropies of the batch under the current policy (the learner's pi_old)."""
         stats = ray.get(self.learner.score_policy.remote(batch, True, temperature))
@@ -212,7 +259,32 @@ class Trainer:
 
     def sync_weights(self) -> None:
         """Push the learner's weights to every rollout actor (rollout.weight_sync: Ray object store,
-        CUDA IPC or NCCL broadcast); a sync that fails or times out raises WeightSyncError."""
+        CUDA IPC or NCCL broadcast). A rollout actor that died since the last sync (e.g. while the
+        learner updated) is restarted and the push repeated once; a sync that still fails or times
+        out raises (WeightSyncError on a timeout)."""
+        try:
+            self.push_weights()
+        except (ray.exceptions.RayActorError, WeightSyncError):
+            dead = self.dead_rollout_workers()
+            if not dead:
+                raise
+            for i in dead:
+                log.warning("rollout worker %d died before the weight sync; restarting it", i)
+                self.counters["faults/rollout_restarts"] += 1
+                self.replace_rollout_worker(i)
+            self.push_weights()
+
+    def dead_rollout_workers(self, timeout_s: float = 30.0) -> list[int]:
+        """Indices of rollout actors that do not answer a trivial call."""
+        dead = []
+        for i, worker in enumerate(self.rollout_workers):
+            try:
+                ray.get(worker.policy_version.remote(), timeout=timeout_s)
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                dead.append(i)
+        return dead
+
+    def push_weights(self) -> None:
         r = self.cfg.rollout
         self.weights_version = ray.get(self.learner.get_version.remote())
         if r.weight_sync == "nccl" and self.nccl_group is None:
@@ -222,14 +294,17 @@ class Trainer:
                      ranks_per_engine=r.tensor_parallel_size)
 
     def restart_rollout_worker(self, index: int) -> None:
-        """Replace a dead rollout actor and give every actor the current weights (a new NCCL group
-        too, since its membership changed)."""
+        """Replace a dead rollout actor and give every actor the current weights."""
+        self.replace_rollout_worker(index)
+        self.sync_weights()
+
+    def replace_rollout_worker(self, index: int) -> None:
+        """A new actor in place of a dead one (and a new NCCL group, since its membership changed)."""
         with contextlib.suppress(Exception):  # already dead is the usual case
             ray.kill(self.rollout_workers[index])
         self.rollout_workers[index] = start_rollout_worker(self.cfg, self.model_path, self.placement, index)
         wait_started({f"rollout worker {index}": self.rollout_workers[index]}, self.cfg.cluster.startup_timeout_s)
         self.nccl_group = None
-        self.sync_weights()
 
     # ---- evaluation and checkpoints ------------------------------------------------------------
     def evaluate(self) -> dict[str, Any]:

@@ -90,9 +90,9 @@ def test_rerun_skips_finished_runs_and_resumes_an_interrupted_one(
     assert (arm / "eval" / "step_000002.json").exists() and (arm / "checkpoints" / "step_000002").is_dir()
     state = json.loads((arm / "checkpoints" / "step_000002" / "trainer_state.json").read_text())
     assert state["step"] == 2
-    # The resumed run logged step 2 again; the export keeps one value per (step, metric).
+    # The resume dropped the rows past its step-1 checkpoint, so step 2 is logged once.
     steps = [r["step"] for r in read_metrics(arm / "metrics.jsonl", kind="train")]
-    assert steps == [1, 2, 2]
+    assert steps == [1, 2]
     tidy = [r for r in read_tidy_csv(out / "report" / "metrics_tidy.csv")
             if r["variant"] == "arm" and r["kind"] == "train" and r["metric"] == "policy/entropy"]
     assert [r["step"] for r in tidy] == [1, 2]

@@ -36,6 +36,17 @@ def test_jsonl_skips_and_counts_malformed_rows(tmp_path: Path) -> None:
     assert got.records[0].meta["extractor"] == "math"
 
 
+def test_a_non_utf8_line_is_skipped_and_counted(tmp_path: Path) -> None:
+    """Issue 8 item 8: one Latin-1 line among good rows raised UnicodeDecodeError."""
+    path = tmp_path / "train.jsonl"
+    good = [json.dumps(r).encode() for r in ROWS[:2]]
+    latin1 = '{"question": "Caf\xe9 costs?", "answer": "#### 3"}'.encode("latin-1")
+    path.write_bytes(b"\n".join([good[0], latin1, good[1], b"\xff\xfe\x00garbage"]) + b"\n")
+    got = load_prompts(gsm8k_cfg(path, "jsonl", eval_path=path), "train", seed=0)
+    assert [(r.prompt, r.answer) for r in got.records] == [("What is 1+1?", "2"), ("What is 2+3?", "5")]
+    assert got.skipped_rows == 2
+
+
 def test_without_eval_path_the_first_rows_are_held_out(tmp_path: Path) -> None:
     path = tmp_path / "train.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in ROWS[:2]) + "\n")
@@ -104,10 +115,12 @@ def test_cli_refuses_an_overlapping_config_before_work_starts(tmp_path: Path, ca
     path.write_text("\n".join(json.dumps(r) for r in QA) + "\n")
     (tmp_path / "cfg.yaml").write_text("{}\n")
     args = ["train", str(tmp_path / "cfg.yaml"), "data.source=jsonl", f"data.path={path}", f"data.eval_path={path}",
-            "data.answer_regex=####\\s*(.+)", "model.path=/nonexistent/model", f"run.output_dir={tmp_path / 'run'}"]
+            "data.answer_regex=####\\s*(.+)", "model.path=bootstrap",
+            f"bootstrap.cache_dir={tmp_path / 'cache'}", "cluster.num_cpus=1", f"run.output_dir={tmp_path / 'run'}"]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "evaluation prompts are also training prompts" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "cache").exists()  # refused before the base model is bootstrapped
 
 
 def test_all_rows_bad_is_an_error(tmp_path: Path) -> None:

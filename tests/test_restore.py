@@ -93,3 +93,30 @@ def test_restore_cli_and_refusals(tmp_path: Path, models: tuple[Path, Path], cap
     save_policy(make_tiny_llama(tok, hidden_size=32, num_layers=2, intermediate_size=64), tok, other)
     with pytest.raises(ValueError, match="num_hidden_layers"):
         restore_layers(other, tuned_dir, "0:1", tmp_path / "x")
+
+
+def test_restore_cli_takes_checkpoint_folders_and_reports_bad_input_in_one_line(
+        tmp_path: Path, models: tuple[Path, Path], capsys: pytest.CaptureFixture) -> None:
+    """Issue 8 item 15: a run's checkpoint step folder (as rl-div eval takes) crashed with 'config.json
+    not found', and --layers out of range printed a traceback."""
+    import shutil
+
+    base_dir, tuned_dir = models
+    step = tmp_path / "run" / "checkpoints" / "step_000004"
+    shutil.copytree(tuned_dir, step / "policy")
+    out = tmp_path / "from_ckpt"
+    assert main(["restore", "--base", str(base_dir), "--tuned", str(step), "--layers", "1:2", "--out",
+                 str(out)]) == 0
+    written, base = load_file(str(out / "model.safetensors")), load_file(str(base_dir / "model.safetensors"))
+    tuned = load_file(str(tuned_dir / "model.safetensors"))
+    assert torch.equal(written["model.layers.1.mlp.up_proj.weight"], base["model.layers.1.mlp.up_proj.weight"])
+    assert torch.equal(written["model.layers.0.mlp.up_proj.weight"], tuned["model.layers.0.mlp.up_proj.weight"])
+    capsys.readouterr()
+    for layers, needle in [("2:9", "outside the model's 4 layers"), ("3:1", "selects no layer")]:
+        assert main(["restore", "--base", str(base_dir), "--tuned", str(step), f"--layers={layers}", "--out",
+                     str(tmp_path / "bad")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("rl-div: restore:") and needle in err and "\n" not in err
+    assert main(["restore", "--base", str(tmp_path / "nothing"), "--tuned", str(step), "--layers", "0:1",
+                 "--out", str(tmp_path / "bad")]) == 2
+    assert "not a model directory" in capsys.readouterr().err

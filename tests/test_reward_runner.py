@@ -126,3 +126,19 @@ def test_configuration_errors_fail_loudly() -> None:
     with pytest.raises(UnknownNameError, match="answer extractor"):
         score_batch([RewardSpec("format")], ["a"], [PromptRecord("q", "1", meta={"extractor": "nope"})], [0],
                     timeout_s=5, isolated=False)
+
+
+@pytest.mark.parametrize("isolated", [True, False])
+def test_non_finite_reward_values_are_errors_not_rewards(worker: IsolatedWorker, isolated: bool) -> None:
+    """Issue 8 item 9: NaN/inf from a reward was not counted and inf entered the total."""
+    completions = ["ok", "nan", "inf", "-inf"]
+    specs = [RewardSpec("test_nonfinite"), RewardSpec("test_group_nonfinite", weight=0.5)]
+    s = scorer(worker, *specs) if isolated else RewardScorer(specs, isolated=False, plugins=PLUGINS)
+    with s:
+        result = s.score(completions, [GOLD4] * 4, [0, 0, 0, 0])
+    assert same(result.components["test_nonfinite"], [1.0, nan, nan, nan])
+    assert same(result.components["test_group_nonfinite"], [2.0, 2.0, nan, 2.0])
+    assert same(result.total, [2.0, nan, nan, nan])  # never inf
+    assert result.errors["test_nonfinite/errors"] == 3
+    assert result.errors["test_group_nonfinite/errors"] == 1
+    assert any("inf" in m for m in result.error_messages)

@@ -82,19 +82,36 @@ def test_steer_lambda_closed_forms_and_floor() -> None:
         steer_lambda(big, mask, variant="cubic")
 
 
+def test_steer_tiny_p_old_is_clamped_to_1e_8_not_given_the_neutral_weight() -> None:
+    """Issue 8 item 17: in float32, exp(-110) underflows to 0; unclamped, A / 0 = inf was zeroed and the
+    token got weight 1.0. Clamped at 1e-8 (the official implementation), it has the largest |Omega|."""
+    inp = _steer_inputs()
+    for name in ("advantages", "logprobs", "old_logprobs", "old_entropy", "mask"):
+        setattr(inp, name, getattr(inp, name).float())
+    inp.old_logprobs[0, 0] = -110.0  # p_old below float32's smallest subnormal
+    inp.old_logprobs[0, 1] = -110.0
+    inp.advantages[0, 1] = 0.0
+    assert inp.old_entropy is not None and float(torch.tensor(-110.0).exp()) == 0.0
+    omega = steer_omega(inp.advantages, inp.logprobs, inp.old_logprobs, inp.old_entropy, inp.mask)
+    # token 0 by hand: (1 / 1e-8) * 0.25 * (ln 0.5 + 1); token 1: A = 0 gives 0
+    assert omega[0, 0].item() == pytest.approx(1e8 * 0.25 * (1 - math.log(2)), rel=1e-5)
+    assert omega[0, 1].item() == 0.0
+    out = TOKEN_WEIGHTS["steer"](inp)
+    assert out.weights[0, 0].item() == pytest.approx(0.8)  # the largest |Omega|: lambda_min, not 1.0
+    assert out.weights[0, 1].item() == 1.0  # Omega = 0
+    assert out.metrics["steer/nonfinite_frac"] == 0.0
+
+
 def test_steer_non_finite_omega_is_zero() -> None:
     inp = _steer_inputs()
-    # p_old = exp(-1e4) underflows to 0: A / 0 = inf for token 0, 0 / 0 = NaN for token 1
-    inp.old_logprobs[0, 0] = -1e4
-    inp.old_logprobs[0, 1] = -1e4
-    inp.advantages[0, 1] = 0.0
     assert inp.old_entropy is not None
+    inp.old_entropy[0, 0] = math.inf  # an infinite H_old: Omega = inf, zeroed (weight 1)
     omega = steer_omega(inp.advantages, inp.logprobs, inp.old_logprobs, inp.old_entropy, inp.mask)
-    assert omega[0, :2].tolist() == [0.0, 0.0]
+    assert omega[0, 0].item() == 0.0
     out = TOKEN_WEIGHTS["steer"](inp)
-    assert out.weights[0, :2].tolist() == [1.0, 1.0]
+    assert out.weights[0, 0].item() == 1.0
     assert out.weights[0, 2].item() == pytest.approx(0.8)
-    assert out.metrics["steer/nonfinite_frac"] == pytest.approx(2 / 3)
+    assert out.metrics["steer/nonfinite_frac"] == pytest.approx(1 / 3)
 
 
 def test_steer_needs_old_entropy() -> None:

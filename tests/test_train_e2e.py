@@ -7,6 +7,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +21,8 @@ import ray
 import torch
 from safetensors.torch import load_file
 
-from rl_div.config import Config, load_config
+from rl_div.checkpoint import latest_checkpoint, write_text_atomic
+from rl_div.config import Config, ConfigError, load_config
 from rl_div.models import load_policy
 from rl_div.tracking import read_metrics
 from rl_div.trainer import Trainer, train
@@ -166,3 +174,102 @@ def test_killed_rollout_actor_is_restarted_with_current_weights(tmp_path: Path, 
         assert metrics["sync/logprob_gap_max"] < 1e-3
     finally:
         trainer.close()
+
+
+def test_rollout_actor_killed_before_the_weight_sync_is_restarted_and_synced(tmp_path: Path, base_model: str) -> None:
+    """Issue 8 item 10: a rollout actor killed while the learner updates made the sync raise ActorDiedError."""
+    cfg = make_cfg(tmp_path, base_model, "train.steps=3", "train.lr=0.01", "rollout.group_size=8",
+                   "algo.advantage=test_raw_reward", "algo.advantage_params={offset: 0.5}")
+    trainer = Trainer(cfg)
+    try:
+        trainer.train_step()
+        old_pid = ray.get(trainer.rollout_workers[0].pid.remote())
+        ray.kill(trainer.rollout_workers[0], no_restart=True)  # dies after its rollout, before the sync
+        trainer.sync_weights()
+        assert trainer.counters["faults/rollout_restarts"] == 1
+        assert ray.get(trainer.rollout_workers[0].pid.remote()) != old_pid
+        version = ray.get(trainer.learner.get_version.remote())
+        assert version >= 1 and ray.get(trainer.rollout_workers[0].policy_version.remote()) == version
+        metrics = trainer.train_step()
+        assert metrics["faults/rollout_restarts"] == 1 and metrics["sync/logprob_gap_max"] < 1e-3
+    finally:
+        trainer.close()
+
+
+def test_a_hung_reward_call_times_out_and_is_counted(tmp_path: Path, base_model: str) -> None:
+    """Issue 8 item 11: in-process rewards (reward.isolated=false) have no per-item timeout, and the
+    reward actor call had none: a 60 s reward held the step for 2 x 60 s."""
+    out = train(make_cfg(
+        tmp_path, base_model, "run.plugins=[plugins.my_algos, plugins.my_rewards]", "reward.isolated=false",
+        "reward.call_timeout_s=3", "reward.rewards=[{name: task_verifier}, {name: test_sleep, params: {seconds: 60}}]",
+        "train.steps=1", "rollout.prompts_per_step=1", "rollout.group_size=2", "eval.at_end=false"))
+    row = train_rows(out)[-1]
+    assert row["faults/reward_timeouts"] == 2 and row["faults/reward_worker_restarts"] == 1
+    assert row["reward/nan_frac"] == 1.0 and row["train/skipped_zero_signal"] == 1
+
+
+def test_rerun_refused_and_resume_after_a_torn_line_reads_as_one_run(tmp_path: Path, base_model: str) -> None:
+    """Issue 13 item 3 and issue 8 item 12: a second run appended a second steps 1..N; a resume after a
+    crash kept the rows past the checkpoint (steps logged twice) and the torn last line."""
+    cfg = make_cfg(tmp_path, base_model, "train.steps=3", "checkpoint.every=2")
+    out = train(cfg)
+    # a crash after step 3 was logged, before its checkpoint, in the middle of writing a line
+    ckpt = latest_checkpoint(out)
+    assert ckpt is not None and ckpt.name == "step_000003"
+    shutil.rmtree(ckpt)
+    write_text_atomic(out / "checkpoints" / "latest", "step_000002")
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"step": 4, "kind": "tra')
+    train(cfg, resume=True)
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in lines]  # every line parses
+    assert [(r["kind"], r["step"]) for r in rows] == [("train", 1), ("train", 2), ("train", 3), ("eval", 3)]
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train(cfg)
+    train(make_cfg(tmp_path, base_model, "train.steps=1"), overwrite=True)
+    assert [(r["kind"], r["step"]) for r in read_metrics(out / "metrics.jsonl")] == [("train", 1), ("eval", 1)]
+    assert latest_checkpoint(out) == out / "checkpoints" / "step_000001"
+
+
+def test_ctrl_c_prints_one_line_and_stops_the_run(tmp_path: Path, base_model: str) -> None:
+    """Issue 8 item 13: Ctrl-C printed a 30-line KeyboardInterrupt traceback."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "rl_div.cli", "train", str(REPO / "configs/demo.yaml"), f"model.path={base_model}",
+           f"run.output_dir={out}", "train.steps=200", "checkpoint.every=2", "eval.at_start=false",
+           "eval.at_end=false", "eval.every=0", "tracking.progress=false", "tracking.tensorboard=false",
+           "cluster.num_cpus=2", "rollout.prompts_per_step=2", "rollout.group_size=2"]
+    # its own session: SIGINT goes to the whole process group, as a terminal's Ctrl-C does
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and proc.poll() is None:
+            if (out / "checkpoints" / "latest").exists() and len(train_rows(out)) >= 3:
+                break
+            time.sleep(0.5)
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err
+    for _ in range(40):  # the run's actors (and its local Ray) are gone with it
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.25)
+    else:
+        raise AssertionError("processes of the interrupted run are still alive")
+    assert "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    saved = json.loads((latest_checkpoint(out) / "trainer_state.json").read_text())["step"]
+    logged = max(r["step"] for r in train_rows(out))
+    match = re.fullmatch(r"rl-div: interrupted at step (\d+) \(last checkpoint: step (\d+)\); rerun with --resume "
+                         r"to continue from the last checkpoint", last)
+    assert match is not None, err
+    assert int(match.group(1)) == logged and int(match.group(2)) == saved >= 2
+    # the folder now holds a run: a plain rerun is refused before anything starts
+    again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 2 and "--resume" in again.stderr and "--overwrite" in again.stderr

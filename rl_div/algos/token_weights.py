@@ -58,8 +58,11 @@ def steer_omega(
     """STEER's predicted entropy change per token.
 
     Omega = (A / p_old) * p (1 - p) * (log p + H_old), with p = exp(logprobs) clamped to
-    [1e-8, 1 - 1e-8] (log p is taken of the clamped p) and p_old = exp(old_logprobs) unclamped.
-    Non-finite values (e.g. p_old underflowing to 0) and padding are set to 0.
+    [1e-8, 1 - 1e-8] (log p is taken of the clamped p) and p_old = exp(old_logprobs) clamped below
+    at 1e-8 (old log-prob < ln 1e-8 = -18.4), as the official implementation does. Unclamped, a p_old
+    that underflows (old log-prob < about -104 in float32) made Omega infinite, zeroed below, so the
+    most surprising tokens got the neutral weight 1, the opposite of the method's intent; clamped,
+    they get a large |Omega| and a small weight. Remaining non-finite values and padding are set to 0.
 
     Args:
         advantages, logprobs, old_logprobs, old_entropy, mask: [B, T].
@@ -76,7 +79,8 @@ def _omega_raw(
 ) -> torch.Tensor:
     """Omega before non-finite values are zeroed. All [B, T]."""
     p = logprobs.exp().clamp(1e-8, 1.0 - 1e-8)
-    return (advantages / old_logprobs.exp()) * p * (1.0 - p) * (p.log() + old_entropy)
+    p_old = old_logprobs.exp().clamp(min=1e-8)
+    return (advantages / p_old) * p * (1.0 - p) * (p.log() + old_entropy)
 
 
 def steer_lambda(

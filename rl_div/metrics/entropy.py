@@ -43,10 +43,12 @@ def _row_blocks(n: int, t: int, chunk_rows: int) -> list[tuple[slice, slice]]:
 def _entropy_of_logsoftmax(logp: torch.Tensor) -> torch.Tensor:
     """[..., V] float32 log-probabilities -> [...] entropy -sum p log p.
 
-    log p is clamped to the float32 minimum so a -inf logit (masked vocab entry) gives 0 * finite = 0
-    instead of 0 * -inf = NaN.
+    A -inf log p (masked vocab entry, p = 0) is replaced by 0, so its term is 0 * 0 = 0 in the forward
+    pass and its gradient is 0 too. (Clamping to the float32 minimum instead gives the right value but
+    a NaN gradient once |dL/dH| > 1: dL/dH * finfo.min overflows to -inf, times p = 0.)
     """
-    return -(logp.exp() * logp.clamp(min=torch.finfo(logp.dtype).min)).sum(-1)
+    finite_logp = torch.where(torch.isneginf(logp), torch.zeros_like(logp), logp)
+    return -(logp.exp() * finite_logp).sum(-1)
 
 
 def _block_logp_entropy(logits: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -57,3 +57,16 @@ def group_raises(completions: list[str], answers: list[str | None], correct: lis
     if any("boom" in c for c in completions):
         raise ValueError("group exploded")
     return [0.0] * len(completions)
+
+
+@register_reward("test_nonfinite", scope="sample")
+def nonfinite_reward(completion: str, record: Any) -> float:
+    """'nan' -> NaN, 'inf' -> inf, anything else 1.0."""
+    return {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf")}.get(completion, 1.0)
+
+
+@register_reward("test_group_nonfinite", scope="group")
+def group_nonfinite(completions: list[str], answers: list[str | None], correct: list[float],
+                    records: list[Any]) -> list[float]:
+    """inf for a response 'inf', 2.0 for the others."""
+    return [float("inf") if c == "inf" else 2.0 for c in completions]
