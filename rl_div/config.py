@@ -196,6 +196,10 @@ class TrainConfig(Section):
         256, ge=1, description="Rows per chunk for log-prob/entropy (bounded float32 memory; "
         "rl-div bench: 256 rows at V=32k was 4-7x faster than one float32 pass on CPU)."
     )
+    activation_checkpointing: bool = Field(
+        False, description="Recompute decoder-layer activations in backward (less memory, ~1 extra "
+        "forward of compute); for long responses or large micro-batches."
+    )
     num_cpus: float = Field(1.0, ge=0, description="Ray CPUs reserved for the learner actor.")
     num_gpus: float = Field(0.0, ge=0, description="Ray GPUs for the learner actor.")
 

@@ -121,7 +121,7 @@ class Trainer:
         with timer("reward"):
             batch = self.score(batch)
         with timer("learner_forward"):
-            batch = self.policy_stats(batch)
+            batch = self.policy_stats(batch, with_prompt=needs_prompt_logprobs(cfg))
         batch.advantages, adv_metrics = compute_advantages(batch, cfg)
         with timer("learner_update"):
             update_metrics = ray.get(self.learner.update.remote(scored_rows(batch)))
@@ -187,9 +187,11 @@ class Trainer:
             log.warning("reward error: %s", message)
         return batch
 
-    def policy_stats(self, batch: RolloutBatch, temperature: float | None = None) -> RolloutBatch:
-        """Log-probs and entropies of the batch under the current policy (the learner's pi_old)."""
-        stats = ray.get(self.learner.score_policy.remote(batch, True, temperature))
+    def policy_stats(self, batch: RolloutBatch, temperature: float | None = None,
+                     with_prompt: bool = False) -> RolloutBatch:
+        """Log-probs and entropies of the batch under the current policy (the learner's pi_old);
+        prompt log-probs too when with_prompt."""
+        stats = ray.get(self.learner.score_policy.remote(batch, with_prompt, temperature))
         batch.old_logprobs = stats["old_logprobs"]
         batch.old_entropy = stats["old_entropy"]
         batch.prompt_logprobs = stats.get("prompt_logprobs")
@@ -292,6 +294,12 @@ def compute_advantages(batch: RolloutBatch, cfg: Config) -> tuple[torch.Tensor, 
     advantages = torch.zeros(batch.size)
     advantages[rows] = out.advantages.float()
     return advantages, out.metrics
+
+
+def needs_prompt_logprobs(cfg: Config) -> bool:
+    """Whether the advantage reads prompt log-probs (ARM; a plugin estimator says so with a
+    ``needs_prompt_logprobs = True`` attribute): only then does the learner compute them."""
+    return bool(getattr(ADVANTAGES[cfg.algo.advantage], "needs_prompt_logprobs", False))
 
 
 def scored_rows(batch: RolloutBatch) -> RolloutBatch:
