@@ -115,8 +115,9 @@ def head_logprobs_and_entropy(hidden: torch.Tensor, weight: torch.Tensor, token_
     hidden: [N, D] final hidden states (any float dtype) of the positions that predict token_ids.
     weight: [V, D] LM-head weight; bias: [V] or None. token_ids: [N] long.
     temperature: logits are cast to float32, then divided by it (the sampling distribution).
-    Returns (logp [N], entropy [N]), float32 (float64 for float64 inputs), differentiable w.r.t. hidden, weight and bias. At most
-    ``chunk_rows`` x V float32 values exist at a time, in forward and in backward.
+    Returns (logp [N], entropy [N]), float32 (float64 for float64 inputs), differentiable w.r.t.
+    hidden, weight and bias. At most ``chunk_rows`` x V float32 values exist at a time, in forward
+    and in backward.
     """
     if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
         raise ValueError(f"hidden must be [N, D] and weight [V, D], got {tuple(hidden.shape)} and "
