@@ -103,7 +103,11 @@ def enable_activation_checkpointing(model: torch.nn.Module) -> None:
     non-reentrant checkpointing, which works with the chunked LM head and inputs without grad)."""
     if not getattr(model, "supports_gradient_checkpointing", False):
         raise ValueError(f"train.activation_checkpointing: {type(model).__name__} does not support it")
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x renamed it
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 class Learner:

@@ -232,3 +232,23 @@ def test_split_lm_head_refuses_soft_capped_logits(llama) -> None:
         assert split_lm_head(model) is None
     finally:
         model.config.final_logit_softcapping = None
+
+
+def test_activation_checkpointing_gives_the_same_gradients(llama) -> None:
+    import copy
+
+    from rl_div.learner import enable_activation_checkpointing
+
+    model, tok = llama
+    batch = tiny_batch(tok, ["7*6=", "1+1="], ["42", "2"])
+    grads = []
+    for ckpt in (False, True):
+        m = copy.deepcopy(model).train()
+        if ckpt:
+            enable_activation_checkpointing(m)
+            assert any(getattr(layer, "gradient_checkpointing", False) for layer in m.modules())
+        logp, ent, _ = policy_forward(m, batch, chunk_rows=4, temperature=0.8)
+        (logp.sum() + ent.sum()).backward()
+        grads.append({n: p.grad for n, p in m.named_parameters()})
+    for name, g in grads[0].items():
+        torch.testing.assert_close(grads[1][name], g, rtol=1e-10, atol=1e-12, msg=name)
