@@ -26,7 +26,7 @@ def _bootstrap(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, list(args.overrides))
     from rl_div.trainer import resolve_model_path
 
-    if cfg.model.path != "bootstrap":
+    if cfg.model.path not in ("bootstrap", "tiny_qwen"):
         print(f"model.path is {cfg.model.path!r}: nothing to bootstrap")
         return 0
     print(resolve_model_path(cfg))

@@ -35,8 +35,10 @@ class RunConfig(Section):
 class ModelConfig(Section):
     path: str = Field(
         "bootstrap",
-        description="Policy: a local directory or HF hub name, or 'bootstrap' to pretrain (and cache) "
-        "the tiny demo model on the built-in task's demonstrations.",
+        description="Policy: a local directory or HF hub name, 'bootstrap' to pretrain (and cache) "
+        "the tiny demo model on the built-in task's demonstrations, or 'tiny_qwen' for a random-initialised "
+        "small Qwen2 with Qwen's real 151k tokenizer and chat template (built offline, cached; sized by "
+        "bootstrap.hidden_size/num_heads/seed/cache_dir).",
     )
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Parameter dtype.")
     trust_remote_code: bool = Field(False, description="Allow model code from the hub (off: safer).")
@@ -46,7 +48,7 @@ class ModelConfig(Section):
 
 
 class BootstrapConfig(Section):
-    steps: int = Field(300, ge=1, description="Supervised steps on noisy demonstrations.")
+    steps: int = Field(300, ge=1, description="Supervised steps on noisy demonstrations (not tiny_qwen).")
     seed: int = Field(0, description="Seed of the bootstrap run (cached per argument set).")
     hidden_size: int = Field(64, ge=8, description="Tiny model width.")
     num_heads: int = Field(

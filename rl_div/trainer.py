@@ -311,12 +311,17 @@ def scored_rows(batch: RolloutBatch) -> RolloutBatch:
 
 
 def resolve_model_path(cfg: Config) -> str:
-    """The policy's location; 'bootstrap' pretrains (or reuses the cached) tiny demo model."""
+    """The policy's location; 'bootstrap' pretrains (or reuses the cached) tiny demo model, 'tiny_qwen'
+    builds (or reuses) the small random-initialised Qwen2 with Qwen's real tokenizer."""
+    b = cfg.bootstrap
+    if cfg.model.path == "tiny_qwen":
+        from rl_div.tiny_qwen import tiny_qwen_model
+
+        return str(tiny_qwen_model(b.cache_dir, hidden_size=b.hidden_size, num_heads=b.num_heads, seed=b.seed))
     if cfg.model.path != "bootstrap":
         return cfg.model.path
     from rl_div.tasks.bootstrap import bootstrap_base_model
 
-    b = cfg.bootstrap
     return str(bootstrap_base_model(cfg.data.task, Path(b.cache_dir).expanduser(), steps=b.steps, seed=b.seed,
                                     hidden_size=b.hidden_size, num_heads=b.num_heads))
 
