@@ -99,13 +99,7 @@ def load_prompts(cfg: DataConfig, split: str, seed: int) -> PromptSet:
 
         rows = pq.read_table(path).to_pylist()
     else:  # hf: a hub name for users with network, or a local dataset directory
-        import datasets
-
-        hf_split = cfg.split if split == "train" else cfg.eval_split
-        if Path(path).is_dir() and (Path(path) / "dataset_info.json").exists():
-            rows = list(datasets.load_from_disk(path))
-        else:
-            rows = list(datasets.load_dataset(path, cfg.hf_config, split=hf_split))
+        rows = read_hf(path, cfg.hf_config, cfg.split if split == "train" else cfg.eval_split)
     prompt_set = records_from_rows(rows, cfg, f"{Path(path).name}[{split}]")
     prompt_set.skipped_rows += bad
     if cfg.source != "hf" and cfg.eval_path is None:
@@ -117,6 +111,22 @@ def load_prompts(cfg: DataConfig, split: str, seed: int) -> PromptSet:
         raise ValueError(f"no usable {split} prompts in {path} ({prompt_set.skipped_rows} rows skipped; "
                          "without data.eval_path the first data.num_eval_prompts rows are held out)")
     return prompt_set
+
+
+def read_hf(path: str, config: str | None, split: str) -> list[Any]:
+    """Rows of one split of a hub dataset, or of a directory written by ``save_to_disk`` (a
+    DatasetDict: that split, as from the hub; a single Dataset: all its rows)."""
+    import datasets
+
+    local = Path(path)
+    if (local / "dataset_dict.json").exists():
+        splits = datasets.load_from_disk(path)
+        if split not in splits:
+            raise ValueError(f"{path} has splits {sorted(splits)}, not {split!r} (data.split / data.eval_split)")
+        return list(splits[split])
+    if (local / "dataset_info.json").exists():
+        return list(datasets.load_from_disk(path))
+    return list(datasets.load_dataset(path, config, split=split))
 
 
 class PromptStream:
