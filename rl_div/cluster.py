@@ -76,8 +76,10 @@ class RewardHost:
 
         import_plugins(cfg.run.plugins)
         specs = [RewardSpec(name=r.name, weight=r.weight, params=dict(r.params)) for r in cfg.reward.rewards]
-        self.scorer = RewardScorer(specs, timeout_s=cfg.reward.timeout_s, isolated=cfg.reward.isolated,
-                                   plugins=list(cfg.run.plugins))
+        r = cfg.reward
+        self.scorer = RewardScorer(specs, timeout_s=r.timeout_s, isolated=r.isolated, plugins=list(cfg.run.plugins),
+                                   workers=r.num_workers or min(len(os.sched_getaffinity(0)), 16),
+                                   items_per_call=r.items_per_call, group_timeout_s=r.group_timeout_s)
 
     def score(self, completions: list[str], records: list, group_index: list[int]) -> Any:
         return self.scorer.score(completions, records, group_index)

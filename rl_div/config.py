@@ -137,7 +137,18 @@ class RewardConfig(Section):
         description="Rewards summed with weights; the first verifier defines correctness.",
     )
     timeout_s: float = Field(5.0, gt=0, description="Per-sample timeout; a hung reward is killed.")
-    isolated: bool = Field(True, description="Run sample rewards in a killable worker process.")
+    group_timeout_s: float = Field(
+        120.0, gt=0, description="Per-group timeout for group rewards (novelty, partition); a hung one is killed "
+        "and its group scored NaN."
+    )
+    isolated: bool = Field(True, description="Run rewards in killable worker processes.")
+    num_workers: int | None = Field(
+        None, ge=1, description="Reward worker processes scoring in parallel; None = the CPUs the reward "
+        "actor may use (at most 16)."
+    )
+    items_per_call: int = Field(
+        16, ge=1, description="Responses per round trip to a reward worker (each keeps its own timeout)."
+    )
 
 
 class AlgoConfig(Section):

@@ -57,3 +57,12 @@ def group_raises(completions: list[str], answers: list[str | None], correct: lis
     if any("boom" in c for c in completions):
         raise ValueError("group exploded")
     return [0.0] * len(completions)
+
+
+@register_reward("test_group_sleep", scope="group")
+def group_sleep(completions: list[str], answers: list[str | None], correct: list[float],
+                records: list[Any], *, seconds: float = 60.0) -> list[float]:
+    """Hangs (sleeps ``seconds``) on a group that contains "hang"; else 1.0 each."""
+    if any("hang" in c for c in completions):
+        time.sleep(seconds)
+    return [1.0] * len(completions)
