@@ -98,7 +98,7 @@ def _restore(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from rl_div.bench import run_bench
 
-    run_bench(quick=args.quick, out=args.out)
+    run_bench(quick=args.quick, out=args.out, sections=args.sections)
     return 0
 
 
@@ -176,6 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
         "looped pass@k, and the stage split of real train steps through Ray on the demo model.")
     p.add_argument("--out", default="runs/bench.json", help="JSON output file (default: runs/bench.json).")
     p.add_argument("--quick", action="store_true", help="Smaller sizes and 3 train steps instead of 10.")
+    p.add_argument("--sections", nargs="+", metavar="SECTION",
+                   help="Sections to run (default: all): entropy passk train_step lm_head rewards long_step. "
+                   "lm_head, rewards and long_step use V=151,936 (tiny_qwen), GSM8K-style rewards and "
+                   "256-token generations.")
     p.set_defaults(func=_bench)
 
     p = sub.add_parser("config-help", help="Every config field with its default and help text.")
