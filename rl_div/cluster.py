@@ -78,7 +78,7 @@ class RewardHost:
         specs = [RewardSpec(name=r.name, weight=r.weight, params=dict(r.params)) for r in cfg.reward.rewards]
         r = cfg.reward
         self.scorer = RewardScorer(specs, timeout_s=r.timeout_s, isolated=r.isolated, plugins=list(cfg.run.plugins),
-                                   workers=r.num_workers or min(len(os.sched_getaffinity(0)), 16),
+                                   workers=r.num_workers or min(usable_cpus(), 16),
                                    items_per_call=r.items_per_call, group_timeout_s=r.group_timeout_s)
 
     def score(self, completions: list[str], records: list, group_index: list[int]) -> Any:
@@ -91,6 +91,12 @@ class RewardHost:
 
     def close(self) -> None:
         self.scorer.close()
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity else (os.cpu_count() or 1)
 
 
 def rollout_actor_options(cfg: Config) -> dict[str, Any]:
