@@ -33,12 +33,18 @@ def spread(values: list[float]) -> dict[str, float]:
 
 
 def timed(fn: Callable[[], object], repeats: int) -> dict[str, float]:
+    """min / median / max seconds of ``repeats`` calls."""
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
     return spread(times)
+
+
+def rates(n: int, seconds: dict[str, float]) -> dict[str, float]:
+    """Items/s spread from a seconds spread (the fastest repeat is the max rate)."""
+    return {"min": n / seconds["max"], "median": n / seconds["median"], "max": n / seconds["min"]}
 
 
 # ---- lm_head: log-probs + entropy from hidden states vs the full-logits path ---------------------
@@ -171,14 +177,14 @@ def bench_rewards(n_items: int = 800, workers: tuple[int, ...] = (1, 2), items_p
     in_process = timed(lambda: [fn(c, r) for c, r in items], repeats)
     out: dict[str, Any] = {"items": n_items, "items_per_call": items_per_call, "repeats": repeats,
                            "correct_fraction": sum(expected) / n_items,
-                           "in_process_items_per_s": {k: n_items / v for k, v in in_process.items()}}
+                           "in_process_items_per_s": rates(n_items, in_process)}
     for size in workers:
         with IsolatedPool(size=size) as pool:
             got = pool.map("math_verify", items, timeout_s=30, items_per_call=items_per_call)  # warm-up
             assert [o.value for o in got] == expected, "isolated and in-process scores differ"
             t = timed(lambda pool=pool: pool.map("math_verify", items, timeout_s=30,
                                                  items_per_call=items_per_call), repeats)
-        rate = {k: n_items / v for k, v in t.items()}
+        rate = rates(n_items, t)
         out[f"isolated_{size}_items_per_s"] = rate
         out[f"ratio_isolated_{size}_per_worker_over_in_process"] = \
             rate["median"] / size / out["in_process_items_per_s"]["median"]
@@ -187,15 +193,13 @@ def bench_rewards(n_items: int = 800, workers: tuple[int, ...] = (1, 2), items_p
 
 def print_rewards(r: dict[str, Any]) -> None:
     print(f"\n5. math_verify on {r['items']} GSM8K-style completions ({r['correct_fraction']:.0%} correct), "
-          f"{r['items_per_call']} items per round trip (items/s, min/median/max of {r['repeats']}; the max is "
-          "the fastest repeat)")
-    rows = [["in-process", *[r["in_process_items_per_s"][k] for k in ("max", "median", "min")], ""]]
-    for key in sorted(k for k in r if k.startswith("isolated_")):
+          f"{r['items_per_call']} items per round trip (min/median/max of {r['repeats']})")
+    rows = [["in-process", *[r["in_process_items_per_s"][k] for k in ("min", "median", "max")], ""]]
+    for key in sorted(k for k in r if k.startswith("isolated_") and k.endswith("_items_per_s")):
         size = key.split("_")[1]
-        rates = r[key]
-        rows.append([f"isolated x{size}", rates["max"], rates["median"], rates["min"],
+        rows.append([f"isolated x{size}", *[r[key][k] for k in ("min", "median", "max")],
                      f"{r[f'ratio_isolated_{size}_per_worker_over_in_process']:.3g}"])
-    print(_table(["scorer", "items/s (fastest)", "median", "slowest", "per worker / in-process"], rows))
+    print(_table(["scorer", "items/s min", "median", "max", "median per worker / in-process"], rows))
 
 
 # ---- long_step: one rollout + learner step at 256+ new tokens on the tiny Qwen2 -----------------
