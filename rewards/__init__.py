@@ -11,7 +11,7 @@ plugin module (listed in the config's ``plugins``) so the isolated worker regist
 from rewards.answers import ANSWER_EXTRACTORS, extract_answer, last_boxed, last_number
 from rewards.embedding import embed, get_embedder
 from rewards.format import format_reward
-from rewards.isolation import IsolatedWorker, Outcome, WorkerStartError
+from rewards.isolation import IsolatedPool, IsolatedWorker, Outcome, WorkerStartError
 from rewards.math import GoldParseError, math_verify_reward, parse_gold, task_verifier
 from rewards.novelty import novelty_reward, novelty_rewards, novelty_scores
 from rewards.partition import EQUIVALENCE_TESTS, partition_diversity, partition_reward
@@ -33,6 +33,7 @@ __all__ = [
     "EQUIVALENCE_TESTS",
     "REWARDS",
     "GoldParseError",
+    "IsolatedPool",
     "IsolatedWorker",
     "Outcome",
     "RewardResult",

@@ -2,10 +2,12 @@
 
 Order of work for one batch (B responses, grouped by ``group_index``):
 1. extract each response's answer (rewards.answers, by the record's extractor);
-2. run every sample reward on every response, one item at a time, in the isolated worker with the
-   per-item timeout (or in-process when ``isolated=False``: no timeout then);
+2. run every sample reward on every response in the isolated worker pool (``workers`` processes in
+   parallel, ``items_per_call`` items per round trip) with the per-item timeout (or in-process when
+   ``isolated=False``: no timeout then);
 3. take ``correct`` from the first verifier among the specs;
-4. run every group reward on each group, in-process, with that group's answers and verdicts;
+4. run every group reward on each group, with that group's answers and verdicts, in the pool too
+   (one group per call, ``group_timeout_s`` each) or in-process when ``isolated=False``;
 5. total = sum of weight * component.
 
 A reward that raises or times out gives NaN for the affected responses (a sample reward: that
@@ -23,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from rewards.answers import extract_answer
-from rewards.isolation import IsolatedWorker, Outcome
+from rewards.isolation import IsolatedPool, IsolatedWorker, Outcome
 from rewards.registry import REWARDS, is_verifier, reward_scope
 from rl_div.data import group_rows
 from rl_div.registry import UnknownNameError, import_plugins
@@ -70,30 +72,35 @@ class _Resolved:
 
 
 class RewardScorer:
-    """Scores batches with ``specs``; holds the isolated worker so it stays warm across steps.
+    """Scores batches with ``specs``; holds the isolated workers so they stay warm across steps.
 
-    ``timeout_s``: per-response limit for sample rewards. ``plugins``: modules that register user
-    rewards; imported here and in the worker. ``worker``: an IsolatedWorker to share (e.g. between a
-    training and an evaluation scorer); the scorer then does not close it. Call :meth:`close` (or
-    use ``with``) when done.
+    ``timeout_s``: per-response limit for sample rewards; ``group_timeout_s``: per-group limit for
+    group rewards. ``workers``: worker processes scoring in parallel; ``items_per_call``: responses
+    per round trip to a worker. ``plugins``: modules that register user rewards; imported here and in
+    the workers. ``worker``: an IsolatedWorker or IsolatedPool to share (e.g. between a training and
+    an evaluation scorer); the scorer then does not close it. Call :meth:`close` (or use ``with``).
     """
 
     def __init__(self, specs: Sequence[RewardSpec], *, timeout_s: float = 10.0, isolated: bool = True,
                  plugins: Sequence[str] = (), max_error_messages: int = 5,
-                 worker: IsolatedWorker | None = None) -> None:
+                 worker: IsolatedWorker | IsolatedPool | None = None, workers: int = 1,
+                 items_per_call: int = 16, group_timeout_s: float = 120.0) -> None:
         if not specs:
             raise ValueError("RewardScorer needs at least one RewardSpec")
         import_plugins(plugins)
         self.rewards = _resolve(specs)
         self.timeout_s = timeout_s
+        self.group_timeout_s = group_timeout_s
+        self.items_per_call = items_per_call
         self.isolated = isolated
         self.max_error_messages = max_error_messages
         self.verifier_key = next((r.key for r in self.rewards if r.verifier), None)
         if self.verifier_key is None and any(r.scope == "group" for r in self.rewards):
             log.warning("group rewards without a verifier: every response's `correct` is NaN")
-        needs_worker = isolated and any(r.scope == "sample" for r in self.rewards)
-        self._owns_worker = needs_worker and worker is None
-        self.worker = (worker or IsolatedWorker(plugins)) if needs_worker else None
+        self._owns_worker = isolated and worker is None
+        if isinstance(worker, IsolatedWorker):
+            worker = IsolatedPool(workers=[worker])
+        self.worker = (worker or IsolatedPool(plugins, workers)) if isolated else None
         if self.worker is not None:
             self.worker.start()  # warms up while the caller does other work
 
@@ -112,7 +119,7 @@ class RewardScorer:
         correct = list(components[self.verifier_key]) if self.verifier_key else [math.nan] * b
         for r in self.rewards:
             if r.scope == "group":
-                components[r.key] = _group_scores(r, completions, answers, correct, records, group_index, log_)
+                components[r.key] = self._group_scores(r, completions, answers, correct, records, group_index, log_)
         total = [sum((r.spec.weight * components[r.key][i] for r in self.rewards), 0.0) for i in range(b)]
         return RewardResult(total=total, components={r.key: components[r.key] for r in self.rewards},
                             correct=correct, answers=answers, errors=log_.counts, error_messages=log_.messages)
@@ -130,21 +137,97 @@ class RewardScorer:
     def _sample_scores(self, r: _Resolved, completions: Sequence[str], records: Sequence[PromptRecord],
                        log_: _ErrorLog) -> list[float]:
         scores = []
-        for i, (completion, record) in enumerate(zip(completions, records, strict=True)):
-            outcome = self._call(r.spec, completion, record)
+        for i, outcome in enumerate(self._run(r.spec, list(zip(completions, records, strict=True)),
+                                              self.timeout_s, self.items_per_call)):
             value = _as_score(outcome)
             if not outcome.ok or value is None:
                 log_.add(r.key, i, outcome)
             scores.append(math.nan if value is None else value)
         return scores
 
-    def _call(self, spec: RewardSpec, completion: str, record: PromptRecord) -> Outcome:
+    def _group_scores(self, r: _Resolved, completions: Sequence[str], answers: list[str | None],
+                      correct: list[float], records: Sequence[PromptRecord], group_index: Sequence[int],
+                      log_: _ErrorLog) -> list[float]:
+        """Each group's scores (NaN for a whole group whose call fails, times out or returns the
+        wrong number of values, with one count; NaN and one count for each non-finite value).
+
+        A reward with a ``prepare_batch`` hook (novelty, partition: embed the whole batch once) runs
+        the whole batch in one call, so the hook and the groups share one process; its timeout then
+        covers the batch."""
+        groups = group_rows(group_index)
+        if getattr(REWARDS.get(r.spec.name), "prepare_batch", None) is not None:
+            args = (list(completions), answers, correct, list(records), list(group_index))
+            outcomes = self._run_batched(r.spec, args, len(groups))
+        else:
+            items = [([completions[i] for i in rows], [answers[i] for i in rows], [correct[i] for i in rows],
+                      [records[i] for i in rows]) for rows in groups]
+            outcomes = self._run(r.spec, items, self.group_timeout_s, 1)
+        scores = [math.nan] * len(completions)
+        for rows, outcome in zip(groups, outcomes, strict=True):
+            values = _as_group_scores(outcome, len(rows))
+            if isinstance(values, Outcome):
+                log_.add(r.key, rows[0], values, group=True)
+                continue
+            for i, v in zip(rows, values, strict=True):
+                if math.isfinite(v):
+                    scores[i] = v
+                else:  # NaN/inf is this response's error (left NaN), never a reward
+                    log_.add(r.key, i, Outcome(value=v))
+        return scores
+
+    def _run_batched(self, spec: RewardSpec, args: tuple[Any, ...], num_groups: int) -> list[Outcome]:
+        """:func:`score_groups_batched` in a pool worker (group_timeout_s for the batch) or here."""
+        kwargs = {"reward": spec.name, "params": dict(spec.params)}
         if self.worker is not None:
-            return self.worker.call(spec.name, (completion, record), spec.params, timeout_s=self.timeout_s)
+            outcome = self.worker.call(BATCHED_GROUPS, args, kwargs, timeout_s=self.group_timeout_s)
+        else:
+            try:
+                outcome = Outcome(value=score_groups_batched(*args, **kwargs))
+            except Exception as err:
+                outcome = Outcome(error=f"{type(err).__name__}: {err}")
+        if not outcome.ok:
+            return [outcome] * num_groups
+        return [Outcome(error=v) if isinstance(v, str) else Outcome(value=v) for v in outcome.value]
+
+    def _run(self, spec: RewardSpec, items: list[tuple[Any, ...]], timeout_s: float,
+             items_per_call: int) -> list[Outcome]:
+        """The reward on every item: in the worker pool (with timeouts), or in this process."""
+        if self.worker is not None:
+            return self.worker.map(spec.name, items, spec.params, timeout_s=timeout_s, items_per_call=items_per_call)
+        fn = REWARDS.get(spec.name)
+        outcomes = []
+        for args in items:
+            try:
+                outcomes.append(Outcome(value=fn(*args, **spec.params)))
+            except Exception as err:  # reported as NaN + error count by the caller
+                outcomes.append(Outcome(error=f"{type(err).__name__}: {err}"))
+        return outcomes
+
+
+BATCHED_GROUPS = "rewards.runner:score_groups_batched"  # a module:function the isolated worker imports
+
+
+def score_groups_batched(completions: list[str], answers: list[str | None], correct: list[float],
+                         records: list[PromptRecord], group_index: list[int], *, reward: str,
+                         params: dict[str, Any]) -> list[list[float] | str]:
+    """A group reward over a whole batch in one process: its ``prepare_batch`` hook once (e.g. one
+    embedding call for every distinct text), then each group. Returns per group (in order of first
+    appearance) its values, or the error text of that group's call."""
+    fn = REWARDS.get(reward)
+    prepare = getattr(fn, "prepare_batch", None)
+    if prepare is not None:
         try:
-            return Outcome(value=REWARDS.get(spec.name)(completion, record, **spec.params))
-        except Exception as err:  # reported as NaN + error count by the caller
-            return Outcome(error=f"{type(err).__name__}: {err}")
+            prepare(completions, answers, correct, records, group_index, **params)
+        except Exception as err:  # the group calls then do the work themselves, and show any real error
+            log.debug("%s: batch preparation failed (%s); groups run on their own", reward, err)
+    out: list[list[float] | str] = []
+    for rows in group_rows(group_index):
+        try:
+            out.append(list(fn([completions[i] for i in rows], [answers[i] for i in rows], [correct[i] for i in rows],
+                               [records[i] for i in rows], **params)))
+        except Exception as err:
+            out.append(f"{type(err).__name__}: {err}")
+    return out
 
 
 def score_batch(specs: Sequence[RewardSpec], completions: Sequence[str], records: Sequence[PromptRecord],
@@ -187,35 +270,17 @@ def _as_score(outcome: Outcome) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _group_scores(r: _Resolved, completions: Sequence[str], answers: list[str | None], correct: list[float],
-                  records: Sequence[PromptRecord], group_index: Sequence[int], log_: _ErrorLog) -> list[float]:
-    scores = [math.nan] * len(completions)
-    prepare = getattr(REWARDS.get(r.spec.name), "prepare_batch", None)
-    if prepare is not None:  # e.g. embed the whole batch in one call; a failure shows in the group calls
-        try:
-            prepare(list(completions), answers, correct, list(records), list(group_index), **r.spec.params)
-        except Exception as err:
-            log.debug("%s: batch preparation failed (%s); groups run on their own", r.key, err)
-    for rows in group_rows(group_index):
-        try:
-            values = REWARDS.get(r.spec.name)(
-                [completions[i] for i in rows], [answers[i] for i in rows], [correct[i] for i in rows],
-                [records[i] for i in rows], **r.spec.params,
-            )
-            values = [float(v) for v in values]
-            if len(values) != len(rows):
-                raise ValueError(f"returned {len(values)} scores for a group of {len(rows)}")
-        except UnknownNameError:
-            raise
-        except Exception as err:  # NaN for the whole group + one error count
-            log_.add(r.key, rows[0], Outcome(error=f"{type(err).__name__}: {err}"), group=True)
-            continue
-        for i, v in zip(rows, values, strict=True):
-            if math.isfinite(v):
-                scores[i] = v
-            else:  # NaN/inf is this response's error (left NaN), never a reward
-                log_.add(r.key, i, Outcome(value=v))
-    return scores
+def _as_group_scores(outcome: Outcome, size: int) -> list[float] | Outcome:
+    """A group reward's values as floats, or a failed Outcome saying why not."""
+    if not outcome.ok:
+        return outcome
+    try:
+        values = [float(v) for v in outcome.value]
+    except (TypeError, ValueError) as err:
+        return Outcome(error=f"{type(err).__name__}: returned {outcome.value!r}")
+    if len(values) != size:
+        return Outcome(error=f"ValueError: returned {len(values)} scores for a group of {size}")
+    return values
 
 
 def _extract(completion: str, record: PromptRecord, row: int, log_: _ErrorLog) -> str | None:

@@ -335,23 +335,46 @@ def print_group_embedding(r: dict[str, Any]) -> None:
                    r["max_abs_diff"]]]))
 
 
-def run_bench(quick: bool = False, out: str | Path | None = None) -> dict[str, Any]:
-    """All the benchmarks (smaller in quick mode), printed as tables and written to ``out`` as JSON."""
+def _sections(quick: bool) -> dict[str, tuple[Callable[[], dict[str, Any]], Callable[[dict[str, Any]], None]]]:
+    """Section name -> (run, print). The realistic-workload sections live in rl_div.bench_workload."""
+    from rl_div import bench_workload as w
+
+    return {
+        "entropy": ((lambda: bench_entropy(rows=1024, seq_len=256, vocab=8000, chunk_rows=256, repeats=2))
+                    if quick else bench_entropy, print_entropy),
+        "passk": (lambda: bench_passk(problems=1000 if quick else 10_000), print_passk),
+        "train_step": (lambda: bench_train_step(steps=3 if quick else 10), print_train_step),
+        "lm_head": ((lambda: w.bench_lm_head(rows=2, tokens=256, hidden=256, repeats=2)) if quick
+                    else w.bench_lm_head, w.print_lm_head),
+        "rewards": ((lambda: w.bench_rewards(n_items=200, repeats=2)) if quick else w.bench_rewards,
+                    w.print_rewards),
+        "long_step": ((lambda: w.bench_long_step(new_tokens=256, prompts=2, group_size=2, repeats=1)) if quick
+                      else w.bench_long_step, w.print_long_step),
+    }
+
+
+SECTIONS = ("entropy", "passk", "train_step", "group_embedding", "lm_head", "rewards", "long_step")
+
+
+def run_bench(quick: bool = False, out: str | Path | None = None,
+              sections: list[str] | None = None) -> dict[str, Any]:
+    """The selected benchmarks (default: all; smaller in quick mode), printed as tables and written
+    to ``out`` as JSON."""
+    table = _sections(quick)
+    chosen = list(sections or SECTIONS)
+    unknown = [s for s in chosen if s not in table]
+    if unknown:
+        from rl_div.config import ConfigError
+
+        raise ConfigError(f"unknown bench section(s) {unknown} (valid: {', '.join(SECTIONS)})")
     result: dict[str, Any] = {
         "quick": quick, "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-        "cpus": os.cpu_count(), "platform": platform.platform(),
+        "cpus": os.cpu_count(), "platform": platform.platform(), "sections": chosen,
     }
-    if quick:
-        result["entropy"] = bench_entropy(rows=1024, seq_len=256, vocab=8000, chunk_rows=256, repeats=2)
-    else:
-        result["entropy"] = bench_entropy()
-    print_entropy(result["entropy"])
-    result["passk"] = bench_passk(problems=1000 if quick else 10_000)
-    print_passk(result["passk"])
-    result["train_step"] = bench_train_step(steps=3 if quick else 10)
-    print_train_step(result["train_step"])
-    result["group_embedding"] = bench_group_embedding(repeats=2 if quick else 5)
-    print_group_embedding(result["group_embedding"])
+    for name in chosen:
+        run, show = table[name]
+        result[name] = run()
+        show(result[name])
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(result, indent=2))

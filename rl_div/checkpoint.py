@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +67,29 @@ def write_text_atomic(path: Path, text: str | bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def build_dir_atomic(final: Path, fill: Callable[[Path], None], marker: str) -> Path:
+    """A cached directory: ``final`` if its ``marker`` file exists, else ``fill(tmp)`` in a temporary
+    sibling directory (``fill`` writes ``marker`` last) renamed onto ``final``, so a crashed or
+    concurrent build never leaves a half-written directory behind. Returns ``final``."""
+    if (final / marker).is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        fill(tmp)
+        if not (tmp / marker).is_file():
+            raise RuntimeError(f"building {final} did not write its marker file {marker}")
+        try:
+            os.replace(tmp, final)
+        except OSError:
+            # Another process finished the same build first (rename onto a non-empty dir fails).
+            if not (final / marker).is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
 
 
 def _fsync_tree(root: Path) -> None:

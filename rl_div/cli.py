@@ -38,7 +38,7 @@ def _bootstrap(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, list(args.overrides))
     from rl_div.trainer import resolve_model_path
 
-    if cfg.model.path != "bootstrap":
+    if cfg.model.path not in ("bootstrap", "tiny_qwen"):
         print(f"model.path is {cfg.model.path!r}: nothing to bootstrap")
         return 0
     print(resolve_model_path(cfg))
@@ -129,7 +129,7 @@ def _bench(args: argparse.Namespace) -> int:
         return 0
     from rl_div.bench import run_bench
 
-    run_bench(quick=args.quick, out=args.out)
+    run_bench(quick=args.quick, out=args.out, sections=args.sections)
     return 0
 
 
@@ -224,6 +224,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pairs", type=int, default=3, help="--vs-trl: interleaved run pairs per model.")
     p.add_argument("--steps", type=int, default=40, help="--vs-trl: steps per run on the demo model.")
     p.add_argument("--steps-20m", type=int, default=12, help="--vs-trl: steps per run on the 20M model.")
+    p.add_argument("--sections", nargs="+", metavar="SECTION",
+                   help="Sections to run (default: all): entropy passk train_step group_embedding lm_head rewards "
+                   "long_step. "
+                   "lm_head, rewards and long_step use V=151,936 (tiny_qwen), GSM8K-style rewards and "
+                   "256-token generations.")
     p.set_defaults(func=_bench)
 
     p = sub.add_parser("config-help", help="Every config field with its default and help text.")

@@ -89,8 +89,10 @@ class RewardHost:
 
         import_plugins(cfg.run.plugins)
         specs = [RewardSpec(name=r.name, weight=r.weight, params=dict(r.params)) for r in cfg.reward.rewards]
-        self.scorer = RewardScorer(specs, timeout_s=cfg.reward.timeout_s, isolated=cfg.reward.isolated,
-                                   plugins=list(cfg.run.plugins))
+        r = cfg.reward
+        self.scorer = RewardScorer(specs, timeout_s=r.timeout_s, isolated=r.isolated, plugins=list(cfg.run.plugins),
+                                   workers=r.num_workers or min(usable_cpus(), 16),
+                                   items_per_call=r.items_per_call, group_timeout_s=r.group_timeout_s)
         from rewards.embedding import warm_up_in_background
         from rewards.registry import REWARDS, uses_embedder
 
@@ -107,6 +109,12 @@ class RewardHost:
 
     def close(self) -> None:
         self.scorer.close()
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity else (os.cpu_count() or 1)
 
 
 class PlacementError(ConfigError):

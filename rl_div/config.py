@@ -37,8 +37,10 @@ class RunConfig(Section):
 class ModelConfig(Section):
     path: str = Field(
         "bootstrap",
-        description="Policy: a local directory or HF hub name, or 'bootstrap' to pretrain (and cache) "
-        "the tiny demo model on the built-in task's demonstrations.",
+        description="Policy: a local directory or HF hub name, 'bootstrap' to pretrain (and cache) "
+        "the tiny demo model on the built-in task's demonstrations, or 'tiny_qwen' for a random-initialised "
+        "small Qwen2 with Qwen's real 151k tokenizer and chat template (built offline, cached; sized by "
+        "bootstrap.hidden_size/num_heads/seed/cache_dir).",
     )
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Parameter dtype.")
     trust_remote_code: bool = Field(False, description="Allow model code from the hub (off: safer).")
@@ -48,7 +50,7 @@ class ModelConfig(Section):
 
 
 class BootstrapConfig(Section):
-    steps: int = Field(300, ge=1, description="Supervised steps on noisy demonstrations.")
+    steps: int = Field(300, ge=1, description="Supervised steps on noisy demonstrations (not tiny_qwen).")
     seed: int = Field(0, description="Seed of the bootstrap run (cached per argument set).")
     hidden_size: int = Field(64, ge=8, description="Tiny model width.")
     num_heads: int = Field(
@@ -167,11 +169,22 @@ class RewardConfig(Section):
         description="Rewards summed with weights; the first verifier defines correctness.",
     )
     timeout_s: float = Field(5.0, gt=0, description="Per-sample timeout; a hung reward is killed.")
-    isolated: bool = Field(True, description="Run sample rewards in a killable worker process.")
+    isolated: bool = Field(True, description="Run rewards in killable worker processes.")
     call_timeout_s: float = Field(
         900.0, gt=0, description="Max seconds for scoring one whole batch (every response, every reward, group "
         "rewards included); past it the reward worker is restarted and the batch's rewards are NaN, counted as "
         "reward timeouts. Raise it for large evaluations with slow verifiers."
+    )
+    group_timeout_s: float = Field(
+        120.0, gt=0, description="Per-group timeout for group rewards; a hung one is killed and its group "
+        "scored NaN. A reward with a batch hook (novelty, partition) runs the whole batch in one call under it."
+    )
+    num_workers: int | None = Field(
+        None, ge=1, description="Reward worker processes scoring in parallel; None = the CPUs the reward "
+        "actor may use (at most 16)."
+    )
+    items_per_call: int = Field(
+        16, ge=1, description="Responses per round trip to a reward worker (each keeps its own timeout)."
     )
 
 
@@ -232,6 +245,10 @@ class TrainConfig(Section):
     logit_chunk_rows: int = Field(
         256, ge=1, description="Rows per chunk for log-prob/entropy (bounded float32 memory; "
         "rl-div bench: 256 rows at V=32k was 4-7x faster than one float32 pass on CPU)."
+    )
+    activation_checkpointing: bool = Field(
+        False, description="Recompute decoder-layer activations in backward (less memory, ~1 extra "
+        "forward of compute); for long responses or large micro-batches."
     )
     num_cpus: float = Field(1.0, ge=0, description="Ray CPUs reserved for the learner actor.")
     num_gpus: float = Field(0.0, ge=0, description="Ray GPUs for the learner actor.")

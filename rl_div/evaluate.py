@@ -115,7 +115,7 @@ def default_reference(target: Target, cfg: Config, explicit: str | None, config:
         return Path(resolve_model_path(run_cfg)).resolve()
     # Only a config the user named says which base model is meant; the defaults' 'bootstrap' would
     # silently train a demo model as the reference of an unrelated model.
-    if config is not None and (cfg.model.path == "bootstrap" or Path(cfg.model.path).is_dir()):
+    if config is not None and (cfg.model.path in ("bootstrap", "tiny_qwen") or Path(cfg.model.path).is_dir()):
         ref = Path(resolve_model_path(cfg)).resolve()
         return None if ref == target.model_dir else ref
     return None

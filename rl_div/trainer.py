@@ -159,7 +159,7 @@ class Trainer:
         with timer("reward"):
             batch = self.score(batch)
         with timer("learner_forward"):
-            batch = self.policy_stats(batch)
+            batch = self.policy_stats(batch, with_prompt=needs_prompt_logprobs(cfg))
         batch.advantages, adv_metrics = compute_advantages(batch, cfg)
         with timer("learner_update"):
             update_metrics = ray.get(self.learner.update.remote(scored_rows(batch)))
@@ -248,9 +248,11 @@ class Trainer:
         self.counters["faults/reward_worker_restarts"] += 1
         self.rewarder = start_reward_worker(self.cfg)
 
-    def policy_stats(self, batch: RolloutBatch, temperature: float | None = None) -> RolloutBatch:
-        """Log-probs and entropies of the batch under the current policy (the learner's pi_old)."""
-        stats = ray.get(self.learner.score_policy.remote(batch, True, temperature))
+    def policy_stats(self, batch: RolloutBatch, temperature: float | None = None,
+                     with_prompt: bool = False) -> RolloutBatch:
+        """Log-probs and entropies of the batch under the current policy (the learner's pi_old);
+        prompt log-probs too when with_prompt."""
+        stats = ray.get(self.learner.score_policy.remote(batch, with_prompt, temperature))
         batch.old_logprobs = stats["old_logprobs"]
         batch.old_entropy = stats["old_entropy"]
         batch.prompt_logprobs = stats.get("prompt_logprobs")
@@ -386,6 +388,12 @@ def compute_advantages(batch: RolloutBatch, cfg: Config) -> tuple[torch.Tensor, 
     return advantages, out.metrics
 
 
+def needs_prompt_logprobs(cfg: Config) -> bool:
+    """Whether the advantage reads prompt log-probs (ARM; a plugin estimator says so with a
+    ``needs_prompt_logprobs = True`` attribute): only then does the learner compute them."""
+    return bool(getattr(ADVANTAGES[cfg.algo.advantage], "needs_prompt_logprobs", False))
+
+
 def scored_rows(batch: RolloutBatch) -> RolloutBatch:
     """The rows whose reward was computed: a failed reward is no signal, and its tokens must not
     dilute the token-mean or feed the KL / entropy terms."""
@@ -395,12 +403,17 @@ def scored_rows(batch: RolloutBatch) -> RolloutBatch:
 
 
 def resolve_model_path(cfg: Config) -> str:
-    """The policy's location; 'bootstrap' pretrains (or reuses the cached) tiny demo model."""
+    """The policy's location; 'bootstrap' pretrains (or reuses the cached) tiny demo model, 'tiny_qwen'
+    builds (or reuses) the small random-initialised Qwen2 with Qwen's real tokenizer."""
+    b = cfg.bootstrap
+    if cfg.model.path == "tiny_qwen":
+        from rl_div.tiny_qwen import tiny_qwen_model
+
+        return str(tiny_qwen_model(b.cache_dir, hidden_size=b.hidden_size, num_heads=b.num_heads, seed=b.seed))
     if cfg.model.path != "bootstrap":
         return cfg.model.path
     from rl_div.tasks.bootstrap import bootstrap_base_model
 
-    b = cfg.bootstrap
     return str(bootstrap_base_model(cfg.data.task, Path(b.cache_dir).expanduser(), steps=b.steps, seed=b.seed,
                                     hidden_size=b.hidden_size, num_heads=b.num_heads))
 

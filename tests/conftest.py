@@ -6,6 +6,8 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -15,3 +17,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 TESTS_DIR = Path(__file__).parent
 if str(TESTS_DIR) not in sys.path:
     sys.path.insert(0, str(TESTS_DIR))
+
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Qwen2 with Qwen's real tokenizer (rl_div.tiny_qwen), built once per session (~10 s)."""
+    from rl_div.tiny_qwen import tiny_qwen_model
+
+    return tiny_qwen_model(tmp_path_factory.mktemp("tiny_qwen"))

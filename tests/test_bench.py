@@ -23,3 +23,28 @@ def test_entropy_and_passk_benchmarks_agree_with_their_baselines() -> None:
     assert pk["ks"] == [1, 2, 4, 8, 16, 32, 64] and pk["values"] == 50 * 7
     assert pk["max_abs_diff"] < 1e-12
     assert pk["ratio_loop_over_vectorised"] > 0
+
+
+def test_realistic_sections_agree_with_their_baselines(tiny_qwen_dir) -> None:
+    """lm_head, rewards and long_step on tiny sizes: agreement and structure only."""
+    import pytest
+
+    from rl_div.bench import run_bench
+    from rl_div.bench_workload import GSM8K_DIR, bench_lm_head, bench_long_step, bench_rewards
+    from rl_div.config import ConfigError
+
+    head = bench_lm_head(rows=2, tokens=8, hidden=16, vocab=500, chunk_rows=4, repeats=1)
+    assert head["max_abs_diff_logp"] < 1e-5 and head["max_abs_diff_entropy"] < 1e-4
+    assert head["max_abs_diff_grad_hidden"] < 1e-5 and head["max_abs_diff_grad_weight"] < 1e-5
+    assert set(head["seconds"]["chunked_head"]) == {"min", "median", "max"}
+    with pytest.raises(ConfigError, match="unknown bench section"):
+        run_bench(sections=["nope"])
+    if not (GSM8K_DIR / "test.jsonl").exists():
+        pytest.skip(f"GSM8K data not found at {GSM8K_DIR}")
+    rewards = bench_rewards(n_items=20, workers=(1,), items_per_call=4, repeats=1)
+    assert rewards["correct_fraction"] == 0.5  # even rows carry the gold, odd rows gold + 1
+    assert rewards["ratio_isolated_1_per_worker_over_in_process"] > 0
+    step = bench_long_step(new_tokens=8, prompts=1, group_size=2, repeats=1, cache_dir=str(tiny_qwen_dir.parent),
+                           profile_ops=3)
+    assert set(step["stage_share"]) == {"rollout", "reward", "learner_forward", "learner_update", "weights"}
+    assert abs(sum(step["stage_share"].values()) - 1) < 1e-9 and len(step["rollout_top_ops_self_cpu_share"]) == 3

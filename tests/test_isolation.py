@@ -115,3 +115,32 @@ def test_concurrent_callers_are_serialised(worker: IsolatedWorker) -> None:
 def test_a_plugin_that_fails_to_import_stops_start_up() -> None:
     with IsolatedWorker(["plugins.does_not_exist"]) as w, pytest.raises(WorkerStartError, match="does_not_exist"):
         w.call("math_verify", (r"\boxed{5}", GOLD5), timeout_s=30)
+
+
+def test_a_batch_loses_only_its_hung_item_and_the_rest_go_to_a_fresh_child(worker: IsolatedWorker) -> None:
+    """One round trip of several items: a hang in the middle times out alone (after its own 2 s),
+    the items after it are answered by the replacement child, errors stay per item."""
+    before = worker.restarts
+    items = [(r"\boxed{5}", GOLD5), (HANG, GOLD5), (r"\boxed{6}", GOLD5)]
+    t0 = time.perf_counter()
+    out = worker.call_batch("math_verify", items, timeout_s=2.0)
+    elapsed = time.perf_counter() - t0  # includes the fresh child's start-up (imports) for item 3
+    assert [o.value for o in out] == [1.0, None, 0.0] and out[1].timed_out and not out[0].timed_out
+    assert elapsed >= 2.0 and worker.restarts == before + 1
+    mixed = worker.call_batch("test_raises", [("fine", GOLD5), ("boom", GOLD5), ("ok", GOLD5)], timeout_s=30)
+    assert [o.ok for o in mixed] == [True, False, True] and "exploded" in (mixed[1].error or "")
+    assert worker.call_batch("math_verify", [], timeout_s=1) == []
+
+
+def test_a_pool_scores_in_parallel_processes_in_order() -> None:
+    from rewards import IsolatedPool
+
+    records = [PromptRecord(prompt="q", answer=str(n)) for n in range(40)]
+    items = [(rf"\boxed{{{n if n % 3 else n + 1}}}", r) for n, r in enumerate(records)]
+    with IsolatedPool(["plugins.my_rewards"], size=2) as pool:
+        out = pool.map("math_verify", items, timeout_s=30, items_per_call=3)
+        assert [o.value for o in out] == [0.0 if n % 3 == 0 else 1.0 for n in range(40)]
+        pids = pool.map("test_length", [("", PID)] * 8, timeout_s=30, items_per_call=1)
+        assert len({o.value for o in pids}) == 2  # both worker processes served calls
+        hung = pool.map("math_verify", [items[1], (HANG, GOLD5), items[2]], timeout_s=2.0, items_per_call=3)
+        assert [o.value for o in hung] == [1.0, None, 1.0] and pool.restarts == 1

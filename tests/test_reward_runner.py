@@ -142,3 +142,25 @@ def test_non_finite_reward_values_are_errors_not_rewards(worker: IsolatedWorker,
     assert result.errors["test_nonfinite/errors"] == 3
     assert result.errors["test_group_nonfinite/errors"] == 1
     assert any("inf" in m for m in result.error_messages)
+
+
+def test_a_hung_group_reward_times_out_and_only_its_group_is_nan() -> None:
+    specs = [RewardSpec("math_verify"), RewardSpec("test_group_sleep", params={"seconds": 60})]
+    with RewardScorer(specs, timeout_s=30, group_timeout_s=2.0, plugins=PLUGINS, workers=2) as s:
+        result = s.score([r"\boxed{4}", "hang", r"\boxed{5}", r"\boxed{3}"], [GOLD4, GOLD4, GOLD5, GOLD5],
+                         [0, 0, 1, 1])
+    assert same(result.components["test_group_sleep"], [nan, nan, 1.0, 1.0])
+    assert result.errors["test_group_sleep/timeouts"] == 1
+    assert same(result.components["math_verify"], [1.0, 0.0, 1.0, 0.0])
+
+
+def test_pooled_scores_equal_in_process_scores() -> None:
+    completions = [rf"so \boxed{{{n % 7}}}" for n in range(30)] + ["no answer", r"\boxed{\frac{8}{2}}"]
+    records = [GOLD4, GOLD5] * 16
+    groups = [i // 4 for i in range(32)]
+    specs = [RewardSpec("math_verify"), RewardSpec("format", weight=0.5), RewardSpec("test_sees_correct")]
+    with RewardScorer(specs, timeout_s=30, plugins=PLUGINS, workers=2, items_per_call=5) as s:
+        pooled = s.score(completions, records, groups)
+    local = score_batch(specs, completions, records, groups, timeout_s=30, isolated=False, plugins=PLUGINS)
+    assert pooled.components == local.components and pooled.total == local.total
+    assert pooled.components["math_verify"][:5] == [0.0, 0.0, 0.0, 0.0, 1.0]  # 0,1,2,3 vs 4/5; 4 vs 4

@@ -230,6 +230,9 @@ def arm(
     return AdvantageOutput(adv, metrics)
 
 
+arm.needs_prompt_logprobs = True  # type: ignore[attr-defined]  # the learner computes them only then
+
+
 @ADVANTAGES.register("passk")
 def passk(inputs: AdvantageInputs, *, k: int = 4) -> AdvantageOutput:
     """Pass@k training advantages (Chen et al. 2025), per group of N responses, N_neg incorrect.

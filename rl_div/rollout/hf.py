@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-from transformers import GenerationConfig
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from rl_div.data import PromptRecord, RolloutBatch
 from rl_div.models import load_policy
@@ -62,18 +62,16 @@ class HFRolloutWorker:
             input_ids[i, width - len(ids):] = torch.tensor(ids)
             attention[i, width - len(ids):] = 1
         torch.manual_seed(spec.seed)
+        recorder = SampledLogprobs(spec.temperature)
         out = self.model.generate(
             input_ids=input_ids.to(self.device),
             attention_mask=attention.to(self.device),
             generation_config=sampling_config(spec, tok.pad_token_id, tok.eos_token_id),
             tokenizer=tok if spec.stop else None,
+            logits_processor=LogitsProcessorList([recorder]),  # log-probs one step at a time: [rows, V] held
         )
         new_tokens = out.sequences[:, width:].cpu()
-        # Per-step log-softmax keeps memory at [rows, V] rather than [rows, T, V]; logits are cast
-        # to float32 before the temperature divides them (bf16 models return bf16 logits).
-        step_logprobs = torch.stack(
-            [sampled_logprob(step.float() / spec.temperature, new_tokens[:, t]) for t, step in enumerate(out.logits)],
-            dim=1)
+        step_logprobs = recorder.finish(new_tokens)
         responses, logprobs, texts, truncated = [], [], [], []
         for row in range(new_tokens.shape[0]):
             ids = new_tokens[row].tolist()
@@ -114,14 +112,39 @@ def sampling_config(spec: SamplingSpec, pad_token_id: int, eos_token_id: int) ->
         forced_eos_token_id=None, exponential_decay_length_penalty=None, sequence_bias=None,
         renormalize_logits=False, remove_invalid_values=False,
         max_new_tokens=spec.max_new_tokens, num_return_sequences=spec.n, stop_strings=spec.stop or None,
-        pad_token_id=pad_token_id, eos_token_id=eos_token_id, return_dict_in_generate=True, output_logits=True,
+        pad_token_id=pad_token_id, eos_token_id=eos_token_id, return_dict_in_generate=True,
     )
 
 
-def sampled_logprob(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """log softmax(logits)[token] per row: logits [R, V], tokens [R] -> [R] float32 on CPU."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    return logp.gather(1, tokens.to(logits.device)[:, None]).squeeze(1).cpu()
+class SampledLogprobs(LogitsProcessor):
+    """Records log softmax(logits / temperature) of each sampled token while generate() runs.
+
+    generate(output_logits=True) would keep every step's [rows, V] logits until the end: 10 GB for
+    64 rows x 256 tokens at V = 151,936. Here one step's [rows, V] log-softmax is held until the next
+    call, which sees the token sampled from it as input_ids[:, -1]. Custom processors run before
+    generate()'s temperature / top-k / top-p warpers, so the scores are the model's logits.
+    """
+
+    def __init__(self, temperature: float) -> None:
+        self.temperature = temperature
+        self.previous: torch.Tensor | None = None  # [rows, V] log-probs of the last step
+        self.steps: list[torch.Tensor] = []  # [rows] per sampled token, on CPU
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.previous is not None:
+            self.steps.append(self.previous.gather(1, input_ids[:, -1:]).squeeze(1).cpu())
+        self.previous = torch.log_softmax(scores.float() / self.temperature, dim=-1)
+        return scores
+
+    def finish(self, new_tokens: torch.Tensor) -> torch.Tensor:
+        """[rows, T] sampled tokens -> [rows, T] float32 log-probs (the last one from the last step)."""
+        if self.previous is not None:
+            last = new_tokens[:, -1:].to(self.previous.device)
+            self.steps.append(self.previous.gather(1, last).squeeze(1).cpu())
+            self.previous = None
+        if len(self.steps) != new_tokens.shape[1]:
+            raise RuntimeError(f"recorded {len(self.steps)} steps for {new_tokens.shape[1]} new tokens")
+        return torch.stack(self.steps, dim=1) if self.steps else torch.zeros(new_tokens.shape)
 
 
 def _response_length(ids: list[int], eos_id: int) -> tuple[int, bool]:

@@ -14,8 +14,6 @@ import json
 import math
 import os
 import random
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +21,7 @@ from typing import Any
 
 import torch
 
+from rl_div.checkpoint import build_dir_atomic
 from rl_div.data import PromptRecord
 from rl_div.metrics.passk import pass_at_k
 from rl_div.models import build_char_tokenizer, format_prompt, load_policy, make_tiny_llama, save_policy
@@ -95,27 +94,21 @@ def bootstrap_base_model(
     finally:
         torch.set_num_threads(previous_threads)
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
-    try:
+    meta = {
+        "task": task.name,
+        "task_version": task.version,
+        "args": args,
+        "train_seconds": round(wall, 2),
+        "final_loss": history[-1][1] if history else None,
+        "loss_history": history,
+    }
+
+    def fill(tmp: Path) -> None:
         save_policy(model, tokenizer, tmp)
-        meta = {
-            "task": task.name,
-            "task_version": task.version,
-            "args": args,
-            "train_seconds": round(wall, 2),
-            "final_loss": history[-1][1] if history else None,
-            "loss_history": history,
-        }
         # The meta file is written last: its presence is what marks a finished cache entry.
         (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
-        try:
-            os.replace(tmp, final)
-        except OSError:
-            # Another process finished the same bootstrap first (rename onto a non-empty dir fails).
-            if not (final / META_FILE).is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    build_dir_atomic(final, fill, META_FILE)
     say(f"bootstrap: done in {wall:.1f}s, final loss {meta['final_loss']}")
     return final
 

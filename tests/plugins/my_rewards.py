@@ -70,3 +70,12 @@ def group_nonfinite(completions: list[str], answers: list[str | None], correct: 
                     records: list[Any]) -> list[float]:
     """inf for a response 'inf', 2.0 for the others."""
     return [float("inf") if c == "inf" else 2.0 for c in completions]
+
+
+@register_reward("test_group_sleep", scope="group")
+def group_sleep(completions: list[str], answers: list[str | None], correct: list[float],
+                records: list[Any], *, seconds: float = 60.0) -> list[float]:
+    """Hangs (sleeps ``seconds``) on a group that contains "hang"; else 1.0 each."""
+    if any("hang" in c for c in completions):
+        time.sleep(seconds)
+    return [1.0] * len(completions)
