@@ -17,19 +17,28 @@ def _train(args: argparse.Namespace) -> int:
     if args.address:
         overrides.append(f"cluster.address={args.address}")
     cfg = load_config(args.config, overrides)
+    from rl_div.checkpoint import claim_output_dir
     from rl_div.preflight import check_inputs
 
     check_inputs(cfg)  # the Trainer checks again; here it fails before Ray and transformers are imported
+    claim_output_dir(cfg.run.output_dir, args.resume, args.overwrite)  # a run there needs --resume/--overwrite
     # Start Ray's processes while the driver imports torch and the trainer (seconds each).
     importer = threading.Thread(target=importlib.import_module, args=("rl_div.trainer",), daemon=True)
     importer.start()
+    import ray
+
     from rl_div.cluster import init_ray
 
-    init_ray(cfg)
-    importer.join()
-    from rl_div.trainer import train
+    started_ray = not ray.is_initialized()
+    try:
+        init_ray(cfg)
+        importer.join()
+        from rl_div.trainer import train
 
-    out = train(cfg, resume=args.resume, overwrite=args.overwrite)
+        out = train(cfg, resume=args.resume, overwrite=args.overwrite)
+    finally:
+        if started_ray:  # a refused or failed run leaves no Ray behind in a calling process (tests, notebooks)
+            ray.shutdown()
     print(f"run finished: metrics in {out / 'metrics.jsonl'}, evaluations in {out / 'eval'}")
     return 0
 

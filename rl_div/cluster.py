@@ -29,8 +29,12 @@ QUIET_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "err
 
 
 def init_ray(cfg: Config) -> None:
-    """Connect to cfg.cluster.address / RAY_ADDRESS if set, else start a local Ray (no dashboard)."""
+    """Connect to cfg.cluster.address / RAY_ADDRESS if set, else start a local Ray (no dashboard).
+    Already connected (the CLI starts Ray while it imports the trainer): only say where."""
     if ray.is_initialized():
+        if cfg.cluster.address or os.environ.get("RAY_ADDRESS"):
+            log.info("connected to the Ray cluster (%d alive nodes); driver's rl_div from %s",
+                     sum(n["Alive"] for n in ray.nodes()), os.path.dirname(rl_div.__file__))
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     address = cfg.cluster.address or os.environ.get("RAY_ADDRESS")

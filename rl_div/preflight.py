@@ -121,9 +121,9 @@ def check_inputs(cfg: Config) -> None:
 
 
 def check_model_path(value: str) -> None:
-    """'bootstrap', an existing from_pretrained directory, or a hub id (in the local cache when
-    HF_HUB_OFFLINE is set)."""
-    if value == "bootstrap":
+    """'bootstrap' or 'tiny_qwen' (built here), an existing from_pretrained directory, or a hub id
+    (in the local cache when HF_HUB_OFFLINE is set)."""
+    if value in ("bootstrap", "tiny_qwen"):
         return
     path = Path(value)
     if path.exists():

@@ -126,7 +126,8 @@ def _hf_rows(cfg: DataConfig, path: str, split: str) -> list[Any]:
     if folder.is_dir() and (folder / "dataset_dict.json").exists():
         splits = datasets.load_from_disk(path)
         if hf_split not in splits:
-            raise ValueError(f"{path} has no split {hf_split!r} (has {sorted(splits)})")
+            raise ValueError(f"{path} has no split {hf_split!r} (has splits {sorted(splits)}; "
+                             "set data.split / data.eval_split)")
         return list(splits[hf_split])
     return list(datasets.load_dataset(path, cfg.hf_config, split=hf_split))
 

@@ -140,7 +140,11 @@ def test_a_pool_scores_in_parallel_processes_in_order() -> None:
     with IsolatedPool(["plugins.my_rewards"], size=2) as pool:
         out = pool.map("math_verify", items, timeout_s=30, items_per_call=3)
         assert [o.value for o in out] == [0.0 if n % 3 == 0 else 1.0 for n in range(40)]
-        pids = pool.map("test_length", [("", PID)] * 8, timeout_s=30, items_per_call=1)
-        assert len({o.value for o in pids}) == 2  # both worker processes served calls
+        served: set[float] = set()
+        for _ in range(5):  # on a loaded machine one process may drain a short queue alone; ask again
+            served |= {o.value for o in pool.map("test_length", [("", PID)] * 8, timeout_s=30, items_per_call=1)}
+            if len(served) == 2:
+                break
+        assert len(served) == 2  # both worker processes served calls
         hung = pool.map("math_verify", [items[1], (HANG, GOLD5), items[2]], timeout_s=2.0, items_per_call=3)
         assert [o.value for o in hung] == [1.0, None, 1.0] and pool.restarts == 1

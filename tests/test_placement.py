@@ -98,7 +98,9 @@ def test_cpu_actors_run_inside_the_placement_group(tmp_path: Path, model_path: s
 
 @pytest.mark.parametrize(("overrides", "missing"), [
     (["train.num_cpus=64"], "needs 65 CPU (the cluster has 2)"),
-    (["train.num_gpus=1"], "needs 1 GPU (the cluster has 0)"),
+    # GPUs asked for on a machine without CUDA are refused earlier (rl_div.preflight); a custom
+    # resource no node has is the placement check's
+    (["cluster.learner_resources={node_x: 1}"], "needs 1 node_x (the cluster has 0)"),
 ])
 def test_a_run_the_cluster_cannot_hold_fails_in_seconds(tmp_path: Path, model_path: str, overrides: list[str],
                                                        missing: str) -> None:

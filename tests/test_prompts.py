@@ -116,11 +116,14 @@ def test_cli_refuses_an_overlapping_config_before_work_starts(tmp_path: Path, ca
     (tmp_path / "cfg.yaml").write_text("{}\n")
     args = ["train", str(tmp_path / "cfg.yaml"), "data.source=jsonl", f"data.path={path}", f"data.eval_path={path}",
             "data.answer_regex=####\\s*(.+)", "model.path=bootstrap",
-            f"bootstrap.cache_dir={tmp_path / 'cache'}", "cluster.num_cpus=1", f"run.output_dir={tmp_path / 'run'}"]
+            f"bootstrap.cache_dir={tmp_path / 'cache'}", f"run.output_dir={tmp_path / 'run'}"]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "evaluation prompts are also training prompts" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "cache").exists()  # refused before the base model is bootstrapped
+    import ray
+
+    assert not ray.is_initialized()  # the refused run left no Ray behind in this process
 
 
 def test_all_rows_bad_is_an_error(tmp_path: Path) -> None:
