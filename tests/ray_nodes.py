@@ -50,6 +50,8 @@ class RayNode:
                  wrapper: list[str] | None = None) -> None:
         self.temp_dir = head.temp_dir if head else tempfile.mkdtemp(prefix="rdray")  # short: socket paths
         ports = free_ports(10)
+        while any(ports[8] <= p <= ports[8] + 200 for i, p in enumerate(ports) if i != 8):
+            ports = free_ports(10)  # Ray refuses a component port inside the worker port range
         self.port, self.dashboard_port = ports[0], ports[1]
         args = [str(VENV_BIN / "ray"), "start", "--block", "--disable-usage-stats", f"--num-cpus={num_cpus}",
                 "--num-gpus=0", f"--resources={json.dumps(resources or {})}", f"--temp-dir={self.temp_dir}",
