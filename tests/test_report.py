@@ -95,11 +95,16 @@ def write_run(run_dir: Path, name: str, seed: int, p_final: float, duplicate_ste
 
 @pytest.fixture(scope="module")
 def compare_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("cmp")
+    return write_compare_dir(tmp_path_factory.mktemp("cmp"), duplicate_step_in=("grpo", 0))
+
+
+def write_compare_dir(root: Path, duplicate_step_in: tuple[str, int] | None = None) -> Path:
+    """A comparison folder as `rl-div compare` leaves it: every variant x seeds 0, 1 and the manifest;
+    duplicate_step_in=(variant, seed) logs that run's first step twice (a crashed-and-resumed run)."""
     refs = []
     for name, p in VARIANTS.items():
         for seed in (0, 1):
-            write_run(root / name / f"seed{seed}", name, seed, p, duplicate_step=(name == "grpo" and seed == 0))
+            write_run(root / name / f"seed{seed}", name, seed, p, duplicate_step=(name, seed) == duplicate_step_in)
             refs.append(RunRef(name, seed, root / name / f"seed{seed}"))
     write_manifest(root, "compare", refs)
     return root

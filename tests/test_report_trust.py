@@ -11,27 +11,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from test_report import VARIANTS, markdown_table, write_run
+from test_report import VARIANTS, markdown_table, write_compare_dir
 
 import rl_div
 from rl_div.cli import main
 from rl_div.report import build_report
 from rl_div.report.comparison import MixedEvalSets
 from rl_div.report.plots import Curve, passk_figure
-from rl_div.report.results import RunRef, write_manifest
 from rl_div.report.summarize import moving_average, paired_bootstrap
 
 
 @pytest.fixture(scope="module")
 def compare_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("cmp")
-    refs = []
-    for name, p in VARIANTS.items():
-        for seed in (0, 1):
-            write_run(root / name / f"seed{seed}", name, seed, p)
-            refs.append(RunRef(name, seed, root / name / f"seed{seed}"))
-    write_manifest(root, "compare", refs)
-    return root
+    return write_compare_dir(tmp_path_factory.mktemp("cmp"))
 
 
 def shrink_eval_set(run_dir: Path, n: int, problems: int) -> None:

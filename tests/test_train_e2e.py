@@ -14,6 +14,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -158,7 +160,10 @@ def test_nan_loss_is_skipped_and_weights_stay(tmp_path: Path, base_model: str) -
         assert torch.equal(v, before[k])
 
 
-def test_killed_rollout_actor_is_restarted_with_current_weights(tmp_path: Path, base_model: str) -> None:
+@contextmanager
+def rollout_actor_killed_after_one_step(tmp_path: Path, base_model: str) -> Iterator[tuple[Trainer, int]]:
+    """A trainer that took one step (weights moved), whose rollout actor 0 was then killed; yields
+    (trainer, the dead actor's pid)."""
     cfg = make_cfg(tmp_path, base_model, "train.steps=3", "train.lr=0.01", "rollout.group_size=8",
                    "algo.advantage=test_raw_reward", "algo.advantage_params={offset: 0.5}")
     trainer = Trainer(cfg)
@@ -166,25 +171,25 @@ def test_killed_rollout_actor_is_restarted_with_current_weights(tmp_path: Path, 
         trainer.train_step()
         old_pid = ray.get(trainer.rollout_workers[0].pid.remote())
         ray.kill(trainer.rollout_workers[0], no_restart=True)
+        yield trainer, old_pid
+    finally:
+        trainer.close()
+
+
+def test_killed_rollout_actor_is_restarted_with_current_weights(tmp_path: Path, base_model: str) -> None:
+    with rollout_actor_killed_after_one_step(tmp_path, base_model) as (trainer, old_pid):
         metrics = trainer.train_step()
         assert metrics["faults/rollout_restarts"] == 1
         assert ray.get(trainer.rollout_workers[0].pid.remote()) != old_pid
         assert metrics["policy/version"] >= 1
         # the new actor sampled with the learner's current (updated) weights, not the base model's
         assert metrics["sync/logprob_gap_max"] < 1e-3
-    finally:
-        trainer.close()
 
 
 def test_rollout_actor_killed_before_the_weight_sync_is_restarted_and_synced(tmp_path: Path, base_model: str) -> None:
     """Issue 8 item 10: a rollout actor killed while the learner updates made the sync raise ActorDiedError."""
-    cfg = make_cfg(tmp_path, base_model, "train.steps=3", "train.lr=0.01", "rollout.group_size=8",
-                   "algo.advantage=test_raw_reward", "algo.advantage_params={offset: 0.5}")
-    trainer = Trainer(cfg)
-    try:
-        trainer.train_step()
-        old_pid = ray.get(trainer.rollout_workers[0].pid.remote())
-        ray.kill(trainer.rollout_workers[0], no_restart=True)  # dies after its rollout, before the sync
+    # the actor dies after its rollout, before the sync
+    with rollout_actor_killed_after_one_step(tmp_path, base_model) as (trainer, old_pid):
         trainer.sync_weights()
         assert trainer.counters["faults/rollout_restarts"] == 1
         assert ray.get(trainer.rollout_workers[0].pid.remote()) != old_pid
@@ -192,8 +197,6 @@ def test_rollout_actor_killed_before_the_weight_sync_is_restarted_and_synced(tmp
         assert version >= 1 and ray.get(trainer.rollout_workers[0].policy_version.remote()) == version
         metrics = trainer.train_step()
         assert metrics["faults/rollout_restarts"] == 1 and metrics["sync/logprob_gap_max"] < 1e-3
-    finally:
-        trainer.close()
 
 
 def test_a_hung_reward_call_times_out_and_is_counted(tmp_path: Path, base_model: str) -> None:

