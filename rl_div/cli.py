@@ -21,6 +21,11 @@ def _train(args: argparse.Namespace) -> int:
     from rl_div.preflight import check_inputs
 
     check_inputs(cfg)  # the Trainer checks again; here it fails before Ray and transformers are imported
+    from rl_div.prompts import load_splits
+
+    # Unusable rows, empty sets, evaluation prompts seen in training: refused before Ray starts (the
+    # Trainer loads the prompts again; load_config already imported torch, so this costs the read only).
+    load_splits(cfg.data, cfg.run.seed)
     claim_output_dir(cfg.run.output_dir, args.resume, args.overwrite)  # a run there needs --resume/--overwrite
     # Start Ray's processes while the driver imports torch and the trainer (seconds each).
     importer = threading.Thread(target=importlib.import_module, args=("rl_div.trainer",), daemon=True)

@@ -22,15 +22,17 @@ from __future__ import annotations
 
 import logging
 import re
-import shutil
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from rl_div.checkpoint import claim_output_dir
 from rl_div.config import Config, ConfigError, load_config, save_config
 from rl_div.config_tree import config_differences, saved_config_tree, set_fields
+from rl_div.preflight import check_inputs
+from rl_div.prompts import load_splits
 from rl_div.report.provenance import code_version
 from rl_div.report.results import RunRef, write_manifest
 
@@ -109,16 +111,6 @@ def run_status(run: PlannedRun) -> str:
     return "resume" if latest_checkpoint(run.dir) is not None else "new"
 
 
-def clear_partial(run_dir: Path) -> None:
-    """Outputs of a run that never checkpointed: it restarts from step 0 and would append to them."""
-    for name in ("metrics.jsonl", "eval", "tensorboard"):
-        path = run_dir / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
-
-
 def run_in_process(run: PlannedRun, status: str) -> None:
     from rl_div.trainer import train
 
@@ -162,9 +154,12 @@ def compare(config_paths: list[str], seeds: list[int], out: str | Path, override
     for run, status in statuses:
         print(f"[compare] {run.variant} seed {run.seed}: {status}")
     todo = [(run, status) for run, status in statuses if status != "complete"]
+    for run, _ in todo:  # every variant's model, data and data split, before the first run trains
+        check_inputs(run.config)
+        load_splits(run.config.data, run.config.run.seed)
     for run, status in todo:
-        if status == "new":
-            clear_partial(run.dir)
+        if status == "new":  # never checkpointed: it restarts from step 0 without its partial outputs
+            claim_output_dir(run.dir, resume=False, overwrite=True)
     out.mkdir(parents=True, exist_ok=True)
     write_manifest(out, "compare", [r.ref for r in runs],
                    {"configs": [str(Path(p).resolve()) for p in config_paths], "seeds": seeds,

@@ -121,6 +121,19 @@ def test_variants_must_share_prompts_and_evaluation(tmp_path: Path) -> None:
     assert all(r.config.train.steps == 1 and r.config.run.seed == r.seed for r in runs)
 
 
+def test_every_variant_is_checked_before_the_first_one_trains(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A broken second variant (here a model path that does not exist) used to surface only after the
+    first variant's runs had trained."""
+    trained = []
+    monkeypatch.setattr("rl_div.compare.run_in_process", lambda run, status: trained.append(run.variant))
+    good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
+    good.write_text(yaml.safe_dump({"run": {"name": "good"}}))
+    bad.write_text(yaml.safe_dump({"run": {"name": "bad"}, "model": {"path": str(tmp_path / "missing")}}))
+    with pytest.raises(ConfigError, match="model.path: .*missing.* does not exist"):
+        compare([str(good), str(bad)], [0], tmp_path / "out", report=False)
+    assert trained == []
+
+
 def test_cli_splits_configs_seeds_and_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     got = {}
 

@@ -108,8 +108,12 @@ def test_overlapping_eval_prompts_are_refused_unless_allowed(tmp_path: Path) -> 
     assert len(held_out.records) == 3 and len(train.records) == 5
 
 
-def test_cli_refuses_an_overlapping_config_before_work_starts(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_cli_refuses_an_overlapping_config_before_work_starts(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     from rl_div.cli import main
+
+    ray_starts = []
+    monkeypatch.setattr("rl_div.cluster.init_ray", lambda cfg: ray_starts.append(cfg))
 
     path = tmp_path / "qa.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in QA) + "\n")
@@ -121,6 +125,7 @@ def test_cli_refuses_an_overlapping_config_before_work_starts(tmp_path: Path, ca
     err = capsys.readouterr().err
     assert "evaluation prompts are also training prompts" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "cache").exists()  # refused before the base model is bootstrapped
+    assert ray_starts == []  # and before Ray starts
     import ray
 
     assert not ray.is_initialized()  # the refused run left no Ray behind in this process
