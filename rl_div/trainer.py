@@ -206,7 +206,7 @@ class Trainer:
         """Rewards, correctness and extracted answers; failures are NaN and counted, never 0
         (training batches in the cumulative faults/ counters, evaluations under eval/)."""
         args = (batch.response_texts, batch.prompts, batch.group_index.tolist())
-        result = self.call_rewarder(args)
+        result = self.call_reward_actor("score", args)
         if result is None:  # the call timed out: every response's reward failed
             nan = [math.nan] * batch.size
             result = RewardResult(total=nan, components={}, correct=nan, answers=[None] * batch.size,
@@ -223,17 +223,20 @@ class Trainer:
             log.warning("reward error: %s", message)
         return batch
 
-    def call_rewarder(self, args: tuple[Any, ...]) -> RewardResult | None:
-        """The reward actor's score(); a dead actor is restarted and asked again, and a call that takes
-        longer than reward.call_timeout_s is abandoned (the actor restarted): None."""
+    def call_reward_actor(self, method: str, args: tuple[Any, ...], timeout_counter: str | None = None) -> Any:
+        """The reward actor's ``method`` (score, or embed for evaluation metrics); a dead actor is restarted
+        and asked again, and a call that takes longer than reward.call_timeout_s is abandoned (the actor
+        restarted, ``timeout_counter`` counted): None."""
         timeout = self.cfg.reward.call_timeout_s
         for attempt in range(2):
             try:
-                return ray.get(self.rewarder.score.remote(*args), timeout=timeout)
+                return ray.get(getattr(self.rewarder, method).remote(*args), timeout=timeout)
             except ray.exceptions.GetTimeoutError:
-                log.warning("scoring took longer than reward.call_timeout_s=%g s; restarting the reward worker, "
-                            "the batch's rewards are NaN", timeout)
+                log.warning("reward worker %s() took longer than reward.call_timeout_s=%g s; restarting it "
+                            "(%s)", method, timeout, "rewards are NaN" if method == "score" else "result left out")
                 self.restart_reward_worker()
+                if timeout_counter:
+                    self.counters[timeout_counter] = self.counters.get(timeout_counter, 0.0) + 1
                 return None
             except ray.exceptions.RayActorError as err:
                 if attempt:
@@ -323,8 +326,8 @@ class Trainer:
             batch = self.policy_stats(batch, temperature=cfg.eval.temperature)
         embeddings = None
         if cfg.eval.embedding_metrics:
-            with timer("eval_embed"):
-                embeddings = ray.get(self.rewarder.embed.remote(batch.response_texts))
+            with timer("eval_embed"):  # None (metrics left out, eval/embed_timeouts counted) past the timeout
+                embeddings = self.call_reward_actor("embed", (batch.response_texts,), "eval/embed_timeouts")
         metrics, problems = eval_summary(batch, embeddings, self.vocab_size, self.tokenize)
         metrics.update({k: v for k, v in self.counters.items() if k.startswith("eval/")})
         metrics.update(timer.durations)

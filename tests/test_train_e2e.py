@@ -211,6 +211,16 @@ def test_a_hung_reward_call_times_out_and_is_counted(tmp_path: Path, base_model:
     assert row["reward/nan_frac"] == 1.0 and row["train/skipped_zero_signal"] == 1
 
 
+def test_a_hung_embedding_call_at_evaluation_times_out_and_is_counted(tmp_path: Path, base_model: str) -> None:
+    """The evaluation's embedding call had no timeout: a stuck embedding model held the run forever."""
+    out = train(make_cfg(tmp_path, base_model, "run.plugins=[plugins.my_algos, plugins.hung_embedding]",
+                         "reward.call_timeout_s=5", "eval.embedding_metrics=true", "train.steps=1"))
+    evaluation = read_metrics(out / "metrics.jsonl", kind="eval")[-1]
+    assert evaluation["eval/embed_timeouts"] == 1 and "pass@4" in evaluation
+    assert not any("vendi" in k or "embedding" in k for k in evaluation)  # left out, not made up
+    assert "embed() took longer than reward.call_timeout_s=5 s" in (out / "train.log").read_text()
+
+
 def test_rerun_refused_and_resume_after_a_torn_line_reads_as_one_run(tmp_path: Path, base_model: str) -> None:
     """Issue 13 item 3 and issue 8 item 12: a second run appended a second steps 1..N; a resume after a
     crash kept the rows past the checkpoint (steps logged twice) and the torn last line."""
