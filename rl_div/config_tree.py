@@ -47,7 +47,10 @@ def config_differences(a: dict[str, Any], b: dict[str, Any], ignore: tuple[str, 
     """Dotted keys whose values differ between two config trees, except those starting with ``ignore``."""
     fa, fb = flatten(a), flatten(b)
     keys = sorted(set(fa) | set(fb))
-    return [k for k in keys if fa.get(k) != fb.get(k) and not k.startswith(ignore)]
+    # An empty mapping on one side and filled on the other ({} vs {'alpha': 1.0}): its keys say it all.
+    parents = {k[:i] for k in keys for i, char in enumerate(k) if char == "."}
+    return [k for k in keys if fa.get(k) != fb.get(k) and not k.startswith(ignore)
+            and not (k in parents and {} in (fa.get(k), fb.get(k)))]
 
 
 def saved_config_tree(path: Path) -> dict[str, Any]:

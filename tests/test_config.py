@@ -94,3 +94,14 @@ def test_every_field_has_help() -> None:
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_shipped_configs_validate(path: Path) -> None:
     load_config(path)
+
+
+def test_config_differences_name_the_filled_keys_not_the_empty_mapping() -> None:
+    """A report listed 'algo.advantage_params: {} -> None' beside the real change 'alpha: None -> 1.0'."""
+    from rl_div.config_tree import config_differences
+
+    base = {"algo": {"advantage": "grpo", "advantage_params": {}}, "run": {"seed": 0}}
+    arm = {"algo": {"advantage": "arm", "advantage_params": {"alpha": 1.0, "extra": {"deep": 2}}}, "run": {"seed": 0}}
+    assert config_differences(base, arm, ()) == ["algo.advantage", "algo.advantage_params.alpha",
+                                                 "algo.advantage_params.extra.deep"]
+    assert config_differences({"a": {}}, {"a": 3}, ()) == ["a"]  # a mapping replaced by a value still shows
