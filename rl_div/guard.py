@@ -182,9 +182,9 @@ class CollapseGuard:
         if rule not in self.cfg.rules:
             return
         if fired and not self.fired[rule]:
-            log.warning("guard: %s fired at step %d: %.4g < %.4g", rule, step, value, threshold)
+            log.warning("guard: %s fired at step %d: %.5g < %.5g", rule, step, value, threshold)
         elif self.fired[rule] and not fired:
-            log.info("guard: %s cleared at step %d: %.4g >= %.4g", rule, step, value, threshold)
+            log.info("guard: %s cleared at step %d: %.5g >= %.5g", rule, step, value, threshold)
         self.fired[rule] = fired
 
     def metrics(self) -> dict[str, float]:

@@ -249,3 +249,17 @@ def test_demo_guard_logs_metrics_adapts_the_loss_and_resumes(tmp_path: Path, bas
     for a, b in zip(again[2:], rows[2:], strict=True):
         assert guard_part(a) == pytest.approx(guard_part(b), rel=1e-6, abs=1e-7)
     assert again[2]["guard/entropy_coef"] > 0  # restored, not restarted at 0
+
+
+def test_report_provenance_counts_an_absent_guard_section_as_its_defaults(tmp_path: Path) -> None:
+    """The demo_guard row shows what adapting changed, not every guard field as 'None -> default'."""
+    from rl_div.report.provenance import variant_rows
+    from rl_div.report.results import RunData, RunRef
+
+    grpo = load_config(str(REPO / "configs/demo_grpo.yaml")).model_dump(mode="json")
+    del grpo["guard"]  # saved before the guard existed
+    guard = load_config(str(REPO / "configs/demo_guard.yaml")).model_dump(mode="json")
+    groups = {"demo_grpo": [RunData(RunRef("demo_grpo", 0, tmp_path / "a"), grpo)],
+              "demo_guard": [RunData(RunRef("demo_guard", 0, tmp_path / "b"), guard)]}
+    _, body = variant_rows(groups, "demo_grpo", tmp_path)
+    assert body[1][1] == "guard.adapt: False → True; guard.enabled: False → True"
