@@ -22,6 +22,7 @@ from rl_div.config_schema import (  # the schema; re-exported so rl_div.config i
     Config,
     DataConfig,
     EvalConfig,
+    GuardConfig,
     ModelConfig,
     RewardConfig,
     RewardItem,
@@ -35,7 +36,8 @@ from rl_div.registry import unknown_name_message
 
 __all__ = [
     "ALGO_PRESETS", "AlgoConfig", "BootstrapConfig", "CheckpointConfig", "ClusterConfig", "Config",
-    "DataConfig", "EvalConfig", "ModelConfig", "RewardConfig", "RewardItem", "RolloutConfig", "RunConfig",
+    "DataConfig", "EvalConfig", "GuardConfig", "ModelConfig", "RewardConfig", "RewardItem", "RolloutConfig",
+    "RunConfig",
     "Section", "TrackingConfig", "TrainConfig", "ConfigError", "apply_override", "build_config",
     "config_help", "deep_merge", "load_config", "parse_override", "read_config_tree", "save_config",
     "yaml_error_text",

@@ -56,7 +56,12 @@ def config_differences(a: dict[str, Any], b: dict[str, Any], ignore: tuple[str, 
 def saved_config_tree(path: Path) -> dict[str, Any]:
     """A run's config.yaml with every default filled in, so that a field added to Config after the run
     was made does not count as a difference; the raw file if it no longer validates."""
-    tree = yaml.safe_load(path.read_text()) or {}
+    return filled_tree(yaml.safe_load(path.read_text()) or {})
+
+
+def filled_tree(tree: dict[str, Any]) -> dict[str, Any]:
+    """A config tree with every default filled in (a section at its defaults equals an absent one);
+    the tree itself if it does not validate."""
     try:
         return build_config(tree).model_dump(mode="json")
     except ConfigError:

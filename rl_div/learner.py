@@ -162,6 +162,7 @@ class Learner:
             self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
         self.generator = torch.Generator().manual_seed(cfg.run.seed)
         self.version = 0
+        self.loss_params: dict[str, Any] = dict(cfg.algo.loss_params)  # update() merges its overrides over these
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         """Forward passes in model.dtype on float32 parameters (a no-op for float32)."""
@@ -196,14 +197,18 @@ class Learner:
         return {k: torch.cat(v) for k, v in parts.items() if v}
 
     # ---- the update ----------------------------------------------------------------------------
-    def update(self, batch: RolloutBatch) -> dict[str, float]:
+    def update(self, batch: RolloutBatch, loss_overrides: dict[str, Any] | None = None) -> dict[str, float]:
         """PPO epochs over mini-batches; each optimizer step accumulates micro-batch gradients.
+
+        loss_overrides: loss parameters merged over algo.loss_params for this update (the collapse
+        guard's entropy_coef).
 
         A mini-batch whose advantages are all zero is skipped (no optimizer step), and so is one
         whose loss or gradient norm is not finite; both are counted in the returned metrics.
         """
         assert batch.advantages is not None and batch.old_logprobs is not None
         cfg = self.cfg.train
+        self.loss_params = {**self.cfg.algo.loss_params, **(loss_overrides or {})}
         self.model.train()
         if cfg.offload_optimizer:
             move_optimizer_state(self.optimizer, to_cpu=False)
@@ -245,7 +250,7 @@ class Learner:
     def _has_signal(self, mini: RolloutBatch) -> bool:
         """Whether any loss term would give a gradient: a non-zero advantage, or a KL, entropy or
         KL-Cov term that acts regardless of the advantage."""
-        params = self.cfg.algo.loss_params
+        params = self.loss_params
         other_terms = (params.get("kl_coef", 0.0) or params.get("entropy_coef", 0.0)
                        or self.cfg.algo.token_weight == "kl_cov")
         return bool((mini.advantages != 0).any()) or bool(other_terms)
@@ -285,7 +290,7 @@ class Learner:
                            token_weights=weights.weights, kl_penalty_coef=weights.kl_penalty_coef,
                            ref_logprobs=ref_logp, entropy=entropy),
                 **{"token_denominator": token_total, "seq_denominator": seq_total,
-                   "norm_constant": float(self.cfg.rollout.max_new_tokens), **algo.loss_params})
+                   "norm_constant": float(self.cfg.rollout.max_new_tokens), **self.loss_params})
             if not torch.isfinite(out.loss):
                 self.optimizer.zero_grad(set_to_none=True)
                 return None

@@ -45,6 +45,7 @@ from rl_div.cluster import (
 )
 from rl_div.config import Config, save_config
 from rl_div.data import PromptRecord, RolloutBatch
+from rl_div.guard import CollapseGuard
 from rl_div.learner import prompt_logprob_mask
 from rl_div.models import load_tokenizer
 from rl_div.outputs import check_writers, prepare_output_dir
@@ -108,6 +109,7 @@ class Trainer:
         self.prompts = PromptStream(train_set.records, cfg.run.seed)
         self.counters: dict[str, float] = dict.fromkeys(FAULT_COUNTERS, 0.0)
         self.counters["data/skipped_rows"] = float(train_set.skipped_rows)
+        self.guard = CollapseGuard(cfg)  # collapse rules and the entropy-coefficient controller (off by default)
         init_ray(cfg)
         self.placement = place_run(cfg)  # fails in seconds when the cluster cannot hold the run
         self.learner = start_learner(cfg, self.model_path, self.placement)
@@ -162,7 +164,7 @@ class Trainer:
             batch = self.policy_stats(batch, with_prompt=needs_prompt_logprobs(cfg))
         batch.advantages, adv_metrics = compute_advantages(batch, cfg)
         with timer("learner_update"):
-            update_metrics = ray.get(self.learner.update.remote(scored_rows(batch)))
+            update_metrics = ray.get(self.learner.update.remote(scored_rows(batch), self.guard.loss_overrides()))
         self.counters["faults/nonfinite_loss"] += update_metrics.pop("faults/nonfinite_loss")
         self.counters["train/skipped_zero_signal"] += update_metrics.pop("train/skipped_zero_signal")
         with timer("sync"):
@@ -171,6 +173,7 @@ class Trainer:
         metrics = {**rollout_health(batch), **step_diversity(batch, self.tokenize), **adv_metrics, **update_metrics,
                    **timer.durations, **{k: v for k, v in self.counters.items() if not k.startswith("eval/")},
                    "policy/version": self.weights_version}
+        metrics.update(self.guard.observe_train(self.step, metrics))
         self.tracker.log(self.step, metrics)
         return metrics
 
@@ -331,6 +334,7 @@ class Trainer:
         metrics, problems = eval_summary(batch, embeddings, self.vocab_size, self.tokenize)
         metrics.update({k: v for k, v in self.counters.items() if k.startswith("eval/")})
         metrics.update(timer.durations)
+        metrics.update(self.guard.observe_eval(self.step, metrics, problems))
         eval_dir = self.out / "eval"
         eval_dir.mkdir(exist_ok=True)
         write_text_atomic(eval_dir / f"step_{self.step:06d}.json",
@@ -342,7 +346,8 @@ class Trainer:
     def save_checkpoint(self) -> Path:
         tmp, final = new_checkpoint_dir(self.out, self.step)
         ray.get(self.learner.save.remote(str(tmp)))
-        save_trainer_state(tmp, {"step": self.step, "prompts": self.prompts.state(), "counters": self.counters})
+        save_trainer_state(tmp, {"step": self.step, "prompts": self.prompts.state(), "counters": self.counters,
+                                 "guard": self.guard.state()})
         return commit_checkpoint(tmp, final, self.cfg.checkpoint.keep)
 
     def restore(self, checkpoint: Path) -> None:
@@ -351,6 +356,7 @@ class Trainer:
         self.step = state["step"]
         self.prompts.load_state(state["prompts"])
         self.counters.update(state["counters"])
+        self.guard.load_state(state.get("guard", {}))
         log.info("resumed from %s at step %d", checkpoint, self.step)
 
     def close(self) -> None:

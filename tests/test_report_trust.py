@@ -150,7 +150,7 @@ def test_provenance_names_code_config_differences_cost_and_links(compare_dir: Pa
     assert f"rl_div {rl_div.__version__}" in section
     rows = {r["variant"]: r for r in markdown_table(section, "variant")}
     assert rows["grpo"]["config difference from grpo"] == "(baseline)"
-    assert rows["arm"]["config difference from grpo"] == "algo.advantage: None → 'arm'"
+    assert rows["arm"]["config difference from grpo"] == "algo.advantage: 'grpo' → 'arm'"
     assert rows["arm"]["wall time / run"] == f"{(n_rows - 1) * 30 / 60:.1f} min"
     assert rows["arm"]["samples / run"] == str(4 * 2 * 4)  # last train step 4 x 2 prompts x group of 4
     assert "[seed 1](../arm/seed1) ([config](../arm/seed1/config.yaml))" in rows["arm"]["runs"]

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import rl_div
-from rl_div.config_tree import config_differences, flatten
+from rl_div.config_tree import config_differences, filled_tree, flatten
 from rl_div.report.results import RunData
 from rl_div.tracking import read_metrics
 
@@ -55,14 +55,16 @@ def variant_rows(groups: dict[str, list[RunData]], baseline: str | None,
     run, and relative links to its runs' folders and configs."""
     header = ["variant", f"config difference from {baseline}" if baseline else "config", "wall time / run",
               "samples / run", "runs"]
-    base_cfg = groups[baseline][0].config if baseline in groups else None
+    # defaults filled in: a run saved before a section existed shows no difference for it
+    base_cfg = filled_tree(groups[baseline][0].config) if baseline in groups else None
     body = []
     for name, runs in groups.items():
         if base_cfg is None or name == baseline:
             diff = "(baseline)" if name == baseline else "–"
         else:
-            keys = config_differences(base_cfg, runs[0].config, PER_RUN)
-            flat_b, flat_v = flatten(base_cfg), flatten(runs[0].config)
+            cfg = filled_tree(runs[0].config)
+            keys = config_differences(base_cfg, cfg, PER_RUN)
+            flat_b, flat_v = flatten(base_cfg), flatten(cfg)
             diff = "; ".join(f"{k}: {flat_b.get(k)!r} → {flat_v.get(k)!r}" for k in keys) or "none"
         walls = [w for r in runs if (w := wall_seconds(r.ref.dir)) is not None]
         samples = [s for r in runs if (s := samples_consumed(r)) is not None]
