@@ -80,10 +80,12 @@ def _steady(values: list[float], skip: int = 2) -> float:
     return statistics.median(values[skip:] if len(values) > skip else values)
 
 
-def run_rl_div(model_path: str, steps: int, lr: float, work: Path) -> dict[str, Any]:
+def run_rl_div(model_path: str, steps: int, lr: float, work: Path, config: str = "demo.yaml") -> dict[str, Any]:
+    """One fresh ``rl-div train`` of configs/<config> (GRPO unless another config names its method)."""
     out = work / f"rl_div_{time.time_ns()}"
-    wall, load = _launch([sys.executable, "-m", "rl_div.cli", "train", str(REPO / "configs" / "demo.yaml"),
-                          *_overrides(model_path, steps, lr, str(out))], work / "rl_div.log")
+    overrides = [o for o in _overrides(model_path, steps, lr, str(out)) if config == "demo.yaml" or o != "algo=grpo"]
+    wall, load = _launch([sys.executable, "-m", "rl_div.cli", "train", str(REPO / "configs" / config), *overrides],
+                         work / "rl_div.log")
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     rows = [r for r in rows if r.get("kind", "train") == "train"]
     step_s = [b["time"] - a["time"] for a, b in zip(rows, rows[1:], strict=False)]

@@ -122,6 +122,20 @@ def _restore(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    if args.methods:
+        import json
+        from pathlib import Path
+
+        from rl_div.bench_methods import bench_methods, print_methods
+
+        result = bench_methods(methods=tuple(args.methods.split(",")), rounds=args.pairs,
+                               model=args.models if args.models in ("demo", "20m") else "20m", steps=args.steps_20m)
+        print_methods(result)
+        out = Path(args.out if args.out != "runs/bench.json" else "runs/bench_methods.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2))
+        print(f"\nwrote {out}")
+        return 0
     if args.vs_trl:
         import json
         from pathlib import Path
@@ -229,6 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vs-trl", action="store_true",
                    help="Instead: rl_div vs TRL's GRPOTrainer on the same work, interleaved fresh processes "
                    "(rl_div/bench_trl.py); JSON to runs/bench_vs_trl.json unless --out is given.")
+    p.add_argument("--methods", metavar="M,M",
+                   help="Instead: each method's steady step over grpo's, fresh runs in rotated rounds, e.g. "
+                   "grpo,arm,steer,novelty (rl_div/bench_methods.py; --pairs rounds, --steps-20m steps, "
+                   "--models 20m or demo); JSON to runs/bench_methods.json unless --out is given.")
     p.add_argument("--models", default="demo,20m", help="--vs-trl: models, from demo,20m (default both).")
     p.add_argument("--pairs", type=int, default=3, help="--vs-trl: interleaved run pairs per model.")
     p.add_argument("--steps", type=int, default=40, help="--vs-trl: steps per run on the demo model.")
