@@ -267,7 +267,7 @@ def bench_train_step(steps: int = 10, config: str | Path | None = None) -> dict[
                 metrics = trainer.train_step()
                 totals.append(time.perf_counter() - start)
                 for s in STAGES:
-                    per_stage[s].append(float(metrics[f"time/{s}"]))
+                    per_stage[s].append(float(metrics.get(f"time/{s}", 0.0)))  # learner_forward: only when it runs
         finally:
             trainer.close()
             ray.shutdown()

@@ -143,7 +143,7 @@ def _bench(args: argparse.Namespace) -> int:
         from rl_div.bench_trl import bench_vs_trl, print_vs_trl
 
         result = bench_vs_trl(models=tuple(args.models.split(",")), pairs=args.pairs, steps=args.steps,
-                              steps_20m=args.steps_20m)
+                              steps_20m=args.steps_20m, baseline=args.baseline)
         print_vs_trl(result)
         out = Path(args.out if args.out != "runs/bench.json" else "runs/bench_vs_trl.json")
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -247,6 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Instead: each method's steady step over grpo's, fresh runs in rotated rounds, e.g. "
                    "grpo,arm,steer,novelty (rl_div/bench_methods.py; --pairs rounds, --steps-20m steps, "
                    "--models 20m or demo); JSON to runs/bench_methods.json unless --out is given.")
+    p.add_argument("--baseline", metavar="DIR",
+                   help="--vs-trl: also run rl_div from this checkout (e.g. main's) in every pair, for "
+                   "before/after ratios side by side.")
     p.add_argument("--models", default="demo,20m", help="--vs-trl: models, from demo,20m (default both).")
     p.add_argument("--pairs", type=int, default=3, help="--vs-trl: interleaved run pairs per model.")
     p.add_argument("--steps", type=int, default=40, help="--vs-trl: steps per run on the demo model.")
