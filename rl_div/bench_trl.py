@@ -63,18 +63,24 @@ def _overrides(model_path: str, steps: int, lr: float, out: str) -> list[str]:
 
 def _launch(cmd: list[str], log: Path, repo: Path = REPO) -> tuple[float, list[float]]:
     """Run cmd in a fresh process on the checkout ``repo``; (wall seconds launch -> exit, load
-    average at start and end)."""
+    average at start and end). A run whose Ray node did not start (Ray gives its raylet 30 s, which
+    a loaded machine can miss) is launched once more and said so."""
     env = {**os.environ, "PYTHONPATH": str(repo), "HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled",
            "OMP_NUM_THREADS": "1"}
-    load = [os.getloadavg()[0]]
-    start = time.perf_counter()
-    with log.open("w") as f:
-        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=repo, check=False)
-    wall = time.perf_counter() - start
-    load.append(os.getloadavg()[0])
-    if proc.returncode != 0:
-        raise RuntimeError(f"{cmd[:4]} failed (exit {proc.returncode}); see {log}")
-    return wall, load
+    for attempt in range(2):
+        load = [os.getloadavg()[0]]
+        start = time.perf_counter()
+        with log.open("w") as f:
+            proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=repo, check=False)
+        wall = time.perf_counter() - start
+        load.append(os.getloadavg()[0])
+        if proc.returncode == 0:
+            return wall, load
+        if attempt == 0 and "timed out during startup" in log.read_text():
+            print(f"Ray did not start in time (load {load}); launching again", flush=True)
+            continue
+        break
+    raise RuntimeError(f"{cmd[:4]} failed (exit {proc.returncode}); see {log}")
 
 
 def _steady(values: list[float], skip: int = 2) -> float:

@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 import threading
+from collections.abc import Callable
 
 from rl_div.config import ConfigError, config_help, load_config
 
@@ -123,36 +124,33 @@ def _restore(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     if args.methods:
-        import json
-        from pathlib import Path
-
         from rl_div.bench_methods import bench_methods, print_methods
 
-        result = bench_methods(methods=tuple(args.methods.split(",")), rounds=args.pairs,
-                               model=args.models if args.models in ("demo", "20m") else "20m", steps=args.steps_20m)
-        print_methods(result)
-        out = Path(args.out if args.out != "runs/bench.json" else "runs/bench_methods.json")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2))
-        print(f"\nwrote {out}")
-        return 0
+        model = args.models if args.models in ("demo", "20m") else "20m"
+        return _write_bench(bench_methods(methods=tuple(args.methods.split(",")), rounds=args.pairs, model=model,
+                                          steps=args.steps_20m), print_methods, args.out, "runs/bench_methods.json")
     if args.vs_trl:
-        import json
-        from pathlib import Path
-
         from rl_div.bench_trl import bench_vs_trl, print_vs_trl
 
-        result = bench_vs_trl(models=tuple(args.models.split(",")), pairs=args.pairs, steps=args.steps,
-                              steps_20m=args.steps_20m, baseline=args.baseline)
-        print_vs_trl(result)
-        out = Path(args.out if args.out != "runs/bench.json" else "runs/bench_vs_trl.json")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2))
-        print(f"\nwrote {out}")
-        return 0
+        return _write_bench(bench_vs_trl(models=tuple(args.models.split(",")), pairs=args.pairs, steps=args.steps,
+                                         steps_20m=args.steps_20m, baseline=args.baseline),
+                            print_vs_trl, args.out, "runs/bench_vs_trl.json")
     from rl_div.bench import run_bench
 
     run_bench(quick=args.quick, out=args.out, sections=args.sections)
+    return 0
+
+
+def _write_bench(result: dict, show: Callable[[dict], None], out: str, default_out: str) -> int:
+    """Print a bench section's result and write its JSON (to default_out unless --out was given)."""
+    import json
+    from pathlib import Path
+
+    show(result)
+    path = Path(out if out != "runs/bench.json" else default_out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2))
+    print(f"\nwrote {path}")
     return 0
 
 
