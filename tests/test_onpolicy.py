@@ -145,6 +145,18 @@ def test_a_skipped_step_still_reports_pi_old(model_path: str, sampled: RolloutBa
     assert all(torch.equal(new_params[k], v) for k, v in old_params.items())
 
 
+def test_a_nonfinite_step_still_reports_pi_old(model_path: str, sampled: RolloutBatch) -> None:
+    cfg = cfg_of(f"model.path={model_path}", "run.plugins=[plugins.my_algos]", "algo.loss=test_nan_loss")
+    learner, batch = Learner(cfg, model_path), copy.deepcopy(sampled)
+    batch.advantages, _ = compute_advantages(batch, cfg)
+    metrics, stats = learner.update_on_policy(batch)  # the first micro-batch's loss is NaN: no step
+    assert metrics["faults/nonfinite_loss"] == 1 and metrics["train/optimizer_steps"] == 0
+    expected = Learner(cfg, model_path).score_policy(batch)
+    assert stats["old_logprobs"].shape == (batch.size, batch.response_ids.shape[1])
+    torch.testing.assert_close(stats["old_entropy"], expected["old_entropy"], rtol=0, atol=0)
+    torch.testing.assert_close(stats["old_logprobs"], expected["old_logprobs"], rtol=0, atol=0)
+
+
 def test_update_on_policy_refuses_when_pi_old_is_not_the_update_forward(model_path: str,
                                                                       sampled: RolloutBatch) -> None:
     cfg = cfg_of(f"model.path={model_path}", "train.ppo_epochs=2")
