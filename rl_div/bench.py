@@ -267,7 +267,7 @@ def bench_train_step(steps: int = 10, config: str | Path | None = None) -> dict[
                 metrics = trainer.train_step()
                 totals.append(time.perf_counter() - start)
                 for s in STAGES:
-                    per_stage[s].append(float(metrics[f"time/{s}"]))
+                    per_stage[s].append(float(metrics.get(f"time/{s}", 0.0)))  # learner_forward: only when it runs
         finally:
             trainer.close()
             ray.shutdown()
@@ -337,6 +337,7 @@ def print_group_embedding(r: dict[str, Any]) -> None:
 
 def _sections(quick: bool) -> dict[str, tuple[Callable[[], dict[str, Any]], Callable[[dict[str, Any]], None]]]:
     """Section name -> (run, print). The realistic-workload sections live in rl_div.bench_workload."""
+    from rl_div import bench_methods as m
     from rl_div import bench_workload as w
 
     return {
@@ -350,10 +351,13 @@ def _sections(quick: bool) -> dict[str, tuple[Callable[[], dict[str, Any]], Call
                     w.print_rewards),
         "long_step": ((lambda: w.bench_long_step(new_tokens=256, prompts=2, group_size=2, repeats=1)) if quick
                       else w.bench_long_step, w.print_long_step),
+        "learner_work": (lambda: m.bench_learner_work("demo", repeats=1 if quick else 3), m.print_learner_work),
+        "learner_work_20m": (lambda: m.bench_learner_work("20m", repeats=1 if quick else 3), m.print_learner_work),
     }
 
 
-SECTIONS = ("entropy", "passk", "train_step", "group_embedding", "lm_head", "rewards", "long_step")
+SECTIONS = ("entropy", "passk", "train_step", "group_embedding", "lm_head", "rewards", "long_step", "learner_work",
+            "learner_work_20m")
 
 
 def run_bench(quick: bool = False, out: str | Path | None = None,

@@ -61,29 +61,40 @@ def _overrides(model_path: str, steps: int, lr: float, out: str) -> list[str]:
             "checkpoint.every=0", "tracking.progress=false", "tracking.tensorboard=false", f"run.output_dir={out}"]
 
 
-def _launch(cmd: list[str], log: Path) -> tuple[float, list[float]]:
-    """Run cmd in a fresh process; (wall seconds launch -> exit, load average at start and end)."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled",
+def _launch(cmd: list[str], log: Path, repo: Path = REPO) -> tuple[float, list[float]]:
+    """Run cmd in a fresh process on the checkout ``repo``; (wall seconds launch -> exit, load
+    average at start and end). A run whose Ray node did not start (Ray gives its raylet 30 s, which
+    a loaded machine can miss) is launched once more and said so."""
+    env = {**os.environ, "PYTHONPATH": str(repo), "HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled",
            "OMP_NUM_THREADS": "1"}
-    load = [os.getloadavg()[0]]
-    start = time.perf_counter()
-    with log.open("w") as f:
-        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=REPO, check=False)
-    wall = time.perf_counter() - start
-    load.append(os.getloadavg()[0])
-    if proc.returncode != 0:
-        raise RuntimeError(f"{cmd[:4]} failed (exit {proc.returncode}); see {log}")
-    return wall, load
+    for attempt in range(2):
+        load = [os.getloadavg()[0]]
+        start = time.perf_counter()
+        with log.open("w") as f:
+            proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=repo, check=False)
+        wall = time.perf_counter() - start
+        load.append(os.getloadavg()[0])
+        if proc.returncode == 0:
+            return wall, load
+        if attempt == 0 and "timed out during startup" in log.read_text():
+            print(f"Ray did not start in time (load {load}); launching again", flush=True)
+            continue
+        break
+    raise RuntimeError(f"{cmd[:4]} failed (exit {proc.returncode}); see {log}")
 
 
 def _steady(values: list[float], skip: int = 2) -> float:
     return statistics.median(values[skip:] if len(values) > skip else values)
 
 
-def run_rl_div(model_path: str, steps: int, lr: float, work: Path) -> dict[str, Any]:
+def run_rl_div(model_path: str, steps: int, lr: float, work: Path, config: str = "demo.yaml",
+               repo: Path = REPO) -> dict[str, Any]:
+    """One fresh ``rl-div train`` of configs/<config> (GRPO unless another config names its method)
+    from the checkout ``repo`` (default this one)."""
     out = work / f"rl_div_{time.time_ns()}"
-    wall, load = _launch([sys.executable, "-m", "rl_div.cli", "train", str(REPO / "configs" / "demo.yaml"),
-                          *_overrides(model_path, steps, lr, str(out))], work / "rl_div.log")
+    overrides = [o for o in _overrides(model_path, steps, lr, str(out)) if config == "demo.yaml" or o != "algo=grpo"]
+    wall, load = _launch([sys.executable, "-m", "rl_div.cli", "train", str(repo / "configs" / config), *overrides],
+                         work / "rl_div.log", repo)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     rows = [r for r in rows if r.get("kind", "train") == "train"]
     step_s = [b["time"] - a["time"] for a, b in zip(rows, rows[1:], strict=False)]
@@ -104,8 +115,11 @@ def run_trl(model_path: str, steps: int, lr: float, work: Path) -> dict[str, Any
 
 
 def bench_vs_trl(models: tuple[str, ...] = ("demo", "20m"), pairs: int = 3, steps: int = 40,
-                 steps_20m: int = 12, work_dir: str | Path | None = None) -> dict[str, Any]:
-    """Interleaved fresh-process runs (ABBA order) per model; ratios rl_div / TRL per pair."""
+                 steps_20m: int = 12, work_dir: str | Path | None = None,
+                 baseline: str | Path | None = None) -> dict[str, Any]:
+    """Interleaved fresh-process runs (ABBA order) per model; ratios rl_div / TRL per pair. With
+    ``baseline`` (another checkout, e.g. main's), its rl_div runs in every pair too (order rotated),
+    for before/after ratios in the same run."""
     work = Path(work_dir or tempfile.mkdtemp(prefix="rl_div_vs_trl_"))
     work.mkdir(parents=True, exist_ok=True)
     # lr 1e-3 trains the demo model as the demo does; the random 20M model gets 1e-8 so that both
@@ -116,19 +130,30 @@ def bench_vs_trl(models: tuple[str, ...] = ("demo", "20m"), pairs: int = 3, step
         make, lr, n = setups[name]
         path = make()
         runs: list[dict[str, Any]] = []
+        sides = ("rl_div", "trl", "baseline") if baseline else ("rl_div", "trl")
         for pair in range(pairs):
-            order = ("rl_div", "trl") if pair % 2 == 0 else ("trl", "rl_div")
-            done = {side: (run_rl_div if side == "rl_div" else run_trl)(path, n, lr, work) for side in order}
+            order = sides[pair % len(sides):] + sides[: pair % len(sides)] if baseline else \
+                (sides if pair % 2 == 0 else sides[::-1])
+            done = {side: run_trl(path, n, lr, work) if side == "trl" else
+                    run_rl_div(path, n, lr, work, repo=Path(baseline) if side == "baseline" else REPO)
+                    for side in order}
             runs.append(done)
             print(f"[{name} pair {pair + 1}/{pairs}] step rl_div {done['rl_div']['step_seconds']:.3f}s "
                   f"trl {done['trl']['step_seconds']:.3f}s; wall {done['rl_div']['wall_seconds']:.1f}s vs "
-                  f"{done['trl']['wall_seconds']:.1f}s; load {done['rl_div']['load']} / {done['trl']['load']}",
+                  f"{done['trl']['wall_seconds']:.1f}s; load {done['rl_div']['load']} / {done['trl']['load']}"
+                  + (f"; baseline step {done['baseline']['step_seconds']:.3f}s wall "
+                     f"{done['baseline']['wall_seconds']:.1f}s load {done['baseline']['load']}" if baseline else ""),
                   flush=True)
         out["models"][name] = {"model_path": path, "lr": lr, "steps": n, "runs": runs,
                                "step_ratio": _spread([r["rl_div"]["step_seconds"] / r["trl"]["step_seconds"]
                                                       for r in runs]),
                                "wall_ratio": _spread([r["rl_div"]["wall_seconds"] / r["trl"]["wall_seconds"]
                                                       for r in runs])}
+        if baseline:
+            out["models"][name].update({f"{kind}_ratio_{a}_over_{b}": _spread(
+                [r[a][f"{kind}_seconds"] / r[b][f"{kind}_seconds"] for r in runs])
+                for kind in ("step", "wall") for a, b in (("baseline", "trl"), ("rl_div", "baseline"))})
+    out["baseline"] = str(baseline) if baseline else None
     return out
 
 
@@ -142,11 +167,16 @@ def print_vs_trl(r: dict[str, Any]) -> None:
     for name, m in r["models"].items():
         print(f"\nrl_div vs TRL, {name} model ({m['steps']} steps, lr {m['lr']}, {len(m['runs'])} interleaved pairs)")
         s, w = m["step_ratio"], m["wall_ratio"]
-        print(_table(["ratio rl_div/TRL", "min", "median", "max"],
-                     [["steady step", s["min"], s["median"], s["max"]],
-                      ["whole run", w["min"], w["median"], w["max"]]]))
-        for side, stages in (("rl_div", RLDIV_STAGES), ("trl", TRL_STAGES)):
-            rows = [[st, statistics.median(run[side]["stages"][st] for run in m["runs"])] for st in stages]
+        rows = [["steady step rl_div/TRL", s["min"], s["median"], s["max"]],
+                ["whole run rl_div/TRL", w["min"], w["median"], w["max"]]]
+        rows += [[k.replace("_ratio_", " ").replace("_over_", "/"), v["min"], v["median"], v["max"]]
+                 for k, v in m.items() if "_ratio_" in k]
+        print(_table(["ratio", "min", "median", "max"], rows))
+        sides = [("rl_div", RLDIV_STAGES), ("trl", TRL_STAGES)]
+        if r.get("baseline"):
+            sides.append(("baseline", RLDIV_STAGES))
+        for side, stages in sides:
+            rows = [[st, statistics.median(run[side]["stages"].get(st, 0.0) for run in m["runs"])] for st in stages]
             rows.append(["step", statistics.median(run[side]["step_seconds"] for run in m["runs"])])
             rows.append(["wall", statistics.median(run[side]["wall_seconds"] for run in m["runs"])])
             print(f"{side}: median seconds per steady step (loads {[run[side]['load'] for run in m['runs']]})")

@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 import threading
+from collections.abc import Callable
 
 from rl_div.config import ConfigError, config_help, load_config
 
@@ -127,23 +128,34 @@ def _restore(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    if args.vs_trl:
-        import json
-        from pathlib import Path
+    if args.methods:
+        from rl_div.bench_methods import bench_methods, print_methods
 
+        model = args.models if args.models in ("demo", "20m") else "20m"
+        return _write_bench(bench_methods(methods=tuple(args.methods.split(",")), rounds=args.pairs, model=model,
+                                          steps=args.steps_20m), print_methods, args.out, "runs/bench_methods.json")
+    if args.vs_trl:
         from rl_div.bench_trl import bench_vs_trl, print_vs_trl
 
-        result = bench_vs_trl(models=tuple(args.models.split(",")), pairs=args.pairs, steps=args.steps,
-                              steps_20m=args.steps_20m)
-        print_vs_trl(result)
-        out = Path(args.out if args.out != "runs/bench.json" else "runs/bench_vs_trl.json")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2))
-        print(f"\nwrote {out}")
-        return 0
+        return _write_bench(bench_vs_trl(models=tuple(args.models.split(",")), pairs=args.pairs, steps=args.steps,
+                                         steps_20m=args.steps_20m, baseline=args.baseline),
+                            print_vs_trl, args.out, "runs/bench_vs_trl.json")
     from rl_div.bench import run_bench
 
     run_bench(quick=args.quick, out=args.out, sections=args.sections)
+    return 0
+
+
+def _write_bench(result: dict, show: Callable[[dict], None], out: str, default_out: str) -> int:
+    """Print a bench section's result and write its JSON (to default_out unless --out was given)."""
+    import json
+    from pathlib import Path
+
+    show(result)
+    path = Path(out if out != "runs/bench.json" else default_out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2))
+    print(f"\nwrote {path}")
     return 0
 
 
@@ -234,6 +246,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vs-trl", action="store_true",
                    help="Instead: rl_div vs TRL's GRPOTrainer on the same work, interleaved fresh processes "
                    "(rl_div/bench_trl.py); JSON to runs/bench_vs_trl.json unless --out is given.")
+    p.add_argument("--methods", metavar="M,M",
+                   help="Instead: each method's steady step over grpo's, fresh runs in rotated rounds, e.g. "
+                   "grpo,arm,steer,novelty (rl_div/bench_methods.py; --pairs rounds, --steps-20m steps, "
+                   "--models 20m or demo); JSON to runs/bench_methods.json unless --out is given.")
+    p.add_argument("--baseline", metavar="DIR",
+                   help="--vs-trl: also run rl_div from this checkout (e.g. main's) in every pair, for "
+                   "before/after ratios side by side.")
     p.add_argument("--models", default="demo,20m", help="--vs-trl: models, from demo,20m (default both).")
     p.add_argument("--pairs", type=int, default=3, help="--vs-trl: interleaved run pairs per model.")
     p.add_argument("--steps", type=int, default=40, help="--vs-trl: steps per run on the demo model.")

@@ -19,6 +19,7 @@ from rl_div.data import RolloutBatch
 from rl_div.metrics.entropy import logprobs_and_entropy, masked_mean
 from rl_div.metrics.lm_head import head_logprobs_and_entropy, split_lm_head
 from rl_div.models import DTYPES, load_policy, save_policy
+from rl_div.onpolicy import active_dropout, fuses_policy_forward
 from rl_div.registry import import_plugins
 from rl_div.rollout.weight_sync import state_dict_payload
 
@@ -163,6 +164,8 @@ class Learner:
         self.generator = torch.Generator().manual_seed(cfg.run.seed)
         self.version = 0
         self.loss_params: dict[str, Any] = dict(cfg.algo.loss_params)  # update() merges its overrides over these
+        # Filled by the update's forwards while update_on_policy runs (old_logprobs, old_entropy).
+        self._on_policy_stats: dict[str, list[torch.Tensor]] | None = None
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         """Forward passes in model.dtype on float32 parameters (a no-op for float32)."""
@@ -170,6 +173,10 @@ class Learner:
             return contextlib.nullcontext()
         device_type = next(self.model.parameters()).device.type
         return torch.autocast(device_type=device_type, dtype=self.compute_dtype)
+
+    def active_dropout(self) -> list[str]:
+        """The policy's dropout settings above 0 (rl_div.onpolicy.active_dropout)."""
+        return active_dropout(self.model)
 
     # ---- forward passes without gradient -------------------------------------------------------
     @torch.no_grad()
@@ -190,13 +197,42 @@ class Learner:
             if prompt_logp is not None:
                 parts["prompt_logprobs"].append(prompt_logp.cpu())
             if self.ref_model is not None:
-                with self.autocast():
-                    ref_logp, _, _ = policy_forward(self.ref_model, micro, self.cfg.train.logit_chunk_rows,
-                                                    temperature=temperature)
-                parts["ref_logprobs"].append(ref_logp.cpu())
+                parts["ref_logprobs"].append(self._ref_logprobs(micro, temperature).cpu())
         return {k: torch.cat(v) for k, v in parts.items() if v}
 
+    @torch.no_grad()
+    def _ref_logprobs(self, micro: RolloutBatch, temperature: float) -> torch.Tensor:
+        """The frozen reference's log-probs of the response tokens [B, T] (the KL term's)."""
+        assert self.ref_model is not None
+        with self.autocast():
+            return policy_forward(self.ref_model, micro, self.cfg.train.logit_chunk_rows, temperature=temperature)[0]
+
     # ---- the update ----------------------------------------------------------------------------
+    def update_on_policy(self, batch: RolloutBatch, loss_overrides: dict[str, Any] | None = None,
+                         ) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+        """The update without the separate forward, for a batch without old_logprobs when pi_old is
+        the policy being updated (rl_div.onpolicy: one PPO epoch, one optimizer step, no dropout).
+
+        The loss's own forward is pi_old: old log-probs are its log-probs detached (ratio exactly 1),
+        H_old its entropies detached, and the reference log-probs are computed in the same
+        micro-batch loop. Returns the update's metrics and {old_logprobs, old_entropy} [B, T] float32
+        on CPU, the numbers score_policy would have given, for the step metrics; a step that was
+        skipped (no signal, not finite) changed no weight, and score_policy gives them.
+        """
+        fused, why = fuses_policy_forward(self.cfg, self.active_dropout())
+        if not fused or batch.old_logprobs is not None:
+            raise ValueError(f"update_on_policy: the update's forward is not pi_old here ({why}); "
+                             "use score_policy and update")
+        self._on_policy_stats = {"old_logprobs": [], "old_entropy": []}
+        try:
+            metrics = self.update(batch, loss_overrides)
+            stats = {k: torch.cat(v) for k, v in self._on_policy_stats.items() if v}
+        finally:
+            self._on_policy_stats = None
+        if metrics["train/optimizer_steps"] != 1:
+            stats = self.score_policy(batch)
+        return metrics, {"old_logprobs": stats["old_logprobs"], "old_entropy": stats["old_entropy"]}
+
     def update(self, batch: RolloutBatch, loss_overrides: dict[str, Any] | None = None) -> dict[str, float]:
         """PPO epochs over mini-batches; each optimizer step accumulates micro-batch gradients.
 
@@ -206,7 +242,8 @@ class Learner:
         A mini-batch whose advantages are all zero is skipped (no optimizer step), and so is one
         whose loss or gradient norm is not finite; both are counted in the returned metrics.
         """
-        assert batch.advantages is not None and batch.old_logprobs is not None
+        assert batch.advantages is not None
+        assert batch.old_logprobs is not None or self._on_policy_stats is not None, "score_policy first"
         cfg = self.cfg.train
         self.loss_params = {**self.cfg.algo.loss_params, **(loss_overrides or {})}
         self.model.train()
@@ -277,9 +314,17 @@ class Learner:
             # Batch tensors travel on CPU; the loss is computed where the policy lives.
             dev = logp.device
             mask = micro.response_mask.to(dev, torch.float32)
-            old_logp, advantages = micro.old_logprobs.to(dev), micro.advantages.to(dev)
-            old_entropy = micro.old_entropy.to(dev) if micro.old_entropy is not None else None
-            ref_logp = micro.ref_logprobs.to(dev) if micro.ref_logprobs is not None else None
+            advantages = micro.advantages.to(dev)
+            if micro.old_logprobs is None:  # update_on_policy: this forward is pi_old
+                old_logp, old_entropy = logp.detach(), entropy.detach()
+                ref_logp = None if self.ref_model is None else self._ref_logprobs(micro, self.cfg.rollout.temperature)
+                assert self._on_policy_stats is not None
+                self._on_policy_stats["old_logprobs"].append(old_logp.cpu())
+                self._on_policy_stats["old_entropy"].append(old_entropy.cpu())
+            else:
+                old_logp = micro.old_logprobs.to(dev)
+                old_entropy = micro.old_entropy.to(dev) if micro.old_entropy is not None else None
+                ref_logp = micro.ref_logprobs.to(dev) if micro.ref_logprobs is not None else None
             weights = TOKEN_WEIGHTS[algo.token_weight](
                 TokenWeightInputs(advantages=advantages[:, None].expand_as(logp), logprobs=logp.detach(),
                                   old_logprobs=old_logp, mask=mask, old_entropy=old_entropy,

@@ -1,7 +1,8 @@
 """The RLVR training loop. Read :meth:`Trainer.run` and :meth:`Trainer.train_step` top to bottom:
 
-    prompts -> rollout (Ray actors) -> rewards (Ray actor) -> policy log-probs/entropies (learner)
-    -> advantages (registry) -> learner update -> weight sync -> metrics -> eval -> checkpoint
+    prompts -> rollout (Ray actors) -> rewards (Ray actor) -> policy log-probs/entropies (learner,
+    unless the update's own forward is pi_old: rl_div.onpolicy) -> advantages (registry)
+    -> learner update -> weight sync -> metrics -> eval -> checkpoint
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from rl_div.data import PromptRecord, RolloutBatch
 from rl_div.guard import CollapseGuard
 from rl_div.learner import prompt_logprob_mask
 from rl_div.models import load_tokenizer
+from rl_div.onpolicy import fuses_policy_forward, needs_prompt_logprobs, separate_forward
 from rl_div.outputs import check_writers, prepare_output_dir
 from rl_div.preflight import check_inputs
 from rl_div.prompts import PromptStream, load_splits
@@ -124,6 +126,8 @@ class Trainer:
         actors = {"learner": self.learner, **{f"rollout worker {i}": w for i, w in enumerate(self.rollout_workers)}}
         wait_started(actors, cfg.cluster.startup_timeout_s)  # start-up has its own timeout, not the sync's
         check_writers(self.out, {"learner": self.learner})  # it writes its checkpoint part into the run dir
+        self.fused_forward, why = fuses_policy_forward(cfg, ray.get(self.learner.active_dropout.remote()))
+        log.info("separate pi_old forward: %s (%s)", "no" if self.fused_forward else "yes", why)
         self.step = 0
         self.nccl_group: NcclGroup | None = None
         checkpoint = latest_checkpoint(self.out) if resume else None
@@ -160,11 +164,12 @@ class Trainer:
             batch = self.rollout(prompts, self.train_sampling())
         with timer("reward"):
             batch = self.score(batch)
-        with timer("learner_forward"):
-            batch = self.policy_stats(batch, with_prompt=needs_prompt_logprobs(cfg))
+        if separate_forward(self.fused_forward, batch.rewards):
+            with timer("learner_forward"):
+                batch = self.policy_stats(batch, with_prompt=needs_prompt_logprobs(cfg))
         batch.advantages, adv_metrics = compute_advantages(batch, cfg)
         with timer("learner_update"):
-            update_metrics = ray.get(self.learner.update.remote(scored_rows(batch), self.guard.loss_overrides()))
+            update_metrics = self.update(batch, self.guard.loss_overrides())
         self.counters["faults/nonfinite_loss"] += update_metrics.pop("faults/nonfinite_loss")
         self.counters["train/skipped_zero_signal"] += update_metrics.pop("train/skipped_zero_signal")
         with timer("sync"):
@@ -264,6 +269,16 @@ class Trainer:
         batch.prompt_logprobs = stats.get("prompt_logprobs")
         batch.ref_logprobs = stats.get("ref_logprobs")
         return batch
+
+    def update(self, batch: RolloutBatch, loss_overrides: dict[str, Any]) -> dict[str, float]:
+        """The learner's update on the scored rows (loss_overrides: the collapse guard's). Without the
+        separate forward (no old_logprobs), the update's own forward is pi_old and its log-probs and
+        entropies come back into the batch for the step metrics."""
+        if batch.old_logprobs is not None:
+            return ray.get(self.learner.update.remote(scored_rows(batch), loss_overrides))
+        metrics, stats = ray.get(self.learner.update_on_policy.remote(batch, loss_overrides))
+        batch.old_logprobs, batch.old_entropy = stats["old_logprobs"], stats["old_entropy"]
+        return metrics
 
     def sync_weights(self) -> None:
         """Push the learner's weights to every rollout actor (rollout.weight_sync: Ray object store,
@@ -395,12 +410,6 @@ def compute_advantages(batch: RolloutBatch, cfg: Config) -> tuple[torch.Tensor, 
     advantages = torch.zeros(batch.size)
     advantages[rows] = out.advantages.float()
     return advantages, out.metrics
-
-
-def needs_prompt_logprobs(cfg: Config) -> bool:
-    """Whether the advantage reads prompt log-probs (ARM; a plugin estimator says so with a
-    ``needs_prompt_logprobs = True`` attribute): only then does the learner compute them."""
-    return bool(getattr(ADVANTAGES[cfg.algo.advantage], "needs_prompt_logprobs", False))
 
 
 def scored_rows(batch: RolloutBatch) -> RolloutBatch:

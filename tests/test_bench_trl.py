@@ -19,3 +19,14 @@ def test_the_rl_div_side_runs_the_advertised_work(tmp_path: Path) -> None:
     assert cfg.algo.loss_params.get("agg", "token-mean") == "token-mean"
     assert cfg.algo.loss_params.get("kl_coef", 0.0) == 0.0 and not cfg.train.use_ref_model
     assert cfg.run.torch_threads == 1 and cfg.eval.every == 0 and not cfg.eval.at_start
+
+
+def test_the_method_bench_runs_each_method_on_the_same_work(tmp_path: Path) -> None:
+    from rl_div.bench_methods import METHOD_CONFIGS
+
+    for method, config in METHOD_CONFIGS.items():
+        overrides = [o for o in _overrides("some/model", 7, 1e-8, str(tmp_path)) if o != "algo=grpo"]
+        cfg = load_config(REPO / "configs" / config, overrides)
+        assert (cfg.rollout.prompts_per_step, cfg.rollout.group_size, cfg.rollout.max_new_tokens) == (16, 8, 4)
+        assert cfg.train.micro_batch_size >= PROMPTS * GROUP and cfg.run.torch_threads == 1
+        assert method in (cfg.algo.advantage, cfg.algo.token_weight, *[r.name for r in cfg.reward.rewards])

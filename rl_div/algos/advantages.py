@@ -230,7 +230,11 @@ def arm(
     return AdvantageOutput(adv, metrics)
 
 
+# What an estimator reads of the policy before the update (rl_div.onpolicy): only then does the
+# learner run its separate forward; an estimator without needs_response_logprobs is assumed to read them.
 arm.needs_prompt_logprobs = True  # type: ignore[attr-defined]  # the learner computes them only then
+arm.needs_response_logprobs = True  # type: ignore[attr-defined]
+grpo.needs_response_logprobs = False  # type: ignore[attr-defined]
 
 
 @ADVANTAGES.register("passk")
@@ -281,6 +285,9 @@ def passk(inputs: AdvantageInputs, *, k: int = 4) -> AdvantageOutput:
     return AdvantageOutput(adv, metrics)
 
 
+passk.needs_response_logprobs = False  # type: ignore[attr-defined]
+
+
 def mean_response_logprob(logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Masked mean log p per response. [B, T], [B, T] -> [B]; an empty response gets 0."""
     valid = mask.bool()
@@ -321,3 +328,6 @@ def unlikeliness(
     )
     out.metrics["unlikeliness/reward_factor_mean"] = float(factor.mean().item()) if factor.numel() else 1.0
     return out
+
+
+unlikeliness.needs_response_logprobs = False  # type: ignore[attr-defined]  # reads the sampler's log-probs
