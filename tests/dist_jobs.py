@@ -31,7 +31,7 @@ def _join(rank: int, world: int, port: int, cfg: Any, model_path: str) -> Any:
     from rl_div.distributed.sharded import ShardedLearner
 
     learner = ShardedLearner(cfg, model_path, rank, world)
-    learner.setup("127.0.0.1", port)
+    learner.setup(("127.0.0.1", port))
     return learner
 
 
@@ -43,13 +43,19 @@ def _leave() -> None:
 
 
 def train_job(rank: int, world: int, port: int, model_path: str, out: str, extra: list[str],
-              batch: RolloutBatch, updates: int, nan_rank: int | None = None) -> dict[str, Any]:
+              batch: RolloutBatch, updates: int, nan_rank: int | None = None, load: str | None = None,
+              save_after: int | None = None, save: str | None = None) -> dict[str, Any]:
     """`updates` planned updates on the same batch; returns rank's metrics and the full parameters.
-    nan_rank: that rank's rows of the first mini-batch get NaN old log-probs (a rank-local fault)."""
+    nan_rank: that rank's rows of the first mini-batch get NaN old log-probs (a rank-local fault);
+    load: a checkpoint to resume from first; save: where to checkpoint after `save_after` updates."""
     cfg = make_cfg(model_path, out, extra)
     learner = _join(rank, world, port, cfg, model_path)
+    if load:
+        learner.load(load)
     metrics = []
-    for _ in range(updates):
+    for i in range(updates):
+        if save and i == save_after:
+            learner.save(save)
         plans = plan_batch(batch, cfg, world, learner.version)
         data = batch
         if nan_rank is not None:

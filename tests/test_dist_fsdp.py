@@ -146,3 +146,24 @@ def test_nan_on_one_rank_skips_the_step_on_both(pool: ProcessPoolExecutor, model
     for name, p in ref.model.state_dict().items():
         assert torch.allclose(ranks[0]["params"][name], p, atol=1e-5, rtol=0), name
     assert any(not torch.equal(p, start[n]) for n, p in ref.model.state_dict().items())
+
+
+def test_dcp_checkpoint_from_two_ranks_resumes_on_one(pool: ProcessPoolExecutor, model_path: str, batch: Any,
+                                                      tmp_path: Path) -> None:
+    """Save with 2 ranks after one update, take a second update; load with 1 rank, take the second
+    update there: the same parameters. The policy/ folder holds the full weights at the save."""
+    from rl_div.models import load_policy
+
+    ckpt = str(tmp_path / "ckpt")
+    two = on_two_ranks(pool, dist_jobs.train_job, model_path, str(tmp_path), COMMON, batch, 2, save_after=1,
+                       save=ckpt)
+    one_cfg = [c for c in COMMON if "num_learners" not in c] + ["train.num_learners=1"]
+    one = pool.submit(dist_jobs.train_job, 0, 1, free_port(), model_path, str(tmp_path), one_cfg, batch, 1,
+                      load=ckpt).result(timeout=600)
+    assert one["metrics"][0]["train/optimizer_steps"] == 2
+    for name, p in two[0]["params"].items():
+        assert torch.allclose(one["params"][name], p, atol=1e-5, rtol=0), name
+    saved, _ = load_policy(str(Path(ckpt) / "policy"), dtype="float32")
+    after_one, _ = one_process(model_path, str(tmp_path), COMMON, batch, 1)
+    for name, p in after_one.model.state_dict().items():
+        assert torch.allclose(saved.state_dict()[name], p, atol=1e-5, rtol=0), name

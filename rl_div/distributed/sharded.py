@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import socket
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -149,8 +150,9 @@ class ShardedLearner(Learner):
     def address(self) -> tuple[str, int]:
         return free_address()
 
-    def setup(self, host: str, port: int) -> int:
-        """Join the process group at rank 0's host:port (within train.dist_init_timeout_s), shard."""
+    def setup(self, address: tuple[str, int]) -> int:
+        """Join the process group at rank 0's (host, port) (within train.dist_init_timeout_s), shard."""
+        host, port = address
         import torch.distributed as dist
         from torch.distributed.device_mesh import init_device_mesh
 
@@ -199,3 +201,46 @@ class ShardedLearner(Learner):
         return {k: v.to(self.sync_dtype) for k, v in full.items()} if self.rank == 0 else {}
 
 
+
+    # ---- checkpoints: reshardable DCP for model + optimizer, the HF policy/ folder from rank 0 ----
+    def _dcp_state(self) -> dict[str, Any]:
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
+        return {"model": model_sd, "optim": optim_sd}
+
+    def save(self, ckpt_dir: str) -> None:
+        """Every rank writes its shards to ckpt_dir/dcp (loadable at any world size); rank 0 writes
+        policy/ (HF safetensors, the full weights) and the scheduler / generator / RNG state. The
+        trainer saves into a temporary folder and renames it, so the checkpoint appears atomically."""
+        import torch.distributed as dist
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        dcp.save(self._dcp_state(), checkpoint_id=str(Path(ckpt_dir) / "dcp"))
+        if self.rank == 0:
+            self.model.save_pretrained(Path(ckpt_dir) / "policy", state_dict=full, safe_serialization=True)
+            self.tokenizer.save_pretrained(Path(ckpt_dir) / "policy")
+            torch.save({"scheduler": self.scheduler.state_dict(), "generator": self.generator.get_state(),
+                        "torch_rng": torch.get_rng_state(), "version": self.version,
+                        "world_size": self.world_size}, Path(ckpt_dir) / "learner_state.pt")
+        dist.barrier()
+
+    def load(self, ckpt_dir: str) -> None:
+        """Resume from a checkpoint that save() wrote with any number of ranks (DCP reshards)."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import set_state_dict
+
+        dcp_dir = Path(ckpt_dir) / "dcp"
+        if not dcp_dir.is_dir():
+            raise RuntimeError(f"checkpoint {ckpt_dir} has no dcp/ folder: it was written by train.strategy="
+                               "'single', which an fsdp2 run cannot resume")
+        state = self._dcp_state()
+        dcp.load(state, checkpoint_id=str(dcp_dir))
+        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        saved = torch.load(Path(ckpt_dir) / "learner_state.pt", weights_only=True)
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.generator.set_state(saved["generator"])
+        torch.set_rng_state(saved["torch_rng"])
+        self.version = saved["version"]
