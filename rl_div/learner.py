@@ -307,7 +307,9 @@ class Learner:
         if cfg.token_weight_scope == "mini" and self.cfg.algo.token_weight != "none":
             from rl_div.distributed.weights import LOCAL, mini_batch_token_weights
 
-            mini_weights = mini_batch_token_weights(self, mini, [micros], 0, LOCAL)
+            size = cfg.micro_batch_size
+            positions = [list(range(s, min(s + size, mini.size))) for s in range(0, mini.size, size)]
+            mini_weights = mini_batch_token_weights(self, mini, [positions], 0, LOCAL)
             sums.update(mini_weights.metrics)
         for i, micro in enumerate(micros):
             given = None if mini_weights is None else mini_weights.rows(i * cfg.micro_batch_size, micro.size)

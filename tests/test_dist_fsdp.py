@@ -167,3 +167,18 @@ def test_dcp_checkpoint_from_two_ranks_resumes_on_one(pool: ProcessPoolExecutor,
     after_one, _ = one_process(model_path, str(tmp_path), COMMON, batch, 1)
     for name, p in after_one.model.state_dict().items():
         assert torch.allclose(saved.state_dict()[name], p, atol=1e-5, rtol=0), name
+
+
+@pytest.mark.parametrize("method", ["steer", "high_entropy_mask"])
+def test_single_learner_mini_scope_equals_planned_one_process(model_path: str, batch: Any, tmp_path: Path,
+                                                             method: str) -> None:
+    """strategy single with token_weight_scope=mini (Learner.update, micro-batches of 3 rows) takes
+    the step the planner's one-process path takes (token-budget micro-batches): same weights."""
+    extra = ["train.micro_batch_size=3", f"algo.token_weight={method}", "train.token_weight_scope=mini",
+             *WEIGHTS[method]]
+    single = Learner(dist_jobs.make_cfg(model_path, str(tmp_path), extra), model_path)
+    single.update(batch)
+    planned, _ = one_process(model_path, str(tmp_path), [*extra, "train.max_tokens_per_micro_batch=40"], batch, 1)
+    for name, p in single.model.state_dict().items():
+        diff = float((planned.model.state_dict()[name] - p).abs().max())
+        assert diff < 1e-5, (name, diff)
