@@ -76,3 +76,18 @@ def test_more_ranks_than_rows_pads_empty_micro_batches() -> None:
     [p] = plan_update([4], [2], [True], world_size=3, epochs=1, mini_batch_size=None, micro_batch_size=4,
                       max_tokens_per_micro_batch=None, seed=0, skip_zero_signal=True, other_terms=False)
     assert p.micro == [[[0]], [[]], [[]]]
+
+
+def test_fsdp2_config_and_placement() -> None:
+    from rl_div.config import ConfigError, load_config
+    from rl_div.placement import plan_placement
+
+    cfg = load_config(None, ["train.strategy=fsdp2", "train.num_learners=3", "train.num_cpus=2"])
+    plan = plan_placement(cfg)
+    assert [s.bundle for s in plan.learners] == [0, 1, 2] and plan.learner == plan.learners[0]
+    assert plan.bundles[:3] == [{"CPU": 2.0}] * 3 and plan.bundle_owners[:3] == ["learner 0", "learner 1", "learner 2"]
+    assert [s.bundle for s in plan_placement(load_config(None, [])).learners] == [0]
+    with pytest.raises(ConfigError, match="train.num_learners=2 needs train.strategy='fsdp2'"):
+        load_config(None, ["train.num_learners=2"])
+    with pytest.raises(ConfigError, match="token_weight_scope='mini'"):
+        load_config(None, ["train.strategy=fsdp2", "algo.token_weight=steer"])
