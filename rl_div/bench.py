@@ -338,6 +338,7 @@ def print_group_embedding(r: dict[str, Any]) -> None:
 def _sections(quick: bool) -> dict[str, tuple[Callable[[], dict[str, Any]], Callable[[dict[str, Any]], None]]]:
     """Section name -> (run, print). The realistic-workload sections live in rl_div.bench_workload."""
     from rl_div import bench_workload as w
+    from rl_div.distributed.bench import bench_fsdp, print_fsdp
 
     return {
         "entropy": ((lambda: bench_entropy(rows=1024, seq_len=256, vocab=8000, chunk_rows=256, repeats=2))
@@ -350,10 +351,11 @@ def _sections(quick: bool) -> dict[str, tuple[Callable[[], dict[str, Any]], Call
                     w.print_rewards),
         "long_step": ((lambda: w.bench_long_step(new_tokens=256, prompts=2, group_size=2, repeats=1)) if quick
                       else w.bench_long_step, w.print_long_step),
+        "fsdp": (lambda: bench_fsdp(repeats=3 if quick else 10), print_fsdp),
     }
 
 
-SECTIONS = ("entropy", "passk", "train_step", "group_embedding", "lm_head", "rewards", "long_step")
+SECTIONS = ("entropy", "passk", "train_step", "group_embedding", "lm_head", "rewards", "long_step", "fsdp")
 
 
 def run_bench(quick: bool = False, out: str | Path | None = None,

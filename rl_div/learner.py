@@ -320,7 +320,8 @@ class Learner:
             out.loss.backward()
             share = micro.size / mini.size
             for k, v in {**out.metrics, **(weights.metrics if given is None else {})}.items():
-                sums[k] = sums.get(k, 0.0) + float(v) * share
+                # each micro-batch's loss already divides by the mini-batch counts: they add up
+                sums[k] = sums.get(k, 0.0) + float(v) * (1.0 if k == "loss/total" else share)
             sums["policy/entropy_train"] = sums.get("policy/entropy_train", 0.0) + float(
                 masked_mean(entropy.detach(), mask)) * share
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm))

@@ -182,3 +182,12 @@ def test_single_learner_mini_scope_equals_planned_one_process(model_path: str, b
     for name, p in single.model.state_dict().items():
         diff = float((planned.model.state_dict()[name] - p).abs().max())
         assert diff < 1e-5, (name, diff)
+
+
+def test_single_learner_loss_total_does_not_depend_on_micro_batching(model_path: str, batch: Any,
+                                                                     tmp_path: Path) -> None:
+    """loss/total is the mini-batch's loss: micro-batch losses (global denominators) add up; it was
+    their row-weighted mean, i.e. divided by the number of micro-batches."""
+    totals = [Learner(dist_jobs.make_cfg(model_path, str(tmp_path), [f"train.micro_batch_size={m}"]),
+                      model_path).update(batch)["loss/total"] for m in (3, batch.size)]
+    assert totals[0] == pytest.approx(totals[1], rel=1e-5, abs=1e-7)

@@ -220,6 +220,9 @@ class ShardedLearner(Learner):
         full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         dcp.save(self._dcp_state(), checkpoint_id=str(Path(ckpt_dir) / "dcp"))
         if self.rank == 0:
+            # tied weights once, under the name save_pretrained of the unsharded model uses
+            names = {n for n, _ in self.model.named_parameters()} | {n for n, _ in self.model.named_buffers()}
+            full = {k: v for k, v in full.items() if k in names}
             self.model.save_pretrained(Path(ckpt_dir) / "policy", state_dict=full, safe_serialization=True)
             self.tokenizer.save_pretrained(Path(ckpt_dir) / "policy")
             torch.save({"scheduler": self.scheduler.state_dict(), "generator": self.generator.get_state(),
