@@ -39,7 +39,7 @@ def run(out: Path, base_model: str, *overrides: str, resume: bool = False) -> Pa
 
 
 def policy(out: Path, step: int) -> dict[str, torch.Tensor]:
-    return load_file(str(out / "checkpoints" / f"step_{step}" / "policy" / "model.safetensors"))
+    return load_file(str(out / "checkpoints" / f"step_{step:06d}" / "policy" / "model.safetensors"))
 
 
 def assert_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: float) -> None:
