@@ -339,6 +339,7 @@ def _sections(quick: bool) -> dict[str, tuple[Callable[[], dict[str, Any]], Call
     """Section name -> (run, print). The realistic-workload sections live in rl_div.bench_workload."""
     from rl_div import bench_methods as m
     from rl_div import bench_workload as w
+    from rl_div.distributed.bench import bench_fsdp, print_fsdp
 
     return {
         "entropy": ((lambda: bench_entropy(rows=1024, seq_len=256, vocab=8000, chunk_rows=256, repeats=2))
@@ -353,11 +354,12 @@ def _sections(quick: bool) -> dict[str, tuple[Callable[[], dict[str, Any]], Call
                       else w.bench_long_step, w.print_long_step),
         "learner_work": (lambda: m.bench_learner_work("demo", repeats=1 if quick else 3), m.print_learner_work),
         "learner_work_20m": (lambda: m.bench_learner_work("20m", repeats=1 if quick else 3), m.print_learner_work),
+        "fsdp": (lambda: bench_fsdp(repeats=3 if quick else 10), print_fsdp),
     }
 
 
 SECTIONS = ("entropy", "passk", "train_step", "group_embedding", "lm_head", "rewards", "long_step", "learner_work",
-            "learner_work_20m")
+            "learner_work_20m", "fsdp")
 
 
 def run_bench(quick: bool = False, out: str | Path | None = None,

@@ -210,10 +210,11 @@ def start_rollout_worker(cfg: Config, model_path: str, placement: RunPlacement |
 
 
 def start_learner(cfg: Config, model_path: str, placement: RunPlacement | None = None) -> Any:
-    from rl_div.learner import Learner
+    """The run's LearnerGroup (rl_div.distributed.group): one Learner actor, or train.num_learners
+    FSDP2 ranks; the trainer calls it as one actor."""
+    from rl_div.distributed.group import start_learner_group
 
-    placement = placement or unplaced(cfg)
-    return ray.remote(Learner).options(**placement.options(placement.plan.learner)).remote(cfg, model_path)
+    return start_learner_group(cfg, model_path, placement or unplaced(cfg))
 
 
 def wait_started(actors: dict[str, Any], timeout_s: float) -> None:

@@ -251,6 +251,29 @@ class TrainConfig(Section):
         False, description="Keep AdamW's state in CPU memory between updates (frees accelerator memory for a "
         "colocated vLLM engine; costs one copy each way per update).",
     )
+    strategy: Literal["single", "fsdp2"] = Field(
+        "single", description="'single': one learner actor holds the whole model (the fast default); 'fsdp2': "
+        "train.num_learners actors shard parameters, gradients and AdamW state with FSDP2 (exact: same "
+        "result as one process at any world size).",
+    )
+    num_learners: int = Field(
+        1, ge=1, description="Learner actors (ranks) for strategy 'fsdp2', each with train.num_cpus / "
+        "train.num_gpus; 'single' needs 1.",
+    )
+    max_tokens_per_micro_batch: int | None = Field(
+        None, ge=1, description="fsdp2: token budget (prompt + response tokens) per micro-batch, on top of "
+        "train.micro_batch_size rows; None = rows only.",
+    )
+    token_weight_scope: Literal["micro", "mini"] = Field(
+        "micro", description="Batch over which token weights read their statistics (STEER's max|Omega|, "
+        "Clip-Cov/KL-Cov covariance and picks, the 80/20 entropy threshold): 'micro' = each micro-batch "
+        "(STEER's definition; today's behaviour), 'mini' = the whole mini-batch across all ranks (one "
+        "extra no-grad forward; required by fsdp2 for any token weight but 'none').",
+    )
+    dist_init_timeout_s: float = Field(
+        300.0, gt=0, description="fsdp2: max seconds for torch.distributed to connect the learner ranks, "
+        "and for any one collective (a dead rank fails the run within it).",
+    )
 
 
 class EvalConfig(Section):
@@ -409,4 +432,19 @@ class Config(Section):
         mini = self.train.mini_batch_size
         if mini is not None and mini > batch:
             raise ValueError(f"train.mini_batch_size ({mini}) exceeds the rollout batch ({batch})")
+        return self
+
+    @model_validator(mode="after")
+    def check_strategy(self) -> Config:
+        t = self.train
+        if t.strategy == "single" and t.num_learners != 1:
+            raise ValueError(f"train.num_learners={t.num_learners} needs train.strategy='fsdp2' "
+                             "('single' is one learner)")
+        if t.strategy == "fsdp2":
+            if self.rollout.weight_sync != "object_store":
+                raise ValueError(f"train.strategy='fsdp2' supports rollout.weight_sync='object_store' only, "
+                                 f"got {self.rollout.weight_sync!r}")
+            if self.algo.token_weight != "none" and t.token_weight_scope != "mini":
+                raise ValueError("train.strategy='fsdp2' needs train.token_weight_scope='mini' for token weight "
+                                 f"{self.algo.token_weight!r} (micro-batches differ with the world size)")
         return self

@@ -12,8 +12,8 @@ from typing import Any
 import torch
 
 from rl_div.algos import LOSSES, TOKEN_WEIGHTS
-from rl_div.algos.losses import LossInputs, count_denominators
-from rl_div.algos.token_weights import TokenWeightInputs
+from rl_div.algos.losses import LossInputs, LossOutput, count_denominators
+from rl_div.algos.token_weights import TokenWeightInputs, TokenWeightOutput
 from rl_div.config import Config
 from rl_div.data import RolloutBatch
 from rl_div.metrics.entropy import logprobs_and_entropy, masked_mean
@@ -156,16 +156,20 @@ class Learner:
         # The reference model stays float32 too, so that it computes exactly as the policy does and
         # the KL term is 0 before the first update.
         self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False) if cfg.train.use_ref_model else None
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr, betas=cfg.train.betas,
-                                           weight_decay=cfg.train.weight_decay)
-        warmup = cfg.train.warmup_steps
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+        self.build_optimizer()
         self.generator = torch.Generator().manual_seed(cfg.run.seed)
         self.version = 0
         self.loss_params: dict[str, Any] = dict(cfg.algo.loss_params)  # update() merges its overrides over these
         # Filled by the update's forwards while update_on_policy runs (old_logprobs, old_entropy).
         self._on_policy_stats: dict[str, list[torch.Tensor]] | None = None
+
+    def build_optimizer(self) -> None:
+        """AdamW over the policy's parameters and the warm-up schedule (again after sharding)."""
+        t = self.cfg.train
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=t.lr, betas=t.betas,
+                                           weight_decay=t.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: min(1.0, (s + 1) / t.warmup_steps) if t.warmup_steps else 1.0)
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         """Forward passes in model.dtype on float32 parameters (a no-op for float32)."""
@@ -189,9 +193,7 @@ class Learner:
         parts: dict[str, list[torch.Tensor]] = {"old_logprobs": [], "old_entropy": [], "prompt_logprobs": [],
                                                 "ref_logprobs": []}
         for micro in batch.micro_batches(self.cfg.train.micro_batch_size):
-            with self.autocast():
-                logp, entropy, prompt_logp = policy_forward(self.model, micro, self.cfg.train.logit_chunk_rows,
-                                                            with_prompt, temperature)
+            logp, entropy, prompt_logp = self.policy_forward(micro, with_prompt, temperature)
             parts["old_logprobs"].append(logp.cpu())
             parts["old_entropy"].append(entropy.cpu())
             if prompt_logp is not None:
@@ -292,57 +294,84 @@ class Learner:
                        or self.cfg.algo.token_weight == "kl_cov")
         return bool((mini.advantages != 0).any()) or bool(other_terms)
 
-    def _optimizer_step(self, mini: RolloutBatch) -> dict[str, float] | None:
-        """One optimizer step on a mini-batch; None (and no step) if anything was not finite.
+    def policy_forward(self, micro: RolloutBatch, with_prompt: bool = False, temperature: float | None = None,
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """policy_forward of the policy under autocast, at the rollout temperature by default (the
+        sharded learner runs it through its FSDP root module instead)."""
+        temperature = self.cfg.rollout.temperature if temperature is None else temperature
+        with self.autocast():
+            return policy_forward(self.model, micro, self.cfg.train.logit_chunk_rows, with_prompt, temperature)
 
-        Every loss gets the mini-batch's token and sequence counts (so micro-batch losses sum to
-        the mini-batch loss) and the Dr. GRPO constant (max_new_tokens) unless loss_params set it.
-        Token weights are computed per micro-batch: STEER's max|Omega| is per micro-batch as its
-        definition says; for high_entropy_mask, clip_cov and kl_cov the "top fraction of the
-        batch" is therefore of the micro-batch (set micro_batch_size = mini-batch size for the
-        batch-level reading).
-        """
-        cfg, algo = self.cfg.train, self.cfg.algo
-        self.optimizer.zero_grad(set_to_none=True)
-        token_total, seq_total = count_denominators(mini.response_mask.float())
-        sums: dict[str, float] = {}
-        micros = mini.micro_batches(cfg.micro_batch_size)
-        for micro in micros:
-            with self.autocast():
-                logp, entropy, _ = policy_forward(self.model, micro, cfg.logit_chunk_rows,
-                                                  temperature=self.cfg.rollout.temperature)
-            # Batch tensors travel on CPU; the loss is computed where the policy lives.
-            dev = logp.device
-            mask = micro.response_mask.to(dev, torch.float32)
-            advantages = micro.advantages.to(dev)
-            if micro.old_logprobs is None:  # update_on_policy: this forward is pi_old
-                old_logp, old_entropy = logp.detach(), entropy.detach()
-                ref_logp = None if self.ref_model is None else self._ref_logprobs(micro, self.cfg.rollout.temperature)
-                assert self._on_policy_stats is not None
-                self._on_policy_stats["old_logprobs"].append(old_logp.cpu())
-                self._on_policy_stats["old_entropy"].append(old_entropy.cpu())
-            else:
-                old_logp = micro.old_logprobs.to(dev)
-                old_entropy = micro.old_entropy.to(dev) if micro.old_entropy is not None else None
-                ref_logp = micro.ref_logprobs.to(dev) if micro.ref_logprobs is not None else None
+    def micro_loss(self, micro: RolloutBatch, token_total: float, seq_total: float,
+                   weights: TokenWeightOutput | None = None,
+                   ) -> tuple[LossOutput, TokenWeightOutput, torch.Tensor, torch.Tensor]:
+        """Forward (with grad), token weights (unless given, e.g. computed over the mini-batch) and
+        the loss of one micro-batch, divided by the given mini-batch denominators.
+        Returns (loss output, token weights, entropy [b, T], mask [b, T])."""
+        algo = self.cfg.algo
+        logp, entropy, _ = self.policy_forward(micro)
+        # Batch tensors travel on CPU; the loss is computed where the policy lives.
+        dev = logp.device
+        mask = micro.response_mask.to(dev, torch.float32)
+        advantages = micro.advantages.to(dev)
+        if micro.old_logprobs is None:  # update_on_policy: this forward is pi_old
+            old_logp, old_entropy = logp.detach(), entropy.detach()
+            ref_logp = None if self.ref_model is None else self._ref_logprobs(micro, self.cfg.rollout.temperature)
+            assert self._on_policy_stats is not None
+            self._on_policy_stats["old_logprobs"].append(old_logp.cpu())
+            self._on_policy_stats["old_entropy"].append(old_entropy.cpu())
+        else:
+            old_logp = micro.old_logprobs.to(dev)
+            old_entropy = micro.old_entropy.to(dev) if micro.old_entropy is not None else None
+            ref_logp = micro.ref_logprobs.to(dev) if micro.ref_logprobs is not None else None
+        if weights is None:
             weights = TOKEN_WEIGHTS[algo.token_weight](
                 TokenWeightInputs(advantages=advantages[:, None].expand_as(logp), logprobs=logp.detach(),
                                   old_logprobs=old_logp, mask=mask, old_entropy=old_entropy,
                                   entropy=entropy.detach(), generator=self.generator),
                 **algo.token_weight_params)
-            out = LOSSES[algo.loss](
-                LossInputs(logprobs=logp, old_logprobs=old_logp, advantages=advantages, mask=mask,
-                           token_weights=weights.weights, kl_penalty_coef=weights.kl_penalty_coef,
-                           ref_logprobs=ref_logp, entropy=entropy),
-                **{"token_denominator": token_total, "seq_denominator": seq_total,
-                   "norm_constant": float(self.cfg.rollout.max_new_tokens), **self.loss_params})
+        out = LOSSES[algo.loss](
+            LossInputs(logprobs=logp, old_logprobs=old_logp, advantages=advantages, mask=mask,
+                       token_weights=weights.weights.to(dev), kl_penalty_coef=None if weights.kl_penalty_coef is None
+                       else weights.kl_penalty_coef.to(dev), ref_logprobs=ref_logp, entropy=entropy),
+            **{"token_denominator": token_total, "seq_denominator": seq_total,
+               "norm_constant": float(self.cfg.rollout.max_new_tokens), **self.loss_params})
+        return out, weights, entropy, mask
+
+    def _optimizer_step(self, mini: RolloutBatch) -> dict[str, float] | None:
+        """One optimizer step on a mini-batch; None (and no step) if anything was not finite.
+
+        Every loss gets the mini-batch's token and sequence counts (so micro-batch losses sum to
+        the mini-batch loss) and the Dr. GRPO constant (max_new_tokens) unless loss_params set it.
+        Token weights (train.token_weight_scope): "micro" computes them per micro-batch (STEER's
+        max|Omega| is per micro-batch as its definition says; for high_entropy_mask, clip_cov and
+        kl_cov the "top fraction" is then of the micro-batch); "mini" computes them once over the
+        mini-batch (rl_div.distributed.weights, one extra no-grad forward).
+        """
+        cfg = self.cfg.train
+        self.optimizer.zero_grad(set_to_none=True)
+        token_total, seq_total = count_denominators(mini.response_mask.float())
+        sums: dict[str, float] = {}
+        micros = mini.micro_batches(cfg.micro_batch_size)
+        mini_weights = None
+        if cfg.token_weight_scope == "mini" and self.cfg.algo.token_weight != "none":
+            from rl_div.distributed.weights import LOCAL, mini_batch_token_weights
+
+            size = cfg.micro_batch_size
+            positions = [list(range(s, min(s + size, mini.size))) for s in range(0, mini.size, size)]
+            mini_weights = mini_batch_token_weights(self, mini, [positions], 0, LOCAL)
+            sums.update(mini_weights.metrics)
+        for i, micro in enumerate(micros):
+            given = None if mini_weights is None else mini_weights.rows(i * cfg.micro_batch_size, micro.size)
+            out, weights, entropy, mask = self.micro_loss(micro, token_total, seq_total, given)
             if not torch.isfinite(out.loss):
                 self.optimizer.zero_grad(set_to_none=True)
                 return None
             out.loss.backward()
             share = micro.size / mini.size
-            for k, v in {**out.metrics, **weights.metrics}.items():
-                sums[k] = sums.get(k, 0.0) + float(v) * share
+            for k, v in {**out.metrics, **(weights.metrics if given is None else {})}.items():
+                # each micro-batch's loss already divides by the mini-batch counts: they add up
+                sums[k] = sums.get(k, 0.0) + float(v) * (1.0 if k == "loss/total" else share)
             sums["policy/entropy_train"] = sums.get("policy/entropy_train", 0.0) + float(
                 masked_mean(entropy.detach(), mask)) * share
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm))

@@ -17,6 +17,8 @@ when any of these hold:
   micro-batches the update's forward can only serve both if every micro-batch's graph stays alive
   until the advantages are known. A plugin estimator declares ``needs_response_logprobs = False``
   (and no ``needs_prompt_logprobs``) to skip it; one that says nothing keeps it;
+- a sharded learner (train.strategy=fsdp2), or token weights over the whole mini-batch
+  (train.token_weight_scope=mini): both read pi_old of every row before the first micro-batch;
 - the model has dropout: ``score_policy`` runs in eval mode and the update in train mode, so the
   update's forward would not be pi_old;
 - a step where some rewards failed: the update trains on the scored rows only, while the step
@@ -70,6 +72,10 @@ def fuses_policy_forward(cfg: Config, dropout: list[str]) -> tuple[bool, str]:
         return False, f"train.mini_batch_size={t.mini_batch_size} < {batch} rows: several optimizer steps per batch"
     if needs_policy_logprobs(cfg):
         return False, f"advantage {cfg.algo.advantage!r} reads the policy's log-probs before the update"
+    if t.strategy != "single":
+        return False, f"train.strategy={t.strategy}: the sharded update is planned from pi_old computed beforehand"
+    if t.token_weight_scope == "mini" and cfg.algo.token_weight != "none":
+        return False, "train.token_weight_scope=mini: token weights over the mini-batch read pi_old before the update"
     if dropout:
         return False, f"the model has dropout ({', '.join(dropout[:3])}): train-mode forwards are not pi_old"
     return True, "one PPO epoch, one optimizer step per batch: the update's forward is pi_old"

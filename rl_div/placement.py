@@ -42,6 +42,7 @@ class PlacementPlan:
     bundle_owners: list[str]  # who each bundle is for, for error messages
     learner: ActorSlot
     rollout: list[ActorSlot]
+    learners: list[ActorSlot] = field(default_factory=list)  # every learner rank (train.num_learners)
 
 
 def plan_placement(cfg: Config) -> PlacementPlan:
@@ -64,13 +65,14 @@ def plan_placement(cfg: Config) -> PlacementPlan:
                         learner_res)
         return PlacementPlan(bundles, owners, ActorSlot("learner", shared, t.num_cpus, 0.5, learner_res),
                              [ActorSlot("rollout worker 0", shared, r.num_cpus_per_worker, 0.5)])
-    learner = ActorSlot("learner", bundle("learner", t.num_cpus, t.num_gpus, learner_res), t.num_cpus, t.num_gpus,
-                        learner_res)
+    learners = [ActorSlot(name, bundle(name, t.num_cpus, t.num_gpus, learner_res), t.num_cpus, t.num_gpus,
+                          learner_res)
+                for name in (["learner"] if t.num_learners == 1 else [f"learner {i}" for i in range(t.num_learners)])]
     rollout = [ActorSlot(f"rollout worker {i}", bundle(f"rollout worker {i}", r.num_cpus_per_worker,
                                                        r.num_gpus_per_worker, rollout_res), r.num_cpus_per_worker,
                          r.num_gpus_per_worker, rollout_res)
                for i in range(r.num_workers)]
-    return PlacementPlan(bundles, owners, learner, rollout)
+    return PlacementPlan(bundles, owners, learners[0], rollout, learners)
 
 
 def config_problems(rollout: RolloutConfig, train: TrainConfig) -> list[str]:

@@ -380,7 +380,7 @@ class Trainer:
             self.tracker.close()
         close_logging(self.out / "train.log")
         for actor in [*getattr(self, "rollout_workers", []), getattr(self, "rewarder", None),
-                      getattr(self, "learner", None)]:
+                      *getattr(getattr(self, "learner", None), "actors", [])]:  # the LearnerGroup's actors
             if actor is not None:
                 with contextlib.suppress(Exception):  # shutting down: an actor already gone is fine
                     ray.kill(actor)

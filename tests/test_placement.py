@@ -149,5 +149,5 @@ def test_a_sync_past_its_timeout_names_the_stages_still_running(tmp_path: Path, 
         push_weights(learner, [worker], "object_store", 4, timeout_s=60)
         assert ray.get(worker.policy_version.remote()) == 4
     finally:
-        for actor in (learner, worker):
+        for actor in (*learner.actors, worker):
             ray.kill(actor)

@@ -1,0 +1,118 @@
+"""The learner group: what the trainer talks to, exactly as it talked to one learner actor.
+
+``group.update.remote(batch)``, ``group.score_policy.remote(...)``, ``group.get_weights.remote()``,
+``group.save.remote(dir)``, ``group.__ray_call__.remote(fn)``... return one Ray ObjectRef, so
+``ray.get`` in trainer.py is unchanged. With train.strategy "single" the group is one Learner actor
+and every call goes straight to it. With "fsdp2" the group is N ShardedLearner actors, one per
+placement-group bundle, joined into one torch.distributed process group (rank 0's node address
+and a free port; train.dist_init_timeout_s bounds the rendezvous and every collective); a call
+fans out to every rank and its ref resolves once all ranks are done (rank 0's value: metrics and
+weights are already combined over ranks), so a rank that fails or dies fails the call.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import ray
+
+from rl_div.distributed.plan import cut_micro_batches, pad_micro_counts, plan_batch
+
+if TYPE_CHECKING:
+    from rl_div.cluster import RunPlacement
+    from rl_div.config import Config
+    from rl_div.data import RolloutBatch
+
+
+@ray.remote(num_cpus=0)
+def _first(*values: Any) -> Any:
+    """Rank 0's value, once every rank's call has finished (an error on any rank is raised)."""
+    return values[0]
+
+
+@ray.remote(num_cpus=0)
+def _concat_scores(*parts: dict[str, Any], setup: list[Any]) -> dict[str, Any]:
+    """score_policy results of contiguous row chunks, rank by rank -> the batch's rows in order."""
+    import torch
+
+    ray.get(setup)
+
+    keys = [k for k in parts[0] if all(k in p for p in parts if p)]
+    return {k: torch.cat([p[k] for p in parts if p]) for k in keys}
+
+
+def score_chunks(size: int, cost: list[int], world_size: int, micro_rows: int,
+                 max_tokens: int | None) -> list[list[list[int]]]:
+    """Rows 0..size-1 in world_size contiguous chunks, each cut into micro-batches, padded so every
+    rank runs as many forwards: [rank][k] -> rows."""
+    per = -(-size // world_size) if size else 0
+    chunks = [list(range(r * per, min((r + 1) * per, size))) for r in range(world_size)]
+    return pad_micro_counts([cut_micro_batches(c, cost, micro_rows, max_tokens) for c in chunks])
+
+
+class _Call:
+    def __init__(self, group: LearnerGroup, name: str) -> None:
+        self.group, self.name = group, name
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        return self.group.call(self.name, *args, **kwargs)
+
+
+class LearnerGroup:
+    """N learner actors behind one learner's interface (see the module docstring)."""
+
+    def __init__(self, cfg: Config, actors: list[Any], sharded: bool, setup: list[Any] | None = None) -> None:
+        self.cfg, self.actors, self.sharded = cfg, actors, sharded
+        self.setup = setup or []  # refs of the ranks' setup calls: every call also waits on (and raises) them
+
+    def _all(self, refs: list[Any]) -> Any:
+        return _first.remote(*refs, *self.setup)
+
+    def __getattr__(self, name: str) -> _Call:
+        if name.startswith("__") and name != "__ray_call__":
+            raise AttributeError(name)
+        return _Call(self, name)
+
+    def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        """One ObjectRef for the method `name` of the group."""
+        if not self.sharded:
+            return getattr(self.actors[0], name).remote(*args, **kwargs)
+        if name == "update":
+            return self._update(*args, **kwargs)
+        if name == "score_policy":
+            return self._score(*args, **kwargs)
+        return self._all([getattr(a, name).remote(*args, **kwargs) for a in self.actors])
+
+    def _update(self, batch: RolloutBatch) -> Any:
+        version = ray.get(self.actors[0].get_version.remote())
+        plans = plan_batch(batch, self.cfg, len(self.actors), version)
+        ref = ray.put(batch)
+        return self._all([a.run_plans.remote(ref, plans) for a in self.actors])
+
+    def _score(self, batch: RolloutBatch, with_prompt: bool = False, temperature: float | None = None) -> Any:
+        t = self.cfg.train
+        cost = (batch.prompt_mask.sum(dim=1) + batch.response_mask.sum(dim=1)).tolist()
+        chunks = score_chunks(batch.size, cost, len(self.actors), t.micro_batch_size, t.max_tokens_per_micro_batch)
+        ref = ray.put(batch)
+        parts = [a.score_rows.remote(ref, rows, with_prompt, temperature)
+                 for a, rows in zip(self.actors, chunks, strict=True)]
+        return _concat_scores.remote(*parts, setup=self.setup)
+
+
+def start_learner_group(cfg: Config, model_path: str, placement: RunPlacement) -> LearnerGroup:
+    """The run's learner actors, one per learner bundle of the placement plan. Returns at once: the
+    ranks load the model and then join the process group in their own processes."""
+    from rl_div.distributed.sharded import ShardedLearner
+    from rl_div.learner import Learner
+
+    slots = placement.plan.learners or [placement.plan.learner]
+    if cfg.train.strategy == "single":
+        actor = ray.remote(Learner).options(**placement.options(slots[0])).remote(cfg, model_path)
+        return LearnerGroup(cfg, [actor], sharded=False)
+    cls = ray.remote(ShardedLearner)
+    actors = [cls.options(max_restarts=0, **placement.options(slot)).remote(cfg, model_path, rank, len(slots))
+              for rank, slot in enumerate(slots)]
+    address = actors[0].address.remote()  # resolved by Ray before each setup runs
+    # queued behind each constructor; every later call queues behind setup
+    setup = [actor.setup.remote(address) for actor in actors]
+    return LearnerGroup(cfg, actors, sharded=True, setup=setup)

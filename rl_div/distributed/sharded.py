@@ -1,0 +1,249 @@
+"""The FSDP2 learner rank, and the planned optimizer step that one process and N ranks share.
+
+Every rank holds the whole scored batch and the driver's plan (rl_div.distributed.plan); it runs
+its own rows' micro-batches, divides every loss by the GLOBAL token / sequence counts, and lets
+FSDP2 sum (not average) the gradients, so the update is one process's at any world size.
+Statistics go through a reducer (rl_div.distributed.weights): metrics are sums of token-weighted
+parts (never a mean of rank means), and a non-finite loss or gradient on any rank skips the step
+on every rank (a MAX-reduced flag and the global gradient norm), after every rank has run all
+its passes, so no rank waits in a collective the others never join.
+"""
+
+from __future__ import annotations
+
+import socket
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rl_div.config import Config
+from rl_div.data import RolloutBatch
+from rl_div.distributed.plan import MiniBatchPlan
+from rl_div.distributed.weights import LOCAL, GroupReducer, LocalReducer, mini_batch_token_weights
+from rl_div.learner import Learner
+from rl_div.metrics.entropy import masked_mean
+
+
+def planned_step(learner: Learner, batch: RolloutBatch, plan: MiniBatchPlan, rank: int,
+                 reducer: LocalReducer) -> dict[str, float] | None:
+    """One optimizer step of a planned mini-batch on `rank`; None (and no step, on every rank) if a
+    loss or the gradient norm was not finite anywhere. Returns the step's metrics, combined over
+    ranks: each micro-batch's metric weighted by its share of the mini-batch's valid tokens."""
+    cfg = learner.cfg
+    mini = batch.select(plan.rows)
+    where = {row: i for i, row in enumerate(plan.rows)}
+    positions = [[[where[r] for r in m] for m in micros] for micros in plan.micro]
+    learner.optimizer.zero_grad(set_to_none=True)
+    mini_weights = None
+    sums: dict[str, float] = {}
+    if cfg.algo.token_weight != "none" and cfg.train.token_weight_scope == "mini":
+        mini_weights = mini_batch_token_weights(learner, mini, positions, rank, reducer)
+    bad = 0.0
+    for pos in positions[rank]:
+        micro = mini.select(pos or [0])  # padding: a pass on row 0 whose loss is multiplied by 0
+        given = None if mini_weights is None else mini_weights.at(pos or [0])
+        out, weights, entropy, mask = learner.micro_loss(micro, plan.token_total, plan.seq_total, given)
+        if pos and not torch.isfinite(out.loss):
+            bad = 1.0
+        # FSDP2 averages gradients over ranks; the loss already divides by the global counts
+        (out.loss * reducer.world_size if pos else out.loss * 0.0).backward()
+        if not pos:
+            continue
+        share = float(mask.sum()) / max(plan.token_total, 1.0)
+        parts = {**out.metrics, **(weights.metrics if given is None else {})}
+        parts["policy/entropy_train"] = float(masked_mean(entropy.detach(), mask))
+        for k, v in parts.items():
+            sums[k] = sums.get(k, 0.0) + float(v) * (1.0 if k == "loss/total" else share)
+    sums = reducer.sum_dict(sums)
+    if mini_weights is not None:
+        sums.update(mini_weights.metrics)
+    norm = torch.nn.utils.clip_grad_norm_(learner.model.parameters(), cfg.train.max_grad_norm)
+    grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+    if float(reducer.max(torch.tensor(bad))) > 0 or not torch.isfinite(torch.tensor(grad_norm)):
+        learner.optimizer.zero_grad(set_to_none=True)
+        return None
+    learner.optimizer.step()
+    learner.optimizer.zero_grad(set_to_none=True)
+    learner.scheduler.step()
+    learner.version += 1
+    sums["train/grad_norm"] = grad_norm
+    return sums
+
+
+def run_plans(learner: Learner, batch: RolloutBatch, plans: list[MiniBatchPlan], rank: int = 0,
+              reducer: LocalReducer = LOCAL) -> dict[str, float]:
+    """An update as Learner.update does it, but following the driver's plans (same metrics)."""
+    learner.model.train()
+    sums: dict[str, float] = {}
+    counts = {"train/optimizer_steps": 0, "train/skipped_zero_signal": int(batch.size == 0),
+              "faults/nonfinite_loss": 0}
+    for plan in plans:
+        if plan.skip:
+            counts["train/skipped_zero_signal"] += 1
+            continue
+        step = planned_step(learner, batch, plan, rank, reducer)
+        if step is None:
+            counts["faults/nonfinite_loss"] += 1
+            continue
+        counts["train/optimizer_steps"] += 1
+        for k, v in step.items():
+            sums[k] = sums.get(k, 0.0) + v
+    learner.release_memory()
+    metrics = {k: v / max(counts["train/optimizer_steps"], 1) for k, v in sums.items()}
+    metrics.update({k: float(v) for k, v in counts.items()})
+    metrics["train/lr"] = learner.scheduler.get_last_lr()[0]
+    return metrics
+
+
+def free_address() -> tuple[str, int]:
+    """This node's IP and a free TCP port (rank 0 hosts torch.distributed's rendezvous there)."""
+    import ray
+
+    with socket.socket() as s:
+        s.bind(("", 0))
+        port = s.getsockname()[1]
+    return ray.util.get_node_ip_address() if ray.is_initialized() else "127.0.0.1", port
+
+
+class PolicyModule(torch.nn.Module):
+    """The FSDP2 root: its forward is policy_forward of the policy, so FSDP2 gathers the root unit's
+    parameters (embeddings, final norm, LM head) around the chunked head, which reads the head's
+    weight directly rather than calling the head module."""
+
+    def __init__(self, policy: torch.nn.Module, chunk_rows: int) -> None:
+        super().__init__()
+        self.policy, self.chunk_rows = policy, chunk_rows
+
+    def forward(self, micro: RolloutBatch, with_prompt: bool, temperature: float,
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        from rl_div.learner import policy_forward
+
+        return policy_forward(self.policy, micro, self.chunk_rows, with_prompt, temperature)
+
+
+def shard_policy(root: torch.nn.Module, model: torch.nn.Module, mesh: Any) -> None:
+    """fully_shard every decoder layer of model, then root (the rest of the model). FSDP2 averages
+    gradients over ranks (gloo has no pre-multiplied sum for set_gradient_divide_factor(1)), so
+    planned_step multiplies each rank's loss by the world size."""
+    from torch.distributed.fsdp import fully_shard
+
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    for layer in layers if layers is not None else []:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(root, mesh=mesh)
+
+
+class ShardedLearner(Learner):
+    """A Learner whose model, gradients and AdamW state are sharded across `world_size` ranks.
+
+    Built in two steps: the constructor loads the model (every rank the same weights, seed and
+    generator); setup() joins the process group, shards the model and rebuilds the optimizer.
+    """
+
+    def __init__(self, cfg: Config, model_path: str, rank: int, world_size: int) -> None:
+        super().__init__(cfg, model_path)
+        self.rank, self.world_size = rank, world_size
+        self.reducer: LocalReducer = LOCAL
+
+    def address(self) -> tuple[str, int]:
+        return free_address()
+
+    def setup(self, address: tuple[str, int]) -> int:
+        """Join the process group at rank 0's (host, port) (within train.dist_init_timeout_s), shard."""
+        host, port = address
+        import torch.distributed as dist
+        from torch.distributed.device_mesh import init_device_mesh
+
+        device = next(self.model.parameters()).device
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method=f"tcp://{host}:{port}",
+                                rank=self.rank, world_size=self.world_size,
+                                timeout=timedelta(seconds=self.cfg.train.dist_init_timeout_s))
+        mesh = init_device_mesh(device.type, (self.world_size,))
+        self.root = PolicyModule(self.model, self.cfg.train.logit_chunk_rows)
+        shard_policy(self.root, self.model, mesh)
+        self.reducer = GroupReducer(self.world_size, device)
+        self.build_optimizer()
+        return self.rank
+
+    def policy_forward(self, micro: RolloutBatch, with_prompt: bool = False, temperature: float | None = None,
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        temperature = self.cfg.rollout.temperature if temperature is None else temperature
+        with self.autocast():
+            return self.root(micro, with_prompt, temperature)
+
+    def run_plans(self, batch: RolloutBatch, plans: list[MiniBatchPlan]) -> dict[str, float]:
+        if self.cfg.train.offload_optimizer:
+            from rl_div.learner import move_optimizer_state
+
+            move_optimizer_state(self.optimizer, to_cpu=False)
+        return run_plans(self, batch, plans, self.rank, self.reducer)
+
+    def score_rows(self, batch: RolloutBatch, rows: list[list[int]], with_prompt: bool = False,
+                   temperature: float | None = None) -> dict[str, torch.Tensor]:
+        """score_policy of this rank's micro-batches (rows[k]; [] = a padding pass, dropped)."""
+        parts: dict[str, list[torch.Tensor]] = {}
+        self.model.eval()
+        with torch.no_grad():
+            for chunk in rows:
+                got = Learner.score_policy(self, batch.select(chunk or [0]), with_prompt, temperature)
+                for k, v in got.items():
+                    if chunk:
+                        parts.setdefault(k, []).append(v)
+        return {k: torch.cat(v) for k, v in parts.items()}
+
+    def get_weights(self) -> dict[str, torch.Tensor]:
+        """Every rank joins the gather; rank 0 returns the full state dict in the engines' dtype."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return {k: v.to(self.sync_dtype) for k, v in full.items()} if self.rank == 0 else {}
+
+
+
+    # ---- checkpoints: reshardable DCP for model + optimizer, the HF policy/ folder from rank 0 ----
+    def _dcp_state(self) -> dict[str, Any]:
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
+        return {"model": model_sd, "optim": optim_sd}
+
+    def save(self, ckpt_dir: str) -> None:
+        """Every rank writes its shards to ckpt_dir/dcp (loadable at any world size); rank 0 writes
+        policy/ (HF safetensors, the full weights) and the scheduler / generator / RNG state. The
+        trainer saves into a temporary folder and renames it, so the checkpoint appears atomically."""
+        import torch.distributed as dist
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        dcp.save(self._dcp_state(), checkpoint_id=str(Path(ckpt_dir) / "dcp"))
+        if self.rank == 0:
+            # tied weights once, under the name save_pretrained of the unsharded model uses
+            names = {n for n, _ in self.model.named_parameters()} | {n for n, _ in self.model.named_buffers()}
+            full = {k: v for k, v in full.items() if k in names}
+            self.model.save_pretrained(Path(ckpt_dir) / "policy", state_dict=full, safe_serialization=True)
+            self.tokenizer.save_pretrained(Path(ckpt_dir) / "policy")
+            torch.save({"scheduler": self.scheduler.state_dict(), "generator": self.generator.get_state(),
+                        "torch_rng": torch.get_rng_state(), "version": self.version,
+                        "world_size": self.world_size}, Path(ckpt_dir) / "learner_state.pt")
+        dist.barrier()
+
+    def load(self, ckpt_dir: str) -> None:
+        """Resume from a checkpoint that save() wrote with any number of ranks (DCP reshards)."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import set_state_dict
+
+        dcp_dir = Path(ckpt_dir) / "dcp"
+        if not dcp_dir.is_dir():
+            raise RuntimeError(f"checkpoint {ckpt_dir} has no dcp/ folder: it was written by train.strategy="
+                               "'single', which an fsdp2 run cannot resume")
+        state = self._dcp_state()
+        dcp.load(state, checkpoint_id=str(dcp_dir))
+        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        saved = torch.load(Path(ckpt_dir) / "learner_state.pt", weights_only=True)
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.generator.set_state(saved["generator"])
+        torch.set_rng_state(saved["torch_rng"])
+        self.version = saved["version"]

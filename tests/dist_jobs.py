@@ -1,0 +1,84 @@
+"""Jobs that the 2-rank gloo tests run in spawned processes (importable by name in the children).
+
+Each job joins a fresh process group (rank, world, port), builds a ShardedLearner from a config,
+runs, returns plain tensors / numbers, and leaves the process group, so one spawned pool serves
+every test of a module.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from rl_div.config import load_config
+from rl_div.data import RolloutBatch
+from rl_div.distributed.plan import plan_batch
+
+
+def make_cfg(model_path: str, out: str, extra: list[str]) -> Any:
+    return load_config(None, [f"model.path={model_path}", f"run.output_dir={out}", "train.lr=0.001",
+                              "rollout.max_new_tokens=8", *extra])
+
+
+def full_params(learner: Any) -> dict[str, torch.Tensor]:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(learner.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def _join(rank: int, world: int, port: int, cfg: Any, model_path: str) -> Any:
+    from rl_div.distributed.sharded import ShardedLearner
+
+    learner = ShardedLearner(cfg, model_path, rank, world)
+    learner.setup(("127.0.0.1", port))
+    return learner
+
+
+def _leave() -> None:
+    import torch.distributed as dist
+
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def train_job(rank: int, world: int, port: int, model_path: str, out: str, extra: list[str],
+              batch: RolloutBatch, updates: int, nan_rank: int | None = None, load: str | None = None,
+              save_after: int | None = None, save: str | None = None) -> dict[str, Any]:
+    """`updates` planned updates on the same batch; returns rank's metrics and the full parameters.
+    nan_rank: that rank's rows of the first mini-batch get NaN old log-probs (a rank-local fault);
+    load: a checkpoint to resume from first; save: where to checkpoint after `save_after` updates."""
+    cfg = make_cfg(model_path, out, extra)
+    learner = _join(rank, world, port, cfg, model_path)
+    if load:
+        learner.load(load)
+    metrics = []
+    for i in range(updates):
+        if save and i == save_after:
+            learner.save(save)
+        plans = plan_batch(batch, cfg, world, learner.version)
+        data = batch
+        if nan_rank is not None:
+            data = batch.select(list(range(batch.size)))
+            bad = [r for m in plans[0].micro[nan_rank] for r in m]
+            assert bad, "the NaN rank must own rows"
+            data.old_logprobs[bad] = float("nan")
+        metrics.append(learner.run_plans(data, plans))
+    params = full_params(learner)
+    _leave()
+    return {"metrics": metrics, "params": params}
+
+
+def weights_job(rank: int, world: int, port: int, model_path: str, out: str, extra: list[str],
+                batch: RolloutBatch) -> dict[str, Any]:
+    """The token weights of the first planned mini-batch, computed across the ranks."""
+    from rl_div.distributed.weights import mini_batch_token_weights
+
+    cfg = make_cfg(model_path, out, extra)
+    learner = _join(rank, world, port, cfg, model_path)
+    plan = plan_batch(batch, cfg, world, 0)[0]
+    where = {row: i for i, row in enumerate(plan.rows)}
+    positions = [[[where[r] for r in m] for m in micros] for micros in plan.micro]
+    out_w = mini_batch_token_weights(learner, batch.select(plan.rows), positions, rank, learner.reducer).out
+    _leave()
+    return {"weights": out_w.weights, "coef": out_w.kl_penalty_coef, "metrics": out_w.metrics, "rows": plan.rows}

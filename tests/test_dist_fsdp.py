@@ -1,0 +1,193 @@
+"""FSDP2 over 2 gloo ranks (real torch.distributed, spawned processes) against one process.
+
+One spawned pool of 2 processes serves the module (imports are paid once); every job joins a fresh
+process group. The one-process reference is a plain Learner running the same planner (world 1)
+with the identity reducer.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import socket
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import dist_jobs
+import pytest
+import torch
+
+from rl_div.distributed.plan import plan_batch
+from rl_div.distributed.sharded import run_plans
+from rl_div.distributed.weights import LOCAL, mini_batch_token_weights
+from rl_div.learner import Learner
+from rl_div.models import build_char_tokenizer, make_tiny_llama, save_policy
+from rl_div.rollout.base import SamplingSpec
+from rl_div.rollout.hf import HFRolloutWorker
+from rl_div.tasks import TASKS
+
+COMMON = ["train.micro_batch_size=3", "train.max_tokens_per_micro_batch=40", "train.mini_batch_size=8",
+          "train.strategy=fsdp2", "train.num_learners=2", "train.token_weight_scope=mini"]
+
+
+@pytest.fixture(scope="module")
+def pool() -> Iterator[ProcessPoolExecutor]:
+    with ProcessPoolExecutor(max_workers=2, mp_context=mp.get_context("spawn")) as executor:
+        yield executor
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> str:
+    tok = build_char_tokenizer(TASKS["prime_gap"].alphabet)
+    return str(save_policy(make_tiny_llama(tok, seed=3), tok, tmp_path_factory.mktemp("m") / "tiny"))
+
+
+@pytest.fixture(scope="module")
+def batch(model_path: str, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """16 real rollouts with very uneven response lengths (row i keeps 1 + i % 8 tokens), scored by
+    the policy, with signed advantages (two rows without signal)."""
+    worker = HFRolloutWorker(model_path, dtype="float32", device="cpu")
+    b = worker.generate(TASKS["prime_gap"].make_prompts("train", 4, seed=0),
+                        SamplingSpec(n=4, max_new_tokens=8, seed=0))
+    width = b.response_mask.shape[1]
+    keep = torch.tensor([1 + i % width for i in range(b.size)])
+    b.response_mask = b.response_mask * (torch.arange(width)[None, :] < keep[:, None])
+    learner = Learner(dist_jobs.make_cfg(model_path, str(tmp_path_factory.mktemp("o")), []), model_path)
+    stats = learner.score_policy(b)
+    b.old_logprobs, b.old_entropy = stats["old_logprobs"], stats["old_entropy"]
+    b.advantages = torch.linspace(-1.5, 1.5, b.size)
+    b.advantages[[3, 11]] = 0.0
+    return b
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def on_two_ranks(pool: ProcessPoolExecutor, job: Any, *args: Any, **kwargs: Any) -> list[Any]:
+    port = free_port()
+    futures = [pool.submit(job, rank, 2, port, *args, **kwargs) for rank in range(2)]
+    return [f.result(timeout=600) for f in futures]
+
+
+def one_process(model_path: str, out: str, extra: list[str], batch: Any, updates: int) -> tuple[Learner, list]:
+    cfg = dist_jobs.make_cfg(model_path, out, extra)
+    learner = Learner(cfg, model_path)
+    metrics = [run_plans(learner, batch, plan_batch(batch, cfg, 1, learner.version)) for _ in range(updates)]
+    return learner, metrics
+
+
+@pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"])
+def test_two_ranks_match_one_process_over_3_updates(pool: ProcessPoolExecutor, model_path: str, batch: Any,
+                                                     tmp_path: Path, agg: str) -> None:
+    extra = [*COMMON, f"algo.loss_params={{agg: {agg}}}"]
+    ranks = on_two_ranks(pool, dist_jobs.train_job, model_path, str(tmp_path), extra, batch, 3)
+    ref, ref_metrics = one_process(model_path, str(tmp_path), extra, batch, 3)
+    params = ranks[0]["params"]
+    moved = 0.0
+    for name, p in ref.model.state_dict().items():
+        assert torch.allclose(params[name], p, atol=1e-5, rtol=0), (name, float((params[name] - p).abs().max()))
+        moved = max(moved, float((p - Learner(ref.cfg, model_path).model.state_dict()[name]).abs().max()))
+    assert moved > 1e-3  # the updates did move the weights
+    for got, want in zip(ranks[0]["metrics"], ref_metrics, strict=True):
+        assert got["train/optimizer_steps"] == want["train/optimizer_steps"] == 2
+        for k in ("loss/total", "loss/pg", "loss/ratio_mean", "policy/entropy_train", "train/grad_norm"):
+            assert got[k] == pytest.approx(want[k], rel=1e-4, abs=1e-6), k
+    assert ranks[0]["metrics"] == ranks[1]["metrics"]
+
+
+WEIGHTS = {
+    "steer": [],
+    "clip_cov": ["algo.token_weight_params={fraction: 0.2, cov_low: -100.0, cov_high: 100.0}"],
+    "kl_cov": ["algo.token_weight_params={fraction: 0.2}"],
+    "high_entropy_mask": ["algo.token_weight_params={top_fraction: 0.2}"],
+}
+
+
+@pytest.mark.parametrize("method", list(WEIGHTS))
+def test_token_weights_across_ranks_equal_one_process(pool: ProcessPoolExecutor, model_path: str, batch: Any,
+                                                      tmp_path: Path, method: str) -> None:
+    extra = [*COMMON, f"algo.token_weight={method}", *WEIGHTS[method]]
+    ranks = on_two_ranks(pool, dist_jobs.weights_job, model_path, str(tmp_path), extra, batch)
+    cfg = dist_jobs.make_cfg(model_path, str(tmp_path), extra)
+    learner = Learner(cfg, model_path)
+    plan = plan_batch(batch, cfg, 1, 0)[0]
+    assert plan.rows == ranks[0]["rows"]
+    mini = batch.select(plan.rows)
+    # one process, one micro-batch per row: the micro-batch split must not matter either
+    ref = mini_batch_token_weights(learner, mini, [[[i] for i in range(mini.size)]], 0, LOCAL).out
+    got = ranks[1]
+    valid = mini.response_mask.bool()
+    assert int((got["weights"] != ref.weights)[valid].sum()) == 0
+    if ref.kl_penalty_coef is not None:
+        assert int((got["coef"] != ref.kl_penalty_coef)[valid].sum()) == 0
+        assert int((ref.kl_penalty_coef != 0)[valid].sum()) >= 2
+    else:
+        assert int((ref.weights != 1)[valid].sum()) >= 2  # the method did select / re-weight tokens
+    for k, v in ref.metrics.items():
+        assert got["metrics"][k] == pytest.approx(v, rel=1e-6, abs=1e-9), k
+    assert ranks[0]["metrics"] == ranks[1]["metrics"]
+
+
+def test_nan_on_one_rank_skips_the_step_on_both(pool: ProcessPoolExecutor, model_path: str, batch: Any,
+                                                tmp_path: Path) -> None:
+    ranks = on_two_ranks(pool, dist_jobs.train_job, model_path, str(tmp_path), COMMON, batch, 1, nan_rank=1)
+    start = Learner(dist_jobs.make_cfg(model_path, str(tmp_path), COMMON), model_path).model.state_dict()
+    for rank in ranks:
+        [m] = rank["metrics"]
+        assert m["faults/nonfinite_loss"] == 1 and m["train/optimizer_steps"] == 1  # the other mini-batch stepped
+    # the step that ran equals one process's update on the second mini-batch alone
+    cfg = dist_jobs.make_cfg(model_path, str(tmp_path), COMMON)
+    ref = Learner(cfg, model_path)
+    run_plans(ref, batch, plan_batch(batch, cfg, 1, 0)[1:])
+    for name, p in ref.model.state_dict().items():
+        assert torch.allclose(ranks[0]["params"][name], p, atol=1e-5, rtol=0), name
+    assert any(not torch.equal(p, start[n]) for n, p in ref.model.state_dict().items())
+
+
+def test_dcp_checkpoint_from_two_ranks_resumes_on_one(pool: ProcessPoolExecutor, model_path: str, batch: Any,
+                                                      tmp_path: Path) -> None:
+    """Save with 2 ranks after one update, take a second update; load with 1 rank, take the second
+    update there: the same parameters. The policy/ folder holds the full weights at the save."""
+    from rl_div.models import load_policy
+
+    ckpt = str(tmp_path / "ckpt")
+    two = on_two_ranks(pool, dist_jobs.train_job, model_path, str(tmp_path), COMMON, batch, 2, save_after=1,
+                       save=ckpt)
+    one_cfg = [c for c in COMMON if "num_learners" not in c] + ["train.num_learners=1"]
+    one = pool.submit(dist_jobs.train_job, 0, 1, free_port(), model_path, str(tmp_path), one_cfg, batch, 1,
+                      load=ckpt).result(timeout=600)
+    assert one["metrics"][0]["train/optimizer_steps"] == 2
+    for name, p in two[0]["params"].items():
+        assert torch.allclose(one["params"][name], p, atol=1e-5, rtol=0), name
+    saved, _ = load_policy(str(Path(ckpt) / "policy"), dtype="float32")
+    after_one, _ = one_process(model_path, str(tmp_path), COMMON, batch, 1)
+    for name, p in after_one.model.state_dict().items():
+        assert torch.allclose(saved.state_dict()[name], p, atol=1e-5, rtol=0), name
+
+
+@pytest.mark.parametrize("method", ["steer", "high_entropy_mask"])
+def test_single_learner_mini_scope_equals_planned_one_process(model_path: str, batch: Any, tmp_path: Path,
+                                                             method: str) -> None:
+    """strategy single with token_weight_scope=mini (Learner.update, micro-batches of 3 rows) takes
+    the step the planner's one-process path takes (token-budget micro-batches): same weights."""
+    extra = ["train.micro_batch_size=3", f"algo.token_weight={method}", "train.token_weight_scope=mini",
+             *WEIGHTS[method]]
+    single = Learner(dist_jobs.make_cfg(model_path, str(tmp_path), extra), model_path)
+    single.update(batch)
+    planned, _ = one_process(model_path, str(tmp_path), [*extra, "train.max_tokens_per_micro_batch=40"], batch, 1)
+    for name, p in single.model.state_dict().items():
+        diff = float((planned.model.state_dict()[name] - p).abs().max())
+        assert diff < 1e-5, (name, diff)
+
+
+def test_single_learner_loss_total_does_not_depend_on_micro_batching(model_path: str, batch: Any,
+                                                                     tmp_path: Path) -> None:
+    """loss/total is the mini-batch's loss: micro-batch losses (global denominators) add up; it was
+    their row-weighted mean, i.e. divided by the number of micro-batches."""
+    totals = [Learner(dist_jobs.make_cfg(model_path, str(tmp_path), [f"train.micro_batch_size={m}"]),
+                      model_path).update(batch)["loss/total"] for m in (3, batch.size)]
+    assert totals[0] == pytest.approx(totals[1], rel=1e-5, abs=1e-7)
