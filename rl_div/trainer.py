@@ -378,7 +378,7 @@ def compute_advantages(batch: RolloutBatch, cfg: Config) -> tuple[torch.Tensor, 
     correct = sub.correct if sub.correct is not None and bool(torch.isfinite(sub.correct).all()) else None
     inputs = AdvantageInputs(
         rewards=sub.rewards, group_index=sub.group_index, correct=correct,
-        response_logprobs=sub.old_logprobs, old_logprobs=sub.rollout_logprobs,
+        response_logprobs=sub.old_logprobs, behavior_logprobs=sub.behavior_logprobs,
         response_mask=sub.response_mask.float(), prompt_logprobs=sub.prompt_logprobs,
         prompt_mask=prompt_logprob_mask(sub.prompt_mask).float(),
     )

@@ -15,7 +15,7 @@ def small_batch(n: int = 2) -> RolloutBatch:
         prompts, [[1, 2], [3, 4, 5]],
         [[7], [8, 9], [10, 11, 12], []][: 2 * n],
         [[-0.1], [-0.2, -0.3], [-0.4, -0.5, -0.6], []][: 2 * n],
-        ["a", "bc", "def", ""][: 2 * n], [False, False, True, True][: 2 * n], n, policy_version=3)
+        ["a", "bc", "def", ""][: 2 * n], [False, False, True, True][: 2 * n], n, behavior_version=3)
 
 
 def test_build_pads_prompts_left_and_responses_right() -> None:
@@ -24,7 +24,7 @@ def test_build_pads_prompts_left_and_responses_right() -> None:
     assert b.prompt_mask.tolist() == [[0, 1, 1], [0, 1, 1], [1, 1, 1], [1, 1, 1]]
     assert b.response_ids.tolist() == [[7, 0, 0], [8, 9, 0], [10, 11, 12], [0, 0, 0]]
     assert b.response_mask.sum(1).tolist() == [1, 2, 3, 0]
-    assert b.rollout_logprobs[2].tolist() == pytest.approx([-0.4, -0.5, -0.6])
+    assert b.behavior_logprobs[2].tolist() == pytest.approx([-0.4, -0.5, -0.6])
     assert b.group_index.tolist() == [0, 0, 1, 1]
     assert [p.prompt for p in b.prompts] == ["p0", "p0", "prompt1", "prompt1"]
 
