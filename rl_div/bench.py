@@ -337,6 +337,7 @@ def print_group_embedding(r: dict[str, Any]) -> None:
 
 def _sections(quick: bool) -> dict[str, tuple[Callable[[], dict[str, Any]], Callable[[dict[str, Any]], None]]]:
     """Section name -> (run, print). The realistic-workload sections live in rl_div.bench_workload."""
+    from rl_div import bench_async as a
     from rl_div import bench_workload as w
 
     return {
@@ -350,10 +351,12 @@ def _sections(quick: bool) -> dict[str, tuple[Callable[[], dict[str, Any]], Call
                     w.print_rewards),
         "long_step": ((lambda: w.bench_long_step(new_tokens=256, prompts=2, group_size=2, repeats=1)) if quick
                       else w.bench_long_step, w.print_long_step),
+        "off_policy": ((lambda: a.bench_off_policy(steps=2, warmup=1, settings=["demo"])) if quick
+                       else a.bench_off_policy, a.print_off_policy),
     }
 
 
-SECTIONS = ("entropy", "passk", "train_step", "group_embedding", "lm_head", "rewards", "long_step")
+SECTIONS = ("entropy", "passk", "train_step", "group_embedding", "lm_head", "rewards", "long_step", "off_policy")
 
 
 def run_bench(quick: bool = False, out: str | Path | None = None,
