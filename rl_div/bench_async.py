@@ -25,7 +25,11 @@ SETTINGS: dict[str, list[str]] = {
 }
 
 
-def _step_times(overrides: list[str], lag: int, steps: int, warmup: int) -> list[float]:
+STAGES = ("rollout", "reward", "learner_forward", "learner_update", "sync")
+
+
+def _step_times(overrides: list[str], lag: int, steps: int, warmup: int) -> tuple[list[float], dict[str, float]]:
+    """Wall seconds of each timed step, and the median seconds of each stage (time/<stage>)."""
     import ray
 
     from rl_div.config import load_config
@@ -37,17 +41,19 @@ def _step_times(overrides: list[str], lag: int, steps: int, warmup: int) -> list
                            "tracking.progress=false", "tracking.tensorboard=false", "checkpoint.every=0",
                            f"train.steps={steps + warmup}", f"rollout.max_off_policy_steps={lag}", *overrides])
         trainer = Trainer(cfg)
-        times = []
+        times, stages = [], {s: [] for s in STAGES}
         try:
             for i in range(steps + warmup):
                 start = time.perf_counter()
-                trainer.train_step()
+                metrics = trainer.train_step()
                 if i >= warmup:
                     times.append(time.perf_counter() - start)
+                    for s in STAGES:
+                        stages[s].append(float(metrics[f"time/{s}"]))
         finally:
             trainer.close()
             ray.shutdown()
-    return times
+    return times, {s: statistics.median(v) for s, v in stages.items()}
 
 
 def bench_off_policy(steps: int = 6, warmup: int = 2, settings: list[str] | None = None) -> dict[str, Any]:
@@ -56,8 +62,8 @@ def bench_off_policy(steps: int = 6, warmup: int = 2, settings: list[str] | None
     for name in settings or list(SETTINGS):
         load_before = os.getloadavg()[0]
         per_lag = {lag: _step_times(SETTINGS[name], lag, steps, warmup) for lag in (0, 1)}
-        stats = {str(lag): {"min": min(t), "median": statistics.median(t), "max": max(t), "all": t}
-                 for lag, t in per_lag.items()}
+        stats = {str(lag): {"min": min(t), "median": statistics.median(t), "max": max(t), "all": t,
+                            "median_stage_seconds": st} for lag, (t, st) in per_lag.items()}
         out["settings"][name] = {"overrides": SETTINGS[name], "seconds": stats,
                                  "ratio_median_lag1_over_lag0": stats["1"]["median"] / stats["0"]["median"],
                                  "load_avg_1min_before": load_before, "load_avg_1min_after": os.getloadavg()[0]}
@@ -75,3 +81,8 @@ def print_off_policy(r: dict[str, Any]) -> None:
                          f"{s['ratio_median_lag1_over_lag0']:.3f}" if lag == "1" else "",
                          f"{s['load_avg_1min_before']:.1f} -> {s['load_avg_1min_after']:.1f}"])
     print(_table(["setting", "lag", "min s", "median s", "max s", "lag1/lag0", "load avg"], rows))
+    stage_rows = [[name, lag, *[s["seconds"][lag]["median_stage_seconds"][st] for st in STAGES]]
+                  for name, s in r["settings"].items() for lag in ("0", "1")]
+    print("median stage seconds (with lag 1, rollout is the wait for a batch launched a step earlier, and sync "
+          "includes the wait for the one in flight)")
+    print(_table(["setting", "lag", *STAGES], stage_rows))

@@ -123,7 +123,10 @@ def test_resume_2_plus_2_equals_4(tmp_path: Path, base_model: str, lag: int) -> 
     assert ra[4]["policy/version"] > 0, "the run must actually have updated the policy"
     for step in (3, 4):
         assert ra[step] == pytest.approx(rb[step], rel=1e-6, abs=1e-7, nan_ok=True)
-    assert [ra[step]["offpolicy/policy_lag"] for step in (1, 2, 3, 4)] == [0, lag, lag, lag]
+    # the batch of step s was sampled by the version after step s - 1 - lag: lag 1 lags by step s - 1's update
+    versions = [0, 0] + [ra[step]["policy/version"] for step in (1, 2, 3, 4)]
+    assert [ra[s]["offpolicy/policy_lag"] for s in (1, 2, 3, 4)] == [
+        versions[s] - versions[s - lag] for s in (1, 2, 3, 4)]
     assert (sorted((resumed / "checkpoints").glob("step_*"))[-1] / "in_flight.pt").exists() == bool(lag)
 
 
