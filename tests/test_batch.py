@@ -55,3 +55,18 @@ def test_concat_renumbers_groups_and_repads() -> None:
     assert both.group_index.tolist() == [0, 1, 2, 2, 3, 3]
     assert both.response_ids.shape[1] == 3 and both.prompt_ids.shape[1] == 3
     assert both.response_ids[0].tolist() == [7, 0, 0]
+
+
+def test_a_batch_in_flight_survives_a_checkpoint_round_trip(tmp_path) -> None:
+    """The in-flight batch is saved as plain tensors/strings/dicts and loads with weights_only=True."""
+    from rl_div.rollout.pipeline import batch_from_state, batch_state
+
+    b = small_batch()
+    b.prompts[0] = PromptRecord("p0", "a0", uid="u", meta={"level": 3})
+    torch.save(batch_state(b), tmp_path / "b.pt")
+    back = batch_from_state(torch.load(tmp_path / "b.pt", weights_only=True))
+    assert back.behavior_version.tolist() == [3, 3, 3, 3]
+    assert back.prompts[0] == PromptRecord("p0", "a0", uid="u", meta={"level": 3}) and back.prompts[2] == b.prompts[2]
+    assert back.response_texts == b.response_texts
+    for name in ("prompt_ids", "response_ids", "response_mask", "behavior_logprobs", "group_index", "truncated"):
+        assert torch.equal(getattr(back, name), getattr(b, name)), name

@@ -93,3 +93,14 @@ def test_equal_to_the_on_policy_loss_when_behavior_is_pi_old(tis: str) -> None:
     corrected, corrected_grad = run(old.clone())
     assert corrected == on_policy
     assert torch.equal(corrected_grad, on_grad)
+
+
+def test_max_off_policy_steps_is_validated() -> None:
+    from rl_div.config import ConfigError, load_config
+
+    assert load_config(None, []).rollout.max_off_policy_steps == 0  # synchronous by default
+    assert load_config(None, ["rollout.max_off_policy_steps=1"]).rollout.max_off_policy_steps == 1
+    with pytest.raises(ConfigError, match="max_off_policy_steps"):
+        load_config(None, ["rollout.max_off_policy_steps=3"])
+    with pytest.raises(ConfigError, match="cuda_ipc"):
+        load_config(None, ["rollout.backend=vllm", "rollout.weight_sync=cuda_ipc", "rollout.max_off_policy_steps=1"])
