@@ -337,6 +337,7 @@ def print_group_embedding(r: dict[str, Any]) -> None:
 
 def _sections(quick: bool) -> dict[str, tuple[Callable[[], dict[str, Any]], Callable[[dict[str, Any]], None]]]:
     """Section name -> (run, print). The realistic-workload sections live in rl_div.bench_workload."""
+    from rl_div import bench_async as a
     from rl_div import bench_methods as m
     from rl_div import bench_workload as w
     from rl_div.distributed.bench import bench_fsdp, print_fsdp
@@ -355,11 +356,13 @@ def _sections(quick: bool) -> dict[str, tuple[Callable[[], dict[str, Any]], Call
         "learner_work": (lambda: m.bench_learner_work("demo", repeats=1 if quick else 3), m.print_learner_work),
         "learner_work_20m": (lambda: m.bench_learner_work("20m", repeats=1 if quick else 3), m.print_learner_work),
         "fsdp": (lambda: bench_fsdp(repeats=3 if quick else 10), print_fsdp),
+        "off_policy": ((lambda: a.bench_off_policy(steps=2, warmup=1, settings=["demo"])) if quick
+                       else a.bench_off_policy, a.print_off_policy),
     }
 
 
 SECTIONS = ("entropy", "passk", "train_step", "group_embedding", "lm_head", "rewards", "long_step", "learner_work",
-            "learner_work_20m", "fsdp")
+            "learner_work_20m", "fsdp", "off_policy")
 
 
 def run_bench(quick: bool = False, out: str | Path | None = None,

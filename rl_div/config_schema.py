@@ -138,6 +138,11 @@ class RolloutConfig(Section):
     weight_sync_timeout_s: float = Field(
         300.0, gt=0, description="Max seconds for one weight sync; past it the sync fails loudly."
     )
+    max_off_policy_steps: int = Field(
+        0, ge=0, le=2, description="Batches generated ahead of the learner: 0 = synchronous (rollout, then "
+        "update, then sync); 1 = batch t+1 is sampled with weights of version t while the learner trains on "
+        "batch t (one step off-policy, corrected by the loss's truncated importance sampling); 2 = two ahead.",
+    )
     sleep_level: Literal[1, 2] = Field(
         1, description="vLLM sleep level between rollouts when colocated (weight_sync=cuda_ipc): 1 offloads the "
         "weights to CPU memory and frees the KV cache; 2 discards both (less CPU memory; every rollout follows a "
@@ -149,6 +154,9 @@ class RolloutConfig(Section):
         if self.weight_sync != "object_store" and self.backend != "vllm":
             raise ValueError(f"rollout.weight_sync={self.weight_sync!r} needs rollout.backend='vllm' "
                              "(the hf backend takes weights through the object store only)")
+        if self.max_off_policy_steps and self.weight_sync == "cuda_ipc":
+            raise ValueError("rollout.max_off_policy_steps > 0 needs weight_sync 'object_store' or 'nccl': with "
+                             "'cuda_ipc' the colocated engine sleeps while the learner trains, so nothing overlaps")
         return self
 
 

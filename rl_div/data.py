@@ -2,13 +2,20 @@
 
 A :class:`RolloutBatch` holds B = num_prompts * G responses, grouped contiguously: rows
 ``g*G .. g*G+G-1`` answer prompt ``g`` and share ``group_index == g``. Stages fill optional fields
-in order: rollout (ids, texts, rollout log-probs) -> rewards (rewards, correct) -> learner
+in order: rollout (ids, texts, behaviour log-probs and version) -> rewards (rewards, correct) -> learner
 (old log-probs, entropies, advantages). Tensors are on CPU between stages.
+
+One name per log-prob: ``behavior_logprobs`` are always the sampler's (pi_behavior, the rollout
+engine holding weights of version ``behavior_version``); ``old_logprobs`` are always the learner's
+recomputed pi_old at update time. They differ by numerics when on-policy and by the policy lag when
+rollouts run ahead (rollout.max_off_policy_steps).
 
 Shapes:
     prompt_ids, prompt_mask          [B, P]  left-padded prompt tokens (mask 1 = real token)
     response_ids, response_mask      [B, T]  right-padded sampled tokens (mask 1 = real token)
-    rollout_logprobs                 [B, T]  log p of each sampled token under the sampler
+    behavior_logprobs                [B, T]  log p of each sampled token under the sampler
+    behavior_version                 [B]     long, policy version (learner optimizer steps) the sampler held
+    old_logprobs, old_entropy        [B, T]  log p / entropy under the learner's pi_old
     group_index                      [B]     long, which prompt group a row belongs to
     rewards, correct                 [B]     float; correct is 1.0/0.0, NaN = unscored (error)
     reward_components[name]          [B]     each configured reward before weighting (NaN = error)
@@ -52,12 +59,12 @@ class RolloutBatch:
     prompt_mask: torch.Tensor
     response_ids: torch.Tensor
     response_mask: torch.Tensor
-    rollout_logprobs: torch.Tensor
+    behavior_logprobs: torch.Tensor
     group_index: torch.Tensor
     truncated: torch.Tensor
     prompts: list[PromptRecord]  # one per row (repeated G times)
     response_texts: list[str]
-    policy_version: int = 0
+    behavior_version: torch.Tensor | None = None  # [B] long; None reads as version 0 for every row
     rewards: torch.Tensor | None = None
     correct: torch.Tensor | None = None
     answers: list[str | None] | None = None  # extracted answer text per row, None = unparseable
@@ -70,11 +77,14 @@ class RolloutBatch:
 
     def __post_init__(self) -> None:
         b = self.response_ids.shape[0]
+        if self.behavior_version is None:
+            self.behavior_version = torch.zeros(b, dtype=torch.long)
         checks = {
             "prompt_ids": self.prompt_ids.shape[0],
             "prompt_mask": self.prompt_mask.shape[0],
             "response_mask": self.response_mask.shape[0],
-            "rollout_logprobs": self.rollout_logprobs.shape[0],
+            "behavior_logprobs": self.behavior_logprobs.shape[0],
+            "behavior_version": self.behavior_version.shape[0],
             "group_index": self.group_index.shape[0],
             "truncated": self.truncated.shape[0],
             "prompts": len(self.prompts),
@@ -85,8 +95,8 @@ class RolloutBatch:
             raise ValueError(f"RolloutBatch rows disagree with response_ids ({b}): {bad}")
         if self.response_mask.shape != self.response_ids.shape:
             raise ValueError("response_mask must have the shape of response_ids")
-        if self.rollout_logprobs.shape != self.response_ids.shape:
-            raise ValueError("rollout_logprobs must have the shape of response_ids")
+        if self.behavior_logprobs.shape != self.response_ids.shape:
+            raise ValueError("behavior_logprobs must have the shape of response_ids")
 
     @property
     def size(self) -> int:

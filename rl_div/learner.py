@@ -270,10 +270,10 @@ class Learner:
                     continue
                 counts["train/optimizer_steps"] += 1
                 for k, v in step_metrics.items():
-                    sums[k] = sums.get(k, 0.0) + v
+                    sums[k] = max(sums.get(k, v), v) if k.endswith("_max") else sums.get(k, 0.0) + v
         self.release_memory()
         steps = max(counts["train/optimizer_steps"], 1)
-        metrics = {k: v / steps for k, v in sums.items()}
+        metrics = {k: v if k.endswith("_max") else v / steps for k, v in sums.items()}
         metrics.update({k: float(v) for k, v in counts.items()})
         metrics["train/lr"] = self.scheduler.get_last_lr()[0]
         return metrics
@@ -333,7 +333,8 @@ class Learner:
         out = LOSSES[algo.loss](
             LossInputs(logprobs=logp, old_logprobs=old_logp, advantages=advantages, mask=mask,
                        token_weights=weights.weights.to(dev), kl_penalty_coef=None if weights.kl_penalty_coef is None
-                       else weights.kl_penalty_coef.to(dev), ref_logprobs=ref_logp, entropy=entropy),
+                       else weights.kl_penalty_coef.to(dev), ref_logprobs=ref_logp, entropy=entropy,
+                       behavior_logprobs=None if micro.behavior_logprobs is None else micro.behavior_logprobs.to(dev)),
             **{"token_denominator": token_total, "seq_denominator": seq_total,
                "norm_constant": float(self.cfg.rollout.max_new_tokens), **self.loss_params})
         return out, weights, entropy, mask
@@ -370,8 +371,10 @@ class Learner:
             out.loss.backward()
             share = micro.size / mini.size
             for k, v in {**out.metrics, **(weights.metrics if given is None else {})}.items():
-                # each micro-batch's loss already divides by the mini-batch counts: they add up
-                sums[k] = sums.get(k, 0.0) + float(v) * (1.0 if k == "loss/total" else share)
+                if k.endswith("_max"):  # the largest seen
+                    sums[k] = max(sums.get(k, float(v)), float(v))
+                else:  # each micro-batch's loss already divides by the mini-batch counts: they add up
+                    sums[k] = sums.get(k, 0.0) + float(v) * (1.0 if k == "loss/total" else share)
             sums["policy/entropy_train"] = sums.get("policy/entropy_train", 0.0) + float(
                 masked_mean(entropy.detach(), mask)) * share
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm))

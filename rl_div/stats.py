@@ -57,7 +57,7 @@ def rollout_health(batch: RolloutBatch) -> dict[str, float]:
     if batch.old_entropy is not None:
         out["policy/entropy"] = float(masked_mean(batch.old_entropy, mask, empty=0.0))
     if batch.old_logprobs is not None:
-        gap = (batch.old_logprobs - batch.rollout_logprobs).abs() * mask
+        gap = (batch.old_logprobs - batch.behavior_logprobs).abs() * mask
         out["sync/logprob_gap_mean"] = float(gap.sum() / mask.sum().clamp(min=1))
         out["sync/logprob_gap_max"] = float(gap.max()) if mask.any() else 0.0
     return out

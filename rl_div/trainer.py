@@ -3,12 +3,14 @@
     prompts -> rollout (Ray actors) -> rewards (Ray actor) -> policy log-probs/entropies (learner,
     unless the update's own forward is pi_old: rl_div.onpolicy) -> advantages (registry)
     -> learner update -> weight sync -> metrics -> eval -> checkpoint
+
+With rollout.max_off_policy_steps = k > 0 the rollout pipeline (rl_div/rollout/pipeline.py) keeps
+k batches generating ahead: the rollout of step t only collects a batch launched k steps earlier.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import json
 import logging
@@ -41,11 +43,10 @@ from rl_div.cluster import (
     release_placement,
     start_learner,
     start_reward_worker,
-    start_rollout_worker,
     wait_started,
 )
 from rl_div.config import Config, save_config
-from rl_div.data import PromptRecord, RolloutBatch
+from rl_div.data import RolloutBatch
 from rl_div.guard import CollapseGuard
 from rl_div.learner import prompt_logprob_mask
 from rl_div.models import load_tokenizer
@@ -55,7 +56,7 @@ from rl_div.preflight import check_inputs
 from rl_div.prompts import PromptStream, load_splits
 from rl_div.registry import import_plugins
 from rl_div.rollout import SamplingSpec
-from rl_div.rollout.weight_sync import NcclGroup, WeightSyncError, nccl_group_on, push_weights
+from rl_div.rollout.pipeline import RolloutPipeline, policy_lag
 from rl_div.stats import eval_summary, rollout_health, step_diversity
 from rl_div.tracking import Tracker
 
@@ -115,21 +116,19 @@ class Trainer:
         init_ray(cfg)
         self.placement = place_run(cfg)  # fails in seconds when the cluster cannot hold the run
         self.learner = start_learner(cfg, self.model_path, self.placement)
-        self.rollout_workers = [start_rollout_worker(cfg, self.model_path, self.placement, i)
-                                for i in range(cfg.rollout.num_workers)]
+        self.pipeline = RolloutPipeline(cfg, self.model_path, self.placement, self.learner, self.counters)
         self.rewarder = start_reward_worker(cfg)
         # The actors import and load the policy in their own processes meanwhile.
         # Distinct-n and EAD count the policy's own tokens.
         tokenizer = load_tokenizer(self.model_path, trust_remote_code=cfg.model.trust_remote_code)
         self.vocab_size = len(tokenizer)
         self.tokenize = functools.partial(tokenizer.encode, add_special_tokens=False)
-        actors = {"learner": self.learner, **{f"rollout worker {i}": w for i, w in enumerate(self.rollout_workers)}}
+        actors = {"learner": self.learner, **self.pipeline.actors()}
         wait_started(actors, cfg.cluster.startup_timeout_s)  # start-up has its own timeout, not the sync's
         check_writers(self.out, {"learner": self.learner})  # it writes its checkpoint part into the run dir
         self.fused_forward, why = fuses_policy_forward(cfg, ray.get(self.learner.active_dropout.remote()))
         log.info("separate pi_old forward: %s (%s)", "no" if self.fused_forward else "yes", why)
         self.step = 0
-        self.nccl_group: NcclGroup | None = None
         checkpoint = latest_checkpoint(self.out) if resume else None
         if resume and checkpoint is None:
             log.warning("--resume: no checkpoint in %s, starting from step 0", self.out)
@@ -140,7 +139,7 @@ class Trainer:
             dropped = trim_to_step(self.out, resume_after)
             if dropped:
                 log.info("--resume: dropped %d metric rows past step %d (or torn)", dropped, resume_after)
-        self.sync_weights()
+        self.pipeline.sync_weights()
         self.tracker = Tracker(self.out, cfg.tracking, cfg.run.name, cfg.model_dump(mode="json"), cfg.train.steps,
                                resume_after=resume_after)
 
@@ -159,9 +158,10 @@ class Trainer:
 
     def train_step(self) -> dict[str, Any]:
         cfg, timer = self.cfg, StageTimer()
-        prompts = self.prompts.next_batch(cfg.rollout.prompts_per_step)
-        with timer("rollout"):
-            batch = self.rollout(prompts, self.train_sampling())
+        fetch = functools.partial(self.prompts.next_batch, cfg.rollout.prompts_per_step)
+        with timer("rollout"):  # launches batch step + max_off_policy_steps, collects batch step
+            batch = self.pipeline.next_batch(self.step, fetch, self.train_sampling())
+        lag_metrics = policy_lag(batch, self.pipeline.weights_version)
         with timer("reward"):
             batch = self.score(batch)
         if separate_forward(self.fused_forward, batch.rewards):
@@ -172,12 +172,13 @@ class Trainer:
             update_metrics = self.update(batch, self.guard.loss_overrides())
         self.counters["faults/nonfinite_loss"] += update_metrics.pop("faults/nonfinite_loss")
         self.counters["train/skipped_zero_signal"] += update_metrics.pop("train/skipped_zero_signal")
-        with timer("sync"):
-            self.sync_weights()
+        with timer("sync"):  # after the generation in flight (if any) finished
+            self.pipeline.sync_weights()
         self.step += 1
         metrics = {**rollout_health(batch), **step_diversity(batch, self.tokenize), **adv_metrics, **update_metrics,
-                   **timer.durations, **{k: v for k, v in self.counters.items() if not k.startswith("eval/")},
-                   "policy/version": self.weights_version}
+                   **lag_metrics, **timer.durations,
+                   **{k: v for k, v in self.counters.items() if not k.startswith("eval/")},
+                   "policy/version": self.pipeline.weights_version}
         metrics.update(self.guard.observe_train(self.step, metrics))
         self.tracker.log(self.step, metrics)
         return metrics
@@ -187,28 +188,6 @@ class Trainer:
         r = self.cfg.rollout
         return SamplingSpec(n=r.group_size, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
                             max_new_tokens=r.max_new_tokens, stop=list(r.stop), seed=self.cfg.run.seed)
-
-    def rollout(self, prompts: list[PromptRecord], spec: SamplingSpec, seed_salt: int | None = None) -> RolloutBatch:
-        """Shard prompts over the rollout actors; a dead actor is restarted, re-synced and retried."""
-        salt = self.step if seed_salt is None else seed_salt
-        workers = len(self.rollout_workers)
-        shards = [prompts[i * len(prompts) // workers:(i + 1) * len(prompts) // workers] for i in range(workers)]
-        specs = [dataclasses.replace(spec, seed=spec.seed * 1_000_003 + salt * 1_009 + i) for i in range(workers)]
-        futures = [w.generate.remote(s, sp) if s else None
-                   for w, s, sp in zip(self.rollout_workers, shards, specs, strict=True)]
-        parts = []
-        for i, future in enumerate(futures):
-            if future is None:
-                continue
-            try:
-                parts.append(ray.get(future, timeout=self.cfg.rollout.generate_timeout_s))
-            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as err:
-                log.warning("rollout worker %d failed (%s); restarting it", i, type(err).__name__)
-                self.counters["faults/rollout_restarts"] += 1
-                self.restart_rollout_worker(i)
-                retry = self.rollout_workers[i].generate.remote(shards[i], specs[i])
-                parts.append(ray.get(retry, timeout=self.cfg.rollout.generate_timeout_s))
-        return parts[0] if len(parts) == 1 else RolloutBatch.concat(parts)
 
     def score(self, batch: RolloutBatch, counter_prefix: str = "faults/") -> RolloutBatch:
         """Rewards, correctness and extracted answers; failures are NaN and counted, never 0
@@ -280,67 +259,20 @@ class Trainer:
         batch.old_logprobs, batch.old_entropy = stats["old_logprobs"], stats["old_entropy"]
         return metrics
 
-    def sync_weights(self) -> None:
-        """Push the learner's weights to every rollout actor (rollout.weight_sync: Ray object store,
-        CUDA IPC or NCCL broadcast). A rollout actor that died since the last sync (e.g. while the
-        learner updated) is restarted and the push repeated once; a sync that still fails or times
-        out raises (WeightSyncError on a timeout)."""
-        try:
-            self.push_weights()
-        except (ray.exceptions.RayActorError, WeightSyncError):
-            dead = self.dead_rollout_workers()
-            if not dead:
-                raise
-            for i in dead:
-                log.warning("rollout worker %d died before the weight sync; restarting it", i)
-                self.counters["faults/rollout_restarts"] += 1
-                self.replace_rollout_worker(i)
-            self.push_weights()
-
-    def dead_rollout_workers(self, timeout_s: float = 30.0) -> list[int]:
-        """Indices of rollout actors that do not answer a trivial call."""
-        dead = []
-        for i, worker in enumerate(self.rollout_workers):
-            try:
-                ray.get(worker.policy_version.remote(), timeout=timeout_s)
-            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-                dead.append(i)
-        return dead
-
-    def push_weights(self) -> None:
-        r = self.cfg.rollout
-        self.weights_version = ray.get(self.learner.get_version.remote())
-        if r.weight_sync == "nccl" and self.nccl_group is None:
-            self.nccl_group = nccl_group_on(self.learner, len(self.rollout_workers), r.tensor_parallel_size)
-        push_weights(self.learner, self.rollout_workers, r.weight_sync, self.weights_version,
-                     timeout_s=r.weight_sync_timeout_s, nccl_group=self.nccl_group,
-                     ranks_per_engine=r.tensor_parallel_size)
-
-    def restart_rollout_worker(self, index: int) -> None:
-        """Replace a dead rollout actor and give every actor the current weights."""
-        self.replace_rollout_worker(index)
-        self.sync_weights()
-
-    def replace_rollout_worker(self, index: int) -> None:
-        """A new actor in place of a dead one (and a new NCCL group, since its membership changed)."""
-        with contextlib.suppress(Exception):  # already dead is the usual case
-            ray.kill(self.rollout_workers[index])
-        self.rollout_workers[index] = start_rollout_worker(self.cfg, self.model_path, self.placement, index)
-        wait_started({f"rollout worker {index}": self.rollout_workers[index]}, self.cfg.cluster.startup_timeout_s)
-        self.nccl_group = None
-
     # ---- evaluation and checkpoints ------------------------------------------------------------
     def evaluate(self) -> dict[str, Any]:
         """pass@k curve, entropy and diversity on the held-out prompts, n samples each.
 
-        The sampling seed is the same at every evaluation, so curves differ by the policy only.
+        The sampling seed is the same at every evaluation, so curves differ by the policy only. It
+        follows a weight sync, which waited for any batch in flight: every engine holds the learner's
+        current version (logged as eval/policy_version).
         """
         cfg, timer = self.cfg, StageTimer()
         spec = SamplingSpec(n=cfg.eval.n, temperature=cfg.eval.temperature, top_p=cfg.rollout.top_p,
                             top_k=cfg.rollout.top_k, max_new_tokens=cfg.rollout.max_new_tokens,
                             stop=list(cfg.rollout.stop), seed=cfg.run.seed + 7_919)
         with timer("eval_rollout"):
-            batch = self.score(self.rollout(self.eval_prompts, spec, seed_salt=0), counter_prefix="eval/")
+            batch = self.score(self.pipeline.generate(self.eval_prompts, spec, salt=0), counter_prefix="eval/")
             batch = self.policy_stats(batch, temperature=cfg.eval.temperature)
         embeddings = None
         if cfg.eval.embedding_metrics:
@@ -350,6 +282,7 @@ class Trainer:
         metrics.update({k: v for k, v in self.counters.items() if k.startswith("eval/")})
         metrics.update(timer.durations)
         metrics.update(self.guard.observe_eval(self.step, metrics, problems))
+        metrics["eval/policy_version"] = float(self.pipeline.weights_version)
         eval_dir = self.out / "eval"
         eval_dir.mkdir(exist_ok=True)
         write_text_atomic(eval_dir / f"step_{self.step:06d}.json",
@@ -361,12 +294,14 @@ class Trainer:
     def save_checkpoint(self) -> Path:
         tmp, final = new_checkpoint_dir(self.out, self.step)
         ray.get(self.learner.save.remote(str(tmp)))
+        self.pipeline.save(tmp)  # the batches already generating for the next steps
         save_trainer_state(tmp, {"step": self.step, "prompts": self.prompts.state(), "counters": self.counters,
                                  "guard": self.guard.state()})
         return commit_checkpoint(tmp, final, self.cfg.checkpoint.keep)
 
     def restore(self, checkpoint: Path) -> None:
         ray.get(self.learner.load.remote(str(checkpoint)))
+        self.pipeline.load(checkpoint)
         state = load_trainer_state(checkpoint)
         self.step = state["step"]
         self.prompts.load_state(state["prompts"])
@@ -379,8 +314,9 @@ class Trainer:
         if hasattr(self, "tracker"):
             self.tracker.close()
         close_logging(self.out / "train.log")
-        for actor in [*getattr(self, "rollout_workers", []), getattr(self, "rewarder", None),
-                      *getattr(getattr(self, "learner", None), "actors", [])]:  # the LearnerGroup's actors
+        if hasattr(self, "pipeline"):
+            self.pipeline.close()
+        for actor in [getattr(self, "rewarder", None), *getattr(getattr(self, "learner", None), "actors", [])]:
             if actor is not None:
                 with contextlib.suppress(Exception):  # shutting down: an actor already gone is fine
                     ray.kill(actor)
@@ -402,7 +338,7 @@ def compute_advantages(batch: RolloutBatch, cfg: Config) -> tuple[torch.Tensor, 
     correct = sub.correct if sub.correct is not None and bool(torch.isfinite(sub.correct).all()) else None
     inputs = AdvantageInputs(
         rewards=sub.rewards, group_index=sub.group_index, correct=correct,
-        response_logprobs=sub.old_logprobs, old_logprobs=sub.rollout_logprobs,
+        response_logprobs=sub.old_logprobs, behavior_logprobs=sub.behavior_logprobs,
         response_mask=sub.response_mask.float(), prompt_logprobs=sub.prompt_logprobs,
         prompt_mask=prompt_logprob_mask(sub.prompt_mask).float(),
     )

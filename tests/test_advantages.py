@@ -275,7 +275,7 @@ def test_unlikeliness_by_hand() -> None:
     # ranks (0 = least likely): r2 0, r0 1, r3 2, r1 3; factor 1 - 0.25 * rank / 4
     old = [[-0.25, -0.75, PAD], [-0.2, PAD, PAD], [-1.0, -1.0, -1.0], [-0.5, -0.5, -0.5]]
     mask = [[1, 1, 0], [1, 0, 0], [1, 1, 1], [1, 1, 1]]
-    inputs = AdvantageInputs(t([1, 1, 0, 1]), gi([0] * 4), old_logprobs=t(old), response_mask=t(mask))
+    inputs = AdvantageInputs(t([1, 1, 0, 1]), gi([0] * 4), behavior_logprobs=t(old), response_mask=t(mask))
     shaped = [0.9375, 0.8125, 0.0, 0.875]
     mean = sum(shaped) / 4
     std = math.sqrt(sum((s - mean) ** 2 for s in shaped) / 4)

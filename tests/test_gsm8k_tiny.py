@@ -45,7 +45,7 @@ def test_gsm8k_tiny_config_runs_through_ray(tmp_path: Path, tiny_qwen_dir: Path)
     try:
         assert Path(trainer.model_path) == tiny_qwen_dir
         trainer.run()
-        batch = trainer.rollout(trainer.eval_prompts[:1], trainer.train_sampling())
+        batch = trainer.pipeline.generate(trainer.eval_prompts[:1], trainer.train_sampling(), salt=0)
     finally:
         trainer.close()
         ray.shutdown()

@@ -140,7 +140,7 @@ def tiny_batch(tok, prompts: list[str], responses: list[str]) -> RolloutBatch:
         pi[i, p_len - len(p):], pm[i, p_len - len(p):] = torch.tensor(p), 1
         ri[i, : len(r)], rm[i, : len(r)] = torch.tensor(r), 1
     return RolloutBatch(prompt_ids=pi, prompt_mask=pm, response_ids=ri, response_mask=rm,
-                        rollout_logprobs=torch.zeros(b, t_len), group_index=torch.arange(b),
+                        behavior_logprobs=torch.zeros(b, t_len), group_index=torch.arange(b),
                         truncated=torch.zeros(b, dtype=torch.bool),
                         prompts=[PromptRecord(p, "0") for p in prompts], response_texts=responses)
 

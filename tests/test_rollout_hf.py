@@ -40,12 +40,12 @@ def test_layout_and_logprobs_match_an_independent_forward(worker: HFRolloutWorke
         with torch.no_grad():
             logits = worker.model(input_ids=torch.cat([prompt, response])[None]).logits[0].double()
         expected = torch.log_softmax(logits[len(prompt) - 1 : -1], -1).gather(1, response[:, None]).squeeze(1)
-        torch.testing.assert_close(batch.rollout_logprobs[row, :length].double(), expected, atol=1e-4, rtol=0)
+        torch.testing.assert_close(batch.behavior_logprobs[row, :length].double(), expected, atol=1e-4, rtol=0)
     # and the learner's padded, batched forward agrees with the sampler
     with torch.no_grad():
         logp, entropy, prompt_logp = policy_forward(worker.model, batch, chunk_rows=7, with_prompt=True)
     mask = batch.response_mask.bool()
-    assert (logp - batch.rollout_logprobs)[mask].abs().max() < 1e-4
+    assert (logp - batch.behavior_logprobs)[mask].abs().max() < 1e-4
     assert prompt_logp is not None and prompt_logp.shape == batch.prompt_ids.shape
     assert bool(((prompt_logp <= 0) | ~prompt_logprob_mask(batch.prompt_mask).bool()).all())
 
@@ -101,4 +101,4 @@ def test_sampling_uses_the_spec_and_nothing_from_the_checkpoint(opinionated_chec
     long = worker.generate(record, SamplingSpec(n=8, temperature=temperature, max_new_tokens=12, seed=1))
     with torch.no_grad():
         logp, _, _ = policy_forward(worker.model, long, chunk_rows=64, temperature=temperature)
-    assert (logp - long.rollout_logprobs)[long.response_mask.bool()].abs().max() < 1e-5
+    assert (logp - long.behavior_logprobs)[long.response_mask.bool()].abs().max() < 1e-5

@@ -119,5 +119,5 @@ def test_sampler_and_learner_agree_on_the_real_vocabulary(tiny_qwen_dir: Path) -
     with torch.no_grad():
         logp, entropy, _ = policy_forward(worker.model, batch, chunk_rows=5, temperature=0.8)
     mask = batch.response_mask.bool()
-    assert (logp - batch.rollout_logprobs)[mask].abs().max() < 1e-4
+    assert (logp - batch.behavior_logprobs)[mask].abs().max() < 1e-4
     assert ((entropy[mask] > 0) & (entropy[mask] <= torch.log(torch.tensor(float(VOCAB_SIZE))) + 1e-4)).all()

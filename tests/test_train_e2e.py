@@ -107,8 +107,11 @@ def test_plugin_advantage_runs_in_ray_workers(tmp_path: Path, base_model: str) -
     assert train_rows(out)[-1]["test/raw_reward_calls"] == 1.0
 
 
-def test_resume_2_plus_2_equals_4(tmp_path: Path, base_model: str) -> None:
-    common = ("checkpoint.every=2", "rollout.prompts_per_step=8", "rollout.group_size=8", "train.lr=0.01")
+@pytest.mark.parametrize("lag", [0, 1])
+def test_resume_2_plus_2_equals_4(tmp_path: Path, base_model: str, lag: int) -> None:
+    """With lag 1 the checkpoint holds the batch already generated (with version-1 weights) for step 3."""
+    common = ("checkpoint.every=2", "rollout.prompts_per_step=8", "rollout.group_size=8", "train.lr=0.01",
+              f"rollout.max_off_policy_steps={lag}")
     full = train(make_cfg(tmp_path / "a", base_model, "train.steps=4", *common))
     train(make_cfg(tmp_path / "b", base_model, "train.steps=2", *common))
     resumed = train(make_cfg(tmp_path / "b", base_model, "train.steps=4", *common), resume=True)
@@ -125,6 +128,57 @@ def test_resume_2_plus_2_equals_4(tmp_path: Path, base_model: str) -> None:
     assert ra[4]["policy/version"] > 0, "the run must actually have updated the policy"
     for step in (3, 4):
         assert ra[step] == pytest.approx(rb[step], rel=1e-6, abs=1e-7, nan_ok=True)
+    # the batch of step s was sampled by the version after step s - 1 - lag: lag 1 lags by step s - 1's update
+    versions = [0, 0] + [ra[step]["policy/version"] for step in (1, 2, 3, 4)]
+    assert [ra[s]["offpolicy/policy_lag"] for s in (1, 2, 3, 4)] == [
+        versions[s] - versions[s - lag] for s in (1, 2, 3, 4)]
+    assert (sorted((resumed / "checkpoints").glob("step_*"))[-1] / "in_flight.pt").exists() == bool(lag)
+
+
+def test_one_step_off_policy_lags_exactly_one_and_is_corrected(tmp_path: Path, base_model: str) -> None:
+    out = train(make_cfg(tmp_path, base_model, "train.steps=3", "train.lr=0.01", "rollout.group_size=8",
+                         "rollout.max_off_policy_steps=1", "algo.advantage=test_raw_reward",
+                         "algo.advantage_params={offset: 0.5}", "eval.at_end=true"))
+    rows = train_rows(out)
+    # step 1 trains on a batch sampled by version 0 with the learner at 0; then always one behind
+    assert [r["offpolicy/policy_lag"] for r in rows] == [0.0, 1.0, 1.0]
+    assert [r["offpolicy/policy_lag_mean"] for r in rows] == [0.0, 1.0, 1.0]
+    assert [r["policy/version"] for r in rows] == [1.0, 2.0, 3.0]
+    # staleness: the sampler's log-probs differ from pi_old once the policy moved (lr 0.01), not before
+    assert rows[0]["sync/logprob_gap_max"] < 1e-3 < rows[1]["sync/logprob_gap_max"]
+    for r in rows:
+        assert r["offpolicy/is_weight_max"] >= r["offpolicy/is_weight_mean"] > 0
+        assert 0 <= r["offpolicy/is_capped_frac"] <= 1
+    assert rows[1]["offpolicy/is_weight_max"] > 1.0 + 1e-3  # lagging tokens get weights != 1
+    [evaluation] = read_metrics(out / "metrics.jsonl", kind="eval")
+    assert evaluation["eval/policy_version"] == 3.0  # evaluated on the learner's last version
+
+
+def test_rollout_actor_killed_with_its_batch_in_flight_and_a_failing_sync(tmp_path: Path, base_model: str) -> None:
+    """A shard whose actor died in flight is regenerated on a restarted actor (counted); a sync that
+    fails while batches are in flight and every actor is alive raises, naming them."""
+    from rl_div.rollout.weight_sync import WeightSyncError
+
+    cfg = make_cfg(tmp_path, base_model, "train.steps=3", "train.lr=0.01", "rollout.group_size=8",
+                   "rollout.max_off_policy_steps=1", "algo.advantage=test_raw_reward",
+                   "algo.advantage_params={offset: 0.5}")
+    trainer = Trainer(cfg)
+    try:
+        trainer.train_step()
+        pipeline = trainer.pipeline
+        old_pid = ray.get(pipeline.workers[0].pid.remote())
+        flight = pipeline.launch(trainer.prompts.next_batch(2), trainer.train_sampling(), salt=99)
+        ray.kill(pipeline.workers[0], no_restart=True)
+        batch = pipeline.collect(flight)
+        assert trainer.counters["faults/rollout_restarts"] == 1
+        assert ray.get(pipeline.workers[0].pid.remote()) != old_pid
+        assert batch.size == 2 * 8 and batch.behavior_version.tolist() == [1] * 16  # the current weights
+        pipeline.queue.append(pipeline.launch(trainer.prompts.next_batch(2), trainer.train_sampling(), salt=100))
+        trainer.cfg.rollout.weight_sync_timeout_s = 1e-6
+        with pytest.raises(WeightSyncError, match="in flight"):
+            pipeline.sync_weights()
+    finally:
+        trainer.close()
 
 
 def test_reward_errors_and_hangs_are_counted_and_the_run_goes_on(tmp_path: Path, base_model: str) -> None:
@@ -172,8 +226,8 @@ def rollout_actor_killed_after_one_step(tmp_path: Path, base_model: str) -> Iter
     trainer = Trainer(cfg)
     try:
         trainer.train_step()
-        old_pid = ray.get(trainer.rollout_workers[0].pid.remote())
-        ray.kill(trainer.rollout_workers[0], no_restart=True)
+        old_pid = ray.get(trainer.pipeline.workers[0].pid.remote())
+        ray.kill(trainer.pipeline.workers[0], no_restart=True)
         yield trainer, old_pid
     finally:
         trainer.close()
@@ -183,7 +237,7 @@ def test_killed_rollout_actor_is_restarted_with_current_weights(tmp_path: Path, 
     with rollout_actor_killed_after_one_step(tmp_path, base_model) as (trainer, old_pid):
         metrics = trainer.train_step()
         assert metrics["faults/rollout_restarts"] == 1
-        assert ray.get(trainer.rollout_workers[0].pid.remote()) != old_pid
+        assert ray.get(trainer.pipeline.workers[0].pid.remote()) != old_pid
         assert metrics["policy/version"] >= 1
         # the new actor sampled with the learner's current (updated) weights, not the base model's
         assert metrics["sync/logprob_gap_max"] < 1e-3
@@ -193,11 +247,11 @@ def test_rollout_actor_killed_before_the_weight_sync_is_restarted_and_synced(tmp
     """Issue 8 item 10: a rollout actor killed while the learner updates made the sync raise ActorDiedError."""
     # the actor dies after its rollout, before the sync
     with rollout_actor_killed_after_one_step(tmp_path, base_model) as (trainer, old_pid):
-        trainer.sync_weights()
+        trainer.pipeline.sync_weights()
         assert trainer.counters["faults/rollout_restarts"] == 1
-        assert ray.get(trainer.rollout_workers[0].pid.remote()) != old_pid
+        assert ray.get(trainer.pipeline.workers[0].pid.remote()) != old_pid
         version = ray.get(trainer.learner.get_version.remote())
-        assert version >= 1 and ray.get(trainer.rollout_workers[0].policy_version.remote()) == version
+        assert version >= 1 and ray.get(trainer.pipeline.workers[0].policy_version.remote()) == version
         metrics = trainer.train_step()
         assert metrics["faults/rollout_restarts"] == 1 and metrics["sync/logprob_gap_max"] < 1e-3
 

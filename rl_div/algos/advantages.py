@@ -39,7 +39,7 @@ class AdvantageInputs:
     group_index: torch.Tensor  # [B] long, group id per response
     correct: torch.Tensor | None = None  # [B] float 1/0 (NaN = unscored, counted as not correct)
     response_logprobs: torch.Tensor | None = None  # [B, T] log p under pi_theta (no grad)
-    old_logprobs: torch.Tensor | None = None  # [B, T] log p under pi_old (the sampler)
+    behavior_logprobs: torch.Tensor | None = None  # [B, T] log p under pi_behavior (the sampler)
     response_mask: torch.Tensor | None = None  # [B, T] 1 = real token
     prompt_logprobs: torch.Tensor | None = None  # [B, P] log p of prompt tokens under pi_theta
     prompt_mask: torch.Tensor | None = None  # [B, P] 1 = prompt token that has a log-prob
@@ -306,16 +306,16 @@ def unlikeliness(
 ) -> AdvantageOutput:
     """Unlikeliness reward (He et al. 2025), then GRPO on the reshaped rewards.
 
-    rank_i = rank of the response's mean token log p under pi_old inside its group (0 = least
+    rank_i = rank of the response's mean token log p under the sampler (pi_behavior) inside its group (0 = least
     likely, ties to the lower row index); r~_i = r_i (1 - beta rank_i / G) with G the group size.
-    An empty response has mean log p 0, i.e. ranks as most likely. Needs old_logprobs and
+    An empty response has mean log p 0, i.e. ranks as most likely. Needs behavior_logprobs and
     response_mask.
 
-    Shapes: rewards [B], old_logprobs/response_mask [B, T] -> [B].
+    Shapes: rewards [B], behavior_logprobs/response_mask [B, T] -> [B].
     """
-    _require(inputs, ["old_logprobs", "response_mask"], "unlikeliness")
-    assert inputs.old_logprobs is not None and inputs.response_mask is not None
-    mean_lp = mean_response_logprob(inputs.old_logprobs, inputs.response_mask)
+    _require(inputs, ["behavior_logprobs", "response_mask"], "unlikeliness")
+    assert inputs.behavior_logprobs is not None and inputs.response_mask is not None
+    mean_lp = mean_response_logprob(inputs.behavior_logprobs, inputs.response_mask)
     rank = rank_within_group(mean_lp, inputs.group_index)
     size = group_sizes(inputs.group_index)
     factor = 1.0 - beta * rank.to(inputs.rewards.dtype) / size.to(inputs.rewards.dtype)

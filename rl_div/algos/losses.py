@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from rl_div.algos.offpolicy import truncated_importance_weights
 from rl_div.registry import Registry
 
 # log rho and ref - log p are clamped before exp so a stale or diverged token cannot overflow
@@ -23,13 +24,14 @@ _LOG_RATIO_BOUND = 20.0
 @dataclass
 class LossInputs:
     logprobs: torch.Tensor  # [B, T] WITH grad
-    old_logprobs: torch.Tensor  # [B, T]
+    old_logprobs: torch.Tensor  # [B, T] the learner's pi_old
     advantages: torch.Tensor  # [B] or [B, T]
     mask: torch.Tensor  # [B, T]
     token_weights: torch.Tensor | None = None  # [B, T]
     kl_penalty_coef: torch.Tensor | None = None  # [B, T]
     ref_logprobs: torch.Tensor | None = None  # [B, T] for the k3 KL
     entropy: torch.Tensor | None = None  # [B, T] WITH grad, for the entropy bonus
+    behavior_logprobs: torch.Tensor | None = None  # [B, T] the sampler's; None = no off-policy correction
 
 
 @dataclass
@@ -155,6 +157,8 @@ def _policy_loss(
     entropy_coef: float,
     token_denominator: float | None,
     seq_denominator: float | None,
+    tis: str,
+    tis_cap: float,
 ) -> LossOutput:
     """Shared body of "ppo_clip" (clip=True) and "pg" (clip=False)."""
     if kl_coef != 0.0 and inputs.ref_logprobs is None:
@@ -172,6 +176,12 @@ def _policy_loss(
         pg = torch.maximum(pg, -adv * ratio.clamp(1.0 - clip_low, 1.0 + clip_high))
     if inputs.token_weights is not None:
         pg = pg * inputs.token_weights
+    tis_metrics: dict[str, float] = {}
+    if inputs.behavior_logprobs is not None:  # truncated importance sampling of pi_old / pi_behavior
+        correction = truncated_importance_weights(inputs.old_logprobs, inputs.behavior_logprobs, inputs.mask,
+                                                  cap=tis_cap, level=tis)
+        pg = pg * correction.weights.to(pg.dtype)
+        tis_metrics = correction.metrics
     if inputs.kl_penalty_coef is not None:
         pg = pg + inputs.kl_penalty_coef * log_ratio.abs()
 
@@ -192,6 +202,7 @@ def _policy_loss(
         "loss/pg": float(agg_(pg.detach(), own=True).item()),
         "loss/ratio_mean": _masked_mean(ratio, valid),
         "loss/log_ratio_abs_mean": _masked_mean(log_ratio.abs(), valid),
+        **tis_metrics,
     }
     if clip:
         r = ratio.detach()
@@ -224,6 +235,8 @@ def ppo_clip(
     entropy_coef: float = 0.0,
     token_denominator: float | None = None,
     seq_denominator: float | None = None,
+    tis: str = "token",
+    tis_cap: float = 2.0,
 ) -> LossOutput:
     """PPO clipped surrogate with decoupled clip range (clip-higher), aggregated by ``agg``.
 
@@ -234,6 +247,13 @@ def ppo_clip(
     own aggregates (independent of the denominators); loss/clip_frac_low is the fraction of valid
     tokens with A < 0 and rho < 1 - clip_low, loss/clip_frac_high with A > 0 and rho > 1 + clip_high;
     loss/total is the returned loss.
+
+    Off-policy correction (rl_div/algos/offpolicy.py): when ``behavior_logprobs`` are given, the
+    per-token surrogate is multiplied by the truncated importance weight
+    min(pi_old / pi_behavior, tis_cap), per token (``tis="token"``, default) or one weight per
+    response from the summed log-ratio (``tis="sequence"``); ``tis="none"`` turns it off. Equal to
+    the uncorrected loss when pi_behavior == pi_old. Metrics offpolicy/is_weight_mean, _max
+    (untruncated) and offpolicy/is_capped_frac.
 
     Shapes: logprobs, old_logprobs, mask [B, T]; advantages [B] or [B, T] -> scalar.
     """
@@ -248,6 +268,8 @@ def ppo_clip(
         entropy_coef=entropy_coef,
         token_denominator=token_denominator,
         seq_denominator=seq_denominator,
+        tis=tis,
+        tis_cap=tis_cap,
     )
 
 
@@ -261,6 +283,8 @@ def pg(
     entropy_coef: float = 0.0,
     token_denominator: float | None = None,
     seq_denominator: float | None = None,
+    tis: str = "token",
+    tis_cap: float = 2.0,
 ) -> LossOutput:
     """Plain importance-weighted policy gradient: per token -rho A * w (no clipping).
 
@@ -281,4 +305,6 @@ def pg(
         entropy_coef=entropy_coef,
         token_denominator=token_denominator,
         seq_denominator=seq_denominator,
+        tis=tis,
+        tis_cap=tis_cap,
     )

@@ -83,11 +83,11 @@ class LearnerGroup:
             return self._score(*args, **kwargs)
         return self._all([getattr(a, name).remote(*args, **kwargs) for a in self.actors])
 
-    def _update(self, batch: RolloutBatch) -> Any:
+    def _update(self, batch: RolloutBatch, loss_overrides: dict[str, Any] | None = None) -> Any:
         version = ray.get(self.actors[0].get_version.remote())
-        plans = plan_batch(batch, self.cfg, len(self.actors), version)
+        plans = plan_batch(batch, self.cfg, len(self.actors), version, loss_overrides)
         ref = ray.put(batch)
-        return self._all([a.run_plans.remote(ref, plans) for a in self.actors])
+        return self._all([a.run_plans.remote(ref, plans, loss_overrides) for a in self.actors])
 
     def _score(self, batch: RolloutBatch, with_prompt: bool = False, temperature: float | None = None) -> Any:
         t = self.cfg.train

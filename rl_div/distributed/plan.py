@@ -12,7 +12,7 @@ every rank runs the same number of forward/backward passes (FSDP2's collectives 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -126,9 +126,11 @@ def plan_update(cost: list[int], response_tokens: list[int], has_signal: list[bo
     return plans
 
 
-def plan_batch(batch: RolloutBatch, cfg: Config, world_size: int, version: int) -> list[MiniBatchPlan]:
-    """plan_update for a scored RolloutBatch under cfg.train / cfg.algo, at policy `version`."""
-    t, params = cfg.train, cfg.algo.loss_params
+def plan_batch(batch: RolloutBatch, cfg: Config, world_size: int, version: int,
+               loss_overrides: dict[str, Any] | None = None) -> list[MiniBatchPlan]:
+    """plan_update for a scored RolloutBatch under cfg.train / cfg.algo (loss_params with the update's
+    loss_overrides merged over them, as the learner uses them), at policy `version`."""
+    t, params = cfg.train, {**cfg.algo.loss_params, **(loss_overrides or {})}
     other_terms = bool(params.get("kl_coef", 0.0) or params.get("entropy_coef", 0.0)
                        or cfg.algo.token_weight == "kl_cov")
     response = batch.response_mask.sum(dim=1)

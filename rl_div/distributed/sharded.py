@@ -55,7 +55,10 @@ def planned_step(learner: Learner, batch: RolloutBatch, plan: MiniBatchPlan, ran
         parts = {**out.metrics, **(weights.metrics if given is None else {})}
         parts["policy/entropy_train"] = float(masked_mean(entropy.detach(), mask))
         for k, v in parts.items():
-            sums[k] = sums.get(k, 0.0) + float(v) * (1.0 if k == "loss/total" else share)
+            if k.endswith("_max"):  # the largest seen
+                sums[k] = max(sums.get(k, float(v)), float(v))
+            else:
+                sums[k] = sums.get(k, 0.0) + float(v) * (1.0 if k == "loss/total" else share)
     sums = reducer.sum_dict(sums)
     if mini_weights is not None:
         sums.update(mini_weights.metrics)
@@ -73,8 +76,10 @@ def planned_step(learner: Learner, batch: RolloutBatch, plan: MiniBatchPlan, ran
 
 
 def run_plans(learner: Learner, batch: RolloutBatch, plans: list[MiniBatchPlan], rank: int = 0,
-              reducer: LocalReducer = LOCAL) -> dict[str, float]:
-    """An update as Learner.update does it, but following the driver's plans (same metrics)."""
+              reducer: LocalReducer = LOCAL, loss_overrides: dict[str, Any] | None = None) -> dict[str, float]:
+    """An update as Learner.update does it, but following the driver's plans (same metrics);
+    loss_overrides as in Learner.update (the collapse guard's entropy_coef)."""
+    learner.loss_params = {**learner.cfg.algo.loss_params, **(loss_overrides or {})}
     learner.model.train()
     sums: dict[str, float] = {}
     counts = {"train/optimizer_steps": 0, "train/skipped_zero_signal": int(batch.size == 0),
@@ -89,9 +94,9 @@ def run_plans(learner: Learner, batch: RolloutBatch, plans: list[MiniBatchPlan],
             continue
         counts["train/optimizer_steps"] += 1
         for k, v in step.items():
-            sums[k] = sums.get(k, 0.0) + v
+            sums[k] = max(sums.get(k, v), v) if k.endswith("_max") else sums.get(k, 0.0) + v
     learner.release_memory()
-    metrics = {k: v / max(counts["train/optimizer_steps"], 1) for k, v in sums.items()}
+    metrics = {k: v if k.endswith("_max") else v / max(counts["train/optimizer_steps"], 1) for k, v in sums.items()}
     metrics.update({k: float(v) for k, v in counts.items()})
     metrics["train/lr"] = learner.scheduler.get_last_lr()[0]
     return metrics
@@ -173,12 +178,13 @@ class ShardedLearner(Learner):
         with self.autocast():
             return self.root(micro, with_prompt, temperature)
 
-    def run_plans(self, batch: RolloutBatch, plans: list[MiniBatchPlan]) -> dict[str, float]:
+    def run_plans(self, batch: RolloutBatch, plans: list[MiniBatchPlan],
+                  loss_overrides: dict[str, Any] | None = None) -> dict[str, float]:
         if self.cfg.train.offload_optimizer:
             from rl_div.learner import move_optimizer_state
 
             move_optimizer_state(self.optimizer, to_cpu=False)
-        return run_plans(self, batch, plans, self.rank, self.reducer)
+        return run_plans(self, batch, plans, self.rank, self.reducer, loss_overrides)
 
     def score_rows(self, batch: RolloutBatch, rows: list[list[int]], with_prompt: bool = False,
                    temperature: float | None = None) -> dict[str, torch.Tensor]:

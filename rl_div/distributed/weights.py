@@ -37,7 +37,8 @@ class LocalReducer:
         return [x]
 
     def sum_dict(self, d: dict[str, float]) -> dict[str, float]:
-        """Per-key sums of every rank's dict (keys missing on a rank count as 0)."""
+        """Per-key sums of every rank's dict (keys missing on a rank count as 0); a ``*_max`` key
+        takes the largest value instead."""
         return dict(d)
 
 
@@ -79,7 +80,7 @@ class GroupReducer(LocalReducer):
         out: dict[str, float] = {}
         for part in dicts:
             for k, v in part.items():
-                out[k] = out.get(k, 0.0) + v
+                out[k] = max(out.get(k, v), v) if k.endswith("_max") else out.get(k, 0.0) + v
         return out
 
 

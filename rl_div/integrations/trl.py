@@ -228,7 +228,7 @@ class RLDivGRPOTrainer(GRPOTrainer):
             pick = {k: v[rows] for k, v in stats.items()}
             adv_out = ADVANTAGES[self.rl_div_advantage](AdvantageInputs(
                 rewards=total[rows], group_index=group_index[rows], correct=self._correct(per_func)[rows],
-                response_logprobs=pick.get("logprobs"), old_logprobs=pick.get("logprobs"),
+                response_logprobs=pick.get("logprobs"), behavior_logprobs=pick.get("logprobs"),
                 response_mask=mask[rows], prompt_logprobs=pick.get("prompt_logprobs"),
                 prompt_mask=prompt_logprob_mask(out["prompt_mask"][rows]).float()), **self.rl_div_advantage_params)
             advantages[rows] = adv_out.advantages.to(advantages.dtype)

@@ -69,7 +69,7 @@ def build_rollout_batch(
     response_texts: list[str],
     truncated: list[bool],
     n: int,
-    policy_version: int,
+    behavior_version: int,
 ) -> RolloutBatch:
     """Pad per-row token lists into a RolloutBatch.
 
@@ -102,10 +102,10 @@ def build_rollout_batch(
         prompt_mask=prompt_mask,
         response_ids=response_ids,
         response_mask=response_mask,
-        rollout_logprobs=logprobs,
+        behavior_logprobs=logprobs,
         group_index=torch.arange(len(prompts)).repeat_interleave(n),
         truncated=torch.tensor(truncated, dtype=torch.bool),
         prompts=[p for p in prompts for _ in range(n)],
         response_texts=list(response_texts),
-        policy_version=policy_version,
+        behavior_version=torch.full((rows,), behavior_version, dtype=torch.long),
     )

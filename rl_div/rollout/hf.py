@@ -49,7 +49,7 @@ class HFRolloutWorker:
     def _generate_chunk(self, prompts: list[PromptRecord], spec: SamplingSpec) -> RolloutBatch:
         """Sample spec.n responses for each prompt. Rows g*n..g*n+n-1 answer prompt g.
 
-        rollout_logprobs are the log-softmax of the logits divided by the temperature at each
+        behavior_logprobs are the log-softmax of the logits divided by the temperature at each
         sampled token (top-p / top-k truncation not applied), the same quantity the learner
         computes, so the two compare directly.
         """

@@ -121,7 +121,7 @@ class VLLMRolloutWorker:
     def generate(self, prompts: list[PromptRecord], spec: SamplingSpec) -> RolloutBatch:
         """Sample spec.n responses for each prompt. Rows g*n..g*n+n-1 answer prompt g.
 
-        rollout_logprobs are the log-softmax of logits / temperature at each sampled token
+        behavior_logprobs are the log-softmax of logits / temperature at each sampled token
         (after top-k/top-p truncation when those are on: see the module docstring).
         """
         from vllm.inputs import TokensPrompt

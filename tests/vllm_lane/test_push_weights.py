@@ -43,7 +43,7 @@ def test_push_weights_between_real_actors(tmp_path: Path, vllm_base_model: str) 
     def gap_max() -> float:
         batch = ray.get(worker.generate.remote(records, spec))
         old = ray.get(learner.score_policy.remote(batch))["old_logprobs"]
-        return float(((old - batch.rollout_logprobs).abs() * batch.response_mask).max())
+        return float(((old - batch.behavior_logprobs).abs() * batch.response_mask).max())
 
     try:
         ray.get(learner.__ray_call__.remote(perturb))

@@ -82,8 +82,8 @@ def test_batch_matches_the_rollout_contract(worker: VLLMRolloutWorker, learner_m
         assert bool(batch.truncated[row]) == (not ended)
         assert (ids.index(tok.eos_token_id) == len(ids) - 1) if ended else len(ids) == 12
     mask = batch.response_mask.bool()
-    assert (batch.rollout_logprobs[mask] <= 0).all() and (batch.rollout_logprobs[~mask] == 0).all()
-    assert batch.policy_version == 0
+    assert (batch.behavior_logprobs[mask] <= 0).all() and (batch.behavior_logprobs[~mask] == 0).all()
+    assert batch.behavior_version.tolist() == [0] * batch.size
 
 
 def test_each_row_has_its_own_reproducible_seed(worker: VLLMRolloutWorker, learner_model: torch.nn.Module) -> None:
@@ -120,9 +120,9 @@ def test_logprobs_are_of_the_tempered_distribution(worker: VLLMRolloutWorker, le
     worker.set_weights(state_of(learner_model), 0)
     batch = worker.generate(prompts(4), SamplingSpec(n=4, temperature=0.7, max_new_tokens=12, seed=3))
     mask = batch.response_mask.bool()
-    gap = (learner_logprobs(learner_model, batch, temperature=0.7) - batch.rollout_logprobs)[mask].abs()
+    gap = (learner_logprobs(learner_model, batch, temperature=0.7) - batch.behavior_logprobs)[mask].abs()
     assert gap.max() < 1e-4
-    untempered = (learner_logprobs(learner_model, batch) - batch.rollout_logprobs)[mask].abs()
+    untempered = (learner_logprobs(learner_model, batch) - batch.behavior_logprobs)[mask].abs()
     assert untempered.mean() > 1e-2  # so the temperature really is in there
 
 
@@ -134,7 +134,7 @@ def test_top_p_logprobs_are_of_the_truncated_distribution(worker: VLLMRolloutWor
     worker.set_weights(state_of(learner_model), 0)
     batch = worker.generate(prompts(4), SamplingSpec(n=4, temperature=1.0, top_p=0.5, max_new_tokens=12, seed=3))
     mask = batch.response_mask.bool()
-    excess = (batch.rollout_logprobs - learner_logprobs(learner_model, batch))[mask]
+    excess = (batch.behavior_logprobs - learner_logprobs(learner_model, batch))[mask]
     assert excess.min() > -1e-4 and excess.max() > 1e-2
 
 
@@ -144,7 +144,7 @@ def test_sampled_token_logprobs_match_the_learner_after_an_optimizer_step(
     records, spec = prompts(4), SamplingSpec(n=4, temperature=1.0, max_new_tokens=12, seed=7)
     batch = worker.generate(records, spec)
     mask = batch.response_mask.bool()
-    assert (learner_logprobs(learner_model, batch) - batch.rollout_logprobs)[mask].abs().max() < 1e-4
+    assert (learner_logprobs(learner_model, batch) - batch.behavior_logprobs)[mask].abs().max() < 1e-4
     take_optimizer_step(learner_model, batch)
     # many small chunks: the bounded-memory path, one collective_rpc per chunk
     worker.sync.chunk_bytes = 16 * 1024
@@ -153,8 +153,8 @@ def test_sampled_token_logprobs_match_the_learner_after_an_optimizer_step(
     worker.set_weights(state_of(learner_model), 1)
     assert worker.llm.collective_rpc("rl_div_param_checksum") != before
     synced = worker.generate(records, spec)
-    assert worker.policy_version() == 1 and synced.policy_version == 1
-    gap = (learner_logprobs(learner_model, synced) - synced.rollout_logprobs)[synced.response_mask.bool()].abs()
+    assert worker.policy_version() == 1 and synced.behavior_version.tolist() == [1] * synced.size
+    gap = (learner_logprobs(learner_model, synced) - synced.behavior_logprobs)[synced.response_mask.bool()].abs()
     assert gap.max() < 1e-4
 
 
@@ -197,7 +197,7 @@ def test_failed_syncs_fail_loudly_and_block_rollouts_until_a_good_sync(
     worker.set_weights(good, 6)
     batch = worker.generate(prompts(2), spec)
     assert worker.policy_version() == 6
-    gap = (learner_logprobs(learner_model, batch) - batch.rollout_logprobs)[batch.response_mask.bool()].abs()
+    gap = (learner_logprobs(learner_model, batch) - batch.behavior_logprobs)[batch.response_mask.bool()].abs()
     assert gap.max() < 1e-4
 
 

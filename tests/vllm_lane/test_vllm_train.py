@@ -54,3 +54,30 @@ def test_grpo_trains_with_vllm_rollouts_and_stays_in_sync(tmp_path: Path, vllm_b
     base, _ = load_policy(vllm_base_model)
     assert any(not torch.equal(v, base.state_dict()[k]) for k, v in final.items())
     ray.shutdown()
+
+
+def test_one_step_off_policy_with_vllm_lags_exactly_one(tmp_path: Path, vllm_base_model: str) -> None:
+    """rollout.max_off_policy_steps=1: vLLM samples batch t+1 with version t while the learner trains on t."""
+    cfg = load_config(None, [
+        f"model.path={vllm_base_model}", f"run.output_dir={tmp_path / 'run'}", "rollout.backend=vllm",
+        "rollout.max_off_policy_steps=1", "run.plugins=[plugins.my_algos]",
+        "algo.advantage=test_raw_reward", "algo.advantage_params={offset: 0.5}",  # every step updates
+        "train.steps=3", "train.lr=0.01", "rollout.prompts_per_step=4", "rollout.group_size=8",
+        "rollout.max_new_tokens=8", "rollout.temperature=0.8",
+        "reward.rewards=[{name: task_verifier, weight: 0.0}, {name: format, params: {pattern: '7'}}]",
+        "eval.n=4", "eval.every=0", "eval.at_start=false", "eval.embedding_metrics=false",
+        "data.num_eval_prompts=4", "checkpoint.every=0", "tracking.progress=false", "tracking.tensorboard=false",
+        "cluster.num_cpus=2",
+    ])
+    out = train(cfg)
+    rows = read_metrics(out / "metrics.jsonl", kind="train")
+    assert [r["policy/version"] for r in rows] == [1.0, 2.0, 3.0]
+    assert [r["offpolicy/policy_lag"] for r in rows] == [0.0, 1.0, 1.0]
+    # on-policy at step 1 (float noise), stale by one version after: the gap measures the lag
+    assert rows[0]["sync/logprob_gap_max"] < 1e-4 < rows[1]["sync/logprob_gap_max"]
+    assert all(r["faults/rollout_restarts"] == 0 and r["offpolicy/is_weight_max"] > 0 for r in rows)
+    evaluation = json.loads((out / "eval" / "step_000003.json").read_text())
+    # evaluation drained the batch in flight and sampled with the learner's last version
+    assert evaluation["metrics"]["eval/policy_version"] == 3.0
+    assert evaluation["metrics"]["sync/logprob_gap_max"] < 1e-4
+    ray.shutdown()
