@@ -70,7 +70,7 @@ def test_a_failed_reward_brings_the_separate_forward_back() -> None:
 def test_estimators_declared_free_of_policy_logprobs_run_without_them(name: str) -> None:
     cfg = cfg_of(f"algo.advantage={name}")
     inputs = AdvantageInputs(rewards=torch.tensor([1.0, 0.0, 0.0, 1.0]), group_index=torch.tensor([0, 0, 1, 1]),
-                             correct=torch.tensor([1.0, 0.0, 0.0, 1.0]), old_logprobs=-torch.rand(4, 3),
+                             correct=torch.tensor([1.0, 0.0, 0.0, 1.0]), behavior_logprobs=-torch.rand(4, 3),
                              response_mask=torch.ones(4, 3), prompt_mask=torch.ones(4, 2))
     if needs_policy_logprobs(cfg):
         with pytest.raises(ValueError, match="logprobs"):
