@@ -347,6 +347,7 @@ def _sections(quick: bool) -> dict[str, tuple[Callable[[], dict[str, Any]], Call
                     if quick else bench_entropy, print_entropy),
         "passk": (lambda: bench_passk(problems=1000 if quick else 10_000), print_passk),
         "train_step": (lambda: bench_train_step(steps=3 if quick else 10), print_train_step),
+        "group_embedding": (lambda: bench_group_embedding(repeats=2 if quick else 5), print_group_embedding),
         "lm_head": ((lambda: w.bench_lm_head(rows=2, tokens=256, hidden=256, repeats=2)) if quick
                     else w.bench_lm_head, w.print_lm_head),
         "rewards": ((lambda: w.bench_rewards(n_items=200, repeats=2)) if quick else w.bench_rewards,

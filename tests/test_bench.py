@@ -48,3 +48,13 @@ def test_realistic_sections_agree_with_their_baselines(tiny_qwen_dir) -> None:
                            profile_ops=3)
     assert set(step["stage_share"]) == {"rollout", "reward", "learner_forward", "learner_update", "weights"}
     assert abs(sum(step["stage_share"].values()) - 1) < 1e-9 and len(step["rollout_top_ops_self_cpu_share"]) == 3
+
+
+def test_every_listed_section_can_run() -> None:
+    """`rl-div bench` with no --sections runs SECTIONS; 'group_embedding' was listed without an entry,
+    so the default bench stopped with 'unknown bench section(s)' before measuring anything."""
+    from rl_div.bench import SECTIONS, _sections
+
+    for quick in (True, False):
+        table = _sections(quick)
+        assert set(SECTIONS) == set(table), set(SECTIONS) ^ set(table)
