@@ -259,9 +259,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps-20m", type=int, default=12, help="--vs-trl: steps per run on the 20M model.")
     p.add_argument("--sections", nargs="+", metavar="SECTION",
                    help="Sections to run (default: all): entropy passk train_step group_embedding lm_head rewards "
-                   "long_step. "
+                   "long_step learner_work learner_work_20m fsdp off_policy. "
                    "lm_head, rewards and long_step use V=151,936 (tiny_qwen), GSM8K-style rewards and "
-                   "256-token generations.")
+                   "256-token generations; learner_work* time the learner's work per method in one process, "
+                   "fsdp the sharded update, off_policy lag 0 vs 1.")
     p.set_defaults(func=_bench)
 
     p = sub.add_parser("config-help", help="Every config field with its default and help text.")
