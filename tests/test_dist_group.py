@@ -22,6 +22,8 @@ FSDP2 = ["train.strategy=fsdp2", "train.num_learners=2"]
 def base_model(tmp_path_factory: pytest.TempPathFactory) -> str:
     from rl_div.tasks.bootstrap import bootstrap_base_model
 
+    if ray.is_initialized():  # an earlier module's Ray (2 CPUs) cannot hold two learners and a rollout actor
+        ray.shutdown()
     path = bootstrap_base_model("prime_gap", tmp_path_factory.mktemp("bootstrap"), steps=40, seed=0, log=None)
     yield str(path)
     if ray.is_initialized():
