@@ -16,6 +16,7 @@ from rl_div.algos.losses import LossInputs, LossOutput, count_denominators
 from rl_div.algos.token_weights import TokenWeightInputs, TokenWeightOutput
 from rl_div.config import Config
 from rl_div.data import RolloutBatch
+from rl_div.metric_sums import add_metric, mean_over_steps
 from rl_div.metrics.entropy import logprobs_and_entropy, masked_mean
 from rl_div.metrics.lm_head import head_logprobs_and_entropy, split_lm_head
 from rl_div.models import DTYPES, load_policy, save_policy
@@ -270,10 +271,9 @@ class Learner:
                     continue
                 counts["train/optimizer_steps"] += 1
                 for k, v in step_metrics.items():
-                    sums[k] = max(sums.get(k, v), v) if k.endswith("_max") else sums.get(k, 0.0) + v
+                    add_metric(sums, k, v)
         self.release_memory()
-        steps = max(counts["train/optimizer_steps"], 1)
-        metrics = {k: v if k.endswith("_max") else v / steps for k, v in sums.items()}
+        metrics = mean_over_steps(sums, counts["train/optimizer_steps"])
         metrics.update({k: float(v) for k, v in counts.items()})
         metrics["train/lr"] = self.scheduler.get_last_lr()[0]
         return metrics
@@ -371,10 +371,8 @@ class Learner:
             out.loss.backward()
             share = micro.size / mini.size
             for k, v in {**out.metrics, **(weights.metrics if given is None else {})}.items():
-                if k.endswith("_max"):  # the largest seen
-                    sums[k] = max(sums.get(k, float(v)), float(v))
-                else:  # each micro-batch's loss already divides by the mini-batch counts: they add up
-                    sums[k] = sums.get(k, 0.0) + float(v) * (1.0 if k == "loss/total" else share)
+                # each micro-batch's loss already divides by the mini-batch counts: loss/total adds up
+                add_metric(sums, k, v, 1.0 if k == "loss/total" else share)
             sums["policy/entropy_train"] = sums.get("policy/entropy_train", 0.0) + float(
                 masked_mean(entropy.detach(), mask)) * share
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm))

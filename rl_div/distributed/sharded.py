@@ -23,6 +23,7 @@ from rl_div.data import RolloutBatch
 from rl_div.distributed.plan import MiniBatchPlan
 from rl_div.distributed.weights import LOCAL, GroupReducer, LocalReducer, mini_batch_token_weights
 from rl_div.learner import Learner
+from rl_div.metric_sums import add_metric, mean_over_steps
 from rl_div.metrics.entropy import masked_mean
 
 
@@ -55,10 +56,7 @@ def planned_step(learner: Learner, batch: RolloutBatch, plan: MiniBatchPlan, ran
         parts = {**out.metrics, **(weights.metrics if given is None else {})}
         parts["policy/entropy_train"] = float(masked_mean(entropy.detach(), mask))
         for k, v in parts.items():
-            if k.endswith("_max"):  # the largest seen
-                sums[k] = max(sums.get(k, float(v)), float(v))
-            else:
-                sums[k] = sums.get(k, 0.0) + float(v) * (1.0 if k == "loss/total" else share)
+            add_metric(sums, k, v, 1.0 if k == "loss/total" else share)
     sums = reducer.sum_dict(sums)
     if mini_weights is not None:
         sums.update(mini_weights.metrics)
@@ -94,9 +92,9 @@ def run_plans(learner: Learner, batch: RolloutBatch, plans: list[MiniBatchPlan],
             continue
         counts["train/optimizer_steps"] += 1
         for k, v in step.items():
-            sums[k] = max(sums.get(k, v), v) if k.endswith("_max") else sums.get(k, 0.0) + v
+            add_metric(sums, k, v)
     learner.release_memory()
-    metrics = {k: v if k.endswith("_max") else v / max(counts["train/optimizer_steps"], 1) for k, v in sums.items()}
+    metrics = mean_over_steps(sums, counts["train/optimizer_steps"])
     metrics.update({k: float(v) for k, v in counts.items()})
     metrics["train/lr"] = learner.scheduler.get_last_lr()[0]
     return metrics

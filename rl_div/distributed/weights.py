@@ -18,6 +18,7 @@ import torch
 
 from rl_div.algos import TOKEN_WEIGHTS
 from rl_div.algos.token_weights import TokenWeightInputs, TokenWeightOutput
+from rl_div.metric_sums import add_metric
 
 if TYPE_CHECKING:
     from rl_div.data import RolloutBatch
@@ -80,7 +81,7 @@ class GroupReducer(LocalReducer):
         out: dict[str, float] = {}
         for part in dicts:
             for k, v in part.items():
-                out[k] = max(out.get(k, v), v) if k.endswith("_max") else out.get(k, 0.0) + v
+                add_metric(out, k, v)
         return out
 
 
