@@ -12,6 +12,8 @@
 # - run.output_dir must be an absolute path on storage every node mounts (the driver writes metrics,
 #   the learner actor writes checkpoint parts); the run checks this at start-up.
 # - RL_DIV_JOB_ARGS adds `ray job submit` options, e.g. RL_DIV_JOB_ARGS=--no-wait.
+# - A sharded learner (train.strategy=fsdp2, train.num_learners=N, train.num_gpus=1) needs N learner
+#   GPUs plus the rollout workers' on the cluster; e.g. configs/gsm8k_qwen_fsdp2.yaml (8 + 8 GPUs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -z "${RAY_ADDRESS:-}" ]; then
