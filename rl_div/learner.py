@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from rl_div.algos import LOSSES, TOKEN_WEIGHTS
+from rl_div.algos.grouping import distinct_rows
 from rl_div.algos.losses import LossInputs, LossOutput, count_denominators
 from rl_div.algos.token_weights import TokenWeightInputs, TokenWeightOutput
 from rl_div.config import Config
@@ -63,11 +64,13 @@ def policy_forward(model: torch.nn.Module, batch: RolloutBatch, chunk_rows: int,
     logp, entropy = _masked_head(hidden[:, p_len - 1 : -1], head, response_ids, response_mask, chunk_rows,
                                  temperature)
     prompt_logp = None
-    if with_prompt:  # no gradient: only advantages read them (ARM's c(q)), and those carry none
+    if with_prompt:  # once per distinct prompt (a group's rows share one; causal attention: the
+        # response does not change them), without gradient: only advantages read them (ARM's c(q))
+        first, inverse = distinct_rows(torch.cat([input_ids[:, :p_len], prompt_mask], dim=1))
         with torch.no_grad():
-            prompt_logp, _ = _masked_head(hidden[:, :p_len - 1].detach(), head, input_ids[:, 1:p_len],
-                                          prompt_mask[:, 1:], chunk_rows, temperature)
-        prompt_logp = torch.nn.functional.pad(prompt_logp, (1, 0))
+            prompt_logp, _ = _masked_head(hidden[first, :p_len - 1].detach(), head, input_ids[first, 1:p_len],
+                                          prompt_mask[first, 1:], chunk_rows, temperature)
+        prompt_logp = torch.nn.functional.pad(prompt_logp[inverse], (1, 0))
     return logp, entropy, prompt_logp
 
 

@@ -73,3 +73,12 @@ def test_arm_split_over_micro_batches_reproduces_arm(params: dict, dtype: torch.
 def test_full_params_are_arms_defaults_overridden() -> None:
     assert full_params("arm", {"alpha": 0.5}) == {"alpha": 0.5, "low_prob_fraction": 0.2, "reweight_all_correct": True,
                                                    "scale": "group", "eps": 1e-6, "unbiased_std": False}
+
+
+def test_distinct_rows() -> None:
+    from rl_div.algos.grouping import distinct_rows
+
+    rows = torch.tensor([[3, 1], [0, 0], [3, 1], [2, 2], [0, 0]])
+    first, inverse = distinct_rows(rows)
+    assert first.tolist() == [0, 1, 3] and inverse.tolist() == [0, 1, 0, 2, 1]
+    assert distinct_rows(torch.zeros(0, 2, dtype=torch.long))[0].numel() == 0
