@@ -17,6 +17,7 @@ must reproduce the estimator exactly (tests/test_fused_advantage.py checks ARM a
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -90,10 +91,14 @@ def apply_shaping(base: torch.Tensor, shaped: torch.Tensor, shaping: torch.Tenso
 
 def full_params(name: str, params: dict[str, Any]) -> dict[str, Any]:
     """The estimator's keyword params: its signature's defaults, overridden by ``params``."""
-    sig = inspect.signature(ADVANTAGES[name])
-    defaults = {k: p.default for k, p in sig.parameters.items()
-                if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is not inspect.Parameter.empty}
-    return {**defaults, **params}
+    return {**_keyword_defaults(ADVANTAGES[name]), **params}
+
+
+@functools.cache
+def _keyword_defaults(fn: Callable[..., Any]) -> dict[str, Any]:
+    """fn's keyword-only parameters that have defaults (read once per function: inspect is slow)."""
+    return {k: p.default for k, p in inspect.signature(fn).parameters.items()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is not inspect.Parameter.empty}
 
 
 # ---- ARM (ALGORITHMS.md section 1): A~_i = A_i + alpha (c(q) - c(o_i|q)) in groups with a correct one
