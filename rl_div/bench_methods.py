@@ -79,8 +79,9 @@ def _learner_step(learner: Any, batch: Any, cfg: Any, fused: bool) -> None:
 
 def bench_learner_work(model: str = "demo", repeats: int = 3) -> dict[str, Any]:
     """CPU seconds (and wall seconds) of the learner's work per step on one sampled batch of the
-    --vs-trl work (16 prompts x 8, 4 new tokens, one torch thread): grpo with the separate forward
-    (main's path), grpo / steer fused, arm (keeps its forward), interleaved, ``repeats`` rounds.
+    --vs-trl work (16 prompts x 8, 4 new tokens, one torch thread): grpo and arm with the separate
+    forward (the path before issue 15), grpo / steer / arm fused (arm's shaping finished in the
+    update's forward, rl_div.fused_advantage), interleaved, ``repeats`` rounds.
     Process CPU time is what a loaded machine distorts least; ratios are to fused grpo per round."""
     import copy
     import os
@@ -99,7 +100,8 @@ def bench_learner_work(model: str = "demo", repeats: int = 3) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="rl_div_learner_work_"))
     path, lr = (llama_20m(work), 1e-8) if model == "20m" else (demo_model(), 1e-8)
     cases = {"grpo_separate": ("demo_grpo.yaml", False), "grpo": ("demo_grpo.yaml", True),
-             "steer": ("demo_steer.yaml", True), "arm": ("demo_arm.yaml", False)}
+             "steer": ("demo_steer.yaml", True), "arm": ("demo_arm.yaml", True),
+             "arm_separate": ("demo_arm.yaml", False)}
     overrides = [o for o in _overrides(path, 1, lr, str(work)) if o != "algo=grpo"]
     cfgs = {name: load_config(REPO / "configs" / config, overrides) for name, (config, _) in cases.items()}
     prompts = PromptStream(load_splits(cfgs["grpo"].data, 0)[0].records, 0).next_batch(PROMPTS)

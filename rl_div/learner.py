@@ -12,10 +12,12 @@ from typing import Any
 import torch
 
 from rl_div.algos import LOSSES, TOKEN_WEIGHTS
+from rl_div.algos.grouping import distinct_rows
 from rl_div.algos.losses import LossInputs, LossOutput, count_denominators
 from rl_div.algos.token_weights import TokenWeightInputs, TokenWeightOutput
 from rl_div.config import Config
 from rl_div.data import RolloutBatch
+from rl_div.fused_advantage import RowShaper, ShapingLeftNoSignal
 from rl_div.metric_sums import add_metric, mean_over_steps
 from rl_div.metrics.entropy import logprobs_and_entropy, masked_mean
 from rl_div.metrics.lm_head import head_logprobs_and_entropy, split_lm_head
@@ -62,10 +64,13 @@ def policy_forward(model: torch.nn.Module, batch: RolloutBatch, chunk_rows: int,
     logp, entropy = _masked_head(hidden[:, p_len - 1 : -1], head, response_ids, response_mask, chunk_rows,
                                  temperature)
     prompt_logp = None
-    if with_prompt:
-        prompt_logp, _ = _masked_head(hidden[:, :p_len - 1], head, input_ids[:, 1:p_len], prompt_mask[:, 1:],
-                                      chunk_rows, temperature)
-        prompt_logp = torch.nn.functional.pad(prompt_logp, (1, 0))
+    if with_prompt:  # once per distinct prompt (a group's rows share one; causal attention: the
+        # response does not change them), without gradient: only advantages read them (ARM's c(q))
+        first, inverse = distinct_rows(torch.cat([input_ids[:, :p_len], prompt_mask], dim=1))
+        with torch.no_grad():
+            prompt_logp, _ = _masked_head(hidden[first, :p_len - 1].detach(), head, input_ids[first, 1:p_len],
+                                          prompt_mask[first, 1:], chunk_rows, temperature)
+        prompt_logp = torch.nn.functional.pad(prompt_logp[inverse], (1, 0))
     return logp, entropy, prompt_logp
 
 
@@ -91,7 +96,8 @@ def _full_logits_forward(model: torch.nn.Module, input_ids: torch.Tensor, attent
     logp, entropy = logprobs_and_entropy(logits[:, p_len - 1 : -1], response_ids, chunk_rows)
     prompt_logp = None
     if prompt_mask is not None:
-        plogp, _ = logprobs_and_entropy(logits[:, : p_len - 1], input_ids[:, 1:p_len], chunk_rows)
+        with torch.no_grad():
+            plogp, _ = logprobs_and_entropy(logits[:, : p_len - 1].detach(), input_ids[:, 1:p_len], chunk_rows)
         prompt_logp = torch.nn.functional.pad(plogp, (1, 0)) * prompt_mask
     return logp, entropy, prompt_logp
 
@@ -163,6 +169,7 @@ class Learner:
         self.loss_params: dict[str, Any] = dict(cfg.algo.loss_params)  # update() merges its overrides over these
         # Filled by the update's forwards while update_on_policy runs (old_logprobs, old_entropy).
         self._on_policy_stats: dict[str, list[torch.Tensor]] | None = None
+        self._shaper: RowShaper | None = None  # finishes a row-local advantage there (rl_div.fused_advantage)
 
     def build_optimizer(self) -> None:
         """AdamW over the policy's parameters and the warm-up schedule (again after sharding)."""
@@ -221,20 +228,35 @@ class Learner:
         micro-batch loop. Returns the update's metrics and {old_logprobs, old_entropy} [B, T] float32
         on CPU, the numbers score_policy would have given, for the step metrics; a step that was
         skipped (no signal, not finite) changed no weight, and score_policy gives them.
+
+        An advantage with a row-local split (ARM) is finished here from the same forward
+        (rl_div.fused_advantage.RowShaper; batch.advantages holds only its reward part): then the
+        returned dict also has the final ``advantages`` [B], and the metrics the estimator's.
         """
         fused, why = fuses_policy_forward(self.cfg, self.active_dropout())
         if not fused or batch.old_logprobs is not None:
             raise ValueError(f"update_on_policy: the update's forward is not pi_old here ({why}); "
                              "use score_policy and update")
         self._on_policy_stats = {"old_logprobs": [], "old_entropy": []}
+        shaper = self._shaper = RowShaper.for_batch(self.cfg, batch)
         try:
             metrics = self.update(batch, loss_overrides)
             stats = {k: torch.cat(v) for k, v in self._on_policy_stats.items() if v}
         finally:
-            self._on_policy_stats = None
+            self._on_policy_stats = self._shaper = None
         if metrics["train/optimizer_steps"] != 1:
-            stats = self.score_policy(batch)
-        return metrics, {"old_logprobs": stats["old_logprobs"], "old_entropy": stats["old_entropy"]}
+            stats = self.score_policy(batch, with_prompt=shaper is not None and shaper.needs_prompt_logprobs)
+            if shaper is not None:  # the weights did not change: shape every row from score_policy's numbers
+                shaper = RowShaper.for_batch(self.cfg, batch)
+                assert shaper is not None
+                shaper.shape(batch, stats["old_logprobs"], stats.get("prompt_logprobs"),
+                             prompt_logprob_mask(batch.prompt_mask))
+        out = {"old_logprobs": stats["old_logprobs"], "old_entropy": stats["old_entropy"]}
+        if shaper is not None:
+            finished = shaper.finish()
+            metrics.update(finished.metrics)
+            out["advantages"] = finished.advantages
+        return metrics, out
 
     def update(self, batch: RolloutBatch, loss_overrides: dict[str, Any] | None = None) -> dict[str, float]:
         """PPO epochs over mini-batches; each optimizer step accumulates micro-batch gradients.
@@ -262,10 +284,15 @@ class Learner:
                 else torch.arange(batch.size)
             for start in range(0, batch.size, mini_size):
                 mini = batch.select(order[start : start + mini_size])
-                if cfg.skip_zero_signal_steps and not self._has_signal(mini):
+                advantages = mini.advantages if self._shaper is None else self._shaper.may_be_nonzero().float()
+                if cfg.skip_zero_signal_steps and not self._has_signal(advantages):
                     counts["train/skipped_zero_signal"] += 1
                     continue
-                step_metrics = self._optimizer_step(mini)
+                try:
+                    step_metrics = self._optimizer_step(mini)
+                except ShapingLeftNoSignal:
+                    counts["train/skipped_zero_signal"] += 1
+                    continue
                 if step_metrics is None:
                     counts["faults/nonfinite_loss"] += 1
                     continue
@@ -286,13 +313,13 @@ class Learner:
         if next(self.model.parameters()).is_cuda:
             torch.cuda.empty_cache()
 
-    def _has_signal(self, mini: RolloutBatch) -> bool:
-        """Whether any loss term would give a gradient: a non-zero advantage, or a KL, entropy or
-        KL-Cov term that acts regardless of the advantage."""
+    def _has_signal(self, advantages: torch.Tensor) -> bool:
+        """Whether any loss term would give a gradient: a non-zero advantage (advantages [B]), or a
+        KL, entropy or KL-Cov term that acts regardless of the advantage."""
         params = self.loss_params
         other_terms = (params.get("kl_coef", 0.0) or params.get("entropy_coef", 0.0)
                        or self.cfg.algo.token_weight == "kl_cov")
-        return bool((mini.advantages != 0).any()) or bool(other_terms)
+        return bool((advantages != 0).any()) or bool(other_terms)
 
     def policy_forward(self, micro: RolloutBatch, with_prompt: bool = False, temperature: float | None = None,
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -309,7 +336,8 @@ class Learner:
         the loss of one micro-batch, divided by the given mini-batch denominators.
         Returns (loss output, token weights, entropy [b, T], mask [b, T])."""
         algo = self.cfg.algo
-        logp, entropy, _ = self.policy_forward(micro)
+        shaper = self._shaper if micro.old_logprobs is None else None
+        logp, entropy, prompt_logp = self.policy_forward(micro, shaper is not None and shaper.needs_prompt_logprobs)
         # Batch tensors travel on CPU; the loss is computed where the policy lives.
         dev = logp.device
         mask = micro.response_mask.to(dev, torch.float32)
@@ -320,6 +348,8 @@ class Learner:
             assert self._on_policy_stats is not None
             self._on_policy_stats["old_logprobs"].append(old_logp.cpu())
             self._on_policy_stats["old_entropy"].append(old_entropy.cpu())
+            if shaper is not None:  # a row-local advantage, finished from this forward (pi_old of these rows)
+                advantages = shaper.shape(micro, old_logp, prompt_logp, prompt_logprob_mask(micro.prompt_mask)).to(dev)
         else:
             old_logp = micro.old_logprobs.to(dev)
             old_entropy = micro.old_entropy.to(dev) if micro.old_entropy is not None else None
@@ -375,6 +405,10 @@ class Learner:
                 add_metric(sums, k, v, 1.0 if k == "loss/total" else share)
             sums["policy/entropy_train"] = sums.get("policy/entropy_train", 0.0) + float(
                 masked_mean(entropy.detach(), mask)) * share
+        if self._shaper is not None and cfg.skip_zero_signal_steps and not self._has_signal(
+                self._shaper.finish().advantages):  # the finished advantages are all 0: skip, as update() would have
+            self.optimizer.zero_grad(set_to_none=True)
+            raise ShapingLeftNoSignal
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm))
         if not math.isfinite(grad_norm):
             self.optimizer.zero_grad(set_to_none=True)

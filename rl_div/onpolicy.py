@@ -11,14 +11,20 @@ when any of these hold:
 
 - ``train.ppo_epochs > 1`` or more than one mini-batch: later optimizer steps need the weights from
   before the first one;
-- the advantage reads the policy's log-probs before the update: ARM reads prompt log-probs (which no
-  sampler returns) and the response log-probs under pi_theta (the sampler's own log-probs are another
-  engine's numbers, equal to 1e-7 at best, and a different policy when rollouts lag), and with
-  micro-batches the update's forward can only serve both if every micro-batch's graph stays alive
-  until the advantages are known. A plugin estimator declares ``needs_response_logprobs = False``
-  (and no ``needs_prompt_logprobs``) to skip it; one that says nothing keeps it;
+- the advantage reads the policy's log-probs before the update in a way the update's forward cannot
+  serve: the sampler's own log-probs are another engine's numbers (equal to 1e-7 at best, and a
+  different policy when rollouts lag), no sampler returns prompt log-probs, and with micro-batches a
+  batch-wide function of the log-probs is known only after the last micro-batch's forward. An
+  estimator whose advantage is row-local apart from reward-only parts (ARM: A_i and the reweighted
+  groups come from rewards, c(o_i|q) and c(q) from row i's own response and prompt log-probs)
+  registers a split in rl_div.algos.row_local.ROW_LOCAL and is finished inside the update's
+  micro-batch loop from each micro-batch's own forward, which then also computes the prompt
+  log-probs (rl_div.fused_advantage); it fuses. Otherwise a plugin estimator declares
+  ``needs_response_logprobs = False`` (and no ``needs_prompt_logprobs``) to skip the separate forward;
+  one that says nothing keeps it;
 - a sharded learner (train.strategy=fsdp2), or token weights over the whole mini-batch
-  (train.token_weight_scope=mini): both read pi_old of every row before the first micro-batch;
+  (train.token_weight_scope=mini): both read pi_old of every row (and its advantage) before the
+  first micro-batch;
 - the model has dropout: ``score_policy`` runs in eval mode and the update in train mode, so the
   update's forward would not be pi_old;
 - a step where some rewards failed: the update trains on the scored rows only, while the step
@@ -30,6 +36,7 @@ from __future__ import annotations
 import torch
 
 from rl_div.algos import ADVANTAGES
+from rl_div.algos.row_local import ROW_LOCAL
 from rl_div.config import Config
 
 
@@ -70,7 +77,7 @@ def fuses_policy_forward(cfg: Config, dropout: list[str]) -> tuple[bool, str]:
         return False, f"train.ppo_epochs={t.ppo_epochs}: later epochs need pi_old from before the first step"
     if t.mini_batch_size and t.mini_batch_size < batch:
         return False, f"train.mini_batch_size={t.mini_batch_size} < {batch} rows: several optimizer steps per batch"
-    if needs_policy_logprobs(cfg):
+    if needs_policy_logprobs(cfg) and cfg.algo.advantage not in ROW_LOCAL:
         return False, f"advantage {cfg.algo.advantage!r} reads the policy's log-probs before the update"
     if t.strategy != "single":
         return False, f"train.strategy={t.strategy}: the sharded update is planned from pi_old computed beforehand"
@@ -78,6 +85,9 @@ def fuses_policy_forward(cfg: Config, dropout: list[str]) -> tuple[bool, str]:
         return False, "train.token_weight_scope=mini: token weights over the mini-batch read pi_old before the update"
     if dropout:
         return False, f"the model has dropout ({', '.join(dropout[:3])}): train-mode forwards are not pi_old"
+    if cfg.algo.advantage in ROW_LOCAL:
+        return True, (f"one PPO epoch, one optimizer step per batch: the update's forward is pi_old, and "
+                      f"advantage {cfg.algo.advantage!r} is finished from it row by row")
     return True, "one PPO epoch, one optimizer step per batch: the update's forward is pi_old"
 
 

@@ -25,7 +25,6 @@ import ray
 import torch
 
 from rewards.runner import RewardResult
-from rl_div.algos import ADVANTAGES
 from rl_div.algos.advantages import AdvantageInputs
 from rl_div.checkpoint import (
     claim_output_dir,
@@ -47,6 +46,7 @@ from rl_div.cluster import (
 )
 from rl_div.config import Config, save_config
 from rl_div.data import RolloutBatch
+from rl_div.fused_advantage import advantage_before_update
 from rl_div.guard import CollapseGuard
 from rl_div.learner import prompt_logprob_mask
 from rl_div.models import load_tokenizer
@@ -167,6 +167,8 @@ class Trainer:
         if separate_forward(self.fused_forward, batch.rewards):
             with timer("learner_forward"):
                 batch = self.policy_stats(batch, with_prompt=needs_prompt_logprobs(cfg))
+        # Without the separate forward, ARM's advantages here are their reward part; the update
+        # finishes them (rl_div.fused_advantage) and its metrics carry the final adv/* and arm/*.
         batch.advantages, adv_metrics = compute_advantages(batch, cfg)
         with timer("learner_update"):
             update_metrics = self.update(batch, self.guard.loss_overrides())
@@ -257,6 +259,8 @@ class Trainer:
             return ray.get(self.learner.update.remote(scored_rows(batch), loss_overrides))
         metrics, stats = ray.get(self.learner.update_on_policy.remote(batch, loss_overrides))
         batch.old_logprobs, batch.old_entropy = stats["old_logprobs"], stats["old_entropy"]
+        if "advantages" in stats:  # finished in the update (ARM, rl_div.fused_advantage); metrics has its adv/*
+            batch.advantages = stats["advantages"]
         return metrics
 
     # ---- evaluation and checkpoints ------------------------------------------------------------
@@ -342,7 +346,7 @@ def compute_advantages(batch: RolloutBatch, cfg: Config) -> tuple[torch.Tensor, 
         response_mask=sub.response_mask.float(), prompt_logprobs=sub.prompt_logprobs,
         prompt_mask=prompt_logprob_mask(sub.prompt_mask).float(),
     )
-    out = ADVANTAGES[cfg.algo.advantage](inputs, **cfg.algo.advantage_params)
+    out = advantage_before_update(inputs, cfg)  # a row-local one's reward part when the update finishes it
     advantages = torch.zeros(batch.size)
     advantages[rows] = out.advantages.float()
     return advantages, out.metrics

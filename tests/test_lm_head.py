@@ -252,3 +252,16 @@ def test_activation_checkpointing_gives_the_same_gradients(llama) -> None:
         grads.append({n: p.grad for n, p in m.named_parameters()})
     for name, g in grads[0].items():
         torch.testing.assert_close(grads[1][name], g, rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_prompt_logprobs_of_shared_prompts_match_each_row(llama) -> None:
+    """Rows that share a prompt (a group) get its log-probs computed once: still every row's own."""
+    model, tok = llama
+    batch = tiny_batch(tok, ["12+3=", "a much longer prompt =", "12+3=", "12+3="], ["15", "x y z 17", "4", "999"])
+    pmask = prompt_logprob_mask(batch.prompt_mask).bool()
+    with torch.no_grad():
+        plogp = policy_forward(model, batch, chunk_rows=3, with_prompt=True)[2]
+        reference = naive_policy_forward(model, batch, 1.0)[2]
+    assert plogp is not None
+    torch.testing.assert_close(plogp[pmask], reference[pmask], rtol=1e-10, atol=1e-10)
+    assert bool((plogp[~pmask] == 0).all())

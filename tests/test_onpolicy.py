@@ -17,7 +17,13 @@ from rl_div.config import Config, load_config
 from rl_div.data import RolloutBatch
 from rl_div.learner import Learner
 from rl_div.models import build_char_tokenizer, make_tiny_llama, save_policy
-from rl_div.onpolicy import active_dropout, fuses_policy_forward, needs_policy_logprobs, separate_forward
+from rl_div.onpolicy import (
+    active_dropout,
+    fuses_policy_forward,
+    needs_policy_logprobs,
+    needs_prompt_logprobs,
+    separate_forward,
+)
 from rl_div.rollout.base import SamplingSpec
 from rl_div.rollout.hf import HFRolloutWorker
 from rl_div.stats import rollout_health, step_diversity
@@ -40,7 +46,10 @@ def cfg_of(*overrides: str) -> Config:
     (["algo=passk"], True),
     (["algo=unlikeliness"], True),  # reads the sampler's log-probs, which the rollout brings
     (["train.mini_batch_size=16"], True),  # one mini-batch holding the whole batch
-    (["algo=arm"], False),  # prompt and response log-probs before the update
+    (["algo=arm"], True),  # row-local: finished from each micro-batch's own forward
+    (["algo=arm", "algo.token_weight=steer"], True),  # micro-batch token weights see the final advantages
+    (["algo=arm", "algo.token_weight=steer", "train.token_weight_scope=mini"], False),
+    (["algo=arm", "train.mini_batch_size=8"], False),
     (["train.ppo_epochs=2"], False),
     (["train.mini_batch_size=8"], False),  # two optimizer steps per batch of 16
     (["run.plugins=[plugins.my_algos]", "algo.advantage=test_raw_reward"], False),  # says nothing: kept
@@ -99,19 +108,32 @@ def sampled(model_path: str) -> RolloutBatch:
 
 def step(cfg: Config, model_path: str, sampled: RolloutBatch, fused: bool) -> tuple[dict, dict]:
     """One training step as the trainer runs it; (logged step metrics, updated parameters)."""
-    learner, batch = Learner(cfg, model_path), copy.deepcopy(sampled)
-    if fused:
-        batch.advantages, adv_metrics = compute_advantages(batch, cfg)
-        update_metrics, stats = learner.update_on_policy(batch)
-    else:
-        stats = learner.score_policy(batch)
-        batch.ref_logprobs = stats.get("ref_logprobs")
+    metrics, params, _ = steps(cfg, model_path, sampled, fused, 1)
+    return metrics[0], params
+
+
+def steps(cfg: Config, model_path: str, sampled: RolloutBatch, fused: bool, n: int,
+          ) -> tuple[list[dict], dict, list[torch.Tensor]]:
+    """n training steps on the batch as the trainer runs them (Trainer.train_step / Trainer.update);
+    (logged step metrics per step, updated parameters, the advantages trained on per step)."""
+    learner, metrics, advantages = Learner(cfg, model_path), [], []
+    for _ in range(n):
+        batch = copy.deepcopy(sampled)
+        if fused:
+            batch.advantages, adv_metrics = compute_advantages(batch, cfg)
+            update_metrics, stats = learner.update_on_policy(batch)
+            if "advantages" in stats:  # finished in the update (ARM): metrics carry the final adv/*, arm/*
+                batch.advantages = stats["advantages"]
+        else:
+            stats = learner.score_policy(batch, with_prompt=needs_prompt_logprobs(cfg))
+            batch.ref_logprobs, batch.prompt_logprobs = stats.get("ref_logprobs"), stats.get("prompt_logprobs")
+            batch.old_logprobs, batch.old_entropy = stats["old_logprobs"], stats["old_entropy"]
+            batch.advantages, adv_metrics = compute_advantages(batch, cfg)
+            update_metrics = learner.update(batch)
         batch.old_logprobs, batch.old_entropy = stats["old_logprobs"], stats["old_entropy"]
-        batch.advantages, adv_metrics = compute_advantages(batch, cfg)
-        update_metrics = learner.update(batch)
-    batch.old_logprobs, batch.old_entropy = stats["old_logprobs"], stats["old_entropy"]
-    metrics = {**rollout_health(batch), **step_diversity(batch), **adv_metrics, **update_metrics}
-    return metrics, {k: v.detach().clone() for k, v in learner.model.named_parameters()}
+        metrics.append({**rollout_health(batch), **step_diversity(batch), **adv_metrics, **update_metrics})
+        advantages.append(batch.advantages)
+    return metrics, {k: v.detach().clone() for k, v in learner.model.named_parameters()}, advantages
 
 
 @pytest.mark.parametrize("overrides", [[], ["algo=steer"], ["algo.loss_params.kl_coef=0.5", "train.use_ref_model=true"],
@@ -186,3 +208,76 @@ def test_no_stale_state_between_updates(model_path: str, sampled: RolloutBatch, 
     learner.update_on_policy(batch)
     with pytest.raises(AssertionError, match="score_policy first"):
         learner.update(batch)
+
+
+# ---- ARM: finished inside the update from each micro-batch's own forward (rl_div.fused_advantage) ----
+# Groups of 4: mixed, all correct (no GRPO signal, shaped unless reweight_all_correct=false), mixed,
+# none correct (GRPO signal from the 0.5, no shaping).
+ARM_REWARDS = [1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.5, 0.0, 0.0, 0.0]
+
+
+def with_rewards(sampled: RolloutBatch, rewards: list[float]) -> RolloutBatch:
+    batch = copy.deepcopy(sampled)
+    batch.rewards = torch.tensor(rewards)
+    batch.correct = (batch.rewards == 1.0).float()
+    batch.answers = [str(r) for r in rewards]
+    return batch
+
+
+def assert_same_steps(old: list[dict], new: list[dict], old_adv: list[torch.Tensor],
+                      new_adv: list[torch.Tensor]) -> None:
+    for i, (o, n) in enumerate(zip(old, new, strict=True)):
+        assert set(n) == set(o), i
+        for k, v in o.items():
+            assert n[k] == pytest.approx(v, rel=1e-6, abs=1e-6), (i, k)
+        torch.testing.assert_close(new_adv[i], old_adv[i], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("overrides", [
+    [],
+    ["train.micro_batch_size=5", "algo.advantage_params.alpha=3.0"],
+    ["train.micro_batch_size=3", "algo.advantage_params.reweight_all_correct=false"],
+    ["train.micro_batch_size=6", "algo.token_weight=steer"],
+    ["algo.advantage_params.low_prob_fraction=0.5", "algo.advantage_params.scale=none",
+     "algo.loss_params.kl_coef=0.5", "train.use_ref_model=true"],
+], ids=["micro8", "micro5_alpha3", "micro3_not_all_correct", "micro6_steer", "dr_grpo_kl"])
+def test_fused_arm_logs_and_trains_as_the_separate_forward_does(model_path: str, sampled: RolloutBatch,
+                                                               overrides: list[str]) -> None:
+    cfg = cfg_of(f"model.path={model_path}", "algo=arm", *overrides)
+    assert fuses_policy_forward(cfg, [])[0] and cfg.train.micro_batch_size < sampled.size
+    batch = with_rewards(sampled, ARM_REWARDS)
+    old_metrics, old_params, old_adv = steps(cfg, model_path, batch, fused=False, n=3)
+    new_metrics, new_params, new_adv = steps(cfg, model_path, batch, fused=True, n=3)
+    assert all(m["train/optimizer_steps"] == 1 for m in old_metrics)
+    assert {k for k in old_metrics[0] if k.startswith("arm/")} == {
+        "arm/answer_conf_mean", "arm/answer_conf_std", "arm/prompt_conf_mean", "arm/prompt_conf_std",
+        "arm/reweighted_frac", "arm/shaping_abs_mean"}
+    reweighted = 0.5 if "algo.advantage_params.reweight_all_correct=false" in overrides else 0.75
+    assert old_metrics[0]["arm/reweighted_frac"] == reweighted and old_metrics[0]["arm/shaping_abs_mean"] > 0
+    # each step's shaping is that step's pi_old's: the confidences move as the policy trains
+    assert old_metrics[0]["arm/answer_conf_mean"] != old_metrics[2]["arm/answer_conf_mean"]
+    assert_same_steps(old_metrics, new_metrics, old_adv, new_adv)
+    # the trained-on advantages are the final ones: the all-correct group (GRPO's A = 0) is shaped
+    assert bool((new_adv[0][4:8] != 0).all()) is (reweighted == 0.75)
+    moved = 0
+    for k, v in old_params.items():
+        torch.testing.assert_close(new_params[k], v, rtol=1e-6, atol=1e-6, msg=k)
+        moved += int(not torch.equal(v, sampled_params(model_path)[k]))
+    assert moved > 0
+
+
+@pytest.mark.parametrize(("rewards", "overrides", "counter"), [
+    ([0.0] * 16, [], "train/skipped_zero_signal"),  # no correct answer, no GRPO signal: no forward needed
+    ([1.0] * 8 + [0.0] * 8, ["algo.advantage_params.alpha=0.0"], "train/skipped_zero_signal"),  # known after it
+    (ARM_REWARDS, ["run.plugins=[plugins.my_algos]", "algo.loss=test_nan_loss"], "faults/nonfinite_loss"),
+], ids=["no_correct", "shaping_all_zero", "nonfinite_loss"])
+def test_fused_arm_step_without_update_logs_as_the_separate_forward_does(
+        model_path: str, sampled: RolloutBatch, rewards: list[float], overrides: list[str], counter: str) -> None:
+    cfg = cfg_of(f"model.path={model_path}", "algo=arm", *overrides)
+    batch = with_rewards(sampled, rewards)
+    old_metrics, old_params, old_adv = steps(cfg, model_path, batch, fused=False, n=1)
+    new_metrics, new_params, new_adv = steps(cfg, model_path, batch, fused=True, n=1)
+    assert old_metrics[0]["train/optimizer_steps"] == 0 and old_metrics[0][counter] == 1
+    assert "arm/answer_conf_mean" in new_metrics[0]
+    assert_same_steps(old_metrics, new_metrics, old_adv, new_adv)
+    assert all(torch.equal(new_params[k], v) for k, v in old_params.items())

@@ -126,3 +126,21 @@ def rank_within_group(keys: torch.Tensor, group_index: torch.Tensor) -> torch.Te
     is_start[1:] = sorted_groups[1:] != sorted_groups[:-1]
     first[sorted_groups[is_start]] = torch.nonzero(is_start).flatten()
     return pos - first[inverse]
+
+
+def distinct_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first occurrence of each distinct row and, per row, which of them it equals.
+
+    Args:
+        rows: [B, K].
+    Returns:
+        (first [U] long, indices into rows in order of first occurrence; inverse [B] long, so that
+        rows[first][inverse] equals rows).
+    """
+    _, inverse = torch.unique(rows, dim=0, return_inverse=True)
+    n = int(inverse.max().item()) + 1 if inverse.numel() else 0
+    position = torch.arange(rows.shape[0], device=rows.device)
+    first = torch.full((n,), rows.shape[0], dtype=torch.long, device=rows.device)
+    first = first.scatter_reduce(0, inverse, position, reduce="amin")
+    order = first.argsort()  # in order of first occurrence
+    return first[order], order.argsort()[inverse]
