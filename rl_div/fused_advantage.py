@@ -74,6 +74,7 @@ class RowShaper:
                                                       correct=correct), **self.params)
         self.values: dict[str, list[torch.Tensor]] = {}
         self.rows_done = 0
+        self.finished: AdvantageOutput | None = None  # finish()'s result, shared by the skip check and the caller
 
     @staticmethod
     def for_batch(cfg: Config, batch: RolloutBatch) -> RowShaper | None:
@@ -107,8 +108,12 @@ class RowShaper:
         return apply_shaping(base, shaped, values["shaping"])[1]
 
     def finish(self) -> AdvantageOutput:
-        """The final advantages [B] and the estimator's metrics, once every row was shaped."""
-        assert self.rows_done == self.part.base.numel(), "RowShaper.finish: rows left unshaped"
-        values = {name: torch.cat(parts) for name, parts in self.values.items()}
-        shaping, adv = apply_shaping(self.part.base, self.part.shaped, values["shaping"])
-        return AdvantageOutput(adv.float(), self.split.metrics(self.part, values, shaping, adv, **self.params))
+        """The final advantages [B] and the estimator's metrics, once every row was shaped (computed
+        once: no row can be shaped after the last)."""
+        if self.finished is None:
+            assert self.rows_done == self.part.base.numel(), "RowShaper.finish: rows left unshaped"
+            values = {name: torch.cat(parts) for name, parts in self.values.items()}
+            shaping, adv = apply_shaping(self.part.base, self.part.shaped, values["shaping"])
+            self.finished = AdvantageOutput(adv.float(),
+                                            self.split.metrics(self.part, values, shaping, adv, **self.params))
+        return self.finished

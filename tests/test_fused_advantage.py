@@ -1,6 +1,7 @@
 """Row-local advantage splits (rl_div.algos.row_local): the split of ARM, run over micro-batches as the
-fused update runs it, reproduces :func:`rl_div.algos.advantages.arm` (which does not use the split)
-on random inputs, NaN confidences and unscored rows included."""
+fused update runs it, reproduces a whole-batch ARM written out here from ALGORITHMS.md (the library's
+arm() is the split itself; tests/test_advantages.py pins it to hand-worked values) on random inputs,
+NaN confidences and unscored rows included."""
 
 from __future__ import annotations
 
@@ -9,7 +10,17 @@ import math
 import pytest
 import torch
 
-from rl_div.algos.advantages import AdvantageInputs, arm
+from rl_div.algos.advantages import (
+    AdvantageInputs,
+    AdvantageOutput,
+    _is_correct,
+    _nan_stats,
+    _summary,
+    answer_confidence,
+    grpo_advantages,
+    prompt_confidence,
+)
+from rl_div.algos.grouping import fraction_of_groups, group_all, group_all_equal, group_any
 from rl_div.algos.row_local import ROW_LOCAL, apply_shaping, full_params
 
 
@@ -36,13 +47,45 @@ def random_inputs(seed: int, dtype: torch.dtype) -> AdvantageInputs:
         prompt_mask=prompt_mask)
 
 
+def reference_arm(inputs: AdvantageInputs, *, alpha: float = 1.0, low_prob_fraction: float = 0.2,
+                  reweight_all_correct: bool = True, scale: str = "group", eps: float = 1e-6,
+                  unbiased_std: bool = False) -> AdvantageOutput:
+    """ARM on the whole batch in one piece: A~_i = A_i + alpha (c(q) - c(o_i|q)) in groups with a
+    correct response (not all-correct ones unless reweight_all_correct); NaN shaping counts as 0."""
+    assert inputs.correct is not None and inputs.response_logprobs is not None
+    assert inputs.response_mask is not None and inputs.prompt_logprobs is not None
+    assert inputs.prompt_mask is not None
+    rewards, groups = inputs.rewards, inputs.group_index
+    base = grpo_advantages(rewards, groups, scale=scale, eps=eps, unbiased_std=unbiased_std)
+    c_answer = answer_confidence(inputs.response_logprobs, inputs.response_mask, low_prob_fraction)
+    c_prompt = prompt_confidence(inputs.prompt_logprobs, inputs.prompt_mask)
+    shaping = alpha * (c_prompt.to(base.dtype) - c_answer.to(base.dtype))
+    shaping = torch.where(torch.isfinite(shaping), shaping, torch.zeros_like(shaping))
+    is_correct = _is_correct(inputs.correct)
+    apply = group_any(is_correct, groups)
+    if not reweight_all_correct:
+        apply = apply & ~group_all(is_correct, groups)
+    shaping = torch.where(apply, shaping, torch.zeros_like(shaping))
+    adv = base + shaping
+    a_mean, a_std = _nan_stats(c_answer)
+    p_mean, p_std = _nan_stats(c_prompt)
+    return AdvantageOutput(adv, {
+        "adv/zero_signal_frac": fraction_of_groups(group_all_equal(rewards, groups), groups),
+        "arm/answer_conf_mean": a_mean, "arm/answer_conf_std": a_std,
+        "arm/prompt_conf_mean": p_mean, "arm/prompt_conf_std": p_std,
+        "arm/reweighted_frac": float(apply.double().mean().item()),
+        "arm/shaping_abs_mean": float(shaping.abs().mean().item()),
+        **_summary(adv),
+    })
+
+
 @pytest.mark.parametrize("params", [{}, {"alpha": 2.5, "low_prob_fraction": 0.5},
                                     {"reweight_all_correct": False, "scale": "none"}, {"alpha": 0.0}])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("micro", [1, 3, 7, 20])
 def test_arm_split_over_micro_batches_reproduces_arm(params: dict, dtype: torch.dtype, micro: int) -> None:
     inputs = random_inputs(seed=micro, dtype=dtype)
-    expected = arm(inputs, **params)
+    expected = reference_arm(inputs, **params)
     split, full = ROW_LOCAL["arm"], full_params("arm", params)
     part = split.reward_part(AdvantageInputs(rewards=inputs.rewards, group_index=inputs.group_index,
                                              correct=inputs.correct), **full)

@@ -17,9 +17,7 @@ import torch
 from rl_div.algos.grouping import (
     compact_groups,
     fraction_of_groups,
-    group_all,
     group_all_equal,
-    group_any,
     group_mean_std,
     group_sizes,
     rank_within_group,
@@ -199,35 +197,13 @@ def arm(
     """
     fields = ["correct", "response_logprobs", "response_mask", "prompt_logprobs", "prompt_mask"]
     _require(inputs, fields, "arm")
-    assert inputs.correct is not None and inputs.response_logprobs is not None  # for type checkers
-    assert inputs.response_mask is not None and inputs.prompt_logprobs is not None
-    assert inputs.prompt_mask is not None
-    rewards, groups = inputs.rewards, inputs.group_index
-    base = grpo_advantages(rewards, groups, scale=scale, eps=eps, unbiased_std=unbiased_std)
-    c_answer = answer_confidence(inputs.response_logprobs, inputs.response_mask, low_prob_fraction)
-    c_prompt = prompt_confidence(inputs.prompt_logprobs, inputs.prompt_mask)
-    shaping = alpha * (c_prompt.to(base.dtype) - c_answer.to(base.dtype))
-    shaping = torch.where(torch.isfinite(shaping), shaping, torch.zeros_like(shaping))
-    is_correct = _is_correct(inputs.correct)
-    apply = group_any(is_correct, inputs.group_index)
-    if not reweight_all_correct:
-        apply = apply & ~group_all(is_correct, inputs.group_index)
-    shaping = torch.where(apply, shaping, torch.zeros_like(shaping))
-    adv = base + shaping
-    a_mean, a_std = _nan_stats(c_answer)
-    p_mean, p_std = _nan_stats(c_prompt)
-    zero = fraction_of_groups(group_all_equal(inputs.rewards, inputs.group_index), inputs.group_index)
-    metrics = {
-        "adv/zero_signal_frac": zero,
-        "arm/answer_conf_mean": a_mean,
-        "arm/answer_conf_std": a_std,
-        "arm/prompt_conf_mean": p_mean,
-        "arm/prompt_conf_std": p_std,
-        "arm/reweighted_frac": float(apply.double().mean().item()) if apply.numel() else 0.0,
-        "arm/shaping_abs_mean": float(shaping.abs().mean().item()) if shaping.numel() else 0.0,
-        **_summary(adv),
-    }
-    return AdvantageOutput(adv, metrics)
+    # One implementation, in the three parts the fused update also runs micro-batch by micro-batch
+    # (reward part, per-row shaping, metrics); imported here since row_local builds on this module.
+    from rl_div.algos.row_local import ROW_LOCAL
+
+    return ROW_LOCAL["arm"](inputs, alpha=alpha, low_prob_fraction=low_prob_fraction,
+                            reweight_all_correct=reweight_all_correct, scale=scale, eps=eps,
+                            unbiased_std=unbiased_std)
 
 
 # What an estimator reads of the policy before the update (rl_div.onpolicy): only then does the
