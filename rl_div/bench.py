@@ -59,27 +59,37 @@ def peak_rss_delta(interval_s: float = 0.0005) -> Iterator[dict[str, int]]:
 
     CPU torch has no allocator statistics, so this is the honest measurement available: it sees
     every page touched, including the gradient buffers, and may miss a spike shorter than a sample.
+    peak_private_delta leaves out shared pages (RSS - shared: on Linux, file and shared-memory
+    pages such as the Ray object store's, which a process writing into it touches).
     """
     gc.collect()
     with suppress(OSError, AttributeError):  # return freed heap pages so they do not sit in the baseline
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     proc = psutil.Process()
-    result = {"baseline": proc.memory_info().rss, "peak_delta": 0}
+    first = proc.memory_info()
+    result = {"baseline": first.rss, "peak_delta": 0, "peak_private_delta": 0}
+    private_baseline = first.rss - getattr(first, "shared", 0)
     done = threading.Event()
 
     def sample() -> None:
+        mem = proc.memory_info()
+        result["peak_delta"] = max(result["peak_delta"], mem.rss - result["baseline"])
+        private = mem.rss - getattr(mem, "shared", 0) - private_baseline
+        result["peak_private_delta"] = max(result["peak_private_delta"], private)
+
+    def sampler() -> None:
         while not done.is_set():
-            result["peak_delta"] = max(result["peak_delta"], proc.memory_info().rss - result["baseline"])
+            sample()
             time.sleep(interval_s)
 
-    thread = threading.Thread(target=sample, daemon=True)
+    thread = threading.Thread(target=sampler, daemon=True)
     thread.start()
     try:
         yield result
     finally:
         done.set()
         thread.join()
-        result["peak_delta"] = max(result["peak_delta"], proc.memory_info().rss - result["baseline"])
+        sample()
 
 
 # ---- 1. chunked entropy vs naive float32 ------------------------------------------------------
@@ -341,6 +351,7 @@ def _sections(quick: bool) -> dict[str, tuple[Callable[[], dict[str, Any]], Call
     from rl_div import bench_methods as m
     from rl_div import bench_workload as w
     from rl_div.distributed.bench import bench_fsdp, print_fsdp
+    from rl_div.distributed.bench_sync import bench_sync, print_sync
 
     return {
         "entropy": ((lambda: bench_entropy(rows=1024, seq_len=256, vocab=8000, chunk_rows=256, repeats=2))
@@ -357,13 +368,15 @@ def _sections(quick: bool) -> dict[str, tuple[Callable[[], dict[str, Any]], Call
         "learner_work": (lambda: m.bench_learner_work("demo", repeats=1 if quick else 3), m.print_learner_work),
         "learner_work_20m": (lambda: m.bench_learner_work("20m", repeats=1 if quick else 3), m.print_learner_work),
         "fsdp": (lambda: bench_fsdp(repeats=3 if quick else 10), print_fsdp),
+        "sync": (lambda: bench_sync("demo", repeats=2 if quick else 5), print_sync),
+        "sync_50m": (lambda: bench_sync("50m", repeats=1 if quick else 5), print_sync),
         "off_policy": ((lambda: a.bench_off_policy(steps=2, warmup=1, settings=["demo"])) if quick
                        else a.bench_off_policy, a.print_off_policy),
     }
 
 
 SECTIONS = ("entropy", "passk", "train_step", "group_embedding", "lm_head", "rewards", "long_step", "learner_work",
-            "learner_work_20m", "fsdp", "off_policy")
+            "learner_work_20m", "fsdp", "sync", "sync_50m", "off_policy")
 
 
 def run_bench(quick: bool = False, out: str | Path | None = None,

@@ -133,7 +133,9 @@ class RolloutConfig(Section):
         "(broadcast to vLLM on other GPUs/nodes). See docs/vllm.md.",
     )
     weight_sync_chunk_mb: float = Field(
-        64.0, gt=0, description="object_store: MB of tensors per load call into vLLM (bounds peak memory)."
+        64.0, gt=0, description="object_store: MB per weight bucket. The learner (rank 0 of a sharded one) puts "
+        "one bucket at a time into the Ray object store and rollout workers load one at a time, so this bounds "
+        "the host memory a sync adds on both sides; also the MB per load call into vLLM.",
     )
     weight_sync_timeout_s: float = Field(
         300.0, gt=0, description="Max seconds for one weight sync; past it the sync fails loudly."

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,8 @@ from rl_div.metrics.lm_head import head_logprobs_and_entropy, split_lm_head
 from rl_div.models import DTYPES, load_policy, save_policy
 from rl_div.onpolicy import active_dropout, fuses_policy_forward
 from rl_div.registry import import_plugins
-from rl_div.rollout.weight_sync import state_dict_payload
+from rl_div.rollout.weight_buckets import BucketPayload, bucket_payload, put_bucket
+from rl_div.rollout.weight_sync import model_tensors, state_dict_payload
 
 
 def policy_forward(model: torch.nn.Module, batch: RolloutBatch, chunk_rows: int,
@@ -424,6 +426,16 @@ class Learner:
     def get_weights(self) -> dict[str, torch.Tensor]:
         """CPU copy of the policy's state dict in the engines' dtype (goes through the Ray object store)."""
         return state_dict_payload(self.model, self.sync_dtype)
+
+    def sync_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """(name, CPU tensor in the engines' dtype) for every distinct tensor, one at a time."""
+        return model_tensors(self.model, self.sync_dtype)
+
+    def get_weight_buckets(self, put: Callable[[dict[str, torch.Tensor]], Any] = put_bucket) -> BucketPayload:
+        """object_store weight sync: sync_tensors in buckets of rollout.weight_sync_chunk_mb, each
+        put (into the Ray object store) when full; the process holds one bucket and one tensor."""
+        cap = int(self.cfg.rollout.weight_sync_chunk_mb * 2**20)
+        return bucket_payload(self.sync_tensors(), cap, put)
 
     def get_version(self) -> int:
         """Policy version: the number of optimizer steps taken."""

@@ -12,6 +12,7 @@ its passes, so no rank waits in a collective the others never join.
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ from rl_div.distributed.weights import LOCAL, GroupReducer, LocalReducer, mini_b
 from rl_div.learner import Learner
 from rl_div.metric_sums import add_metric, mean_over_steps
 from rl_div.metrics.entropy import masked_mean
+from rl_div.rollout.weight_buckets import distinct_state
+from rl_div.rollout.weight_sync import cpu_engine_tensors
 
 
 def planned_step(learner: Learner, batch: RolloutBatch, plan: MiniBatchPlan, rank: int,
@@ -198,11 +201,23 @@ class ShardedLearner(Learner):
         return {k: torch.cat(v) for k, v in parts.items()}
 
     def get_weights(self) -> dict[str, torch.Tensor]:
-        """Every rank joins the gather; rank 0 returns the full state dict in the engines' dtype."""
+        """Every rank joins the gather; rank 0 returns the full state dict in the engines' dtype (held
+        twice on every rank; weight sync streams buckets instead, see sync_tensors)."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         return {k: v.to(self.sync_dtype) for k, v in full.items()} if self.rank == 0 else {}
+
+    def sync_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """Every rank gathers each sharded tensor in the same (state dict) order, one all-gather per
+        tensor, so a rank holds one full tensor at a time; rank 0 yields them (CPU, engines' dtype),
+        the other ranks yield nothing. get_weight_buckets on every rank: rank 0's payload ships."""
+        from torch.distributed.tensor import DTensor
+
+        for name, t in distinct_state(self.model):
+            full = t.full_tensor() if isinstance(t, DTensor) else t
+            if self.rank == 0:
+                yield from cpu_engine_tensors([(name, full)], self.sync_dtype)
 
 
 

@@ -10,6 +10,7 @@ from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 from rl_div.data import PromptRecord, RolloutBatch
 from rl_div.models import load_policy
 from rl_div.rollout.base import SamplingSpec, build_rollout_batch, templated_prompt_ids
+from rl_div.rollout.weight_buckets import BucketPayload, copy_into, distinct_state, load_buckets
 
 
 class HFRolloutWorker:
@@ -85,9 +86,16 @@ class HFRolloutWorker:
             truncated.append(not (stopped or hit_stop))
         return build_rollout_batch(prompts, prompt_ids, responses, logprobs, texts, truncated, spec.n, self.version)
 
-    def set_weights(self, state_dict: dict[str, torch.Tensor], version: int) -> None:
-        """Load the learner's weights (strict: a missing or extra tensor is an error)."""
-        self.model.load_state_dict(state_dict, strict=True)
+    def set_weights(self, weights: dict[str, torch.Tensor] | BucketPayload, version: int) -> None:
+        """Load the learner's weights: a state dict (strict: a missing or extra tensor is an error)
+        or a BucketPayload, fetched and copied in one bucket at a time after checking that it names
+        every tensor of this model exactly once (tied weights once, as the learner sends them)."""
+        if isinstance(weights, BucketPayload):
+            targets = dict(distinct_state(self.model))
+            with torch.no_grad():
+                load_buckets(weights, lambda bucket: copy_into(targets, bucket), expected=targets)
+        else:
+            self.model.load_state_dict(weights, strict=True)
         self.version = version
 
     def policy_version(self) -> int:

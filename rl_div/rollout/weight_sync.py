@@ -1,7 +1,8 @@
 """Weight sync from the learner to vLLM rollout engines: one interface, three transports.
 
-    object_store  CPU tensors through the Ray object store, loaded in bounded chunks. Works on any
-                  machine; the only transport exercised on CPU (tests/vllm_lane).
+    object_store  CPU tensors through the Ray object store in size-capped buckets
+                  (rl_div.rollout.weight_buckets), loaded one bucket at a time. Works on any
+                  machine and with a sharded (FSDP2) learner; the only transport exercised on CPU.
     cuda_ipc      learner and engine share a GPU: the engine maps the learner's own tensors by
                   CUDA IPC handle (no copy); vLLM sleep mode frees the GPU for the learner between
                   rollouts. Written against vLLM's rlhf_colocate example; untested here.
@@ -10,10 +11,11 @@
                   in vLLM's rlhf example). Untested here.
 
 The interface is the rollout worker's ``set_weights(payload, version)``. The payload is what the
-learner side built for the transport: a state dict, a :class:`CudaIpcPayload` or an
-:class:`NcclPayload`. Inside the rollout actor, :class:`EngineWeightSync` applies it through the
-worker extension (rl_div.rollout.vllm_extension) with ``LLM.collective_rpc``; on the driver,
-:func:`push_weights` builds payloads on the learner actor and ships them, under one timeout.
+learner side built for the transport: a :class:`BucketPayload` (or a plain state dict), a
+:class:`CudaIpcPayload` or an :class:`NcclPayload`. Inside the rollout actor,
+:class:`EngineWeightSync` applies it through the worker extension (rl_div.rollout.vllm_extension)
+with ``LLM.collective_rpc``; on the driver, :func:`push_weights` builds payloads on the learner
+actor and ships them, under one timeout.
 """
 
 from __future__ import annotations
@@ -26,14 +28,19 @@ from typing import Any, Literal, get_args
 
 import torch
 
+from rl_div.rollout.weight_buckets import (
+    BucketPayload,
+    NamedTensors,
+    WeightSyncError,
+    chunk_named_tensors,
+    distinct_state,
+    fetch_bucket,
+    load_buckets,
+)
+
 Transport = Literal["object_store", "cuda_ipc", "nccl"]
 TRANSPORTS: tuple[str, ...] = get_args(Transport)
 EXTENSION_CLS = "rl_div.rollout.vllm_extension.WeightSyncExtension"
-NamedTensors = Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]]
-
-
-class WeightSyncError(RuntimeError):
-    """A weight sync failed or ran out of time; the engine's weights are not to be trusted."""
 
 
 @dataclass(frozen=True)
@@ -63,30 +70,13 @@ class NcclPayload:
     metas: list[tuple[str, str, list[int]]]
 
 
-def chunk_named_tensors(weights: NamedTensors, max_bytes: int) -> Iterator[list[tuple[str, torch.Tensor]]]:
-    """Consecutive chunks of (name, tensor) holding at most max_bytes each (a larger tensor is a
-    chunk of its own), so one RPC never carries more than about max_bytes."""
-    items = weights.items() if isinstance(weights, Mapping) else weights
-    chunk: list[tuple[str, torch.Tensor]] = []
-    size = 0
-    for name, tensor in items:
-        nbytes = tensor.numel() * tensor.element_size()
-        if chunk and size + nbytes > max_bytes:
-            yield chunk
-            chunk, size = [], 0
-        chunk.append((name, tensor))
-        size += nbytes
-    if chunk:
-        yield chunk
-
-
 def payload_size(payload: Any) -> int:
     """Tensors a payload carries, as each engine rank receives them."""
     if isinstance(payload, CudaIpcPayload):
         return len(next(iter(payload.handles.values()), []))
     if isinstance(payload, NcclPayload):
         return len(payload.metas)
-    return len(payload)
+    return len(payload)  # a state dict or a BucketPayload: its tensors
 
 
 class EngineWeightSync:
@@ -114,7 +104,8 @@ class EngineWeightSync:
 
     def apply(self, payload: Any) -> int:
         """Load every tensor of payload into every engine rank; returns tensors per rank."""
-        expected = {"object_store": Mapping, "cuda_ipc": CudaIpcPayload, "nccl": NcclPayload}[self.transport]
+        expected = {"object_store": (Mapping, BucketPayload), "cuda_ipc": CudaIpcPayload,
+                    "nccl": NcclPayload}[self.transport]
         if not isinstance(payload, expected):
             raise WeightSyncError(f"{self.transport} weight sync got a {type(payload).__name__} payload")
         self._deadline = time.monotonic() + self.timeout_s
@@ -129,9 +120,12 @@ class EngineWeightSync:
                 self._rpc("rl_div_load_ipc", payload.handles)
             elif isinstance(payload, NcclPayload):
                 self._rpc("rl_div_receive_nccl", payload.metas)
+            elif isinstance(payload, BucketPayload):
+                # copies: vLLM's loaders may keep or modify what they get, and a fetched bucket is
+                # read-only shared memory
+                load_buckets(payload, self._load_chunks, fetch=lambda ref: fetch_bucket(ref, copy=True))
             else:
-                for chunk in chunk_named_tensors(payload, self.chunk_bytes):
-                    self._rpc("rl_div_load_weights", chunk)
+                self._load_chunks(payload)
             loaded = self._rpc("rl_div_finish_update")
         except WeightSyncError:
             # Leave the engine's reload mode (no deadline: this is the cleanup of a failure).
@@ -143,6 +137,10 @@ class EngineWeightSync:
         if self.reset_prefix_cache:
             self.forget_cached_prompts()
         return want
+
+    def _load_chunks(self, weights: NamedTensors) -> None:
+        for chunk in chunk_named_tensors(weights, self.chunk_bytes):
+            self._rpc("rl_div_load_weights", chunk)
 
     def forget_cached_prompts(self) -> None:
         """Drop every cached prompt KV block (computed by the old weights).
@@ -172,12 +170,30 @@ class EngineWeightSync:
 # ---- learner side: build payloads from the learner's model -----------------------------------
 # The learner keeps float32 master weights; engines hold model.dtype. Every payload carries the
 # engines' dtype (the learner actor's ``sync_dtype``), cast on the learner's side.
+def engine_tensor(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    """A floating tensor cast to dtype (the tensor itself, no copy, where it already has it; every
+    tensor as is when dtype is None)."""
+    tensor = tensor.detach()
+    return tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
+
+
 def engine_tensors(model: torch.nn.Module, dtype: torch.dtype | None) -> Iterator[tuple[str, torch.Tensor]]:
-    """(name, tensor) for the model's state dict, floating tensors cast to dtype (the model's own
-    tensors, no copy, where they already have it; every tensor as is when dtype is None)."""
+    """(name, tensor) for the model's state dict in the engines' dtype (see engine_tensor)."""
     for name, tensor in model.state_dict().items():
-        tensor = tensor.detach()
-        yield name, tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
+        yield name, engine_tensor(tensor, dtype)
+
+
+def cpu_engine_tensors(named: Iterable[tuple[str, torch.Tensor]], dtype: torch.dtype | None,
+                       ) -> Iterator[tuple[str, torch.Tensor]]:
+    """object_store buckets: each tensor in the engines' dtype, on CPU (cast first: on a GPU that
+    halves the copy for bf16). No copy for a CPU tensor already in dtype: put() copies it."""
+    for name, tensor in named:
+        yield name, engine_tensor(tensor, dtype).to("cpu")
+
+
+def model_tensors(model: torch.nn.Module, dtype: torch.dtype | None) -> Iterator[tuple[str, torch.Tensor]]:
+    """A single learner's object_store stream: every distinct tensor (tied weights once) on CPU."""
+    return cpu_engine_tensors(distinct_state(model), dtype)
 
 
 def sync_dtype_of(actor: Any) -> torch.dtype | None:
@@ -288,14 +304,16 @@ def push_weights(learner: Any, workers: list[Any], transport: Transport, version
                  nccl_group: NcclGroup | None = None, ranks_per_engine: int = 1) -> Any:
     """Ship the learner actor's weights to every rollout actor (Ray handles) within timeout_s.
 
-    object_store uses the learner's get_weights; cuda_ipc and nccl build their payloads on the
-    learner actor through Ray's ``__ray_call__`` (a function run with the actor instance, whose
-    model is ``.model`` and whose engines hold ``.sync_dtype``). nccl_group (see nccl_group_on)
-    gives address/port/world_size; each engine gets its own rank_offset (1 + i * ranks_per_engine),
-    and joining the group times out with the sync. Returns what was shipped (for object_store, the
-    weights' object ref, which can be re-sent to a restarted actor). A sync past timeout_s raises
-    WeightSyncError naming the stages still running (the learner building or sending the payload,
-    or which rollout workers were still loading).
+    object_store uses the learner's get_weight_buckets (every rank of a sharded learner joins;
+    rank 0's BucketPayload is what ships, and each worker fetches its buckets itself); cuda_ipc
+    and nccl build their payloads on the learner actor through Ray's ``__ray_call__`` (a function
+    run with the actor instance, whose model is ``.model`` and whose engines hold
+    ``.sync_dtype``). nccl_group (see nccl_group_on) gives address/port/world_size; each engine
+    gets its own rank_offset (1 + i * ranks_per_engine), and joining the group times out with the
+    sync. Returns what was shipped (for object_store, the object ref of the BucketPayload, which
+    can be re-sent to a restarted actor). A sync past timeout_s raises WeightSyncError naming the
+    stages still running (the learner building or sending the payload, or which rollout workers
+    were still loading).
     """
     import ray
 
@@ -316,8 +334,8 @@ def push_weights(learner: Any, workers: list[Any], transport: Transport, version
                 for i, (w, p) in enumerate(zip(workers, payloads, strict=True))}
 
     if transport == "object_store":
-        shipped = learner.get_weights.remote()
-        wait({"learner (copying its weights to the object store)": shipped, **loads([shipped] * len(workers))})
+        shipped = learner.get_weight_buckets.remote()  # a top-level ref: each worker gets the BucketPayload
+        wait({"learner (putting its weights into the object store)": shipped, **loads([shipped] * len(workers))})
         return shipped
     if transport == "cuda_ipc":
         [payload] = wait({"learner (building CUDA IPC handles)": learner.__ray_call__.remote(

@@ -32,8 +32,9 @@ def perturb(actor: Any) -> None:
 
 
 def test_push_weights_between_real_actors(tmp_path: Path, vllm_base_model: str) -> None:
+    # small buckets: the object_store sync takes several, each fetched and loaded into the engine alone
     cfg = load_config(None, [f"model.path={vllm_base_model}", f"run.output_dir={tmp_path}", "rollout.backend=vllm",
-                             "cluster.num_cpus=2"])
+                             "cluster.num_cpus=2", "rollout.weight_sync_chunk_mb=0.05"])
     init_ray(cfg)
     learner = start_learner(cfg, vllm_base_model)
     worker = start_rollout_worker(cfg, vllm_base_model)
@@ -50,6 +51,7 @@ def test_push_weights_between_real_actors(tmp_path: Path, vllm_base_model: str) 
         assert gap_max() > 1e-2  # the engine still runs the base weights
         shipped = push_weights(learner, [worker], "object_store", 7, timeout_s=120)
         assert isinstance(shipped, ray.ObjectRef)
+        assert len(ray.get(shipped).refs) > 3
         assert ray.get(worker.policy_version.remote()) == 7
         assert gap_max() < 1e-4
         # a sync that cannot finish in time fails loudly instead of training on stale weights
