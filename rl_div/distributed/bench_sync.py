@@ -3,11 +3,12 @@ Llama): object_store weight sync from a single learner and from a 2-rank FSDP2 l
 rollout worker, through real Ray actors, in size-capped buckets (rl_div.rollout.weight_buckets)
 against the old full state dict (learner.get_weights), side by side in one run.
 
-Each sync runs in two timed stages, as push_weights runs them: the learner (every rank; rank 0
-reported) builds and puts its payload, then the worker fetches and loads it. Reported per variant:
-min / median / max seconds end to end (driver wall, Ray calls included), the median of each stage,
-and rank 0's peak RSS above its baseline during its stage, all pages and private pages (shared
-object-store pages left out). The repeats of the variants interleave, so load drifts hit them alike.
+Each sync runs as push_weights runs it, timed from the driver: the learner group's call until its
+payload is ready (for fsdp2 that includes the group's gather of rank 0's value), then the worker's
+set_weights (fetch and load). Reported per variant: min / median / max seconds end to end, the
+median of each stage, the learner's own seconds inside the rank-0 actor (the same work run again,
+apart), and rank 0's peak RSS above its baseline during that work, all pages and private pages
+(shared object-store pages left out). The variants' repeats interleave, so load drifts hit them alike.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ VARIANTS = (("single_full", "single", "full"), ("single_buckets", "single", "buc
             ("fsdp2_n2_full", "fsdp2", "full"), ("fsdp2_n2_buckets", "fsdp2", "buckets"))
 
 
-def _learner_stage(actor: Any, mode: str) -> tuple[float, dict[str, int], list[Any]]:
-    """Runs on each learner rank: seconds and peak RSS of building and putting the payload. The
-    payload travels wrapped in a list, so Ray hands the worker the ref rather than its value."""
+def _inside_learner(actor: Any, mode: str) -> tuple[float, dict[str, int]]:
+    """Runs on each learner rank: seconds and peak RSS of building and putting the payload inside
+    the actor (Ray's calls around it left out); the payload is dropped."""
     import ray
 
     from rl_div.bench import peak_rss_delta
@@ -33,29 +34,27 @@ def _learner_stage(actor: Any, mode: str) -> tuple[float, dict[str, int], list[A
         start = time.perf_counter()
         payload = actor.get_weight_buckets() if mode == "buckets" else ray.put(actor.get_weights())
         seconds = time.perf_counter() - start
-    return seconds, dict(mem), [payload]
+    del payload
+    return seconds, dict(mem)
 
 
-def _worker_stage(host: Any, wrapped: list[Any], version: int) -> float:
-    """Runs on the rollout actor: seconds to fetch and load the payload (a full dict is one get)."""
+def sync_once(group: Any, worker: Any, mode: str, version: int) -> dict[str, Any]:
+    """One sync as the trainer runs it (group.get_weight_buckets, or the old group.get_weights,
+    then the worker's set_weights on that ref), timed from the driver; then the same learner work
+    again inside each rank for its time and peak RSS (rank 0's reported)."""
     import ray
 
     start = time.perf_counter()
-    payload = wrapped[0]
-    host.set_weights(ray.get(payload) if isinstance(payload, ray.ObjectRef) else payload, version)
-    return time.perf_counter() - start
-
-
-def sync_once(learners: list[Any], worker: Any, mode: str, version: int) -> dict[str, Any]:
-    """One staged sync from the learner ranks (Ray handles) to worker."""
-    import ray
-
-    start = time.perf_counter()
-    learner_s, mem, wrapped = ray.get([a.__ray_call__.remote(_learner_stage, mode) for a in learners])[0]
-    worker_s = ray.get(worker.__ray_call__.remote(_worker_stage, wrapped, version))
-    return {"total_s": time.perf_counter() - start, "learner_s": learner_s, "worker_s": worker_s,
-            "rss_peak_mb": mem["peak_delta"] / 2**20, "rss_private_peak_mb": mem["peak_private_delta"] / 2**20,
-            "buckets": len(wrapped[0].refs) if mode == "buckets" else 1}
+    ref = (group.get_weight_buckets if mode == "buckets" else group.get_weights).remote()
+    ray.wait([ref], timeout=600)
+    learner_s = time.perf_counter() - start
+    ray.get(worker.set_weights.remote(ref, version), timeout=600)
+    total_s = time.perf_counter() - start
+    inside_s, mem = ray.get([a.__ray_call__.remote(_inside_learner, mode) for a in group.actors])[0]
+    return {"total_s": total_s, "learner_s": learner_s, "worker_s": total_s - learner_s,
+            "learner_inside_s": inside_s, "rss_peak_mb": mem["peak_delta"] / 2**20,
+            "rss_private_peak_mb": mem["peak_private_delta"] / 2**20,
+            "buckets": len(ray.get(ref).refs) if mode == "buckets" else 1}
 
 
 def _spread(values: list[float]) -> dict[str, float]:
@@ -70,13 +69,14 @@ def measure_sync(groups: dict[str, Any], worker: Any, repeats: int) -> dict[str,
     for rnd in range(repeats + 1):
         for name, strategy, mode in VARIANTS:
             version += 1
-            got = sync_once(groups[strategy].actors, worker, mode, version)
+            got = sync_once(groups[strategy], worker, mode, version)
             if rnd:
                 runs[name].append(got)
     out: dict[str, Any] = {}
     for name, got in runs.items():
         out[name] = {"total_s": _spread([g["total_s"] for g in got]), "buckets": got[0]["buckets"],
-                     **{k: statistics.median(g[k] for g in got) for k in ("learner_s", "worker_s")},
+                     **{k: statistics.median(g[k] for g in got) for k in ("learner_s", "worker_s",
+                                                                          "learner_inside_s")},
                      **{k: max(g[k] for g in got) for k in ("rss_peak_mb", "rss_private_peak_mb")}}
     for strategy in ("single", "fsdp2_n2"):
         full, buckets = out[f"{strategy}_full"], out[f"{strategy}_buckets"]
@@ -136,12 +136,13 @@ def print_sync(r: dict[str, Any]) -> None:
     print(f"\nweight sync (object_store, 1 hf worker): {r['model']} model, {r['parameters'] / 1e6:.1f}M parameters, "
           f"buckets of {r['chunk_mb']:g} MB, {r['repeats']} syncs each (load average "
           f"{r['loadavg_before'][0]:.1f} -> {r['loadavg_after'][0]:.1f})")
-    print("  variant            total s: min  median  max   learner s  worker s  buckets  "
+    print("  variant            total s: min  median  max   learner s (inside)  worker s  buckets  "
           "rank-0 peak RSS MB (private)")
     for name, _, _ in VARIANTS:
         v, t = r[name], r[name]["total_s"]
         print(f"  {name:17s} {t['min']:11.3f} {t['median']:7.3f} {t['max']:6.3f} {v['learner_s']:10.3f} "
-              f"{v['worker_s']:9.3f} {v['buckets']:8d}  {v['rss_peak_mb']:8.1f} ({v['rss_private_peak_mb']:.1f})")
+              f"({v['learner_inside_s']:.3f}) {v['worker_s']:9.3f} {v['buckets']:8d}  {v['rss_peak_mb']:8.1f} "
+              f"({v['rss_private_peak_mb']:.1f})")
     for name in ("single_buckets", "fsdp2_n2_buckets"):
         v = r[name]
         print(f"  {name}: median x{v['median_vs_full']:.2f} of full dict, private peak RSS "
