@@ -117,6 +117,9 @@ def test_buckets_copy_one_model_into_another_exactly_tied_weights_once() -> None
     for name, t in source.state_dict().items():
         assert torch.equal(target.state_dict()[name], t), name
     assert target.lm_head.weight is target.model.embed_tokens.weight
+    # engines in bf16: every tensor leaves cast (the learner keeps float32 masters)
+    for name, t in model_tensors(source, torch.bfloat16):
+        assert t.dtype == torch.bfloat16 and torch.equal(t, source.state_dict()[name].to(torch.bfloat16)), name
 
 
 # ---- real Ray actors -------------------------------------------------------------------------
