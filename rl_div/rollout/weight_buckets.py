@@ -103,6 +103,9 @@ def unpack_bucket(packed: Packed, copy: bool = False) -> Bucket:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "not writable": read-only views, only read
         for name, (dtype, shape, data) in packed.items():
+            if data.size == 0:  # an empty array's stride is 0, which view(dtype) refuses
+                out[name] = torch.empty(shape, dtype=getattr(torch, dtype))
+                continue
             t = torch.from_numpy(data).view(getattr(torch, dtype)).reshape(shape)
             out[name] = t.clone() if copy else t
     return out
