@@ -4,6 +4,8 @@ rollout worker) started once for the module on the tiny Llama."""
 
 from __future__ import annotations
 
+import gc
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -51,17 +53,27 @@ def test_buckets_are_capped_ordered_and_hold_every_tensor_once() -> None:
     assert [list(b) for b in stream_buckets(tensors, 79, dict)] == [["a"], ["b"], ["big"], ["c", "d", "e"]]
 
 
-def test_a_bucket_is_put_before_more_than_one_further_tensor_is_read() -> None:
+def test_a_bucket_is_put_and_released_before_the_next_one_fills() -> None:
+    """The sender holds one bucket and one tensor: a bucket is put as soon as a tensor overflows it,
+    and its tensors (fresh ones, as a sharded learner's gathers are) are freed before more are read."""
     read: list[str] = []
+    alive: dict[str, weakref.ref] = {}
 
     def source() -> Iterator[tuple[str, torch.Tensor]]:
-        for name in ("a", "b", "c", "d"):
+        for name in ("a", "b", "c", "d", "e"):
             read.append(name)
             yield name, f32(10)  # 40 bytes each
+            if name == "c":  # asked for d: bucket [a, b] was put, and nothing may hold it any more
+                gc.collect()
+                assert [n for n, ref in alive.items() if ref() is not None] == [], "bucket [a, b] still alive"
 
-    stream = stream_buckets(source(), 80, lambda b: list(b))
+    def put(bucket: dict[str, torch.Tensor]) -> list[str]:
+        alive.update({n: weakref.ref(t) for n, t in bucket.items()})
+        return list(bucket)
+
+    stream = stream_buckets(source(), 80, put)
     assert next(stream) == ["a", "b"] and read == ["a", "b", "c"]  # one bucket + the tensor that overflowed it
-    assert list(stream) == [["c", "d"]]
+    assert list(stream) == [["c", "d"], ["e"]]
 
 
 def test_payload_lists_each_buckets_names() -> None:

@@ -58,7 +58,9 @@ def stream_buckets(named_tensors: NamedTensors, cap_bytes: int, put: Callable[[B
     most cap_bytes unless it is one larger tensor. A bucket is put as soon as the next tensor does
     not fit, so the caller never holds more than one bucket and one tensor."""
     for chunk in chunk_named_tensors(named_tensors, cap_bytes):
-        yield put(dict(chunk))
+        ref = put(dict(chunk))
+        del chunk  # else the loop variable keeps this bucket alive while the next one fills
+        yield ref
 
 
 @dataclass(frozen=True)
