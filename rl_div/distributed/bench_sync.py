@@ -8,7 +8,8 @@ payload is ready (for fsdp2 that includes the group's gather of rank 0's value),
 set_weights (fetch and load). Reported per variant: min / median / max seconds end to end, the
 median of each stage, the learner's own seconds inside the rank-0 actor (the same work run again,
 apart), and rank 0's peak RSS above its baseline during that work, all pages and private pages
-(shared object-store pages left out). The variants' repeats interleave, so load drifts hit them alike.
+(shared object-store pages left out; MALLOC_MMAP_THRESHOLD_=1 MiB in every Ray process, so freed
+buffers leave RSS). The variants' repeats interleave, so load drifts hit them alike.
 """
 
 from __future__ import annotations
@@ -107,6 +108,7 @@ def bench_sync(size: str = "demo", repeats: int = 5, chunk_mb: float = 64.0) -> 
     worker on a fresh model of `size`, and measure every variant (see the module docstring)."""
     import ray
 
+    from rl_div.bench import MMAP_THRESHOLD
     from rl_div.cluster import init_ray, start_learner, start_rollout_worker, wait_started
     from rl_div.config import load_config
 
@@ -117,8 +119,11 @@ def bench_sync(size: str = "demo", repeats: int = 5, chunk_mb: float = 64.0) -> 
         cfg = load_config(None, base)
         if ray.is_initialized():
             ray.shutdown()
-        init_ray(cfg)
+        # Ray's workers inherit it: freed buffers then leave RSS, as in the entropy section
+        before = os.environ.get("MALLOC_MMAP_THRESHOLD_")
+        os.environ["MALLOC_MMAP_THRESHOLD_"] = str(MMAP_THRESHOLD)
         try:
+            init_ray(cfg)
             groups = {"single": start_learner(cfg, path),
                       "fsdp2": start_learner(load_config(None, [*base, "train.strategy=fsdp2",
                                                                 "train.num_learners=2"]), path)}
@@ -131,6 +136,9 @@ def bench_sync(size: str = "demo", repeats: int = 5, chunk_mb: float = 64.0) -> 
             load_after = os.getloadavg()
         finally:
             ray.shutdown()
+            os.environ.pop("MALLOC_MMAP_THRESHOLD_")
+            if before is not None:
+                os.environ["MALLOC_MMAP_THRESHOLD_"] = before
     return {"model": size, "parameters": params, "chunk_mb": chunk_mb, "repeats": repeats, **out,
             "loadavg_before": list(load_before), "loadavg_after": list(load_after)}
 
