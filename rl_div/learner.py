@@ -25,7 +25,7 @@ from rl_div.metrics.lm_head import head_logprobs_and_entropy, split_lm_head
 from rl_div.models import DTYPES, load_policy, save_policy
 from rl_div.onpolicy import active_dropout, fuses_policy_forward
 from rl_div.registry import import_plugins
-from rl_div.rollout.weight_buckets import BucketPayload, bucket_payload, put_bucket
+from rl_div.rollout.weight_buckets import BucketPayload, bucket_payload, put_bucket, tied_names
 from rl_div.rollout.weight_sync import model_tensors, state_dict_payload
 
 
@@ -435,7 +435,7 @@ class Learner:
         """object_store weight sync: sync_tensors in buckets of rollout.weight_sync_chunk_mb, each
         put (into the Ray object store) when full; the process holds one bucket and one tensor."""
         cap = int(self.cfg.rollout.weight_sync_chunk_mb * 2**20)
-        return bucket_payload(self.sync_tensors(), cap, put)
+        return bucket_payload(self.sync_tensors(), cap, put, tied_names(self.model))
 
     def get_version(self) -> int:
         """Policy version: the number of optimizer steps taken."""

@@ -26,9 +26,11 @@ from rl_div.rollout.weight_buckets import (
     load_buckets,
     pack_bucket,
     stream_buckets,
+    tied_names,
     unpack_bucket,
+    with_aliases,
 )
-from rl_div.rollout.weight_sync import model_tensors, push_weights
+from rl_div.rollout.weight_sync import model_tensors, payload_size, push_weights
 from rl_div.tasks import TASKS
 
 CAP_MB = 0.1  # the tiny Llama (~0.5 MB in float32) then travels in several buckets
@@ -83,6 +85,14 @@ def test_payload_lists_each_buckets_names() -> None:
     assert len(bucket_payload([], 32, dict)) == 0
 
 
+def test_tied_names_are_loaded_again_under_their_own_name_for_vllm() -> None:
+    emb = f32(4)
+    payload = BucketPayload(({"emb": emb, "x": f32(1)},), (("emb", "x"),), aliases=(("head", "emb"),))
+    assert payload_size(payload) == 3  # what each vLLM rank reports loaded: emb, head, x
+    pairs = with_aliases(payload.refs[0], payload.aliases)
+    assert [n for n, _ in pairs] == ["emb", "head", "x"] and pairs[1][1] is emb
+
+
 def test_packed_bucket_round_trips_every_dtype_and_shape() -> None:
     bucket = {"bf16": torch.tensor([[1.5, -2.25], [3.0, 1e-3]], dtype=torch.bfloat16),
               "f32": torch.linspace(-1, 1, 7), "i64": torch.tensor([3, -1]), "scalar": torch.tensor(2.5),
@@ -129,6 +139,7 @@ def test_buckets_copy_one_model_into_another_exactly_tied_weights_once() -> None
     for name, t in source.state_dict().items():
         assert torch.equal(target.state_dict()[name], t), name
     assert target.lm_head.weight is target.model.embed_tokens.weight
+    assert tied_names(source) == {"lm_head.weight": "model.embed_tokens.weight"}
     # engines in bf16: every tensor leaves cast (the learner keeps float32 masters)
     for name, t in model_tensors(source, torch.bfloat16):
         assert t.dtype == torch.bfloat16 and torch.equal(t, source.state_dict()[name].to(torch.bfloat16)), name
@@ -188,7 +199,7 @@ def test_single_learner_syncs_an_hf_worker_exactly_in_several_buckets(actors: di
     assert not torch.equal(worker_state(actors["worker"])["model.norm.weight"], want["model.norm.weight"])
     shipped = push_weights(actors["single"], [actors["worker"]], "object_store", 1, timeout_s=120)
     payload = ray.get(shipped)
-    assert len(payload.refs) >= 3
+    assert len(payload.refs) >= 3 and payload.aliases == (("lm_head.weight", "model.embed_tokens.weight"),)
     for ref in payload.refs:
         sizes = [t.numel() * t.element_size() for t in fetch_bucket(ref).values()]
         assert sum(sizes) <= CAP_MB * 2**20 or len(sizes) == 1
@@ -206,6 +217,7 @@ def test_two_rank_buckets_equal_the_one_process_state(actors: dict[str, Any], mo
     sharded = actors["sharded"].actors
     rank0, rank1 = ray.get([a.get_weight_buckets.remote() for a in sharded], timeout=120)
     assert rank1.refs == () and len(rank0.refs) >= 3
+    assert rank0.aliases == (("lm_head.weight", "model.embed_tokens.weight"),)  # FSDP2 keeps the tie
     one = Learner(cfg_of(model_path, actors["out"]), model_path)
     perturb(one)
     want = dict(distinct_state(one.model))

@@ -66,17 +66,20 @@ def stream_buckets(named_tensors: NamedTensors, cap_bytes: int, put: Callable[[B
 @dataclass(frozen=True)
 class BucketPayload:
     """What the learner sends: refs[i] (an ObjectRef, or the bucket itself in tests) holds the
-    tensors names[i], in that order."""
+    tensors names[i], in that order; aliases: (name, sent name) of tensors tied to a sent one
+    (tied embeddings: sent once, under their first name)."""
 
     refs: tuple[Any, ...]
     names: tuple[tuple[str, ...], ...]
+    aliases: tuple[tuple[str, str], ...] = ()
 
     def __len__(self) -> int:
         """Tensors carried (what each engine rank should report loaded)."""
         return sum(len(n) for n in self.names)
 
 
-def bucket_payload(named_tensors: NamedTensors, cap_bytes: int, put: Callable[[Bucket], Any]) -> BucketPayload:
+def bucket_payload(named_tensors: NamedTensors, cap_bytes: int, put: Callable[[Bucket], Any],
+                   aliases: Mapping[str, str] | None = None) -> BucketPayload:
     """Stream named_tensors into buckets (see stream_buckets); the refs and each bucket's names."""
     names: list[tuple[str, ...]] = []
 
@@ -85,7 +88,7 @@ def bucket_payload(named_tensors: NamedTensors, cap_bytes: int, put: Callable[[B
         return put(bucket)
 
     refs = tuple(stream_buckets(named_tensors, cap_bytes, put_named))
-    return BucketPayload(refs, tuple(names))
+    return BucketPayload(refs, tuple(names), tuple((aliases or {}).items()))
 
 
 def pack_bucket(bucket: Bucket) -> Packed:
@@ -156,15 +159,37 @@ def load_buckets(payload: BucketPayload, load: Callable[[Bucket], Any], expected
     return len(payload)
 
 
-def distinct_state(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
-    """(name, detached tensor) of the state dict, a tensor shared by several names (tied
-    embeddings) once, under its first name: the same names on the learner's model (plain or FSDP2)
-    and on a rollout worker's copy, so both sides list them alike."""
-    seen: set[int] = set()
+def tied_names(model: torch.nn.Module) -> dict[str, str]:
+    """name -> the first name of the same tensor, for every state-dict entry that repeats one
+    (tied embeddings: lm_head.weight -> model.embed_tokens.weight); FSDP2 keeps the tie."""
+    first: dict[int, str] = {}
+    tied = {}
     for name, t in model.state_dict(keep_vars=True).items():
-        if id(t) not in seen:
-            seen.add(id(t))
+        if id(t) in first:
+            tied[name] = first[id(t)]
+        else:
+            first[id(t)] = name
+    return tied
+
+
+def distinct_state(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, detached tensor) of the state dict, a tensor shared by several names once, under
+    its first name (see tied_names): the same names on the learner's model (plain or FSDP2) and on
+    a rollout worker's copy, so both sides list them alike."""
+    tied = tied_names(model)
+    for name, t in model.state_dict(keep_vars=True).items():
+        if name not in tied:
             yield name, t.detach()
+
+
+def with_aliases(bucket: Bucket, aliases: Iterable[tuple[str, str]]) -> list[tuple[str, torch.Tensor]]:
+    """The bucket's (name, tensor) pairs, each followed by (alias, same tensor) for the names tied
+    to it: vLLM keeps a tied lm_head as a parameter of its own (its CPU backend, at least) and
+    expects it by name."""
+    tied: dict[str, list[str]] = {}
+    for alias, name in aliases:
+        tied.setdefault(name, []).append(alias)
+    return [pair for name, t in bucket.items() for pair in [(name, t), *((a, t) for a in tied.get(name, []))]]
 
 
 def copy_into(targets: Mapping[str, torch.Tensor], bucket: Bucket) -> None:

@@ -37,6 +37,7 @@ from rl_div.rollout.weight_buckets import (
     distinct_state,
     fetch_bucket,
     load_buckets,
+    with_aliases,
 )
 
 Transport = Literal["object_store", "cuda_ipc", "nccl"]
@@ -77,7 +78,9 @@ def payload_size(payload: Any) -> int:
         return len(next(iter(payload.handles.values()), []))
     if isinstance(payload, NcclPayload):
         return len(payload.metas)
-    return len(payload)  # a state dict or a BucketPayload: its tensors
+    if isinstance(payload, BucketPayload):
+        return len(payload) + len(payload.aliases)  # tied names are loaded again (with_aliases)
+    return len(payload)
 
 
 class EngineWeightSync:
@@ -124,7 +127,8 @@ class EngineWeightSync:
             elif isinstance(payload, BucketPayload):
                 # copies: vLLM's loaders may keep or modify what they get, and a fetched bucket is
                 # read-only shared memory
-                load_buckets(payload, self._load_chunks, fetch=lambda ref: fetch_bucket(ref, copy=True))
+                load_buckets(payload, lambda bucket: self._load_chunks(with_aliases(bucket, payload.aliases)),
+                             fetch=lambda ref: fetch_bucket(ref, copy=True))
             else:
                 self._load_chunks(payload)
             loaded = self._rpc("rl_div_finish_update")
