@@ -6,8 +6,10 @@ soon as it is full; what it sends is a :class:`BucketPayload`, the ordered refs 
 bucket holds. A sharded (FSDP2) learner gathers one tensor at a time on every rank, in the same
 order, and only rank 0 fills buckets. The sender's process then holds about one bucket plus one
 tensor beyond the model, never a full state dict (the object store holds the model once, as it did
-with a state dict). A rollout worker checks the names against its own model before it touches a
-weight, then fetches and loads one bucket at a time.
+with a state dict). A tensor tied to another (lm_head and the embeddings) travels once, under its
+first name; the payload lists the alias, which a vLLM engine loads again under its own name. A
+rollout worker checks the names against its own model before it touches a weight, then fetches
+and loads one bucket at a time.
 
 Wire format: a bucket is put as flat uint8 numpy views of its tensors (dtype and shape beside
 them), so Ray copies the bytes straight into shared memory (pickle-5 out-of-band buffers) and a
