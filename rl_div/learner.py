@@ -436,23 +436,28 @@ class Learner:
                     "version": self.version}, Path(ckpt_dir) / "learner_state.pt")
 
     def load(self, ckpt_dir: str) -> None:
+        """Resume from a checkpoint of this strategy, or of train.strategy 'fsdp2' at any number of
+        ranks (its dcp/ folder holds model and optimizer)."""
         from safetensors.torch import load_file
 
-        policy_dir = Path(ckpt_dir) / "policy"
-        files = sorted(policy_dir.glob("*.safetensors"))
-        state: dict[str, Any] = {}
-        for f in files:
-            state.update(load_file(str(f)))
-        missing, unexpected = self.model.load_state_dict(state, strict=False)
-        # Tied embeddings are stored once; anything else missing is a broken checkpoint.
-        missing = [k for k in missing if "lm_head" not in k]
-        if missing or unexpected:
-            raise RuntimeError(f"checkpoint {ckpt_dir} does not match the model: missing={missing} "
-                               f"unexpected={unexpected}")
         # weights_only: a checkpoint from elsewhere cannot run code on load (optimizer, scheduler and RNG
         # states are tensors, numbers, lists and dicts, which the safe unpickler allows).
         saved = torch.load(Path(ckpt_dir) / "learner_state.pt", weights_only=True)
-        self.optimizer.load_state_dict(saved["optimizer"])
+        if (Path(ckpt_dir) / "dcp").is_dir():
+            from rl_div.distributed.checkpoint_io import load_dcp
+
+            load_dcp(self.model, self.optimizer, Path(ckpt_dir) / "dcp")
+        else:
+            state: dict[str, Any] = {}
+            for f in sorted((Path(ckpt_dir) / "policy").glob("*.safetensors")):
+                state.update(load_file(str(f)))
+            missing, unexpected = self.model.load_state_dict(state, strict=False)
+            # Tied embeddings are stored once; anything else missing is a broken checkpoint.
+            missing = [k for k in missing if "lm_head" not in k]
+            if missing or unexpected:
+                raise RuntimeError(f"checkpoint {ckpt_dir} does not match the model: missing={missing} "
+                                   f"unexpected={unexpected}")
+            self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
         self.generator.set_state(saved["generator"])
         torch.set_rng_state(saved["torch_rng"])

@@ -11,6 +11,7 @@ its passes, so no rank waits in a collective the others never join.
 
 from __future__ import annotations
 
+import itertools
 import socket
 from datetime import timedelta
 from pathlib import Path
@@ -110,6 +111,22 @@ def free_address() -> tuple[str, int]:
     return ray.util.get_node_ip_address() if ray.is_initialized() else "127.0.0.1", port
 
 
+_MESHES = itertools.count()
+
+
+def new_mesh(device_type: str, world_size: int) -> Any:
+    """A 1-D device mesh over the current process group, with a dim name this process never used.
+
+    torch compares and hashes meshes by value (ranks, layout, device, dim names), not by this process's
+    rank or process group, and caches DTensor sharding (local shapes and offsets) by that value. A
+    process that joins a second group as another rank (a reused pool worker, a restarted actor) would
+    otherwise get the first group's offsets back: its shards are then written at the wrong place (a
+    DCP checkpoint with rows swapped between ranks). A fresh name makes every group's mesh distinct."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    return init_device_mesh(device_type, (world_size,), mesh_dim_names=(f"learners{next(_MESHES)}",))
+
+
 class PolicyModule(torch.nn.Module):
     """The FSDP2 root: its forward is policy_forward of the policy, so FSDP2 gathers the root unit's
     parameters (embeddings, final norm, LM head) around the chunked head, which reads the head's
@@ -157,13 +174,11 @@ class ShardedLearner(Learner):
         """Join the process group at rank 0's (host, port) (within train.dist_init_timeout_s), shard."""
         host, port = address
         import torch.distributed as dist
-        from torch.distributed.device_mesh import init_device_mesh
-
         device = next(self.model.parameters()).device
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method=f"tcp://{host}:{port}",
                                 rank=self.rank, world_size=self.world_size,
                                 timeout=timedelta(seconds=self.cfg.train.dist_init_timeout_s))
-        mesh = init_device_mesh(device.type, (self.world_size,))
+        mesh = new_mesh(device.type, self.world_size)
         self.root = PolicyModule(self.model, self.cfg.train.logit_chunk_rows)
         shard_policy(self.root, self.model, mesh)
         self.reducer = GroupReducer(self.world_size, device)
@@ -235,17 +250,21 @@ class ShardedLearner(Learner):
         dist.barrier()
 
     def load(self, ckpt_dir: str) -> None:
-        """Resume from a checkpoint that save() wrote with any number of ranks (DCP reshards)."""
+        """Resume from a checkpoint that save() wrote with any number of ranks (DCP reshards), or that
+        a single learner wrote."""
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import set_state_dict
 
         dcp_dir = Path(ckpt_dir) / "dcp"
-        if not dcp_dir.is_dir():
-            raise RuntimeError(f"checkpoint {ckpt_dir} has no dcp/ folder: it was written by train.strategy="
-                               "'single', which an fsdp2 run cannot resume")
-        state = self._dcp_state()
-        dcp.load(state, checkpoint_id=str(dcp_dir))
-        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        if dcp_dir.is_dir():
+            state = self._dcp_state()
+            dcp.load(state, checkpoint_id=str(dcp_dir))
+            set_state_dict(self.model, self.optimizer, model_state_dict=state["model"],
+                           optim_state_dict=state["optim"])
+        else:  # written by train.strategy 'single'
+            from rl_div.distributed.checkpoint_io import load_single_into_sharded
+
+            load_single_into_sharded(self.model, self.optimizer, Path(ckpt_dir))
         saved = torch.load(Path(ckpt_dir) / "learner_state.pt", weights_only=True)
         self.scheduler.load_state_dict(saved["scheduler"])
         self.generator.set_state(saved["generator"])
