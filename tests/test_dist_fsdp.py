@@ -196,7 +196,7 @@ def test_dcp_checkpoint_from_two_ranks_resumes_on_one(pool: RankPools, model_pat
                                                                  and "num_learners" not in c])
     single = Learner(single_cfg, model_path)
     single.load(ckpt)
-    assert single.version == 1
+    assert single.version == after_one.version > 0
     run_plans(single, batch, plan_batch(batch, single_cfg, 1, single.version))
     for name, p in single.model.state_dict().items():
         assert torch.allclose(two[0]["params"][name], p, atol=1e-5, rtol=0), name
