@@ -43,27 +43,28 @@ def ray4() -> Iterator[None]:
     ray.shutdown()
 
 
-class Rank:
-    """A stand-in learner rank in its own Ray actor process: blocks, dies, or raises when asked."""
-
-    def __init__(self, fate: str = "block") -> None:
-        self.fate = fate
-
-    def pid(self) -> int:
-        return os.getpid()
-
-    def work(self, seconds: float = 600.0) -> str:
-        """Like a rank in a collective whose peer is gone: blocks (for `seconds`), unless its fate is
-        to die (the process exits) or to raise."""
-        if self.fate == "die":
-            os._exit(1)
-        if self.fate == "raise":
-            raise ValueError("a bug on this rank")
-        time.sleep(seconds)
-        return "done"
-
-
 def ranks(*fates: str) -> list:
+    """Stand-in learner ranks, one Ray actor process each, that block, die or raise in work() as
+    their fate says. (Defined here so that Ray ships the class by value: a worker does not import
+    this module, and the trainer, to run it.)"""
+
+    class Rank:
+        def __init__(self, fate: str) -> None:
+            self.fate = fate
+
+        def pid(self) -> int:
+            return os.getpid()
+
+        def work(self, seconds: float = 600.0) -> float:
+            """Like a rank in a collective whose peer is gone: blocks for `seconds`, unless its
+            fate is to die (the process exits) or to raise."""
+            if self.fate == "die":
+                os._exit(1)
+            if self.fate == "raise":
+                raise ValueError("a bug on this rank")
+            time.sleep(seconds)
+            return seconds
+
     return [ray.remote(Rank).options(num_cpus=0, max_restarts=0).remote(f) for f in fates]
 
 
@@ -73,15 +74,16 @@ def still_running(ref: object) -> bool:
 
 def test_gather_returns_values_in_rank_order(ray4: None) -> None:
     actors = ranks("block", "block", "block")
-    assert gather_ranks([a.work.remote(0.01 * (3 - i)) for i, a in enumerate(actors)]) == ["done"] * 3
+    assert gather_ranks([a.work.remote(s) for a, s in zip(actors, [0.3, 0.2, 0.1], strict=True)]) == [0.3, 0.2, 0.1]
 
 
 @pytest.mark.parametrize("how", ["os._exit", "SIGKILL"])
 def test_gather_fails_as_soon_as_a_rank_dies(ray4: None, how: str) -> None:
     actors = ranks("block", "die" if how == "os._exit" else "block")
+    pid = ray.get(actors[1].pid.remote())
     refs = [a.work.remote() for a in actors]
     if how == "SIGKILL":
-        os.kill(ray.get(actors[1].pid.remote()), signal.SIGKILL)
+        os.kill(pid, signal.SIGKILL)
     with pytest.raises(RankFailed) as failed:
         gather_ranks(refs)
     assert failed.value.rank == 1 and isinstance(failed.value.error, ray.exceptions.RayActorError)
@@ -130,26 +132,27 @@ def run(out: Path, base_model: str, *overrides: str, resume: bool = False) -> Pa
     return out
 
 
-def kill_rank0_after_first_checkpoint(out: Path, killed: list[int]) -> None:
+def kill_rank0_after_first_checkpoint(out: Path, killed: list[int], stop: threading.Event) -> None:
     """SIGKILL learner rank 0 (its pid is in train.log, from the output-dir probe) once the first
     checkpoint is committed."""
-    deadline = time.monotonic() + 600
     while not (out / "checkpoints" / "latest").exists():
-        if time.monotonic() > deadline:
+        if stop.wait(0.05):
             return
-        time.sleep(0.05)
     pid = int(re.search(r"learner: node \S+ on \S+ \(pid (\d+)", (out / "train.log").read_text()).group(1))
     os.kill(pid, signal.SIGKILL)
     killed.append(pid)
 
 
 def test_killed_learner_rank_fails_the_run_and_resume_finishes_it(base_model: str, tmp_path: Path) -> None:
-    out, killed = tmp_path / "run", []
-    killer = threading.Thread(target=kill_rank0_after_first_checkpoint, args=(out, killed), daemon=True)
+    out, killed, stop = tmp_path / "run", [], threading.Event()
+    killer = threading.Thread(target=kill_rank0_after_first_checkpoint, args=(out, killed, stop), daemon=True)
     killer.start()
-    with pytest.raises(LearnerFailed) as failed:
-        run(out, base_model, "train.steps=3")
-    killer.join()
+    try:
+        with pytest.raises(LearnerFailed) as failed:
+            run(out, base_model, "train.steps=3")
+    finally:
+        stop.set()
+        killer.join()
     assert killed
     latest = sorted((out / "checkpoints").glob("step_??????"))[-1]
     step = int(latest.name.removeprefix("step_"))
