@@ -97,7 +97,8 @@ def failure_line(failed: RankFailed, method: str, output_dir: str | Path) -> str
 
     what = "died" if isinstance(failed.error, ray.exceptions.RayActorError) else "failed"
     # a task's error: its exception; a dead actor: Ray's first line ("The actor died unexpectedly ...")
-    lines = str(getattr(failed.error, "cause", None) or failed.error).strip().splitlines()
+    error = failed.error.cause if isinstance(failed.error, ray.exceptions.RayTaskError) else failed.error
+    lines = str(error).strip().splitlines()
     detail = lines[0][:200] if lines else type(failed.error).__name__
     return (f"learner rank {failed.rank} {what} in {method}() ({detail}); the other ranks were stopped. "
             f"Last checkpoint: {where_to_resume(output_dir)}; rerun `rl-div train CONFIG --resume` to continue "

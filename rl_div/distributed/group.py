@@ -8,9 +8,9 @@ placement-group bundle, joined into one torch.distributed process group (rank 0'
 and a free port; train.dist_init_timeout_s bounds the rendezvous and every collective); a call
 fans out to every rank and its ref is rank 0's value (metrics and weights are already combined
 over ranks). ``.remote()`` itself waits until every rank has finished (the driver blocks where it
-would block in ``ray.get``), and a rank that dies or fails fails the call at once: the other ranks are stopped and LearnerFailed names the rank and
-the checkpoint to resume from (rl_div.distributed.faults), instead of the survivors waiting in a
-collective until the timeout.
+would block in ``ray.get``), and a rank that dies or fails fails the call at once: the other ranks
+are stopped and LearnerFailed names the rank and the checkpoint to resume from
+(rl_div.distributed.faults), instead of the survivors waiting in a collective until the timeout.
 """
 
 from __future__ import annotations
