@@ -20,16 +20,15 @@ from pathlib import Path
 
 import pytest
 import ray
+from test_dist_group import FSDP2, run  # the same small runs (2 learners: cluster.num_cpus=4)
 
 from rl_div.checkpoint import commit_checkpoint, new_checkpoint_dir, save_trainer_state
 from rl_div.cluster import init_ray
 from rl_div.config import load_config
 from rl_div.distributed.faults import LearnerFailed, RankFailed, gather_ranks
 from rl_div.distributed.group import LearnerGroup
-from rl_div.trainer import train
 
 pytestmark = pytest.mark.slow
-FSDP2 = ["train.strategy=fsdp2", "train.num_learners=2"]
 
 
 @pytest.fixture(scope="module")
@@ -122,16 +121,6 @@ def base_model(ray4: None, bootstrapped_prime_gap: Path) -> str:
     return str(bootstrapped_prime_gap)
 
 
-def run(out: Path, base_model: str, *overrides: str, resume: bool = False) -> Path:
-    cfg = load_config(None, [
-        f"model.path={base_model}", f"run.output_dir={out}", "rollout.prompts_per_step=4", "rollout.group_size=4",
-        "eval.every=0", "eval.at_start=false", "eval.at_end=false", "eval.embedding_metrics=false",
-        "data.num_eval_prompts=4", "tracking.progress=false", "tracking.tensorboard=false", "cluster.num_cpus=4",
-        "checkpoint.every=1", *FSDP2, *overrides])
-    train(cfg, resume=resume)
-    return out
-
-
 def kill_rank0_after_first_checkpoint(out: Path, killed: list[int], stop: threading.Event) -> None:
     """SIGKILL learner rank 0 (its pid is in train.log, from the output-dir probe) once the first
     checkpoint is committed."""
@@ -149,7 +138,7 @@ def test_killed_learner_rank_fails_the_run_and_resume_finishes_it(base_model: st
     killer.start()
     try:
         with pytest.raises(LearnerFailed) as failed:
-            run(out, base_model, "train.steps=3")
+            run(out, base_model, "train.steps=3", *FSDP2)
     finally:
         stop.set()
         killer.join()
@@ -160,7 +149,7 @@ def test_killed_learner_rank_fails_the_run_and_resume_finishes_it(base_model: st
     assert re.fullmatch(rf"learner rank 0 died in \w+\(\) \(.+\); the other ranks were stopped\. Last checkpoint: "
                         rf"{re.escape(str(latest))} \(step {step}\); rerun `rl-div train CONFIG --resume` to "
                         "continue from it", str(failed.value))
-    run(out, base_model, "train.steps=3", resume=True)
+    run(out, base_model, "train.steps=3", *FSDP2, resume=True)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2, 3]
     assert (out / "checkpoints" / "step_000003" / "dcp").is_dir()
