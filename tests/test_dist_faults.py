@@ -4,7 +4,7 @@ The fast-fail gather and the group's failure with real Ray actors (one dies whil
 the error comes while the other is still blocked, naming the rank); then a real 2-learner fsdp2
 run (Trainer, rollout, reward and learner actors, the tiny bootstrapped model) whose rank 0 is
 SIGKILLed after its first checkpoint: train() raises LearnerFailed naming the rank and that
-checkpoint, and a resumed run finishes every step.
+checkpoint, and `rl-div train <the run's config.yaml> --resume` finishes every step.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import ray
 from test_dist_group import FSDP2, run  # the same small runs (2 learners: cluster.num_cpus=4)
 
 from rl_div.checkpoint import commit_checkpoint, new_checkpoint_dir, save_trainer_state
+from rl_div.cli import main
 from rl_div.cluster import init_ray
 from rl_div.config import load_config
 from rl_div.distributed.faults import LearnerFailed, RankFailed, gather_ranks
@@ -149,7 +150,7 @@ def test_killed_learner_rank_fails_the_run_and_resume_finishes_it(base_model: st
     assert re.fullmatch(rf"learner rank 0 died in \w+\(\) \(.+\); the other ranks were stopped\. Last checkpoint: "
                         rf"{re.escape(str(latest))} \(step {step}\); rerun `rl-div train CONFIG --resume` to "
                         "continue from it", str(failed.value))
-    run(out, base_model, "train.steps=3", *FSDP2, resume=True)
+    assert main(["train", str(out / "config.yaml"), "--resume"]) == 0  # as the line says (the run's config)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2, 3]
     assert (out / "checkpoints" / "step_000003" / "dcp").is_dir()

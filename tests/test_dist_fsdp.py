@@ -213,9 +213,10 @@ def test_sharded_reference_model_kl_matches_one_process(pool: ProcessPoolExecuto
     batch = batch.select(list(range(next(n for n in range(batch.size, 8, -1) if padded(n)))))
     ranks = on_two_ranks(pool, dist_jobs.ref_job, model_path, str(tmp_path), extra, batch, 2)
     learner = Learner(cfg, model_path)
-    assert ranks[0]["ref_sizes"].keys() == {f"policy.{n}" for n, _ in learner.model.named_parameters()}
-    for name, (local, full) in ranks[0]["ref_sizes"].items():
-        assert local < full, name
+    for rank in ranks:
+        assert rank["ref_sizes"].keys() == {f"policy.{n}" for n, _ in learner.model.named_parameters()}
+        for name, (local, full) in rank["ref_sizes"].items():
+            assert local < full, name
     start = learner.score_policy(batch)["old_logprobs"]
     for got in ranks[0]["rounds"]:
         data = dist_jobs.with_stats(batch, learner.score_policy(batch))
