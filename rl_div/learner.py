@@ -160,9 +160,7 @@ class Learner:
         self.compute_dtype = DTYPES[cfg.model.dtype]
         # What the rollout engines hold; weight_sync payload builders read it from the actor.
         self.sync_dtype = self.compute_dtype
-        # The reference model stays float32 too, so that it computes exactly as the policy does and
-        # the KL term is 0 before the first update.
-        self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False) if cfg.train.use_ref_model else None
+        self.ref_model = self.reference_model() if cfg.train.use_ref_model else None
         self.build_optimizer()
         self.generator = torch.Generator().manual_seed(cfg.run.seed)
         self.version = 0
@@ -170,6 +168,14 @@ class Learner:
         # Filled by the update's forwards while update_on_policy runs (old_logprobs, old_entropy).
         self._on_policy_stats: dict[str, list[torch.Tensor]] | None = None
         self._shaper: RowShaper | None = None  # finishes a row-local advantage there (rl_div.fused_advantage)
+
+    def reference_model(self) -> torch.nn.Module | None:
+        """The frozen reference of the KL term (train.use_ref_model): a copy of the starting policy,
+        float32 too, so that it computes exactly as the policy does and the KL term is 0 before the
+        first update. Never checkpointed: a resumed run copies the model at model_path again, before
+        load() puts the checkpoint's weights into the policy. (The sharded learner builds a sharded
+        one in its setup instead: rl_div.distributed.reference.)"""
+        return copy.deepcopy(self.model).eval().requires_grad_(False)
 
     def build_optimizer(self) -> None:
         """AdamW over the policy's parameters and the warm-up schedule (again after sharding)."""

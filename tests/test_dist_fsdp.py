@@ -244,3 +244,39 @@ def test_single_learner_loss_total_does_not_depend_on_micro_batching(model_path:
     totals = [Learner(dist_jobs.make_cfg(model_path, str(tmp_path), [f"train.micro_batch_size={m}"]),
                       model_path).update(batch)["loss/total"] for m in (3, batch.size)]
     assert totals[0] == pytest.approx(totals[1], rel=1e-5, abs=1e-7)
+
+
+def test_sharded_reference_model_kl_matches_one_process(pool: ProcessPoolExecutor, model_path: str, batch: Any,
+                                                        tmp_path: Path) -> None:
+    """train.use_ref_model with a KL term on 2 ranks: the reference is sharded (each rank holds part
+    of every tensor, not a deepcopy of the model), stays the starting model while the policy moves,
+    and 2 rounds of scoring + update equal one process (plain Learner, world-1 plans)."""
+    from rl_div.distributed.group import score_chunks
+
+    extra = [*COMMON, "train.use_ref_model=true", "algo.loss_params={kl_coef: 0.5}"]
+    cfg = dist_jobs.make_cfg(model_path, str(tmp_path), extra)
+    cost = (batch.prompt_mask.sum(dim=1) + batch.response_mask.sum(dim=1)).tolist()
+
+    def padded(n: int) -> bool:  # scoring n rows gives a rank a padding pass (the reference's collectives too)
+        chunks = score_chunks(n, cost, 2, cfg.train.micro_batch_size, cfg.train.max_tokens_per_micro_batch)
+        return any([] in rank for rank in chunks)
+
+    batch = batch.select(list(range(next(n for n in range(batch.size, 8, -1) if padded(n)))))
+    ranks = on_two_ranks(pool, dist_jobs.ref_job, model_path, str(tmp_path), extra, batch, 2)
+    learner = Learner(cfg, model_path)
+    for rank in ranks:
+        assert rank["ref_sizes"].keys() == {f"policy.{n}" for n, _ in learner.model.named_parameters()}
+        for name, (local, full) in rank["ref_sizes"].items():
+            assert local < full, name
+    start = learner.score_policy(batch)["old_logprobs"]
+    for got in ranks[0]["rounds"]:
+        data = dist_jobs.with_stats(batch, learner.score_policy(batch))
+        want = run_plans(learner, data, plan_batch(data, cfg, 1, learner.version))
+        assert torch.allclose(got["ref_logprobs"], data.ref_logprobs, atol=1e-5, rtol=0)
+        assert torch.allclose(got["ref_logprobs"], start, atol=1e-5, rtol=0)  # the reference did not move
+        assert got["metrics"]["loss/kl"] == pytest.approx(want["loss/kl"], rel=1e-4, abs=1e-9)
+        assert got["metrics"]["train/optimizer_steps"] == want["train/optimizer_steps"] == 2
+    assert want["loss/kl"] > 1e-6  # the policy moved away from the reference: the KL term acted
+    for name, p in learner.model.state_dict().items():
+        assert torch.allclose(ranks[0]["params"][name], p, atol=1e-5, rtol=0), name
+    assert ranks[0]["rounds"][-1]["metrics"] == ranks[1]["rounds"][-1]["metrics"]

@@ -143,16 +143,16 @@ class PolicyModule(torch.nn.Module):
         return policy_forward(self.policy, micro, self.chunk_rows, with_prompt, temperature)
 
 
-def shard_policy(root: torch.nn.Module, model: torch.nn.Module, mesh: Any) -> None:
-    """fully_shard every decoder layer of model, then root (the rest of the model). FSDP2 averages
-    gradients over ranks (gloo has no pre-multiplied sum for set_gradient_divide_factor(1)), so
-    planned_step multiplies each rank's loss by the world size."""
+def shard_policy(root: torch.nn.Module, model: torch.nn.Module, mesh: Any, **options: Any) -> None:
+    """fully_shard every decoder layer of model, then root (the rest of the model), with fully_shard's
+    options. FSDP2 averages gradients over ranks (gloo has no pre-multiplied sum for
+    set_gradient_divide_factor(1)), so planned_step multiplies each rank's loss by the world size."""
     from torch.distributed.fsdp import fully_shard
 
     layers = getattr(getattr(model, "model", None), "layers", None)
     for layer in layers if layers is not None else []:
-        fully_shard(layer, mesh=mesh)
-    fully_shard(root, mesh=mesh)
+        fully_shard(layer, mesh=mesh, **options)
+    fully_shard(root, mesh=mesh, **options)
 
 
 class ShardedLearner(Learner):
@@ -164,8 +164,13 @@ class ShardedLearner(Learner):
 
     def __init__(self, cfg: Config, model_path: str, rank: int, world_size: int) -> None:
         super().__init__(cfg, model_path)
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.model_path = rank, world_size, model_path
         self.reducer: LocalReducer = LOCAL
+
+    def reference_model(self) -> torch.nn.Module | None:
+        """None until setup() builds the sharded reference (rl_div.distributed.reference), not a
+        full copy on every rank."""
+        return None
 
     def address(self) -> tuple[str, int]:
         return free_address()
@@ -181,6 +186,10 @@ class ShardedLearner(Learner):
         mesh = new_mesh(device.type, self.world_size)
         self.root = PolicyModule(self.model, self.cfg.train.logit_chunk_rows)
         shard_policy(self.root, self.model, mesh)
+        if self.cfg.train.use_ref_model:
+            from rl_div.distributed.reference import sharded_reference
+
+            self.ref_model = sharded_reference(self.cfg, self.model_path, mesh, device)
         self.reducer = GroupReducer(self.world_size, device)
         self.build_optimizer()
         return self.rank
@@ -190,6 +199,14 @@ class ShardedLearner(Learner):
         temperature = self.cfg.rollout.temperature if temperature is None else temperature
         with self.autocast():
             return self.root(micro, with_prompt, temperature)
+
+    @torch.no_grad()
+    def _ref_logprobs(self, micro: RolloutBatch, temperature: float) -> torch.Tensor:
+        """The sharded reference's log-probs [B, T]: a collective, which every rank's scoring runs
+        once per micro-batch (padding ones included)."""
+        assert self.ref_model is not None
+        with self.autocast():
+            return self.ref_model(micro, False, temperature)[0]
 
     def run_plans(self, batch: RolloutBatch, plans: list[MiniBatchPlan],
                   loss_overrides: dict[str, Any] | None = None) -> dict[str, float]:
