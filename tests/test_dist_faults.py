@@ -116,6 +116,22 @@ def test_group_stops_the_survivors_and_names_the_checkpoint(ray4: None, tmp_path
         ray.get(actors[0].pid.remote())  # the blocked survivor was killed
 
 
+def test_every_rank_probes_the_output_dir_as_its_own_writer(ray4: None, tmp_path: Path) -> None:
+    """Each rank writes checkpoint shards, so each is a writer of its own: probed through the group,
+    both ranks wrote and read back one shared probe file (a race: a rank could read the other's
+    truncated write, which failed a test run with OutputDirError), and only rank 0 was reported."""
+    from rl_div.outputs import check_writers
+
+    actors = ranks("block", "block")
+    group = LearnerGroup(load_config(None, [f"run.output_dir={tmp_path}"]), actors, sharded=True)
+    places = check_writers(tmp_path, group.writers())
+    assert sorted(places) == ["learner_rank0", "learner_rank1"]
+    assert {p["pid"] for p in places.values()} == set(ray.get([a.pid.remote() for a in actors]))
+    assert not list(tmp_path.iterdir())  # the probes are gone
+    for actor in actors:
+        ray.kill(actor)
+
+
 # ---- end to end: a 2-learner fsdp2 run loses rank 0 --------------------------------------------
 @pytest.fixture(scope="module")
 def base_model(ray4: None, bootstrapped_prime_gap: Path) -> str:

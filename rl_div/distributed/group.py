@@ -95,6 +95,14 @@ class LearnerGroup:
     def _all(self, name: str, *args: Any, **kwargs: Any) -> Any:
         return self._fan_out(name, [args] * len(self.actors), **kwargs)[0]
 
+    def writers(self) -> dict[str, Any]:
+        """The actors that write into run.output_dir, by name: every rank writes its own checkpoint
+        shards, so each is checked apart (rl_div.outputs.check_writers); probing through the group
+        would fan one probe file out to every rank, which then race on that one file."""
+        if not self.sharded:
+            return {"learner": self.actors[0]}
+        return {f"learner_rank{rank}": actor for rank, actor in enumerate(self.actors)}
+
     def __getattr__(self, name: str) -> _Call:
         if name.startswith("__") and name != "__ray_call__":
             raise AttributeError(name)
