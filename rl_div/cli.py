@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable
 
 from rl_div.config import ConfigError, config_help, load_config
+from rl_div.distributed.faults import LearnerFailed
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -295,6 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as err:  # RunInterrupted says where the run stopped; actors are stopped
         print(f"rl-div: {err or 'interrupted'}", file=sys.stderr)
         return 130
+    except LearnerFailed as err:  # a learner rank died: which one, and the checkpoint --resume continues from
+        print(f"rl-div: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

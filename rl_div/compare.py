@@ -111,9 +111,27 @@ def run_status(run: PlannedRun) -> str:
     return "resume" if latest_checkpoint(run.dir) is not None else "new"
 
 
+def local_ray_mismatch(cfg: Config, running_cpus: float | None) -> bool:
+    """Whether a local Ray started for an earlier run (running_cpus CPUs; None = none running)
+    differs from the one cfg asks for (cluster.num_cpus; None = this machine's cores)."""
+    if running_cpus is None or cfg.cluster.address:
+        return False
+    import os
+
+    return running_cpus != (cfg.cluster.num_cpus or os.cpu_count())
+
+
 def run_in_process(run: PlannedRun, status: str) -> None:
+    """train() in this process. The local Ray an earlier run started is kept (seconds per run)
+    unless this run asks for another size (e.g. 2 FSDP2 learners with cluster.num_cpus=4 after a
+    single learner's run with all cores): then it is restarted with this run's."""
+    import ray
+
     from rl_div.trainer import train
 
+    running = ray.cluster_resources().get("CPU") if ray.is_initialized() else None
+    if local_ray_mismatch(run.config, running):
+        ray.shutdown()
     train(run.config, resume=status == "resume")
 
 

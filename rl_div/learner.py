@@ -162,9 +162,7 @@ class Learner:
         self.compute_dtype = DTYPES[cfg.model.dtype]
         # What the rollout engines hold; weight_sync payload builders read it from the actor.
         self.sync_dtype = self.compute_dtype
-        # The reference model stays float32 too, so that it computes exactly as the policy does and
-        # the KL term is 0 before the first update.
-        self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False) if cfg.train.use_ref_model else None
+        self.ref_model = self.reference_model() if cfg.train.use_ref_model else None
         self.build_optimizer()
         self.generator = torch.Generator().manual_seed(cfg.run.seed)
         self.version = 0
@@ -172,6 +170,14 @@ class Learner:
         # Filled by the update's forwards while update_on_policy runs (old_logprobs, old_entropy).
         self._on_policy_stats: dict[str, list[torch.Tensor]] | None = None
         self._shaper: RowShaper | None = None  # finishes a row-local advantage there (rl_div.fused_advantage)
+
+    def reference_model(self) -> torch.nn.Module | None:
+        """The frozen reference of the KL term (train.use_ref_model): a copy of the starting policy,
+        float32 too, so that it computes exactly as the policy does and the KL term is 0 before the
+        first update. Never checkpointed: a resumed run copies the model at model_path again, before
+        load() puts the checkpoint's weights into the policy. (The sharded learner builds a sharded
+        one in its setup instead: rl_div.distributed.reference.)"""
+        return copy.deepcopy(self.model).eval().requires_grad_(False)
 
     def build_optimizer(self) -> None:
         """AdamW over the policy's parameters and the warm-up schedule (again after sharding)."""
@@ -448,23 +454,28 @@ class Learner:
                     "version": self.version}, Path(ckpt_dir) / "learner_state.pt")
 
     def load(self, ckpt_dir: str) -> None:
+        """Resume from a checkpoint of this strategy, or of train.strategy 'fsdp2' at any number of
+        ranks (its dcp/ folder holds model and optimizer)."""
         from safetensors.torch import load_file
 
-        policy_dir = Path(ckpt_dir) / "policy"
-        files = sorted(policy_dir.glob("*.safetensors"))
-        state: dict[str, Any] = {}
-        for f in files:
-            state.update(load_file(str(f)))
-        missing, unexpected = self.model.load_state_dict(state, strict=False)
-        # Tied embeddings are stored once; anything else missing is a broken checkpoint.
-        missing = [k for k in missing if "lm_head" not in k]
-        if missing or unexpected:
-            raise RuntimeError(f"checkpoint {ckpt_dir} does not match the model: missing={missing} "
-                               f"unexpected={unexpected}")
         # weights_only: a checkpoint from elsewhere cannot run code on load (optimizer, scheduler and RNG
         # states are tensors, numbers, lists and dicts, which the safe unpickler allows).
         saved = torch.load(Path(ckpt_dir) / "learner_state.pt", weights_only=True)
-        self.optimizer.load_state_dict(saved["optimizer"])
+        if (Path(ckpt_dir) / "dcp").is_dir():
+            from rl_div.distributed.checkpoint_io import load_dcp
+
+            load_dcp(self.model, self.optimizer, Path(ckpt_dir) / "dcp")
+        else:
+            state: dict[str, Any] = {}
+            for f in sorted((Path(ckpt_dir) / "policy").glob("*.safetensors")):
+                state.update(load_file(str(f)))
+            missing, unexpected = self.model.load_state_dict(state, strict=False)
+            # Tied embeddings are stored once; anything else missing is a broken checkpoint.
+            missing = [k for k in missing if "lm_head" not in k]
+            if missing or unexpected:
+                raise RuntimeError(f"checkpoint {ckpt_dir} does not match the model: missing={missing} "
+                                   f"unexpected={unexpected}")
+            self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
         self.generator.set_state(saved["generator"])
         torch.set_rng_state(saved["torch_rng"])

@@ -125,7 +125,7 @@ class Trainer:
         self.tokenize = functools.partial(tokenizer.encode, add_special_tokens=False)
         actors = {"learner": self.learner, **self.pipeline.actors()}
         wait_started(actors, cfg.cluster.startup_timeout_s)  # start-up has its own timeout, not the sync's
-        check_writers(self.out, {"learner": self.learner})  # it writes its checkpoint part into the run dir
+        check_writers(self.out, self.learner.writers())  # each rank writes its checkpoint part into the run dir
         self.fused_forward, why = fuses_policy_forward(cfg, ray.get(self.learner.active_dropout.remote()))
         log.info("separate pi_old forward: %s (%s)", "no" if self.fused_forward else "yes", why)
         self.step = 0

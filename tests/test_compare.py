@@ -15,7 +15,7 @@ from compare_run import SEEDS, VARIANTS, compare_run
 import rl_div.trainer
 from rl_div.cli import main
 from rl_div.compare import compare, plan
-from rl_div.config import ConfigError
+from rl_div.config import ConfigError, load_config
 from rl_div.report.results import read_tidy_csv
 from rl_div.tracking import read_metrics
 
@@ -146,3 +146,21 @@ def test_cli_splits_configs_seeds_and_overrides(tmp_path: Path, monkeypatch: pyt
                  "--out", str(tmp_path), "--no-report", "bootstrap.steps=20"]) == 0
     assert got == {"configs": ["a.yaml", "b.yaml"], "seeds": [0, 1], "out": str(tmp_path),
                    "overrides": ["train.steps=2", "eval.n=8", "bootstrap.steps=20"], "jobs": 1, "report": False}
+
+
+def test_compare_restarts_its_local_ray_only_for_a_run_of_another_size() -> None:
+    """A variant with cluster.num_cpus=4 (2 FSDP2 learners) after one with all cores could not be
+    placed in the 2-CPU Ray the first run started: compare restarts Ray for it, and only then."""
+    import os
+
+    from rl_div.compare import local_ray_mismatch
+
+    four = load_config(None, ["cluster.num_cpus=4"])
+    default = load_config(None, [])
+    assert local_ray_mismatch(four, running_cpus=2.0)
+    assert not local_ray_mismatch(four, running_cpus=4.0)
+    assert not local_ray_mismatch(four, running_cpus=None)  # nothing running: the run starts its own
+    assert not local_ray_mismatch(default, running_cpus=float(os.cpu_count() or 1))
+    assert local_ray_mismatch(default, running_cpus=float((os.cpu_count() or 1) + 2))
+    on_cluster = load_config(None, ["cluster.num_cpus=4", "cluster.address=10.0.0.1:6379"])
+    assert not local_ray_mismatch(on_cluster, running_cpus=2.0)  # a cluster is never restarted

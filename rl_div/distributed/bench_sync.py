@@ -40,17 +40,14 @@ def _inside_learner(actor: Any, mode: str) -> tuple[float, dict[str, int]]:
 
 
 def sync_once(group: Any, worker: Any, mode: str, version: int) -> dict[str, Any]:
-    """One sync as push_weights runs it (every rank's get_weight_buckets, or the old path: the
-    group's get_weights), then the worker's set_weights on rank 0's ref, timed from the driver; then
+    """One sync as push_weights runs it (the group's get_weight_buckets, or the old path: its
+    get_weights), then the worker's set_weights on that ref (rank 0's), timed from the driver; then
     the same learner work again inside each rank for its time and peak RSS (rank 0's reported)."""
     import ray
 
-    from rl_div.rollout.weight_sync import bucket_refs
-
     start = time.perf_counter()
-    refs = bucket_refs(group) if mode == "buckets" else [group.get_weights.remote()]
-    ray.wait(refs, num_returns=len(refs), timeout=600)
-    ref = refs[0]
+    ref = (group.get_weight_buckets if mode == "buckets" else group.get_weights).remote()
+    ray.wait([ref], timeout=600)
     learner_s = time.perf_counter() - start
     ray.get(worker.set_weights.remote(ref, version), timeout=600)
     total_s = time.perf_counter() - start

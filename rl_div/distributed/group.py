@@ -6,16 +6,21 @@
 and every call goes straight to it. With "fsdp2" the group is N ShardedLearner actors, one per
 placement-group bundle, joined into one torch.distributed process group (rank 0's node address
 and a free port; train.dist_init_timeout_s bounds the rendezvous and every collective); a call
-fans out to every rank and its ref resolves once all ranks are done (rank 0's value: metrics and
-weights are already combined over ranks), so a rank that fails or dies fails the call.
+fans out to every rank and its ref is rank 0's value (metrics and weights are already combined
+over ranks). ``.remote()`` itself waits until every rank has finished (the driver blocks where it
+would block in ``ray.get``), and a rank that dies or fails fails the call at once: the other ranks
+are stopped and LearnerFailed names the rank and the checkpoint to resume from
+(rl_div.distributed.faults), instead of the survivors waiting in a collective until the timeout.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 import ray
 
+from rl_div.distributed.faults import LearnerFailed, RankFailed, call_ranked, failure_line, gather_ranks, stop_ranks
 from rl_div.distributed.plan import cut_micro_batches, pad_micro_counts, plan_batch
 
 if TYPE_CHECKING:
@@ -23,19 +28,13 @@ if TYPE_CHECKING:
     from rl_div.config import Config
     from rl_div.data import RolloutBatch
 
-
-@ray.remote(num_cpus=0)
-def _first(*values: Any) -> Any:
-    """Rank 0's value, once every rank's call has finished (an error on any rank is raised)."""
-    return values[0]
+log = logging.getLogger("rl_div")
 
 
 @ray.remote(num_cpus=0)
-def _concat_scores(*parts: dict[str, Any], setup: list[Any]) -> dict[str, Any]:
+def _concat_scores(*parts: dict[str, Any]) -> dict[str, Any]:
     """score_policy results of contiguous row chunks, rank by rank -> the batch's rows in order."""
     import torch
-
-    ray.get(setup)
 
     keys = [k for k in parts[0] if all(k in p for p in parts if p)]
     return {k: torch.cat([p[k] for p in parts if p]) for k in keys}
@@ -63,10 +62,46 @@ class LearnerGroup:
 
     def __init__(self, cfg: Config, actors: list[Any], sharded: bool, setup: list[Any] | None = None) -> None:
         self.cfg, self.actors, self.sharded = cfg, actors, sharded
-        self.setup = setup or []  # refs of the ranks' setup calls: every call also waits on (and raises) them
+        self.setup = setup or []  # refs of the ranks' setup calls: the first call waits for them
 
-    def _all(self, refs: list[Any]) -> Any:
-        return _first.remote(*refs, *self.setup)
+    def _fan_out(self, name: str, args: list[tuple[Any, ...]], **kwargs: Any) -> list[Any]:
+        """Rank r's method `name`(*args[r], **kwargs), for every rank; returns the ranks' value refs
+        once every rank has finished. LearnerFailed as soon as one rank died or raised (the ranks
+        are stopped); StartupError if the ranks did not start within cluster.startup_timeout_s."""
+        pairs = [actor.__ray_call__.options(num_returns=2).remote(call_ranked, name, *a, **kwargs)
+                 for actor, a in zip(self.actors, args, strict=True)]
+        if self.setup:  # the calls queue behind the constructors and setup: those may fail first
+            self._gather(self.setup, "setup", self.cfg.cluster.startup_timeout_s)
+            self.setup = []
+        self._gather([done for _, done in pairs], name)
+        return [value for value, _ in pairs]
+
+    def _gather(self, refs: list[Any], name: str, timeout_s: float | None = None) -> None:
+        """gather_ranks of refs[r] = rank r's call `name`, failing the run as the class says."""
+        from rl_div.cluster import StartupError
+
+        try:
+            gather_ranks(refs, timeout_s)
+        except RankFailed as failed:
+            stop_ranks(self.actors)
+            line = failure_line(failed, name, self.cfg.run.output_dir)
+            log.error("%s; the rank's error: %s", line, failed.error)
+            raise LearnerFailed(line) from failed.error
+        except TimeoutError as err:
+            stop_ranks(self.actors)
+            raise StartupError(f"learner {err}: not started within cluster.startup_timeout_s={timeout_s:g} s "
+                               "(stage: actor start-up: model load, torch.distributed rendezvous)") from None
+
+    def _all(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        return self._fan_out(name, [args] * len(self.actors), **kwargs)[0]
+
+    def writers(self) -> dict[str, Any]:
+        """The actors that write into run.output_dir, by name: every rank writes its own checkpoint
+        shards, so each is checked apart (rl_div.outputs.check_writers); probing through the group
+        would fan one probe file out to every rank, which then race on that one file."""
+        if not self.sharded:
+            return {"learner": self.actors[0]}
+        return {f"learner_rank{rank}": actor for rank, actor in enumerate(self.actors)}
 
     def __getattr__(self, name: str) -> _Call:
         if name.startswith("__") and name != "__ray_call__":
@@ -81,22 +116,20 @@ class LearnerGroup:
             return self._update(*args, **kwargs)
         if name == "score_policy":
             return self._score(*args, **kwargs)
-        return self._all([getattr(a, name).remote(*args, **kwargs) for a in self.actors])
+        return self._all(name, *args, **kwargs)
 
     def _update(self, batch: RolloutBatch, loss_overrides: dict[str, Any] | None = None) -> Any:
-        version = ray.get(self.actors[0].get_version.remote())
+        version = ray.get(self._all("get_version"))
         plans = plan_batch(batch, self.cfg, len(self.actors), version, loss_overrides)
-        ref = ray.put(batch)
-        return self._all([a.run_plans.remote(ref, plans, loss_overrides) for a in self.actors])
+        return self._all("run_plans", ray.put(batch), plans, loss_overrides)
 
     def _score(self, batch: RolloutBatch, with_prompt: bool = False, temperature: float | None = None) -> Any:
         t = self.cfg.train
         cost = (batch.prompt_mask.sum(dim=1) + batch.response_mask.sum(dim=1)).tolist()
         chunks = score_chunks(batch.size, cost, len(self.actors), t.micro_batch_size, t.max_tokens_per_micro_batch)
         ref = ray.put(batch)
-        parts = [a.score_rows.remote(ref, rows, with_prompt, temperature)
-                 for a, rows in zip(self.actors, chunks, strict=True)]
-        return _concat_scores.remote(*parts, setup=self.setup)
+        return _concat_scores.remote(*self._fan_out("score_rows", [(ref, rows, with_prompt, temperature)
+                                                                   for rows in chunks]))
 
 
 def start_learner_group(cfg: Config, model_path: str, placement: RunPlacement) -> LearnerGroup:

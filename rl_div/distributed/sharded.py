@@ -11,6 +11,7 @@ its passes, so no rank waits in a collective the others never join.
 
 from __future__ import annotations
 
+import itertools
 import socket
 from collections.abc import Iterator
 from datetime import timedelta
@@ -113,6 +114,22 @@ def free_address() -> tuple[str, int]:
     return ray.util.get_node_ip_address() if ray.is_initialized() else "127.0.0.1", port
 
 
+_MESHES = itertools.count()
+
+
+def new_mesh(device_type: str, world_size: int) -> Any:
+    """A 1-D device mesh over the current process group, with a dim name this process never used.
+
+    torch compares and hashes meshes by value (ranks, layout, device, dim names), not by this process's
+    rank or process group, and caches DTensor sharding (local shapes and offsets) by that value. A
+    process that joins a second group as another rank (a reused pool worker, a restarted actor) would
+    otherwise get the first group's offsets back: its shards are then written at the wrong place (a
+    DCP checkpoint with rows swapped between ranks). A fresh name makes every group's mesh distinct."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    return init_device_mesh(device_type, (world_size,), mesh_dim_names=(f"learners{next(_MESHES)}",))
+
+
 class PolicyModule(torch.nn.Module):
     """The FSDP2 root: its forward is policy_forward of the policy, so FSDP2 gathers the root unit's
     parameters (embeddings, final norm, LM head) around the chunked head, which reads the head's
@@ -129,16 +146,16 @@ class PolicyModule(torch.nn.Module):
         return policy_forward(self.policy, micro, self.chunk_rows, with_prompt, temperature)
 
 
-def shard_policy(root: torch.nn.Module, model: torch.nn.Module, mesh: Any) -> None:
-    """fully_shard every decoder layer of model, then root (the rest of the model). FSDP2 averages
-    gradients over ranks (gloo has no pre-multiplied sum for set_gradient_divide_factor(1)), so
-    planned_step multiplies each rank's loss by the world size."""
+def shard_policy(root: torch.nn.Module, model: torch.nn.Module, mesh: Any, **options: Any) -> None:
+    """fully_shard every decoder layer of model, then root (the rest of the model), with fully_shard's
+    options. FSDP2 averages gradients over ranks (gloo has no pre-multiplied sum for
+    set_gradient_divide_factor(1)), so planned_step multiplies each rank's loss by the world size."""
     from torch.distributed.fsdp import fully_shard
 
     layers = getattr(getattr(model, "model", None), "layers", None)
     for layer in layers if layers is not None else []:
-        fully_shard(layer, mesh=mesh)
-    fully_shard(root, mesh=mesh)
+        fully_shard(layer, mesh=mesh, **options)
+    fully_shard(root, mesh=mesh, **options)
 
 
 class ShardedLearner(Learner):
@@ -150,8 +167,13 @@ class ShardedLearner(Learner):
 
     def __init__(self, cfg: Config, model_path: str, rank: int, world_size: int) -> None:
         super().__init__(cfg, model_path)
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.model_path = rank, world_size, model_path
         self.reducer: LocalReducer = LOCAL
+
+    def reference_model(self) -> torch.nn.Module | None:
+        """None until setup() builds the sharded reference (rl_div.distributed.reference), not a
+        full copy on every rank."""
+        return None
 
     def address(self) -> tuple[str, int]:
         return free_address()
@@ -160,15 +182,17 @@ class ShardedLearner(Learner):
         """Join the process group at rank 0's (host, port) (within train.dist_init_timeout_s), shard."""
         host, port = address
         import torch.distributed as dist
-        from torch.distributed.device_mesh import init_device_mesh
-
         device = next(self.model.parameters()).device
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method=f"tcp://{host}:{port}",
                                 rank=self.rank, world_size=self.world_size,
                                 timeout=timedelta(seconds=self.cfg.train.dist_init_timeout_s))
-        mesh = init_device_mesh(device.type, (self.world_size,))
+        mesh = new_mesh(device.type, self.world_size)
         self.root = PolicyModule(self.model, self.cfg.train.logit_chunk_rows)
         shard_policy(self.root, self.model, mesh)
+        if self.cfg.train.use_ref_model:
+            from rl_div.distributed.reference import sharded_reference
+
+            self.ref_model = sharded_reference(self.cfg, self.model_path, mesh, device)
         self.reducer = GroupReducer(self.world_size, device)
         self.build_optimizer()
         return self.rank
@@ -178,6 +202,14 @@ class ShardedLearner(Learner):
         temperature = self.cfg.rollout.temperature if temperature is None else temperature
         with self.autocast():
             return self.root(micro, with_prompt, temperature)
+
+    @torch.no_grad()
+    def _ref_logprobs(self, micro: RolloutBatch, temperature: float) -> torch.Tensor:
+        """The sharded reference's log-probs [B, T]: a collective, which every rank's scoring runs
+        once per micro-batch (padding ones included)."""
+        assert self.ref_model is not None
+        with self.autocast():
+            return self.ref_model(micro, False, temperature)[0]
 
     def run_plans(self, batch: RolloutBatch, plans: list[MiniBatchPlan],
                   loss_overrides: dict[str, Any] | None = None) -> dict[str, float]:
@@ -250,17 +282,21 @@ class ShardedLearner(Learner):
         dist.barrier()
 
     def load(self, ckpt_dir: str) -> None:
-        """Resume from a checkpoint that save() wrote with any number of ranks (DCP reshards)."""
+        """Resume from a checkpoint that save() wrote with any number of ranks (DCP reshards), or that
+        a single learner wrote."""
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import set_state_dict
 
         dcp_dir = Path(ckpt_dir) / "dcp"
-        if not dcp_dir.is_dir():
-            raise RuntimeError(f"checkpoint {ckpt_dir} has no dcp/ folder: it was written by train.strategy="
-                               "'single', which an fsdp2 run cannot resume")
-        state = self._dcp_state()
-        dcp.load(state, checkpoint_id=str(dcp_dir))
-        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        if dcp_dir.is_dir():
+            state = self._dcp_state()
+            dcp.load(state, checkpoint_id=str(dcp_dir))
+            set_state_dict(self.model, self.optimizer, model_state_dict=state["model"],
+                           optim_state_dict=state["optim"])
+        else:  # written by train.strategy 'single'
+            from rl_div.distributed.checkpoint_io import load_single_into_sharded
+
+            load_single_into_sharded(self.model, self.optimizer, Path(ckpt_dir))
         saved = torch.load(Path(ckpt_dir) / "learner_state.pt", weights_only=True)
         self.scheduler.load_state_dict(saved["scheduler"])
         self.generator.set_state(saved["generator"])

@@ -28,7 +28,6 @@ from typing import Any, Literal, get_args
 
 import torch
 
-from rl_div.distributed.group import LearnerGroup
 from rl_div.rollout.weight_buckets import (
     BucketPayload,
     NamedTensors,
@@ -286,19 +285,6 @@ def nccl_broadcast(model: torch.nn.Module, group: NcclGroup, holder: Any, dtype:
 
 
 # ---- driver side: one call per sync, whatever the transport ----------------------------------
-def bucket_refs(learner: Any) -> list[Any]:
-    """Every learner rank's get_weight_buckets ref, rank 0's (the one that ships) first.
-
-    A sharded group's own call would combine the ranks' results in a Ray task; that task's worker
-    has to import torch to unpickle the payload, and Ray retires idle task workers beyond the
-    cluster's CPU count after about a second, so each sync paid a fresh worker: 3-4 s on 2 busy
-    cores (measured, `rl-div bench --sections sync_50m`). Here the ranks are called directly.
-    """
-    if isinstance(learner, LearnerGroup) and learner.sharded:
-        return [a.get_weight_buckets.remote() for a in learner.actors]
-    return [learner.get_weight_buckets.remote()]
-
-
 def nccl_group_on(learner: Any, num_engines: int, ranks_per_engine: int = 1) -> NcclGroup:
     """A fresh weight-broadcast group hosted on the learner actor's node (its IP, a free port).
 
@@ -352,10 +338,10 @@ def push_weights(learner: Any, workers: list[Any], transport: Transport, version
                 for i, (w, p) in enumerate(zip(workers, payloads, strict=True))}
 
     if transport == "object_store":
-        shipped, *others = bucket_refs(learner)  # a top-level ref: each worker gets the BucketPayload
-        wait({"learner (putting its weights into the object store)": shipped,
-              **{f"learner rank {i} (gathering)": ref for i, ref in enumerate(others, 1)},
-              **loads([shipped] * len(workers))})
+        # a sharded group's call returns rank 0's ref once every rank has joined the gathers; a top-level
+        # ref: each worker gets the BucketPayload itself and fetches the buckets
+        shipped = learner.get_weight_buckets.remote()
+        wait({"learner (putting its weights into the object store)": shipped, **loads([shipped] * len(workers))})
         return shipped
     if transport == "cuda_ipc":
         [payload] = wait({"learner (building CUDA IPC handles)": learner.__ray_call__.remote(
