@@ -368,6 +368,7 @@ def _sections(quick: bool) -> dict[str, tuple[Callable[[], dict[str, Any]], Call
         "learner_work": (lambda: m.bench_learner_work("demo", repeats=1 if quick else 3), m.print_learner_work),
         "learner_work_20m": (lambda: m.bench_learner_work("20m", repeats=1 if quick else 3), m.print_learner_work),
         "fsdp": (lambda: bench_fsdp(repeats=3 if quick else 10), print_fsdp),
+        "fsdp_50m": (lambda: bench_fsdp(repeats=1 if quick else 5, size="50m"), print_fsdp),
         "sync": (lambda: bench_sync("demo", repeats=2 if quick else 5), print_sync),
         "sync_50m": (lambda: bench_sync("50m", repeats=1 if quick else 5), print_sync),
         "off_policy": ((lambda: a.bench_off_policy(steps=2, warmup=1, settings=["demo"])) if quick
@@ -376,7 +377,7 @@ def _sections(quick: bool) -> dict[str, tuple[Callable[[], dict[str, Any]], Call
 
 
 SECTIONS = ("entropy", "passk", "train_step", "group_embedding", "lm_head", "rewards", "long_step", "learner_work",
-            "learner_work_20m", "fsdp", "sync", "sync_50m", "off_policy")
+            "learner_work_20m", "fsdp", "fsdp_50m", "sync", "sync_50m", "off_policy")
 
 
 def run_bench(quick: bool = False, out: str | Path | None = None,

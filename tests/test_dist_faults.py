@@ -144,7 +144,7 @@ def kill_rank0_after_first_checkpoint(out: Path, killed: list[int], stop: thread
     while not (out / "checkpoints" / "latest").exists():
         if stop.wait(0.05):
             return
-    pid = int(re.search(r"learner: node \S+ on \S+ \(pid (\d+)", (out / "train.log").read_text()).group(1))
+    pid = int(re.search(r"learner_rank0: node \S+ on \S+ \(pid (\d+)", (out / "train.log").read_text()).group(1))
     os.kill(pid, signal.SIGKILL)
     killed.append(pid)
 

@@ -1,7 +1,8 @@
-"""``rl-div bench`` section "fsdp": per-update time of the FSDP2 learner with 1 and 2 ranks against
-the single learner, on the demo model (the tiny Llama of the prime_gap task), side by side in one
-run. Every variant runs in spawned processes (gloo between ranks), on the same scored batch;
-reported as min / median / max seconds per update and as the median's ratio to single's.
+"""``rl-div bench`` sections "fsdp" and "fsdp_50m": per-update time of the FSDP2 learner with 1 and 2
+ranks against the single learner, on the demo model (the tiny Llama of the prime_gap task) or a
+random ~50M-parameter Llama (rl_div.distributed.bench_sync's), side by side in one run. Every
+variant runs in spawned processes (gloo between ranks), on the same scored batch; reported as
+min / median / max seconds per update and as the median's ratio to single's.
 """
 
 from __future__ import annotations
@@ -81,17 +82,16 @@ def _scored_batch(model_path: str, out: str, prompts: int, group_size: int) -> R
     return batch
 
 
-def bench_fsdp(repeats: int = 10, prompts: int = 16, group_size: int = 8) -> dict[str, Any]:
-    """single vs fsdp2 N=1 vs fsdp2 N=2 per-update seconds on one batch of prompts x group_size rows."""
-    from rl_div.models import build_char_tokenizer, make_tiny_llama, save_policy
-    from rl_div.tasks import TASKS
+def bench_fsdp(repeats: int = 10, prompts: int = 16, group_size: int = 8, size: str = "demo") -> dict[str, Any]:
+    """single vs fsdp2 N=1 vs fsdp2 N=2 per-update seconds on one batch of prompts x group_size rows,
+    on the model of `size` ("demo" or "50m")."""
+    from rl_div.distributed.bench_sync import bench_model
 
     with tempfile.TemporaryDirectory() as tmp:
-        tok = build_char_tokenizer(TASKS["prime_gap"].alphabet)
-        model_path = str(save_policy(make_tiny_llama(tok, seed=0), tok, os.path.join(tmp, "tiny")))
+        model_path, params = bench_model(tmp, size)
         batch = _scored_batch(model_path, tmp, prompts, group_size)
         load_before = os.getloadavg()
-        out: dict[str, Any] = {"rows": batch.size, "repeats": repeats}
+        out: dict[str, Any] = {"rows": batch.size, "repeats": repeats, "parameters": params}
         with ProcessPoolExecutor(max_workers=2, mp_context=mp.get_context("spawn")) as pool:
             for name, strategy, world in (("single", "single", 1), ("fsdp2_n1", "fsdp2", 1),
                                           ("fsdp2_n2", "fsdp2", 2)):
@@ -107,7 +107,8 @@ def bench_fsdp(repeats: int = 10, prompts: int = 16, group_size: int = 8) -> dic
 
 
 def print_fsdp(r: dict[str, Any]) -> None:
-    print(f"\nfsdp: seconds per update, {r['rows']} rows, {r['repeats']} updates each "
+    print(f"\nfsdp: seconds per update, {r['parameters'] / 1e6:.1f}M parameters, {r['rows']} rows, "
+          f"{r['repeats']} updates each "
           f"(load average {r['loadavg_before'][0]:.1f} -> {r['loadavg_after'][0]:.1f})")
     for name in ("single", "fsdp2_n1", "fsdp2_n2"):
         v = r[name]

@@ -88,7 +88,7 @@ def measure_sync(groups: dict[str, Any], worker: Any, repeats: int) -> dict[str,
     return out
 
 
-def _model(out_dir: str, size: str) -> tuple[str, int]:
+def bench_model(out_dir: str, size: str) -> tuple[str, int]:
     """The tiny Llama of the demo (~0.1M parameters) or a random 12-layer, width-512 one (~50M)."""
     from rl_div.models import build_char_tokenizer, count_parameters, make_tiny_llama, save_policy
     from rl_div.tasks import TASKS
@@ -110,7 +110,7 @@ def bench_sync(size: str = "demo", repeats: int = 5, chunk_mb: float = 64.0) -> 
     from rl_div.config import load_config
 
     with tempfile.TemporaryDirectory() as tmp:
-        path, params = _model(tmp, size)
+        path, params = bench_model(tmp, size)
         base = [f"model.path={path}", f"run.output_dir={tmp}", "cluster.num_cpus=4", "run.torch_threads=1",
                 f"rollout.weight_sync_chunk_mb={chunk_mb}"]
         cfg = load_config(None, base)
