@@ -94,7 +94,7 @@ class RowShaper:
               prompt_mask: torch.Tensor) -> torch.Tensor:
         """The final advantages [b] (on CPU) of the next b rows, from pi_old's numbers for them:
         logprobs [b, T] of the response tokens, prompt_logprobs [b, P] (None unless needed) and
-        prompt_mask [b, P] (:func:`rl_div.learner.prompt_logprob_mask`), without gradient."""
+        prompt_mask [b, P] (:func:`rl_div.policy_logprobs.prompt_logprob_mask`), without gradient."""
         rows = slice(self.rows_done, self.rows_done + micro.size)
         self.rows_done += micro.size
         base, shaped = self.part.base[rows], self.part.shaped[rows]

@@ -48,10 +48,10 @@ from rl_div.config import Config, save_config
 from rl_div.data import RolloutBatch
 from rl_div.fused_advantage import advantage_before_update
 from rl_div.guard import CollapseGuard
-from rl_div.learner import prompt_logprob_mask
 from rl_div.models import load_tokenizer
 from rl_div.onpolicy import fuses_policy_forward, needs_prompt_logprobs, separate_forward
 from rl_div.outputs import check_writers, prepare_output_dir
+from rl_div.policy_logprobs import prompt_logprob_mask
 from rl_div.preflight import check_inputs
 from rl_div.prompts import PromptStream, load_splits
 from rl_div.registry import import_plugins

@@ -9,9 +9,9 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from rl_div.data import PromptRecord, RolloutBatch
-from rl_div.learner import policy_forward, prompt_logprob_mask
 from rl_div.metrics.lm_head import head_logprobs_and_entropy, split_lm_head
 from rl_div.models import build_char_tokenizer, make_tiny_llama
+from rl_div.policy_logprobs import policy_forward, prompt_logprob_mask
 
 
 def reference(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, ids: torch.Tensor,

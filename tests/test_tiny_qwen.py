@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from rl_div.learner import policy_forward
 from rl_div.models import format_prompt, load_policy, load_tokenizer
+from rl_div.policy_logprobs import policy_forward
 from rl_div.rollout.base import SamplingSpec
 from rl_div.rollout.hf import HFRolloutWorker
 from rl_div.tiny_qwen import VOCAB_SIZE, tiny_qwen_model

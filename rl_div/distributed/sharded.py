@@ -141,7 +141,7 @@ class PolicyModule(torch.nn.Module):
 
     def forward(self, micro: RolloutBatch, with_prompt: bool, temperature: float,
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        from rl_div.learner import policy_forward
+        from rl_div.policy_logprobs import policy_forward
 
         return policy_forward(self.policy, micro, self.chunk_rows, with_prompt, temperature)
 

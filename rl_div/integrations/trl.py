@@ -41,7 +41,7 @@ from rl_div.algos import ADVANTAGES, TOKEN_WEIGHTS
 from rl_div.algos.advantages import AdvantageInputs
 from rl_div.algos.token_weights import TokenWeightInputs
 from rl_div.data import PromptRecord
-from rl_div.learner import prompt_logprob_mask
+from rl_div.policy_logprobs import prompt_logprob_mask
 
 
 def completion_text(completion: Any) -> str:

