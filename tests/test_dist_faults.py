@@ -3,8 +3,8 @@
 The fast-fail gather and the group's failure with real Ray actors (one dies while the other blocks:
 the error comes while the other is still blocked, naming the rank); then a real 2-learner fsdp2
 run (Trainer, rollout, reward and learner actors, the tiny bootstrapped model) whose rank 0 is
-SIGKILLed after its first checkpoint: train() raises LearnerFailed naming the rank and that
-checkpoint, and `rl-div train <the run's config.yaml> --resume` finishes every step.
+SIGKILLed after its first checkpoint: `rl-div train` exits 1 with one line naming the rank and
+that checkpoint, and `rl-div train <the run's config.yaml> --resume` finishes every step.
 """
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ from pathlib import Path
 
 import pytest
 import ray
-from test_dist_group import FSDP2, run  # the same small runs (2 learners: cluster.num_cpus=4)
+from test_dist_group import FSDP2, run_config  # the same small runs (2 learners: cluster.num_cpus=4)
 
 from rl_div.checkpoint import commit_checkpoint, new_checkpoint_dir, save_trainer_state
 from rl_div.cli import main
 from rl_div.cluster import init_ray
-from rl_div.config import load_config
+from rl_div.config import load_config, save_config
 from rl_div.distributed.faults import LearnerFailed, RankFailed, gather_ranks
 from rl_div.distributed.group import LearnerGroup
 
@@ -149,13 +149,15 @@ def kill_rank0_after_first_checkpoint(out: Path, killed: list[int], stop: thread
     killed.append(pid)
 
 
-def test_killed_learner_rank_fails_the_run_and_resume_finishes_it(base_model: str, tmp_path: Path) -> None:
+def test_killed_learner_rank_fails_the_run_and_resume_finishes_it(base_model: str, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """Through the CLI, as a user runs it: exit status 1 and the one line on stderr, no traceback."""
     out, killed, stop = tmp_path / "run", [], threading.Event()
+    save_config(run_config(out, base_model, "train.steps=3", *FSDP2), tmp_path / "run.yaml")
     killer = threading.Thread(target=kill_rank0_after_first_checkpoint, args=(out, killed, stop), daemon=True)
     killer.start()
     try:
-        with pytest.raises(LearnerFailed) as failed:
-            run(out, base_model, "train.steps=3", *FSDP2)
+        assert main(["train", str(tmp_path / "run.yaml")]) == 1
     finally:
         stop.set()
         killer.join()
@@ -163,9 +165,11 @@ def test_killed_learner_rank_fails_the_run_and_resume_finishes_it(base_model: st
     latest = sorted((out / "checkpoints").glob("step_??????"))[-1]
     step = int(latest.name.removeprefix("step_"))
     assert step < 3
-    assert re.fullmatch(rf"learner rank 0 died in \w+\(\) \(.+\); the other ranks were stopped\. Last checkpoint: "
-                        rf"{re.escape(str(latest))} \(step {step}\); rerun `rl-div train CONFIG --resume` to "
-                        "continue from it", str(failed.value))
+    line = (rf"rl-div: learner rank 0 died in \w+\(\) \(.+\); the other ranks were stopped\. Last checkpoint: "
+            rf"{re.escape(str(latest))} \(step {step}\); rerun `rl-div train CONFIG --resume` to continue from it")
+    stderr = capsys.readouterr().err.splitlines()
+    assert any(re.fullmatch(line, s) for s in stderr), stderr[-5:]
+    assert not any(s.startswith("Traceback") for s in stderr)
     assert main(["train", str(out / "config.yaml"), "--resume"]) == 0  # as the line says (the run's config)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2, 3]

@@ -13,7 +13,7 @@ import ray
 import torch
 from safetensors.torch import load_file
 
-from rl_div.config import load_config
+from rl_div.config import Config, load_config
 from rl_div.trainer import train
 
 pytestmark = pytest.mark.slow
@@ -32,13 +32,17 @@ def base_model(tmp_path_factory: pytest.TempPathFactory) -> str:
         ray.shutdown()
 
 
-def run(out: Path, base_model: str, *overrides: str, resume: bool = False) -> Path:
-    cfg = load_config(None, [
+def run_config(out: Path, base_model: str, *overrides: str) -> Config:
+    """A small run on the bootstrapped model: 4 prompts x 4 samples, a checkpoint every step."""
+    return load_config(None, [
         f"model.path={base_model}", f"run.output_dir={out}", "rollout.prompts_per_step=4", "rollout.group_size=4",
         "eval.every=0", "eval.at_start=false", "eval.at_end=false", "eval.embedding_metrics=false",
         "data.num_eval_prompts=4", "tracking.progress=false", "tracking.tensorboard=false", "cluster.num_cpus=4",
         "checkpoint.every=1", "checkpoint.keep=10", *overrides])
-    train(cfg, resume=resume)
+
+
+def run(out: Path, base_model: str, *overrides: str, resume: bool = False) -> Path:
+    train(run_config(out, base_model, *overrides), resume=resume)
     return out
 
 
