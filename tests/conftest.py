@@ -31,7 +31,8 @@ def tiny_qwen_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def bootstrapped_prime_gap(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny demo model bootstrapped on prime_gap (40 steps, seed 0), built once per session (~5 s
-    on a quiet 2-core machine) for the end-to-end modules."""
+    on a quiet 2-core machine) for the end-to-end modules (test_train_e2e, test_guard, test_dist_group,
+    test_dist_faults)."""
     from rl_div.tasks.bootstrap import bootstrap_base_model
 
     return bootstrap_base_model("prime_gap", tmp_path_factory.mktemp("bootstrap"), steps=40, seed=0, log=None)

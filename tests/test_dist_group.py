@@ -21,13 +21,10 @@ FSDP2 = ["train.strategy=fsdp2", "train.num_learners=2"]
 
 
 @pytest.fixture(scope="module")
-def base_model(tmp_path_factory: pytest.TempPathFactory) -> str:
-    from rl_div.tasks.bootstrap import bootstrap_base_model
-
+def base_model(bootstrapped_prime_gap: Path) -> str:
     if ray.is_initialized():  # an earlier module's Ray (2 CPUs) cannot hold two learners and a rollout actor
         ray.shutdown()
-    path = bootstrap_base_model("prime_gap", tmp_path_factory.mktemp("bootstrap"), steps=40, seed=0, log=None)
-    yield str(path)
+    yield str(bootstrapped_prime_gap)
     if ray.is_initialized():
         ray.shutdown()
 

@@ -193,13 +193,10 @@ def test_a_saved_config_without_a_guard_section_matches_a_plan_with_the_guard_of
 # ---- end to end: real Ray actors, the tiny bootstrapped model -----------------------------------
 
 @pytest.fixture(scope="module")
-def base_model(tmp_path_factory: pytest.TempPathFactory) -> str:
+def base_model(bootstrapped_prime_gap: Path) -> str:
     import ray
 
-    from rl_div.tasks.bootstrap import bootstrap_base_model
-
-    path = bootstrap_base_model("prime_gap", tmp_path_factory.mktemp("bootstrap"), steps=40, seed=0, log=None)
-    yield str(path)
+    yield str(bootstrapped_prime_gap)
     if ray.is_initialized():
         ray.shutdown()
 

@@ -34,12 +34,8 @@ REPO = Path(__file__).parent.parent
 
 
 @pytest.fixture(scope="module")
-def base_model(tmp_path_factory: pytest.TempPathFactory) -> str:
-    from rl_div.tasks.bootstrap import bootstrap_base_model
-
-    cache = tmp_path_factory.mktemp("bootstrap")
-    path = bootstrap_base_model("prime_gap", cache, steps=40, seed=0, log=None)
-    yield str(path)
+def base_model(bootstrapped_prime_gap: Path) -> str:
+    yield str(bootstrapped_prime_gap)
     if ray.is_initialized():
         ray.shutdown()
 

@@ -47,14 +47,11 @@ def load_single_into_sharded(model: torch.nn.Module, optimizer: torch.optim.Opti
     full: dict[str, torch.Tensor] = {}
     for f in sorted((ckpt_dir / "policy").glob("*.safetensors")):
         full.update(load_file(str(f)))
-    aliases: dict[int, list[str]] = {}  # tied weights: one parameter under several names, saved once
-    for n, p in model.named_parameters(remove_duplicate=False):
-        aliases.setdefault(id(p), []).append(n)
-    for names_of_one in aliases.values():
-        stored = next((n for n in names_of_one if n in full), None)
-        for n in names_of_one:
-            if stored is not None and n not in full:
-                full[n] = full[stored]
+    from rl_div.rollout.weight_buckets import tied_names
+
+    for alias, stored in tied_names(model).items():  # tied weights are saved once, under the first name
+        if alias not in full and stored in full:
+            full[alias] = full[stored]
     name_of = {id(p): n for n, p in model.named_parameters()}
     names = [name_of[id(p)] for g in optimizer.param_groups for p in g["params"]]
     saved = torch.load(ckpt_dir / "learner_state.pt", weights_only=True)
