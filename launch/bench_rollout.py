@@ -42,13 +42,13 @@ def make_model(args: argparse.Namespace, workdir: Path) -> tuple[str, str]:
     if args.model:
         return args.model, args.model
     if args.hidden_size:
-        from rl_div.models import build_char_tokenizer, make_tiny_llama, model_summary, save_policy
+        from rl_div.models.loading import build_char_tokenizer, make_tiny_llama, model_summary, save_policy
 
         tok = build_char_tokenizer()
         model = make_tiny_llama(tok, hidden_size=args.hidden_size, num_layers=args.layers, num_heads=args.heads,
                                 intermediate_size=4 * args.hidden_size, max_position_embeddings=256)
         return str(save_policy(model, tok, workdir / "random")), f"random llama {model_summary(model)}"
-    from rl_div.tasks.bootstrap import bootstrap_base_model
+    from rl_div.models.bootstrap import bootstrap_base_model
 
     path = bootstrap_base_model("prime_gap", workdir / "bootstrap", steps=40, seed=0, num_heads=1, log=None)
     return str(path), "tiny prime_gap bootstrap (hidden 64, 2 layers, 1 head)"
@@ -67,12 +67,12 @@ def main() -> None:
     import torch
 
     from rl_div.data import PromptRecord
-    from rl_div.learner import policy_forward
+    from rl_div.learner.single import policy_forward
     from rl_div.rollout.base import SamplingSpec
     from rl_div.rollout.hf import HFRolloutWorker
     from rl_div.rollout.vllm import VLLMRolloutWorker
-    from rl_div.stats import rollout_health
     from rl_div.tasks import get_task
+    from rl_div.train.step_stats import rollout_health
 
     torch.set_num_threads(args.threads)
     workdir = Path(tempfile.mkdtemp(prefix="bench_rollout_"))

@@ -17,16 +17,9 @@ from rewards.novelty import novelty_reward, novelty_rewards, novelty_scores
 from rewards.partition import EQUIVALENCE_TESTS, partition_diversity, partition_reward
 from rewards.registry import REWARDS, is_verifier, register_reward, reward_scope
 from rewards.runner import RewardResult, RewardScorer, RewardSpec, score_batch, score_group
+from rewards.tasks import TaskVerifier, register_task_rewards
 
-
-def _register_tasks() -> None:
-    """Built-in synthetic tasks register their extractor and verifier under the task's name."""
-    from rl_div.tasks import register_task_rewards
-
-    register_task_rewards()
-
-
-_register_tasks()
+register_task_rewards()  # built-in synthetic tasks: their extractor and verifier under the task's name
 
 __all__ = [
     "ANSWER_EXTRACTORS",
@@ -39,6 +32,7 @@ __all__ = [
     "RewardResult",
     "RewardScorer",
     "RewardSpec",
+    "TaskVerifier",
     "WorkerStartError",
     "embed",
     "extract_answer",
@@ -55,6 +49,7 @@ __all__ = [
     "partition_diversity",
     "partition_reward",
     "register_reward",
+    "register_task_rewards",
     "reward_scope",
     "score_batch",
     "score_group",

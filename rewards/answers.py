@@ -2,7 +2,7 @@
 
 ``ANSWER_EXTRACTORS`` maps a name to ``fn(completion: str) -> str | None`` (None = no parseable
 answer). A record chooses its extractor through ``record.meta["extractor"]`` (default ``"math"``);
-built-in synthetic tasks register their own names (rl_div.tasks.register_task_rewards).
+built-in synthetic tasks register their own names (rewards.tasks.register_task_rewards).
 
 The extracted text is what the group rewards compare and embed (novelty, partition) and what the
 diversity metrics count; correctness is decided by the verifier, not here.

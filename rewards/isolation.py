@@ -19,28 +19,24 @@ math-verify takes on a GSM8K answer). :class:`IsolatedPool` runs several such wo
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
-import pickle
 import queue
 import subprocess
 import sys
 import threading
-import time
 import weakref
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import Pipe
-from multiprocessing.connection import Connection
 from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
-# Runs in the child: adopt the parent's import path, then serve requests.
+# Runs in the child (rewards.isolated_child): adopt the parent's import path, then serve requests.
 _CHILD_CODE = (
     "import sys, json; sys.path[:] = json.loads(sys.argv[1]); "
-    "from rewards.isolation import serve; serve(int(sys.argv[2]), json.loads(sys.argv[3]), int(sys.argv[4]))"
+    "from rewards.isolated_child import serve; serve(int(sys.argv[2]), json.loads(sys.argv[3]), int(sys.argv[4]))"
 )
 
 
@@ -310,74 +306,3 @@ def _shutdown(child: _Child) -> None:
     """Stop a child between calls. Terminated rather than asked to exit: it holds no state worth
     saving, and a clean interpreter exit with torch loaded takes most of a second."""
     child.stop()
-
-
-# ---- the child's side ------------------------------------------------------------------------------
-def serve(fd: int, plugins: list[str], parent_pid: int) -> None:
-    """Child main loop: import rewards and plugins, report ready, then answer requests."""
-    conn = Connection(fd)
-    _exit_with_parent(parent_pid)
-    try:
-        from rl_div.registry import import_plugins
-
-        import_plugins(plugins)  # first: a missing module fails in milliseconds, not after torch
-        import rewards  # noqa: F401  (registers the built-in rewards)
-        import rl_div.data  # noqa: F401  (records unpickle without paying the torch import per call)
-    except BaseException as err:  # report any start-up failure to the parent, then exit
-        conn.send(("init_error", _describe(err)))
-        return
-    conn.send(("ready", os.getpid()))
-    _serve_requests(conn)
-
-
-def _callable(name: str) -> Any:
-    """A registered reward by name, or ``module:function`` (the runner's batched group call)."""
-    from rewards.registry import REWARDS
-
-    if ":" in name:
-        module, _, attr = name.partition(":")
-        return getattr(importlib.import_module(module), attr)
-    return REWARDS.get(name)
-
-
-def _serve_requests(conn: Connection) -> None:
-
-    while True:
-        try:
-            data = conn.recv_bytes()
-        except (EOFError, OSError):
-            return  # the parent closed the pipe or exited
-        try:
-            name, items, kwargs = pickle.loads(data)
-        except Exception as err:  # cannot happen with our parent; answer rather than hang it
-            conn.send(("error", _describe(err)))
-            continue
-        for item in items:  # one answer per item, as soon as it is computed
-            try:
-                reply: tuple[str, Any] = ("ok", _callable(name)(*pickle.loads(item), **kwargs))
-            except Exception as err:  # every failure (unpickling included) goes back to the parent
-                reply = ("error", _describe(err))
-            try:
-                conn.send(reply)
-            except Exception as err:  # e.g. an unpicklable return value
-                conn.send(("error", f"reward {name!r} returned an unsendable value: {_describe(err)}"))
-
-
-def _describe(err: BaseException) -> str:
-    return f"{type(err).__name__}: {err}"
-
-
-def _exit_with_parent(parent_pid: int, period_s: float = 1.0) -> None:
-    """Exit when the parent process is gone, even while a reward is stuck.
-
-    A watchdog thread rather than prctl(PR_SET_PDEATHSIG): that fires when the parent *thread*
-    that started us exits, which would kill a worker started from a short-lived thread.
-    """
-
-    def watch() -> None:
-        while True:
-            if os.getppid() != parent_pid:
-                os._exit(1)
-            time.sleep(period_s)
-
-    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()

@@ -10,8 +10,8 @@ import sys
 import threading
 from collections.abc import Callable
 
+from rl_div.cluster.faults import LearnerFailed
 from rl_div.config import ConfigError, config_help, load_config
-from rl_div.distributed.faults import LearnerFailed
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -19,28 +19,28 @@ def _train(args: argparse.Namespace) -> int:
     if args.address:
         overrides.append(f"cluster.address={args.address}")
     cfg = load_config(args.config, overrides)
-    from rl_div.checkpoint import claim_output_dir
-    from rl_div.preflight import check_inputs
+    from rl_div.config.checks import check_inputs
+    from rl_div.run.checkpoint import claim_output_dir
 
     check_inputs(cfg)  # the Trainer checks again; here it fails before Ray and transformers are imported
-    from rl_div.prompts import load_splits
+    from rl_div.train.prompts import load_splits
 
     # Unusable rows, empty sets, evaluation prompts seen in training: refused before Ray starts (the
     # Trainer loads the prompts again; load_config already imported torch, so this costs the read only).
     load_splits(cfg.data, cfg.run.seed)
     claim_output_dir(cfg.run.output_dir, args.resume, args.overwrite)  # a run there needs --resume/--overwrite
     # Start Ray's processes while the driver imports torch and the trainer (seconds each).
-    importer = threading.Thread(target=importlib.import_module, args=("rl_div.trainer",), daemon=True)
+    importer = threading.Thread(target=importlib.import_module, args=("rl_div.train.loop",), daemon=True)
     importer.start()
     import ray
 
-    from rl_div.cluster import init_ray
+    from rl_div.cluster.actors import init_ray
 
     started_ray = not ray.is_initialized()
     try:
         init_ray(cfg)
         importer.join()
-        from rl_div.trainer import train
+        from rl_div.train.loop import train
 
         out = train(cfg, resume=args.resume, overwrite=args.overwrite)
     finally:
@@ -52,7 +52,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _bootstrap(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, list(args.overrides))
-    from rl_div.trainer import resolve_model_path
+    from rl_div.train.loop import resolve_model_path
 
     if cfg.model.path not in ("bootstrap", "tiny_qwen"):
         print(f"model.path is {cfg.model.path!r}: nothing to bootstrap")
@@ -78,7 +78,7 @@ def _split_seeds(values: list[str] | None, overrides: list[str]) -> list[int] | 
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from rl_div.compare import compare
+    from rl_div.experiments.compare import compare
 
     # CONFIG... may be followed by key=value overrides (a word with '=' that is not an existing file).
     configs = [c for c in args.configs if "=" not in c or os.path.exists(c)]
@@ -94,7 +94,7 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from rl_div.evaluate import print_summary, run_eval
+    from rl_div.experiments.evaluate import print_summary, run_eval
 
     overrides = list(args.overrides)
     seeds = _split_seeds(args.seeds, overrides)
@@ -115,8 +115,8 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _restore(args: argparse.Namespace) -> int:
-    from rl_div.evaluate import resolve_target
-    from rl_div.restore import restore_layers
+    from rl_div.experiments.evaluate import resolve_target
+    from rl_div.models.layer_restore import restore_layers
 
     try:  # a checkpoint step folder or a run folder names its model as in rl-div eval
         base, tuned = resolve_target(args.base).model_dir, resolve_target(args.tuned).model_dir
@@ -130,18 +130,18 @@ def _restore(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     if args.methods:
-        from rl_div.bench_methods import bench_methods, print_methods
+        from rl_div.bench.methods import bench_methods, print_methods
 
         model = args.models if args.models in ("demo", "20m") else "20m"
         return _write_bench(bench_methods(methods=tuple(args.methods.split(",")), rounds=args.pairs, model=model,
                                           steps=args.steps_20m), print_methods, args.out, "runs/bench_methods.json")
     if args.vs_trl:
-        from rl_div.bench_trl import bench_vs_trl, print_vs_trl
+        from rl_div.bench.vs_trl import bench_vs_trl, print_vs_trl
 
         return _write_bench(bench_vs_trl(models=tuple(args.models.split(",")), pairs=args.pairs, steps=args.steps,
                                          steps_20m=args.steps_20m, baseline=args.baseline),
                             print_vs_trl, args.out, "runs/bench_vs_trl.json")
-    from rl_div.bench import run_bench
+    from rl_div.bench.run import run_bench
 
     run_bench(quick=args.quick, out=args.out, sections=args.sections)
     return 0
@@ -246,10 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="Smaller sizes and 3 train steps instead of 10.")
     p.add_argument("--vs-trl", action="store_true",
                    help="Instead: rl_div vs TRL's GRPOTrainer on the same work, interleaved fresh processes "
-                   "(rl_div/bench_trl.py); JSON to runs/bench_vs_trl.json unless --out is given.")
+                   "(rl_div/bench/vs_trl.py); JSON to runs/bench_vs_trl.json unless --out is given.")
     p.add_argument("--methods", metavar="M,M",
                    help="Instead: each method's steady step over grpo's, fresh runs in rotated rounds, e.g. "
-                   "grpo,arm,steer,novelty (rl_div/bench_methods.py; --pairs rounds, --steps-20m steps, "
+                   "grpo,arm,steer,novelty (rl_div/bench/methods.py; --pairs rounds, --steps-20m steps, "
                    "--models 20m or demo); JSON to runs/bench_methods.json unless --out is given.")
     p.add_argument("--baseline", metavar="DIR",
                    help="--vs-trl: also run rl_div from this checkout (e.g. main's) in every pair, for "
@@ -274,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from rl_div.cluster import QUIET_ENV
+    from rl_div.cluster.actors import QUIET_ENV
 
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rl_div.compare import compare
+from rl_div.experiments.compare import compare
 
 VARIANTS = {"grpo": "grpo", "arm": "arm"}  # run.name -> algo preset
 SEEDS = [0]

@@ -22,8 +22,8 @@ if str(TESTS_DIR) not in sys.path:
 
 @pytest.fixture(scope="session")
 def tiny_qwen_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny Qwen2 with Qwen's real tokenizer (rl_div.tiny_qwen), built once per session (~10 s)."""
-    from rl_div.tiny_qwen import tiny_qwen_model
+    """The tiny Qwen2 with Qwen's real tokenizer (rl_div.models.tiny_qwen), built once per session (~10 s)."""
+    from rl_div.models.tiny_qwen import tiny_qwen_model
 
     return tiny_qwen_model(tmp_path_factory.mktemp("tiny_qwen"))
 
@@ -33,6 +33,6 @@ def bootstrapped_prime_gap(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny demo model bootstrapped on prime_gap (40 steps, seed 0), built once per session (~5 s
     on a quiet 2-core machine) for the end-to-end modules (test_train_e2e, test_guard, test_dist_group,
     test_dist_faults)."""
-    from rl_div.tasks.bootstrap import bootstrap_base_model
+    from rl_div.models.bootstrap import bootstrap_base_model
 
     return bootstrap_base_model("prime_gap", tmp_path_factory.mktemp("bootstrap"), steps=40, seed=0, log=None)

@@ -13,7 +13,7 @@ import torch
 
 from rl_div.config import load_config
 from rl_div.data import RolloutBatch
-from rl_div.distributed.plan import plan_batch
+from rl_div.learner.plan import plan_batch
 
 
 def make_cfg(model_path: str, out: str, extra: list[str]) -> Any:
@@ -28,7 +28,7 @@ def full_params(learner: Any) -> dict[str, torch.Tensor]:
 
 
 def _join(rank: int, world: int, port: int, cfg: Any, model_path: str) -> Any:
-    from rl_div.distributed.sharded import ShardedLearner
+    from rl_div.learner.fsdp2 import ShardedLearner
 
     learner = ShardedLearner(cfg, model_path, rank, world)
     learner.setup(("127.0.0.1", port))
@@ -72,7 +72,7 @@ def train_job(rank: int, world: int, port: int, model_path: str, out: str, extra
 def weights_job(rank: int, world: int, port: int, model_path: str, out: str, extra: list[str],
                 batch: RolloutBatch) -> dict[str, Any]:
     """The token weights of the first planned mini-batch, computed across the ranks."""
-    from rl_div.distributed.weights import mini_batch_token_weights
+    from rl_div.learner.reducers import mini_batch_token_weights
 
     cfg = make_cfg(model_path, out, extra)
     learner = _join(rank, world, port, cfg, model_path)
@@ -98,7 +98,7 @@ def ref_job(rank: int, world: int, port: int, model_path: str, out: str, extra: 
     (each rank its chunk of rows, as LearnerGroup.score_policy splits them, gathered in row order),
     then one planned update. Returns rank's reference log-probs and metrics of every round, the
     full parameters, and its reference parameters' (local, full) numbers of elements."""
-    from rl_div.distributed.group import score_chunks
+    from rl_div.cluster.learner_group import score_chunks
 
     cfg = make_cfg(model_path, out, extra)
     learner = _join(rank, world, port, cfg, model_path)

@@ -117,8 +117,8 @@ class RayNode:
 
 
 def wait_for_nodes(head: RayNode, nodes: int, timeout_s: float = 60.0) -> None:
-    """The launch scripts' own wait (python -m rl_div.nodes), run as a user would."""
-    cmd = [sys.executable, "-m", "rl_div.nodes", "--address", head.address, "--nodes", str(nodes),
+    """The launch scripts' own wait (python -m rl_div.cluster.nodes), run as a user would."""
+    cmd = [sys.executable, "-m", "rl_div.cluster.nodes", "--address", head.address, "--nodes", str(nodes),
            "--timeout-s", str(timeout_s)]
     done = subprocess.run(cmd, env=node_env([str(REPO)]), capture_output=True, text=True, timeout=timeout_s + 30)
     assert done.returncode == 0, f"{done.stdout}{done.stderr}\nhead log:\n{head.log.read_text()[-3000:]}"

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rl_div.algos import ADVANTAGES, AdvantageInputs, AdvantageOutput, answer_confidence, group_mean_std
-from rl_div.algos.advantages import prompt_confidence
+from rl_div.algos.advantage_base import prompt_confidence
 from rl_div.algos.grouping import rank_within_group
 from rl_div.registry import UnknownNameError
 

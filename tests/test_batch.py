@@ -59,7 +59,7 @@ def test_concat_renumbers_groups_and_repads() -> None:
 
 def test_a_batch_in_flight_survives_a_checkpoint_round_trip(tmp_path) -> None:
     """The in-flight batch is saved as plain tensors/strings/dicts and loads with weights_only=True."""
-    from rl_div.rollout.pipeline import batch_from_state, batch_state
+    from rl_div.train.rollout_pipeline import batch_from_state, batch_state
 
     b = small_batch()
     b.prompts[0] = PromptRecord("p0", "a0", uid="u", meta={"level": 3})

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from rl_div.bench import MODES, bench_entropy, bench_passk
+from rl_div.bench.micro import MODES, bench_entropy, bench_passk
 
 
 def test_entropy_and_passk_benchmarks_agree_with_their_baselines() -> None:
@@ -29,8 +29,8 @@ def test_realistic_sections_agree_with_their_baselines(tiny_qwen_dir) -> None:
     """lm_head, rewards and long_step on tiny sizes: agreement and structure only."""
     import pytest
 
-    from rl_div.bench import run_bench
-    from rl_div.bench_workload import GSM8K_DIR, bench_lm_head, bench_long_step, bench_rewards
+    from rl_div.bench.run import run_bench
+    from rl_div.bench.workload import GSM8K_DIR, bench_lm_head, bench_long_step, bench_rewards
     from rl_div.config import ConfigError
 
     head = bench_lm_head(rows=2, tokens=8, hidden=16, vocab=500, chunk_rows=4, repeats=1)
@@ -53,7 +53,7 @@ def test_realistic_sections_agree_with_their_baselines(tiny_qwen_dir) -> None:
 def test_every_listed_section_can_run() -> None:
     """`rl-div bench` with no --sections runs SECTIONS; 'group_embedding' was listed without an entry,
     so the default bench stopped with 'unknown bench section(s)' before measuring anything."""
-    from rl_div.bench import SECTIONS, _sections
+    from rl_div.bench.run import SECTIONS, _sections
 
     for quick in (True, False):
         table = _sections(quick)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rl_div.bench_trl import GROUP, NEW_TOKENS, PROMPTS, REPO, _overrides
+from rl_div.bench.vs_trl import GROUP, NEW_TOKENS, PROMPTS, REPO, _overrides
 from rl_div.config import load_config
 
 
@@ -22,7 +22,7 @@ def test_the_rl_div_side_runs_the_advertised_work(tmp_path: Path) -> None:
 
 
 def test_the_method_bench_runs_each_method_on_the_same_work(tmp_path: Path) -> None:
-    from rl_div.bench_methods import METHOD_CONFIGS
+    from rl_div.bench.methods import METHOD_CONFIGS
 
     for method, config in METHOD_CONFIGS.items():
         overrides = [o for o in _overrides("some/model", 7, 1e-8, str(tmp_path)) if o != "algo=grpo"]

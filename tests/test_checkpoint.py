@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from rl_div.checkpoint import commit_checkpoint, latest_checkpoint, new_checkpoint_dir
-from rl_div.tracking import read_metrics
+from rl_div.run.checkpoint import commit_checkpoint, latest_checkpoint, new_checkpoint_dir
+from rl_div.run.tracking import read_metrics
 
 
 def make(out: Path, step: int, keep: int = 2) -> Path:
@@ -44,7 +44,7 @@ def test_torn_metrics_line_is_skipped(tmp_path: Path) -> None:
 def test_resume_trim_drops_rows_past_the_checkpoint_and_a_torn_line(tmp_path: Path) -> None:
     """Issue 8 item 12: a torn last line and the rows past the checkpoint made a resumed run's
     metrics.jsonl unparseable and log steps twice."""
-    from rl_div.checkpoint import trim_to_step
+    from rl_div.run.checkpoint import trim_to_step
 
     rows = [{"step": 0, "kind": "eval"}, {"step": 1, "kind": "train"}, {"step": 2, "kind": "train"},
             {"step": 2, "kind": "eval"}, {"step": 3, "kind": "train"}]
@@ -65,8 +65,8 @@ def test_resume_trim_drops_rows_past_the_checkpoint_and_a_torn_line(tmp_path: Pa
 
 def test_a_new_run_into_an_existing_run_folder_is_refused_without_resume_or_overwrite(tmp_path: Path) -> None:
     """Issue 13 item 3: a second run appended a second steps 0..N to the first one's metrics.jsonl."""
-    from rl_div.checkpoint import claim_output_dir, existing_run
     from rl_div.config import ConfigError
+    from rl_div.run.checkpoint import claim_output_dir, existing_run
 
     claim_output_dir(tmp_path / "fresh", resume=False, overwrite=False)  # nothing there: fine
     (tmp_path / "config.yaml").write_text("x: 1")
@@ -101,8 +101,8 @@ def test_learner_state_loads_without_running_code(tmp_path: Path) -> None:
     import torch
 
     from rl_div.config import load_config
-    from rl_div.learner import Learner
-    from rl_div.models import build_char_tokenizer, make_tiny_llama, save_policy
+    from rl_div.learner.single import Learner
+    from rl_div.models.loading import build_char_tokenizer, make_tiny_llama, save_policy
 
     tokenizer = build_char_tokenizer("0123456789 ")
     save_policy(make_tiny_llama(tokenizer, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32),

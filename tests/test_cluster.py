@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from ray_nodes import REPO, RayNode, node_env, wait_for_nodes
 
-from rl_div.tracking import read_metrics
+from rl_div.run.tracking import read_metrics
 
 pytestmark = pytest.mark.slow
 

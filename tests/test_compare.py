@@ -12,12 +12,12 @@ import pytest
 import yaml
 from compare_run import SEEDS, VARIANTS, compare_run
 
-import rl_div.trainer
+import rl_div.train.loop
 from rl_div.cli import main
-from rl_div.compare import compare, plan
 from rl_div.config import ConfigError, load_config
+from rl_div.experiments.compare import compare, plan
 from rl_div.report.results import read_tidy_csv
-from rl_div.tracking import read_metrics
+from rl_div.run.tracking import read_metrics
 
 pytestmark = pytest.mark.slow
 
@@ -77,13 +77,13 @@ def test_rerun_skips_finished_runs_and_resumes_an_interrupted_one(
     (arm / "eval" / "step_000002.json").unlink()
     grpo_metrics = (out / "grpo" / "seed0" / "metrics.jsonl").read_bytes()
     calls = []
-    real_train = rl_div.trainer.train
+    real_train = rl_div.train.loop.train
 
-    def spy(cfg, resume=False):  # noqa: ANN001, ANN202 - same signature as rl_div.trainer.train
+    def spy(cfg, resume=False):  # noqa: ANN001, ANN202 - same signature as rl_div.train.loop.train
         calls.append((cfg.run.name, cfg.run.seed, resume))
         return real_train(cfg, resume=resume)
 
-    monkeypatch.setattr(rl_div.trainer, "train", spy)
+    monkeypatch.setattr(rl_div.train.loop, "train", spy)
     compare(configs, SEEDS, out, extra)
     assert calls == [("arm", 0, True)]
     assert (out / "grpo" / "seed0" / "metrics.jsonl").read_bytes() == grpo_metrics
@@ -125,7 +125,7 @@ def test_every_variant_is_checked_before_the_first_one_trains(tmp_path: Path, mo
     """A broken second variant (here a model path that does not exist) used to surface only after the
     first variant's runs had trained."""
     trained = []
-    monkeypatch.setattr("rl_div.compare.run_in_process", lambda run, status: trained.append(run.variant))
+    monkeypatch.setattr("rl_div.experiments.compare.run_in_process", lambda run, status: trained.append(run.variant))
     good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
     good.write_text(yaml.safe_dump({"run": {"name": "good"}}))
     bad.write_text(yaml.safe_dump({"run": {"name": "bad"}, "model": {"path": str(tmp_path / "missing")}}))
@@ -141,7 +141,7 @@ def test_cli_splits_configs_seeds_and_overrides(tmp_path: Path, monkeypatch: pyt
         got.update(configs=configs, seeds=seeds, out=out, overrides=overrides, jobs=jobs, report=report)
         return Path(out)
 
-    monkeypatch.setattr("rl_div.compare.compare", fake_compare)
+    monkeypatch.setattr("rl_div.experiments.compare.compare", fake_compare)
     assert main(["compare", "a.yaml", "b.yaml", "train.steps=2", "--seeds", "0", "1", "eval.n=8",
                  "--out", str(tmp_path), "--no-report", "bootstrap.steps=20"]) == 0
     assert got == {"configs": ["a.yaml", "b.yaml"], "seeds": [0, 1], "out": str(tmp_path),
@@ -153,7 +153,7 @@ def test_compare_restarts_its_local_ray_only_for_a_run_of_another_size() -> None
     placed in the 2-CPU Ray the first run started: compare restarts Ray for it, and only then."""
     import os
 
-    from rl_div.compare import local_ray_mismatch
+    from rl_div.experiments.compare import local_ray_mismatch
 
     four = load_config(None, ["cluster.num_cpus=4"])
     default = load_config(None, [])

@@ -98,7 +98,7 @@ def test_shipped_configs_validate(path: Path) -> None:
 
 def test_config_differences_name_the_filled_keys_not_the_empty_mapping() -> None:
     """A report listed 'algo.advantage_params: {} -> None' beside the real change 'alpha: None -> 1.0'."""
-    from rl_div.config_tree import config_differences
+    from rl_div.config.tree import config_differences
 
     base = {"algo": {"advantage": "grpo", "advantage_params": {}}, "run": {"seed": 0}}
     arm = {"algo": {"advantage": "arm", "advantage_params": {"alpha": 1.0, "extra": {"deep": 2}}}, "run": {"seed": 0}}

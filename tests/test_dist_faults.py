@@ -22,12 +22,12 @@ import pytest
 import ray
 from test_dist_group import FSDP2, run_config  # the same small runs (2 learners: cluster.num_cpus=4)
 
-from rl_div.checkpoint import commit_checkpoint, new_checkpoint_dir, save_trainer_state
 from rl_div.cli import main
-from rl_div.cluster import init_ray
+from rl_div.cluster.actors import init_ray
+from rl_div.cluster.faults import LearnerFailed, RankFailed, gather_ranks
+from rl_div.cluster.learner_group import LearnerGroup
 from rl_div.config import load_config, save_config
-from rl_div.distributed.faults import LearnerFailed, RankFailed, gather_ranks
-from rl_div.distributed.group import LearnerGroup
+from rl_div.run.checkpoint import commit_checkpoint, new_checkpoint_dir, save_trainer_state
 
 pytestmark = pytest.mark.slow
 
@@ -120,7 +120,7 @@ def test_every_rank_probes_the_output_dir_as_its_own_writer(ray4: None, tmp_path
     """Each rank writes checkpoint shards, so each is a writer of its own: probed through the group,
     both ranks wrote and read back one shared probe file (a race: a rank could read the other's
     truncated write, which failed a test run with OutputDirError), and only rank 0 was reported."""
-    from rl_div.outputs import check_writers
+    from rl_div.run.writers import check_writers
 
     actors = ranks("block", "block")
     group = LearnerGroup(load_config(None, [f"run.output_dir={tmp_path}"]), actors, sharded=True)

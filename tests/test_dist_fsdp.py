@@ -18,11 +18,11 @@ import dist_jobs
 import pytest
 import torch
 
-from rl_div.distributed.plan import plan_batch
-from rl_div.distributed.sharded import run_plans
-from rl_div.distributed.weights import LOCAL, mini_batch_token_weights
-from rl_div.learner import Learner
-from rl_div.models import build_char_tokenizer, make_tiny_llama, save_policy
+from rl_div.learner.fsdp2 import run_plans
+from rl_div.learner.plan import plan_batch
+from rl_div.learner.reducers import LOCAL, mini_batch_token_weights
+from rl_div.learner.single import Learner
+from rl_div.models.loading import build_char_tokenizer, make_tiny_llama, save_policy
 from rl_div.rollout.base import SamplingSpec
 from rl_div.rollout.hf import HFRolloutWorker
 from rl_div.tasks import TASKS
@@ -174,7 +174,7 @@ def test_dcp_checkpoint_from_two_ranks_resumes_on_one(pool: RankPools, model_pat
     mesh's value, which does not include the rank, so before sharded.new_mesh a process that had
     been rank 0 wrote rank 1's shards at rank 0's offsets (rows swapped in the checkpoint; it
     showed as a 1-in-3 flake when the pool happened to swap)."""
-    from rl_div.models import load_policy
+    from rl_div.models.loading import load_policy
 
     on_two_ranks(pool, dist_jobs.train_job, model_path, str(tmp_path), COMMON, batch, 1, save_after=0,
                  save=str(tmp_path / "as_other_ranks"))
@@ -251,7 +251,7 @@ def test_sharded_reference_model_kl_matches_one_process(pool: ProcessPoolExecuto
     """train.use_ref_model with a KL term on 2 ranks: the reference is sharded (each rank holds part
     of every tensor, not a deepcopy of the model), stays the starting model while the policy moves,
     and 2 rounds of scoring + update equal one process (plain Learner, world-1 plans)."""
-    from rl_div.distributed.group import score_chunks
+    from rl_div.cluster.learner_group import score_chunks
 
     extra = [*COMMON, "train.use_ref_model=true", "algo.loss_params={kl_coef: 0.5}"]
     cfg = dist_jobs.make_cfg(model_path, str(tmp_path), extra)

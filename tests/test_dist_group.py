@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from rl_div.config import Config, load_config
-from rl_div.trainer import train
+from rl_div.train.loop import train
 
 pytestmark = pytest.mark.slow
 FSDP2 = ["train.strategy=fsdp2", "train.num_learners=2"]

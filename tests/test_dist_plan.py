@@ -1,10 +1,10 @@
-"""The update planner (rl_div.distributed.plan): hand-checked plans, pure functions, no processes."""
+"""The update planner (rl_div.learner.plan): hand-checked plans, pure functions, no processes."""
 
 from __future__ import annotations
 
 import pytest
 
-from rl_div.distributed.plan import balance_rows, cut_micro_batches, pad_micro_counts, plan_update
+from rl_div.learner.plan import balance_rows, cut_micro_batches, pad_micro_counts, plan_update
 
 
 def test_balance_rows_by_tokens_hand_checked() -> None:
@@ -79,8 +79,8 @@ def test_more_ranks_than_rows_pads_empty_micro_batches() -> None:
 
 
 def test_fsdp2_config_and_placement() -> None:
+    from rl_div.cluster.placement import plan_placement
     from rl_div.config import ConfigError, load_config
-    from rl_div.placement import plan_placement
 
     cfg = load_config(None, ["train.strategy=fsdp2", "train.num_learners=3", "train.num_cpus=2"])
     plan = plan_placement(cfg)

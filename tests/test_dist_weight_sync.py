@@ -1,4 +1,4 @@
-"""Weight sync in size-capped buckets (rl_div.rollout.weight_buckets): the pure bucketing and
+"""Weight sync in size-capped buckets (rl_div.sync.buckets): the pure bucketing and
 checks, then real Ray actors (a single Learner, 2 FSDP2 ShardedLearner ranks over gloo, one hf
 rollout worker) started once for the module on the tiny Llama."""
 
@@ -14,9 +14,9 @@ import ray
 import torch
 
 from rl_div.config import load_config
-from rl_div.learner import Learner
-from rl_div.models import build_char_tokenizer, make_tiny_llama, save_policy
-from rl_div.rollout.weight_buckets import (
+from rl_div.learner.single import Learner
+from rl_div.models.loading import build_char_tokenizer, make_tiny_llama, save_policy
+from rl_div.sync.buckets import (
     BucketPayload,
     WeightSyncError,
     bucket_payload,
@@ -30,7 +30,8 @@ from rl_div.rollout.weight_buckets import (
     unpack_bucket,
     with_aliases,
 )
-from rl_div.rollout.weight_sync import model_tensors, payload_size, push_weights
+from rl_div.sync.payloads import model_tensors, payload_size
+from rl_div.sync.push import push_weights
 from rl_div.tasks import TASKS
 
 CAP_MB = 0.1  # the tiny Llama (~0.5 MB in float32) then travels in several buckets
@@ -168,7 +169,7 @@ def perturb(actor: Any) -> None:
 @pytest.fixture(scope="module")
 def actors(model_path: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """A single learner and a 2-rank fsdp2 learner, both perturbed alike, and one hf rollout worker."""
-    from rl_div.cluster import init_ray, start_learner, start_rollout_worker, wait_started
+    from rl_div.cluster.actors import init_ray, start_learner, start_rollout_worker, wait_started
 
     out = str(tmp_path_factory.mktemp("o"))
     if ray.is_initialized():  # an earlier module's Ray (2 CPUs) cannot hold three learners and a worker
@@ -245,7 +246,7 @@ def test_worker_synced_from_two_ranks_holds_the_single_learners_weights(actors: 
 
 @pytest.mark.slow
 def test_sync_bench_reports_every_variant(actors: dict[str, Any]) -> None:
-    from rl_div.distributed.bench_sync import VARIANTS, measure_sync
+    from rl_div.bench.sync import VARIANTS, measure_sync
 
     out = measure_sync({"single": actors["single"], "fsdp2": actors["sharded"]}, actors["worker"], repeats=1)
     for name, _, mode in VARIANTS:

@@ -14,9 +14,9 @@ import pytest
 from compare_run import compare_run
 from PIL import Image
 
-import rl_div.trainer
+import rl_div.train.loop
 from rl_div.cli import main
-from rl_div.evaluate import resolve_target
+from rl_div.experiments.evaluate import resolve_target
 from rl_div.metrics import collapse_report
 from rl_div.report.summarize import answer_diversity
 
@@ -85,6 +85,6 @@ def test_eval_checkpoint_reproduces_the_runs_evaluations(run_dir: Path, tmp_path
     def no_trainer(*args: object, **kwargs: object) -> None:
         raise AssertionError("evaluated again")
 
-    monkeypatch.setattr(rl_div.trainer, "Trainer", no_trainer)
+    monkeypatch.setattr(rl_div.train.loop, "Trainer", no_trainer)
     assert main(["eval", str(ckpt), "--n", "4", "--seeds", "0", "--out", str(out)]) == 0
     assert "already evaluated" in capsys.readouterr().out

@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from rl_div.algos.advantages import (
+from rl_div.algos.advantage_base import (
     AdvantageInputs,
     AdvantageOutput,
     _is_correct,

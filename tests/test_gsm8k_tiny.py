@@ -11,10 +11,10 @@ import pytest
 import ray
 
 from rl_div.config import DataConfig, load_config
-from rl_div.models import load_tokenizer
-from rl_div.prompts import load_prompts
-from rl_div.tracking import read_metrics
-from rl_div.trainer import Trainer
+from rl_div.models.loading import load_tokenizer
+from rl_div.run.tracking import read_metrics
+from rl_div.train.loop import Trainer
+from rl_div.train.prompts import load_prompts
 
 REPO = Path(__file__).resolve().parent.parent
 GSM8K = REPO.parent / "shared" / "data" / "gsm8k"

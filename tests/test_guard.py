@@ -1,4 +1,4 @@
-"""The collapse guard (rl_div/guard.py): each rule on hand-written metric sequences, the controller's
+"""The collapse guard (rl_div/train/guard.py): each rule on hand-written metric sequences, the controller's
 bounds and decay, config validation, checkpointed state, and an end-to-end Ray run."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import yaml
 
 from rl_div.algos.losses import LOSSES, LossInputs, LossOutput
 from rl_div.config import ConfigError, load_config
-from rl_div.guard import CollapseGuard
+from rl_div.train.guard import CollapseGuard
 
 REPO = Path(__file__).parent.parent
 
@@ -174,7 +174,7 @@ def test_state_round_trips_through_json_and_continues_identically() -> None:
 
 def test_a_saved_config_without_a_guard_section_matches_a_plan_with_the_guard_off(tmp_path: Path) -> None:
     """A comparison made before the guard existed is still complete for the same plan."""
-    from rl_div.compare import plan, run_status
+    from rl_div.experiments.compare import plan, run_status
 
     runs = plan([str(REPO / "configs/demo_grpo.yaml")], [0], tmp_path, ["train.steps=2"])
     tree = runs[0].config.model_dump(mode="json")
@@ -215,8 +215,8 @@ def e2e_cfg(out: Path, base_model: str, *overrides: str) -> Any:
 
 @pytest.mark.slow
 def test_demo_guard_logs_metrics_adapts_the_loss_and_resumes(tmp_path: Path, base_model: str) -> None:
-    from rl_div.tracking import read_metrics
-    from rl_div.trainer import train
+    from rl_div.run.tracking import read_metrics
+    from rl_div.train.loop import train
 
     full = train(e2e_cfg(tmp_path / "full", base_model, "train.steps=4"))
     rows = read_metrics(full / "metrics.jsonl", kind="train")

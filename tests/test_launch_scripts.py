@@ -51,7 +51,7 @@ def test_slurm_script_dry_run_for_a_two_node_allocation(tmp_path: Path) -> None:
     lines = done.stdout.strip().splitlines()
     assert lines[0] == "rl_div: 2 nodes (gpu07 gpu08); Ray head gpu07 at 10.1.2.7:6379; 32 CPUs, 8 GPUs per node"
     srun = ["srun", "--nodes=1", "--ntasks=1", "-w"]
-    wait = ["python", "-m", "rl_div.nodes", "--address", "10.1.2.7:6379", "--nodes"]
+    wait = ["python", "-m", "rl_div.cluster.nodes", "--address", "10.1.2.7:6379", "--nodes"]
     assert [shlex.split(line) for line in lines[1:]] == [
         [*srun, "gpu07", "ray", "start", "--head", "--node-ip-address=10.1.2.7", "--port=6379", "--num-cpus=32",
          "--num-gpus=8", "--block", "&"],
@@ -74,7 +74,7 @@ def test_waiting_for_nodes_of_a_head_that_never_starts_times_out_with_one_line()
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    done = subprocess.run([sys.executable, "-m", "rl_div.nodes", "--address", f"127.0.0.1:{port}", "--nodes", "2",
-                           "--timeout-s", "1"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-m", "rl_div.cluster.nodes", "--address", f"127.0.0.1:{port}",
+                           "--nodes", "2", "--timeout-s", "1"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
-    assert done.stderr.startswith(f"rl_div.nodes: no Ray head listening at 127.0.0.1:{port} after 1 s")
+    assert done.stderr.startswith(f"rl_div.cluster.nodes: no Ray head listening at 127.0.0.1:{port} after 1 s")

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from rl_div.config import load_config
-from rl_div.learner import Learner
-from rl_div.models import build_char_tokenizer, make_tiny_llama, save_policy
+from rl_div.learner.single import Learner
+from rl_div.models.loading import build_char_tokenizer, make_tiny_llama, save_policy
 from rl_div.rollout.base import SamplingSpec
 from rl_div.rollout.hf import HFRolloutWorker
 from rl_div.tasks import TASKS

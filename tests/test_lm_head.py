@@ -9,9 +9,9 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from rl_div.data import PromptRecord, RolloutBatch
+from rl_div.learner.forward import policy_forward, prompt_logprob_mask
 from rl_div.metrics.lm_head import head_logprobs_and_entropy, split_lm_head
-from rl_div.models import build_char_tokenizer, make_tiny_llama
-from rl_div.policy_logprobs import policy_forward, prompt_logprob_mask
+from rl_div.models.loading import build_char_tokenizer, make_tiny_llama
 
 
 def reference(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, ids: torch.Tensor,
@@ -237,7 +237,7 @@ def test_split_lm_head_refuses_soft_capped_logits(llama) -> None:
 def test_activation_checkpointing_gives_the_same_gradients(llama) -> None:
     import copy
 
-    from rl_div.learner import enable_activation_checkpointing
+    from rl_div.learner.single import enable_activation_checkpointing
 
     model, tok = llama
     batch = tiny_batch(tok, ["7*6=", "1+1="], ["42", "2"])

@@ -1,6 +1,6 @@
 """The learner's metric combination rule, by hand."""
 
-from rl_div.metric_sums import add_metric, mean_over_steps
+from rl_div.learner.metric_sums import add_metric, mean_over_steps
 
 
 def test_max_metrics_keep_the_largest_and_the_rest_add_up_weighted() -> None:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from rl_div.models import (
+from rl_div.models.loading import (
     BOS,
     EOS,
     PAD,

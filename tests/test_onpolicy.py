@@ -1,4 +1,4 @@
-"""The on-policy path without the separate pi_old forward (rl_div.onpolicy, Learner.update_on_policy):
+"""The on-policy path without the separate pi_old forward (rl_div.learner.onpolicy, Learner.update_on_policy):
 when it applies, and that a step on it logs the same metrics and trains the same weights as a step
 with score_policy first. Real Learner, real tiny Llama, real HF sampling; no Ray (the trainer's
 wiring is covered by tests/test_train_e2e.py::test_on_policy_steps_skip_the_separate_forward)."""
@@ -12,23 +12,23 @@ import pytest
 import torch
 
 from rl_div.algos import ADVANTAGES
-from rl_div.algos.advantages import AdvantageInputs
+from rl_div.algos.advantage_base import AdvantageInputs
 from rl_div.config import Config, load_config
 from rl_div.data import RolloutBatch
-from rl_div.learner import Learner
-from rl_div.models import build_char_tokenizer, make_tiny_llama, save_policy
-from rl_div.onpolicy import (
+from rl_div.learner.onpolicy import (
     active_dropout,
     fuses_policy_forward,
     needs_policy_logprobs,
     needs_prompt_logprobs,
     separate_forward,
 )
+from rl_div.learner.single import Learner
+from rl_div.models.loading import build_char_tokenizer, make_tiny_llama, save_policy
 from rl_div.rollout.base import SamplingSpec
 from rl_div.rollout.hf import HFRolloutWorker
-from rl_div.stats import rollout_health, step_diversity
 from rl_div.tasks import TASKS
-from rl_div.trainer import compute_advantages
+from rl_div.train.loop import compute_advantages
+from rl_div.train.step_stats import rollout_health, step_diversity
 
 BASE = ["rollout.prompts_per_step=4", "rollout.group_size=4", "train.micro_batch_size=8", "train.lr=1e-2",
         "rollout.max_new_tokens=8"]
@@ -194,7 +194,7 @@ _PARAMS: dict[str, dict[str, torch.Tensor]] = {}
 def sampled_params(model_path: str) -> dict[str, torch.Tensor]:
     """The initial parameters (loaded once)."""
     if model_path not in _PARAMS:
-        from rl_div.models import load_policy
+        from rl_div.models.loading import load_policy
 
         _PARAMS[model_path] = dict(load_policy(model_path)[0].named_parameters())
     return _PARAMS[model_path]
@@ -210,7 +210,7 @@ def test_no_stale_state_between_updates(model_path: str, sampled: RolloutBatch, 
         learner.update(batch)
 
 
-# ---- ARM: finished inside the update from each micro-batch's own forward (rl_div.fused_advantage) ----
+# ---- ARM: finished inside the update from each micro-batch's own forward (rl_div.learner.fused_advantage) ----
 # Groups of 4: mixed, all correct (no GRPO signal, shaped unless reweight_all_correct=false), mixed,
 # none correct (GRPO signal from the 0.5, no shaping).
 ARM_REWARDS = [1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.5, 0.0, 0.0, 0.0]

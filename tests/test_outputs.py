@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from rl_div.cli import main
-from rl_div.outputs import RAY_JOB_ENV, OutputDirError, prepare_output_dir
+from rl_div.run.writers import RAY_JOB_ENV, OutputDirError, prepare_output_dir
 
 
 def test_relative_output_dir_becomes_absolute_under_the_working_directory(tmp_path: Path,

@@ -12,13 +12,21 @@ import pytest
 import ray
 
 from rl_div.cli import main
-from rl_div.cluster import PlacementError, StartupError, init_ray, start_learner, start_rollout_worker, wait_started
+from rl_div.cluster.actors import (
+    PlacementError,
+    StartupError,
+    init_ray,
+    start_learner,
+    start_rollout_worker,
+    wait_started,
+)
+from rl_div.cluster.placement import cluster_problems, plan_placement
 from rl_div.config import Config, ConfigError, load_config, save_config
-from rl_div.models import build_char_tokenizer, make_tiny_llama, save_policy
-from rl_div.placement import cluster_problems, plan_placement
-from rl_div.rollout.weight_sync import WeightSyncError, push_weights
+from rl_div.models.loading import build_char_tokenizer, make_tiny_llama, save_policy
+from rl_div.sync.buckets import WeightSyncError
+from rl_div.sync.push import push_weights
 from rl_div.tasks import TASKS
-from rl_div.trainer import Trainer
+from rl_div.train.loop import Trainer
 
 VLLM_GPU = ["rollout.backend=vllm", "train.num_gpus=1", "rollout.num_gpus_per_worker=1"]
 
@@ -98,7 +106,7 @@ def test_cpu_actors_run_inside_the_placement_group(tmp_path: Path, model_path: s
 
 @pytest.mark.parametrize(("overrides", "missing"), [
     (["train.num_cpus=64"], "needs 65 CPU (the cluster has 2)"),
-    # GPUs asked for on a machine without CUDA are refused earlier (rl_div.preflight); a custom
+    # GPUs asked for on a machine without CUDA are refused earlier (rl_div.config.checks); a custom
     # resource no node has is the placement check's
     (["cluster.learner_resources={node_x: 1}"], "needs 1 node_x (the cluster has 0)"),
 ])

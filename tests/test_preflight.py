@@ -16,7 +16,7 @@ REPO = Path(__file__).parent.parent
 
 
 def check_inputs(cfg: Config) -> None:
-    from rl_div.preflight import check_inputs  # imported here: a module that did not exist before the fix
+    from rl_div.config.checks import check_inputs  # imported here: a module that did not exist before the fix
 
     check_inputs(cfg)
 
@@ -62,7 +62,7 @@ def test_plugin_that_does_not_import_is_a_config_error(module: str, needle: str)
 def test_gpu_weight_sync_needs_gpus_in_the_config() -> None:
     for sync in ("cuda_ipc", "nccl"):
         message = config_error("rollout.backend=vllm", f"rollout.weight_sync={sync}")
-        # rl_div.placement.config_problems names the transport and the GPU fields it needs
+        # rl_div.config.schema.gpu_problems names the transport and the GPU fields it needs
         assert f"rollout.weight_sync={sync}" in message and "train.num_gpus" in message
 
 
@@ -120,7 +120,7 @@ def test_known_params_and_kwargs_functions_load() -> None:
 
 
 def test_accepted_keywords_by_hand() -> None:
-    from rl_div.preflight import accepted_keywords
+    from rl_div.config.checks import accepted_keywords
 
     def sample(completion: str, record: object, scale: float = 1.0, *, power: int, shift: float = 0.0) -> float:
         return 0.0
@@ -134,7 +134,7 @@ def test_accepted_keywords_by_hand() -> None:
 
 
 def _check_required(fn: object) -> str:
-    from rl_div.preflight import check_params
+    from rl_div.config.checks import check_params
 
     with pytest.raises(ConfigError) as info:
         check_params("reward.rewards[0].params", "reward 'x'", fn, {}, 2)  # type: ignore[arg-type]

@@ -10,7 +10,7 @@ import pytest
 
 from rl_div.config import ConfigError, DataConfig
 from rl_div.data import PromptRecord
-from rl_div.prompts import PromptStream, load_prompts, load_splits
+from rl_div.train.prompts import PromptStream, load_prompts, load_splits
 
 ROWS = [
     {"question": "What is 1+1?", "answer": "It is 2.\n#### 2"},
@@ -113,7 +113,7 @@ def test_cli_refuses_an_overlapping_config_before_work_starts(tmp_path: Path, ca
     from rl_div.cli import main
 
     ray_starts = []
-    monkeypatch.setattr("rl_div.cluster.init_ray", lambda cfg: ray_starts.append(cfg))
+    monkeypatch.setattr("rl_div.cluster.actors.init_ray", lambda cfg: ray_starts.append(cfg))
 
     path = tmp_path / "qa.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in QA) + "\n")

@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from rl_div.cli import main
-from rl_div.models import build_char_tokenizer, make_tiny_llama, save_policy
-from rl_div.restore import parse_layers, restore_layers
+from rl_div.models.layer_restore import parse_layers, restore_layers
+from rl_div.models.loading import build_char_tokenizer, make_tiny_llama, save_policy
 
 LAYERS = 4
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from rl_div.models import build_char_tokenizer, make_tiny_llama, save_policy
-from rl_div.policy_logprobs import policy_forward, prompt_logprob_mask
+from rl_div.learner.forward import policy_forward, prompt_logprob_mask
+from rl_div.models.loading import build_char_tokenizer, make_tiny_llama, save_policy
 from rl_div.rollout.base import SamplingSpec
 from rl_div.rollout.hf import HFRolloutWorker
 from rl_div.tasks import TASKS

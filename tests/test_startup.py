@@ -25,7 +25,7 @@ def fresh_python(code: str) -> str:
 
 
 def test_the_driver_imports_no_model_classes() -> None:
-    code = ("import sys, rl_div.trainer, rl_div.cli; "
+    code = ("import sys, rl_div.train.loop, rl_div.cli; "
             "print(sorted(m for m in sys.modules if m.startswith(('transformers.models.llama', "
             "'transformers.modeling_utils', 'sentence_transformers'))))")
     assert fresh_python(code) == "[]"
@@ -43,7 +43,7 @@ def test_which_rewards_use_the_embedder(name: str, params: dict, expected: bool)
 
 WARM = """
 import sys, threading
-from rl_div.cluster import RewardHost
+from rl_div.cluster.actors import RewardHost
 from rl_div.config import load_config
 from rewards.embedding import _load_embedder
 

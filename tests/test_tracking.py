@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from rl_div.config import Config, TrackingConfig
-from rl_div.tracking import Tracker, wandb_init_kwargs
+from rl_div.run.tracking import Tracker, wandb_init_kwargs
 
 CONFIG = Config().model_dump(mode="json")
 
@@ -56,7 +56,7 @@ def test_wandb_arguments_and_a_stable_id(tmp_path: Path) -> None:
 
 
 def test_compare_puts_one_comparison_in_one_wandb_group(tmp_path: Path) -> None:
-    from rl_div.compare import plan
+    from rl_div.experiments.compare import plan
 
     root = Path(__file__).resolve().parent.parent / "configs"
     runs = plan([str(root / "demo_grpo.yaml"), str(root / "demo_arm.yaml")], [0, 1], tmp_path / "cmp7", [])

@@ -23,11 +23,11 @@ import ray
 import torch
 from safetensors.torch import load_file
 
-from rl_div.checkpoint import latest_checkpoint, write_text_atomic
 from rl_div.config import Config, ConfigError, load_config
-from rl_div.models import load_policy
-from rl_div.tracking import read_metrics
-from rl_div.trainer import Trainer, train
+from rl_div.models.loading import load_policy
+from rl_div.run.checkpoint import latest_checkpoint, write_text_atomic
+from rl_div.run.tracking import read_metrics
+from rl_div.train.loop import Trainer, train
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).parent.parent
@@ -80,7 +80,8 @@ def test_demo_method_configs_train_and_sync(tmp_path: Path, base_model: str, con
         assert r["sync/logprob_gap_max"] < 1e-3
         assert 0 < r["policy/entropy"] < math.log(200)
         # The update's forward is pi_old, so the separate forward (timed as learner_forward) never runs
-        # in a training step (rl_div.onpolicy); ARM's shaping is finished from it (rl_div.fused_advantage).
+        # in a training step (rl_div.learner.onpolicy); ARM's shaping is finished from it
+        # (rl_div.learner.fused_advantage).
         assert "time/learner_forward" not in r, r.keys()
         assert ("arm/answer_conf_mean" in r) == config.endswith("arm.yaml"), r.keys()
     assert (out / "config.yaml").exists() and (out / "eval" / "step_000002.json").exists()
@@ -154,7 +155,7 @@ def test_one_step_off_policy_lags_exactly_one_and_is_corrected(tmp_path: Path, b
 def test_rollout_actor_killed_with_its_batch_in_flight_and_a_failing_sync(tmp_path: Path, base_model: str) -> None:
     """A shard whose actor died in flight is regenerated on a restarted actor (counted); a sync that
     fails while batches are in flight and every actor is alive raises, naming them."""
-    from rl_div.rollout.weight_sync import WeightSyncError
+    from rl_div.sync.buckets import WeightSyncError
 
     cfg = make_cfg(tmp_path, base_model, "train.steps=3", "train.lr=0.01", "rollout.group_size=8",
                    "rollout.max_off_policy_steps=1", "algo.advantage=test_raw_reward",

@@ -70,8 +70,8 @@ def test_real_grpo_trainer_runs_with_an_rl_div_reward(tmp_path: Path) -> None:
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
-    from rl_div.models import load_policy
-    from rl_div.tasks.bootstrap import bootstrap_base_model
+    from rl_div.models.bootstrap import bootstrap_base_model
+    from rl_div.models.loading import load_policy
 
     task = TASKS["prime_gap"]
     model, tok = load_policy(str(bootstrap_base_model("prime_gap", tmp_path / "b", steps=20, seed=0, log=None)))

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import torch
 
-from rl_div.models import build_char_tokenizer, make_tiny_llama
+from rl_div.models.loading import build_char_tokenizer, make_tiny_llama
 
 pytest.importorskip("trl")
 

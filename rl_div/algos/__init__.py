@@ -6,7 +6,8 @@ high_entropy_mask). ``LOSSES``: policy losses (ppo_clip, pg). Add your own with
 ``@ADVANTAGES.register("name")`` in a module listed in the config's ``plugins``.
 """
 
-from rl_div.algos.advantages import (
+from rl_div.algos import advantages as _advantages  # noqa: F401  (registers the built-in estimators)
+from rl_div.algos.advantage_base import (
     ADVANTAGES,
     AdvantageInputs,
     AdvantageOutput,

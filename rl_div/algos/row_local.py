@@ -1,5 +1,5 @@
 """Row-local splits of advantage estimators: a reward part known before the update, plus a shaping
-that reads only its own row's log-probs (issue 15, item 2; rl_div.fused_advantage uses them).
+that reads only its own row's log-probs (issue 15, item 2; rl_div.learner.fused_advantage uses them).
 
 An estimator whose advantage is
 
@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from rl_div.algos.advantages import (
+from rl_div.algos.advantage_base import (
     ADVANTAGES,
     AdvantageInputs,
     AdvantageOutput,

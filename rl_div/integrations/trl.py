@@ -38,10 +38,10 @@ from trl import GRPOTrainer
 from rewards import RewardScorer, RewardSpec
 from rewards.registry import REWARDS, is_verifier, reward_scope
 from rl_div.algos import ADVANTAGES, TOKEN_WEIGHTS
-from rl_div.algos.advantages import AdvantageInputs
+from rl_div.algos.advantage_base import AdvantageInputs
 from rl_div.algos.token_weights import TokenWeightInputs
 from rl_div.data import PromptRecord
-from rl_div.policy_logprobs import prompt_logprob_mask
+from rl_div.learner.forward import prompt_logprob_mask
 
 
 def completion_text(completion: Any) -> str:

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import rl_div
-from rl_div.config_tree import config_differences, filled_tree, flatten
+from rl_div.config.tree import config_differences, filled_tree, flatten
 from rl_div.report.results import RunData
-from rl_div.tracking import read_metrics
+from rl_div.run.tracking import read_metrics
 
 # Fields that differ between runs of one comparison by construction.
 PER_RUN = ("run.name", "run.output_dir", "run.seed")

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from rl_div.report.summarize import EvalPoint
-from rl_div.tracking import read_metrics
+from rl_div.run.tracking import read_metrics
 
 log = logging.getLogger("rl_div")
 

@@ -73,7 +73,7 @@ def passk_keys(metrics: dict[str, Any]) -> list[int]:
 def per_problem_values(problems: list[dict[str, Any]], ks: Sequence[int]) -> dict[str, np.ndarray]:
     """[P] per-problem values whose mean over problems is the logged metric of the same name.
 
-    The definitions mirror rl_div.stats.eval_summary, so the bootstrap resamples exactly what was logged.
+    The definitions mirror rl_div.train.step_stats.eval_summary, so the bootstrap resamples exactly what was logged.
     """
     n = np.array([p["n"] for p in problems])
     c = np.array([p["c"] for p in problems])

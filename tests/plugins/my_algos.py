@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from rl_div.algos import ADVANTAGES, LOSSES
-from rl_div.algos.advantages import AdvantageInputs, AdvantageOutput
+from rl_div.algos.advantage_base import AdvantageInputs, AdvantageOutput
 from rl_div.algos.losses import LossInputs, LossOutput
 
 

@@ -14,7 +14,7 @@ import pytest
 
 @pytest.fixture(scope="session")
 def vllm_base_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    from rl_div.tasks.bootstrap import bootstrap_base_model
+    from rl_div.models.bootstrap import bootstrap_base_model
 
     cache = tmp_path_factory.mktemp("bootstrap")
     path: Path = bootstrap_base_model("prime_gap", cache, steps=40, seed=0, num_heads=1, log=None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from rl_div.data import RolloutBatch
-from rl_div.policy_logprobs import policy_forward
+from rl_div.learner.forward import policy_forward
 
 
 def take_optimizer_step(model: torch.nn.Module, batch: RolloutBatch, lr: float = 1e-2) -> None:

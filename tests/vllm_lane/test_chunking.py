@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from rl_div.rollout.weight_sync import CudaIpcPayload, NcclGroup, NcclPayload, chunk_named_tensors, payload_size
+from rl_div.sync.buckets import chunk_named_tensors
+from rl_div.sync.payloads import CudaIpcPayload, NcclGroup, NcclPayload, payload_size
 
 
 def test_chunks_are_bounded_ordered_and_complete() -> None:

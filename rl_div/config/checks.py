@@ -1,0 +1,156 @@
+"""Checks that run before any work starts (before Ray, before a model loads), each failing with one
+:class:`~rl_div.config.ConfigError` line that names the field or file.
+
+* :func:`check_registry_names` (at config load): plugin modules import, every registered name exists
+  and every ``*_params`` key is a keyword its function takes (built-in and plugin functions alike).
+* :func:`check_inputs` (at the start of a run): model and data paths exist, and a local machine has
+  the GPUs the config asks for.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from rl_div.config.schema import Config, ConfigError
+from rl_div.registry import Registry, import_plugins, unknown_name_message
+
+# Keywords the learner passes to every loss itself (a loss must take them; a user may also set them).
+LEARNER_LOSS_KEYWORDS = ("token_denominator", "seq_denominator", "norm_constant")
+# How a Hugging Face hub id looks: 'name' or 'namespace/name'. Anything else is a local path.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+
+
+def check_plugins(modules: list[str]) -> None:
+    """Import every ``run.plugins`` module; any failure (missing module, syntax error, an exception at
+    import) is a config error naming the module."""
+    for module in modules:
+        try:
+            import_plugins([module])
+        except Exception as err:
+            cause = err.__cause__ if isinstance(err, ImportError) and err.__cause__ is not None else err
+            raise ConfigError(f"run.plugins: module {module!r} could not be imported "
+                              f"({type(cause).__name__}: {cause})") from None
+
+
+def check_registry_names(cfg: Config) -> None:
+    """Fail early on names no registry knows and on ``*_params`` their functions do not take,
+    after importing the run's plugin modules."""
+    from rewards import REWARDS, reward_scope
+    from rl_div.algos import ADVANTAGES, LOSSES, TOKEN_WEIGHTS
+    from rl_div.tasks import TASKS
+
+    check_plugins(cfg.run.plugins)
+    algo = cfg.algo
+    # (field, kind, name, registry, params, positional arguments the caller passes, keywords it passes)
+    checks: list[tuple[str, str, str, Registry, Mapping[str, Any] | None, int, tuple[str, ...]]] = [
+        ("algo.advantage", "advantage", algo.advantage, ADVANTAGES, algo.advantage_params, 1, ()),
+        ("algo.token_weight", "token weight", algo.token_weight, TOKEN_WEIGHTS, algo.token_weight_params, 1, ()),
+        ("algo.loss", "loss", algo.loss, LOSSES, algo.loss_params, 1, LEARNER_LOSS_KEYWORDS),
+    ]
+    for i, r in enumerate(cfg.reward.rewards):
+        fn = REWARDS.get(r.name) if r.name in REWARDS else None
+        positional = 4 if fn is not None and reward_scope(fn) == "group" else 2
+        checks.append((f"reward.rewards[{i}].name", "reward", r.name, REWARDS, r.params, positional, ()))
+    if cfg.data.source == "task":
+        checks.append(("data.task", "task", cfg.data.task, TASKS, None, 0, ()))
+    for field, kind, name, registry, params, positional, supplied in checks:
+        if name not in registry:
+            raise ConfigError(f"{field}: {unknown_name_message(kind, name, registry.names())}")
+        if params is not None:
+            params_field = field.removesuffix(".name") + (".params" if field.endswith(".name") else "_params")
+            check_params(params_field, f"{kind} {name!r}", registry[name], dict(params), positional, supplied)
+
+
+def accepted_keywords(fn: Callable[..., Any], positional: int) -> tuple[list[str], list[str]] | None:
+    """(keywords fn takes, those of them without a default) after its first ``positional``
+    parameters; None when it takes ``**kwargs`` (any keyword)."""
+    accepted, required = [], []
+    taken = 0
+    for p in inspect.signature(fn).parameters.values():
+        if p.kind is p.VAR_KEYWORD:
+            return None
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and taken < positional:
+            taken += 1
+            continue
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+            accepted.append(p.name)
+            if p.default is p.empty:
+                required.append(p.name)
+    return accepted, required
+
+
+def check_params(field: str, what: str, fn: Callable[..., Any], params: dict[str, Any], positional: int,
+                 supplied: tuple[str, ...] = ()) -> None:
+    """Every key of ``params`` must be a keyword ``fn`` takes, and every keyword it requires must be
+    given (by ``params`` or by the caller: ``supplied``)."""
+    keywords = accepted_keywords(fn, positional)
+    if keywords is None:
+        return
+    accepted, required = keywords
+    for key in params:
+        if key not in accepted:
+            raise ConfigError(f"{field}: {unknown_name_message(f'{what} parameter', key, accepted)}")
+    missing = [k for k in required if k not in params and k not in supplied]
+    if missing:
+        raise ConfigError(f"{field}: {what} needs parameter(s) {', '.join(missing)}")
+
+
+def check_inputs(cfg: Config) -> None:
+    """Model and data paths exist and the local machine has the GPUs asked for; see the module
+    docstring. Runs at the start of every Trainer, before its output folder or Ray."""
+    check_model_path(cfg.model.path)
+    data = cfg.data
+    if data.source != "task":
+        for field, value in (("data.path", data.path), ("data.eval_path", data.eval_path)):
+            if value is None:
+                continue
+            path = Path(value)
+            if data.source == "jsonl" and not path.is_file():
+                raise ConfigError(f"{field}: {value!r} " + ("is a directory, not a JSONL file" if path.is_dir()
+                                                            else "does not exist"))
+            if data.source == "parquet" and not path.exists():
+                raise ConfigError(f"{field}: {value!r} does not exist")
+            if data.source == "hf" and not path.exists() and not _HUB_ID.match(value):
+                raise ConfigError(f"{field}: {value!r} does not exist (and is not an HF hub name like 'org/name')")
+    check_devices(cfg)
+
+
+def check_model_path(value: str) -> None:
+    """'bootstrap' or 'tiny_qwen' (built here), an existing from_pretrained directory, or a hub id
+    (in the local cache when HF_HUB_OFFLINE is set)."""
+    if value in ("bootstrap", "tiny_qwen"):
+        return
+    path = Path(value)
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"model.path: {value!r} is not a model directory (no config.json)")
+        return
+    if not _HUB_ID.match(value):
+        raise ConfigError(f"model.path: {value!r} does not exist (and is not an HF hub name like 'org/name')")
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(value, "config.json"), str):
+            raise ConfigError(f"model.path: {value!r} is neither a local directory nor in the HF cache, and "
+                              "HF_HUB_OFFLINE=1 forbids downloading it")
+
+
+def check_devices(cfg: Config) -> None:
+    """A local run (no cluster address) must fit the GPUs of this machine; a cluster's GPUs are not
+    visible from the driver and are left to Ray."""
+    if cfg.cluster.address or os.environ.get("RAY_ADDRESS"):
+        return
+    wanted = cfg.train.num_gpus + cfg.rollout.num_gpus_per_worker * cfg.rollout.num_workers
+    if wanted <= 0:
+        return
+    import torch
+
+    have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if wanted > have:
+        raise ConfigError(f"train.num_gpus + rollout.num_gpus_per_worker * rollout.num_workers = {wanted:g} GPUs, "
+                          f"but this machine has {have} CUDA GPU(s) and no cluster.address / RAY_ADDRESS is set")

@@ -1,0 +1,191 @@
+"""Typed, validated run configuration: YAML files plus ``key=value`` overrides.
+
+Every field has help text (``rl-div train --help-config`` prints it). Unknown keys, wrong types,
+out-of-range values and unknown registry names fail before any work starts, naming the field and
+suggesting the closest valid name.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from rl_div.config.schema import (  # the schema; re-exported so rl_div.config is the one import
+    ALGO_PRESETS,
+    AlgoConfig,
+    BootstrapConfig,
+    CheckpointConfig,
+    ClusterConfig,
+    Config,
+    ConfigError,
+    DataConfig,
+    EvalConfig,
+    GuardConfig,
+    ModelConfig,
+    RewardConfig,
+    RewardItem,
+    RolloutConfig,
+    RunConfig,
+    Section,
+    TrackingConfig,
+    TrainConfig,
+)
+from rl_div.registry import unknown_name_message
+
+__all__ = [
+    "ALGO_PRESETS", "AlgoConfig", "BootstrapConfig", "CheckpointConfig", "ClusterConfig", "Config",
+    "DataConfig", "EvalConfig", "GuardConfig", "ModelConfig", "RewardConfig", "RewardItem", "RolloutConfig",
+    "RunConfig",
+    "Section", "TrackingConfig", "TrainConfig", "ConfigError", "apply_override", "build_config",
+    "config_help", "deep_merge", "load_config", "parse_override", "read_config_tree", "save_config",
+    "yaml_error_text",
+]
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'train.lr=3e-4' -> (['train', 'lr'], 0.0003). Values are parsed as YAML scalars/lists."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not key=value")
+    key, raw = text.split("=", 1)
+    if not key:
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        where = yaml_error_text(err).removeprefix("line 1, ")
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({where}); "
+                          f"quote a plain string: {key}='\"...\"'") from None
+    return key.strip().split("."), value
+
+
+def yaml_error_text(err: yaml.YAMLError) -> str:
+    """One line: 'line L, column C: problem' (1-based, as editors count)."""
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    problem = getattr(err, "problem", None) or str(err)
+    context = getattr(err, "context", None)
+    return where + (f"{context}, {problem}" if context else str(problem)).replace("\n", " ")
+
+
+def apply_override(tree: dict[str, Any], path: list[str], value: Any) -> None:
+    """Set tree[path] = value, checking each key against the schema so typos get suggestions."""
+    model: Any = Config
+    node = tree
+    for depth, key in enumerate(path):
+        fields = getattr(model, "model_fields", None)
+        if fields is not None and key not in fields:
+            where = ".".join(path[:depth]) or "top level"
+            raise ConfigError(f"{unknown_name_message('config key', key, fields)} at {where}")
+        last = depth == len(path) - 1
+        if last:
+            node[key] = value
+            return
+        if fields is not None:
+            model = fields[key].annotation
+            model = model if isinstance(model, type) and issubclass(model, BaseModel) else None
+        child = node.get(key)
+        if isinstance(child, str) and key == "algo":  # "algo: arm" then "algo.loss=..."
+            child = dict(ALGO_PRESETS.get(child, {}))
+        if not isinstance(child, dict):
+            child = {}
+        node[key] = child
+        node = child
+
+
+def build_config(tree: dict[str, Any]) -> Config:
+    """Validate a plain dict into a Config, turning pydantic errors into one readable message."""
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as err:
+        lines = []
+        for e in err.errors():
+            loc = ".".join(str(p) for p in e["loc"])
+            if e["type"] == "extra_forbidden":
+                parent = _section_fields(e["loc"][:-1])
+                lines.append(f"{loc}: {unknown_name_message('config key', str(e['loc'][-1]), parent)}")
+            else:
+                got = "" if isinstance(e.get("input"), dict) else f" (got {e.get('input')!r})"
+                lines.append(f"{loc or 'config'}: {e['msg'].removeprefix('Value error, ')}{got}")
+        if len(lines) == 1:
+            raise ConfigError(f"invalid config: {lines[0]}") from None
+        raise ConfigError("invalid config:\n  " + "\n  ".join(lines)) from None
+
+
+def _section_fields(loc: tuple[Any, ...]) -> list[str]:
+    model: Any = Config
+    for key in loc:
+        if not isinstance(key, str):
+            continue
+        field = getattr(model, "model_fields", {}).get(key)
+        if field is None:
+            break
+        model = field.annotation
+    return list(getattr(model, "model_fields", {}) or [])
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Read YAML (or defaults when path is None), apply overrides, validate types and names."""
+    tree = read_config_tree(Path(path)) if path is not None else {}
+    for text in overrides or []:
+        key_path, value = parse_override(text)
+        apply_override(tree, key_path, value)
+    cfg = build_config(tree)
+    from rl_div.config.checks import check_registry_names  # imports plugins and registries
+
+    check_registry_names(cfg)
+    return cfg
+
+
+def read_config_tree(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A YAML file as a dict. ``inherit: other.yaml`` (relative to the file) loads that file first
+    and deep-merges this one over it, so method configs state only what differs from the demo."""
+    if not path.exists():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    if path.resolve() in seen:
+        raise ConfigError(f"config inheritance loops through {str(path)!r}")
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {str(path)!r}: {yaml_error_text(err)}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config file {str(path)!r} is not UTF-8 text ({err.reason} at byte {err.start})") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping, got {type(loaded).__name__}")
+    parent = loaded.pop("inherit", None)
+    if parent is None:
+        return loaded
+    return deep_merge(read_config_tree(path.parent / str(parent), (*seen, path.resolve())), loaded)
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Values of ``over`` win; nested dicts merge key by key (lists and presets replace)."""
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config (every default filled in) beside the run's outputs."""
+    Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+
+
+def config_help(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
+    """One line per leaf field: dotted key, type, default, help text."""
+    lines = []
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{name}"
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            lines.append(f"{key}: {field.description}")
+            lines += config_help(ann, key + ".")
+        else:
+            default = field.get_default(call_default_factory=True)
+            lines.append(f"  {key} = {default!r}  # {field.description}")
+    return lines

@@ -1,0 +1,66 @@
+"""FSDP2 pieces shared by the sharded policy and the sharded reference model: the rendezvous address,
+a fresh device mesh per process group, the root module around the chunked head, and fully_shard."""
+
+from __future__ import annotations
+
+import itertools
+import socket
+from typing import Any
+
+import torch
+
+from rl_div.data import RolloutBatch
+
+
+def free_address() -> tuple[str, int]:
+    """This node's IP and a free TCP port (rank 0 hosts torch.distributed's rendezvous there)."""
+    import ray
+
+    with socket.socket() as s:
+        s.bind(("", 0))
+        port = s.getsockname()[1]
+    return ray.util.get_node_ip_address() if ray.is_initialized() else "127.0.0.1", port
+
+
+_MESHES = itertools.count()
+
+
+def new_mesh(device_type: str, world_size: int) -> Any:
+    """A 1-D device mesh over the current process group, with a dim name this process never used.
+
+    torch compares and hashes meshes by value (ranks, layout, device, dim names), not by this process's
+    rank or process group, and caches DTensor sharding (local shapes and offsets) by that value. A
+    process that joins a second group as another rank (a reused pool worker, a restarted actor) would
+    otherwise get the first group's offsets back: its shards are then written at the wrong place (a
+    DCP checkpoint with rows swapped between ranks). A fresh name makes every group's mesh distinct."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    return init_device_mesh(device_type, (world_size,), mesh_dim_names=(f"learners{next(_MESHES)}",))
+
+
+class PolicyModule(torch.nn.Module):
+    """The FSDP2 root: its forward is policy_forward of the policy, so FSDP2 gathers the root unit's
+    parameters (embeddings, final norm, LM head) around the chunked head, which reads the head's
+    weight directly rather than calling the head module."""
+
+    def __init__(self, policy: torch.nn.Module, chunk_rows: int) -> None:
+        super().__init__()
+        self.policy, self.chunk_rows = policy, chunk_rows
+
+    def forward(self, micro: RolloutBatch, with_prompt: bool, temperature: float,
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        from rl_div.learner.forward import policy_forward
+
+        return policy_forward(self.policy, micro, self.chunk_rows, with_prompt, temperature)
+
+
+def shard_policy(root: torch.nn.Module, model: torch.nn.Module, mesh: Any, **options: Any) -> None:
+    """fully_shard every decoder layer of model, then root (the rest of the model), with fully_shard's
+    options. FSDP2 averages gradients over ranks (gloo has no pre-multiplied sum for
+    set_gradient_divide_factor(1)), so planned_step multiplies each rank's loss by the world size."""
+    from torch.distributed.fsdp import fully_shard
+
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    for layer in layers if layers is not None else []:
+        fully_shard(layer, mesh=mesh, **options)
+    fully_shard(root, mesh=mesh, **options)

@@ -1,0 +1,410 @@
+"""The RLVR training loop. Read :meth:`Trainer.run` and :meth:`Trainer.train_step` top to bottom:
+
+    prompts -> rollout (Ray actors) -> rewards (Ray actor) -> policy log-probs/entropies (learner,
+    unless the update's own forward is pi_old: rl_div.learner.onpolicy) -> advantages (registry)
+    -> learner update -> weight sync -> metrics -> eval -> checkpoint
+
+With rollout.max_off_policy_steps = k > 0 the rollout pipeline (rl_div/train/rollout_pipeline.py) keeps
+k batches generating ahead: the rollout of step t only collects a batch launched k steps earlier.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import math
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+
+from rewards.runner import RewardResult
+from rl_div.algos.advantage_base import AdvantageInputs
+from rl_div.cluster.actors import (
+    init_ray,
+    place_run,
+    release_placement,
+    start_learner,
+    start_reward_worker,
+    wait_started,
+)
+from rl_div.config import Config, save_config
+from rl_div.config.checks import check_inputs
+from rl_div.data import RolloutBatch
+from rl_div.learner.forward import prompt_logprob_mask
+from rl_div.learner.fused_advantage import advantage_before_update
+from rl_div.learner.onpolicy import fuses_policy_forward, needs_prompt_logprobs, separate_forward
+from rl_div.models.loading import load_tokenizer
+from rl_div.registry import import_plugins
+from rl_div.rollout import SamplingSpec
+from rl_div.run.checkpoint import (
+    claim_output_dir,
+    commit_checkpoint,
+    latest_checkpoint,
+    load_trainer_state,
+    new_checkpoint_dir,
+    save_trainer_state,
+    trim_to_step,
+    write_text_atomic,
+)
+from rl_div.run.tracking import Tracker
+from rl_div.run.writers import check_writers, prepare_output_dir
+from rl_div.train.guard import CollapseGuard
+from rl_div.train.prompts import PromptStream, load_splits
+from rl_div.train.rollout_pipeline import RolloutPipeline, policy_lag
+from rl_div.train.step_stats import eval_summary, rollout_health, step_diversity
+
+log = logging.getLogger("rl_div")
+
+FAULT_COUNTERS = ("faults/rollout_restarts", "faults/reward_worker_restarts", "faults/reward_errors",
+                  "faults/reward_timeouts",
+                  "faults/nonfinite_loss", "data/skipped_rows", "train/skipped_zero_signal")
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training, after the run's actors were stopped; str() is the one line to show."""
+
+
+def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> Path:
+    """Run a whole training job; returns the output directory. Ctrl-C raises RunInterrupted."""
+    trainer = Trainer(cfg, resume=resume, overwrite=overwrite)
+    try:
+        trainer.run()
+    except KeyboardInterrupt:
+        checkpoint = latest_checkpoint(trainer.out)
+        saved = f"step {load_trainer_state(checkpoint)['step']}" if checkpoint is not None else "none yet"
+        raise RunInterrupted(f"interrupted at step {trainer.step} (last checkpoint: {saved}); rerun with --resume "
+                             f"to continue from the last checkpoint") from None
+    finally:
+        trainer.close()
+    return trainer.out
+
+
+class Trainer:
+    def __init__(self, cfg: Config, resume: bool = False, overwrite: bool = False) -> None:
+        """Checks the inputs (ConfigError before anything starts), then starts the run; an output_dir
+        that already holds a run needs ``resume`` (continue it) or ``overwrite`` (replace it)."""
+        self.cfg = cfg
+        check_inputs(cfg)
+        claim_output_dir(cfg.run.output_dir, resume, overwrite)  # a run there needs --resume or --overwrite
+        self.out = prepare_output_dir(cfg.run.output_dir)  # absolute, writable; who writes what: rl_div/run/writers.py
+        try:
+            self._start(resume)
+        except BaseException:
+            self.close()  # a failed start leaves no actors and no open log behind
+            raise
+
+    def _start(self, resume: bool) -> None:
+        """Prompts, model, Ray actors, and (with resume) the latest checkpoint's state."""
+        cfg = self.cfg
+        setup_logging(self.out / "train.log")
+        import_plugins(cfg.run.plugins)
+        save_config(cfg, self.out / "config.yaml")
+        train_set, eval_set = load_splits(cfg.data, cfg.run.seed)  # refuses eval prompts seen in training
+        self.model_path = resolve_model_path(cfg)
+        self.eval_prompts = eval_set.records
+        self.prompts = PromptStream(train_set.records, cfg.run.seed)
+        self.counters: dict[str, float] = dict.fromkeys(FAULT_COUNTERS, 0.0)
+        self.counters["data/skipped_rows"] = float(train_set.skipped_rows)
+        self.guard = CollapseGuard(cfg)  # collapse rules and the entropy-coefficient controller (off by default)
+        init_ray(cfg)
+        self.placement = place_run(cfg)  # fails in seconds when the cluster cannot hold the run
+        self.learner = start_learner(cfg, self.model_path, self.placement)
+        self.pipeline = RolloutPipeline(cfg, self.model_path, self.placement, self.learner, self.counters)
+        self.rewarder = start_reward_worker(cfg)
+        # The actors import and load the policy in their own processes meanwhile.
+        # Distinct-n and EAD count the policy's own tokens.
+        tokenizer = load_tokenizer(self.model_path, trust_remote_code=cfg.model.trust_remote_code)
+        self.vocab_size = len(tokenizer)
+        self.tokenize = functools.partial(tokenizer.encode, add_special_tokens=False)
+        actors = {"learner": self.learner, **self.pipeline.actors()}
+        wait_started(actors, cfg.cluster.startup_timeout_s)  # start-up has its own timeout, not the sync's
+        check_writers(self.out, self.learner.writers())  # each rank writes its checkpoint part into the run dir
+        self.fused_forward, why = fuses_policy_forward(cfg, ray.get(self.learner.active_dropout.remote()))
+        log.info("separate pi_old forward: %s (%s)", "no" if self.fused_forward else "yes", why)
+        self.step = 0
+        checkpoint = latest_checkpoint(self.out) if resume else None
+        if resume and checkpoint is None:
+            log.warning("--resume: no checkpoint in %s, starting from step 0", self.out)
+        if checkpoint is not None:
+            self.restore(checkpoint)
+        resume_after = (self.step if checkpoint is not None else -1) if resume else None
+        if resume_after is not None:  # the steps past the checkpoint are logged again: keep one clean run
+            dropped = trim_to_step(self.out, resume_after)
+            if dropped:
+                log.info("--resume: dropped %d metric rows past step %d (or torn)", dropped, resume_after)
+        self.pipeline.sync_weights()
+        self.tracker = Tracker(self.out, cfg.tracking, cfg.run.name, cfg.model_dump(mode="json"), cfg.train.steps,
+                               resume_after=resume_after)
+
+    # ---- the loop ------------------------------------------------------------------------------
+    def run(self) -> None:
+        cfg = self.cfg
+        if self.step == 0 and cfg.eval.at_start:
+            self.evaluate()
+        while self.step < cfg.train.steps:
+            self.train_step()
+            last = self.step == cfg.train.steps
+            if (last and cfg.eval.at_end) or (cfg.eval.every and self.step % cfg.eval.every == 0):
+                self.evaluate()
+            if last or (cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0):
+                self.save_checkpoint()
+
+    def train_step(self) -> dict[str, Any]:
+        cfg, timer = self.cfg, StageTimer()
+        fetch = functools.partial(self.prompts.next_batch, cfg.rollout.prompts_per_step)
+        with timer("rollout"):  # launches batch step + max_off_policy_steps, collects batch step
+            batch = self.pipeline.next_batch(self.step, fetch, self.train_sampling())
+        lag_metrics = policy_lag(batch, self.pipeline.weights_version)
+        with timer("reward"):
+            batch = self.score(batch)
+        if separate_forward(self.fused_forward, batch.rewards):
+            with timer("learner_forward"):
+                batch = self.policy_stats(batch, with_prompt=needs_prompt_logprobs(cfg))
+        # Without the separate forward, ARM's advantages here are their reward part; the update
+        # finishes them (rl_div.learner.fused_advantage) and its metrics carry the final adv/* and arm/*.
+        batch.advantages, adv_metrics = compute_advantages(batch, cfg)
+        with timer("learner_update"):
+            update_metrics = self.update(batch, self.guard.loss_overrides())
+        self.counters["faults/nonfinite_loss"] += update_metrics.pop("faults/nonfinite_loss")
+        self.counters["train/skipped_zero_signal"] += update_metrics.pop("train/skipped_zero_signal")
+        with timer("sync"):  # after the generation in flight (if any) finished
+            self.pipeline.sync_weights()
+        self.step += 1
+        metrics = {**rollout_health(batch), **step_diversity(batch, self.tokenize), **adv_metrics, **update_metrics,
+                   **lag_metrics, **timer.durations,
+                   **{k: v for k, v in self.counters.items() if not k.startswith("eval/")},
+                   "policy/version": self.pipeline.weights_version}
+        metrics.update(self.guard.observe_train(self.step, metrics))
+        self.tracker.log(self.step, metrics)
+        return metrics
+
+    # ---- stages --------------------------------------------------------------------------------
+    def train_sampling(self) -> SamplingSpec:
+        r = self.cfg.rollout
+        return SamplingSpec(n=r.group_size, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
+                            max_new_tokens=r.max_new_tokens, stop=list(r.stop), seed=self.cfg.run.seed)
+
+    def score(self, batch: RolloutBatch, counter_prefix: str = "faults/") -> RolloutBatch:
+        """Rewards, correctness and extracted answers; failures are NaN and counted, never 0
+        (training batches in the cumulative faults/ counters, evaluations under eval/)."""
+        args = (batch.response_texts, batch.prompts, batch.group_index.tolist())
+        result = self.call_reward_actor("score", args)
+        if result is None:  # the call timed out: every response's reward failed
+            nan = [math.nan] * batch.size
+            result = RewardResult(total=nan, components={}, correct=nan, answers=[None] * batch.size,
+                                  errors={"batch/timeouts": batch.size}, error_messages=[])
+        batch.rewards = torch.tensor(result.total, dtype=torch.float32)
+        batch.correct = torch.tensor(result.correct, dtype=torch.float32)
+        batch.answers = list(result.answers)
+        batch.reward_components = {k: torch.tensor(v, dtype=torch.float32) for k, v in result.components.items()}
+        for key, count in result.errors.items():
+            kind = "timeouts" if key.endswith("timeouts") else "errors"
+            name = f"{counter_prefix}reward_{kind}"
+            self.counters[name] = self.counters.get(name, 0.0) + count
+        for message in result.error_messages[:3]:
+            log.warning("reward error: %s", message)
+        return batch
+
+    def call_reward_actor(self, method: str, args: tuple[Any, ...], timeout_counter: str | None = None) -> Any:
+        """The reward actor's ``method`` (score, or embed for evaluation metrics); a dead actor is restarted
+        and asked again, and a call that takes longer than reward.call_timeout_s is abandoned (the actor
+        restarted, ``timeout_counter`` counted): None."""
+        timeout = self.cfg.reward.call_timeout_s
+        for attempt in range(2):
+            try:
+                return ray.get(getattr(self.rewarder, method).remote(*args), timeout=timeout)
+            except ray.exceptions.GetTimeoutError:
+                log.warning("reward worker %s() took longer than reward.call_timeout_s=%g s; restarting it "
+                            "(%s)", method, timeout, "rewards are NaN" if method == "score" else "result left out")
+                self.restart_reward_worker()
+                if timeout_counter:
+                    self.counters[timeout_counter] = self.counters.get(timeout_counter, 0.0) + 1
+                return None
+            except ray.exceptions.RayActorError as err:
+                if attempt:
+                    raise
+                log.warning("reward worker died (%s); restarting it", err)
+                self.restart_reward_worker()
+        return None
+
+    def restart_reward_worker(self) -> None:
+        with contextlib.suppress(Exception):  # dead already, or stuck: either way replaced
+            ray.kill(self.rewarder)
+        self.counters["faults/reward_worker_restarts"] += 1
+        self.rewarder = start_reward_worker(self.cfg)
+
+    def policy_stats(self, batch: RolloutBatch, temperature: float | None = None,
+                     with_prompt: bool = False) -> RolloutBatch:
+        """Log-probs and entropies of the batch under the current policy (the learner's pi_old);
+        prompt log-probs too when with_prompt."""
+        stats = ray.get(self.learner.score_policy.remote(batch, with_prompt, temperature))
+        batch.old_logprobs = stats["old_logprobs"]
+        batch.old_entropy = stats["old_entropy"]
+        batch.prompt_logprobs = stats.get("prompt_logprobs")
+        batch.ref_logprobs = stats.get("ref_logprobs")
+        return batch
+
+    def update(self, batch: RolloutBatch, loss_overrides: dict[str, Any]) -> dict[str, float]:
+        """The learner's update on the scored rows (loss_overrides: the collapse guard's). Without the
+        separate forward (no old_logprobs), the update's own forward is pi_old and its log-probs and
+        entropies come back into the batch for the step metrics."""
+        if batch.old_logprobs is not None:
+            return ray.get(self.learner.update.remote(scored_rows(batch), loss_overrides))
+        metrics, stats = ray.get(self.learner.update_on_policy.remote(batch, loss_overrides))
+        batch.old_logprobs, batch.old_entropy = stats["old_logprobs"], stats["old_entropy"]
+        if "advantages" in stats:  # finished in the update (ARM, rl_div.learner.fused_advantage); metrics has its adv/*
+            batch.advantages = stats["advantages"]
+        return metrics
+
+    # ---- evaluation and checkpoints ------------------------------------------------------------
+    def evaluate(self) -> dict[str, Any]:
+        """pass@k curve, entropy and diversity on the held-out prompts, n samples each.
+
+        The sampling seed is the same at every evaluation, so curves differ by the policy only. It
+        follows a weight sync, which waited for any batch in flight: every engine holds the learner's
+        current version (logged as eval/policy_version).
+        """
+        cfg, timer = self.cfg, StageTimer()
+        spec = SamplingSpec(n=cfg.eval.n, temperature=cfg.eval.temperature, top_p=cfg.rollout.top_p,
+                            top_k=cfg.rollout.top_k, max_new_tokens=cfg.rollout.max_new_tokens,
+                            stop=list(cfg.rollout.stop), seed=cfg.run.seed + 7_919)
+        with timer("eval_rollout"):
+            batch = self.score(self.pipeline.generate(self.eval_prompts, spec, salt=0), counter_prefix="eval/")
+            batch = self.policy_stats(batch, temperature=cfg.eval.temperature)
+        embeddings = None
+        if cfg.eval.embedding_metrics:
+            with timer("eval_embed"):  # None (metrics left out, eval/embed_timeouts counted) past the timeout
+                embeddings = self.call_reward_actor("embed", (batch.response_texts,), "eval/embed_timeouts")
+        metrics, problems = eval_summary(batch, embeddings, self.vocab_size, self.tokenize)
+        metrics.update({k: v for k, v in self.counters.items() if k.startswith("eval/")})
+        metrics.update(timer.durations)
+        metrics.update(self.guard.observe_eval(self.step, metrics, problems))
+        metrics["eval/policy_version"] = float(self.pipeline.weights_version)
+        eval_dir = self.out / "eval"
+        eval_dir.mkdir(exist_ok=True)
+        write_text_atomic(eval_dir / f"step_{self.step:06d}.json",
+                          json.dumps({"step": self.step, "metrics": metrics, "problems": problems}))
+        self.tracker.log(self.step, metrics, kind="eval")
+        log.info("eval step %d: %s", self.step, {k: metrics[k] for k in metrics if k.startswith("pass@")})
+        return metrics
+
+    def save_checkpoint(self) -> Path:
+        tmp, final = new_checkpoint_dir(self.out, self.step)
+        ray.get(self.learner.save.remote(str(tmp)))
+        self.pipeline.save(tmp)  # the batches already generating for the next steps
+        save_trainer_state(tmp, {"step": self.step, "prompts": self.prompts.state(), "counters": self.counters,
+                                 "guard": self.guard.state()})
+        return commit_checkpoint(tmp, final, self.cfg.checkpoint.keep)
+
+    def restore(self, checkpoint: Path) -> None:
+        ray.get(self.learner.load.remote(str(checkpoint)))
+        self.pipeline.load(checkpoint)
+        state = load_trainer_state(checkpoint)
+        self.step = state["step"]
+        self.prompts.load_state(state["prompts"])
+        self.counters.update(state["counters"])
+        self.guard.load_state(state.get("guard", {}))
+        log.info("resumed from %s at step %d", checkpoint, self.step)
+
+    def close(self) -> None:
+        """Flush metrics, detach the log file and stop this run's actors (safe on a partial start)."""
+        if hasattr(self, "tracker"):
+            self.tracker.close()
+        close_logging(self.out / "train.log")
+        if hasattr(self, "pipeline"):
+            self.pipeline.close()
+        for actor in [getattr(self, "rewarder", None), *getattr(getattr(self, "learner", None), "actors", [])]:
+            if actor is not None:
+                with contextlib.suppress(Exception):  # shutting down: an actor already gone is fine
+                    ray.kill(actor)
+        with contextlib.suppress(Exception):
+            release_placement(getattr(self, "placement", None))
+
+
+def compute_advantages(batch: RolloutBatch, cfg: Config) -> tuple[torch.Tensor, dict[str, float]]:
+    """The configured advantage over rows with a finite reward; unscored rows get advantage 0.
+
+    Returns advantages [B] and the estimator's metrics.
+    """
+    assert batch.rewards is not None
+    valid = torch.isfinite(batch.rewards)
+    rows = valid.nonzero().squeeze(1)
+    if rows.numel() == 0:  # every reward failed: no signal, and the learner skips the step
+        return torch.zeros(batch.size), {"adv/zero_signal_frac": 1.0}
+    sub = batch if bool(valid.all()) else batch.select(rows)
+    correct = sub.correct if sub.correct is not None and bool(torch.isfinite(sub.correct).all()) else None
+    inputs = AdvantageInputs(
+        rewards=sub.rewards, group_index=sub.group_index, correct=correct,
+        response_logprobs=sub.old_logprobs, behavior_logprobs=sub.behavior_logprobs,
+        response_mask=sub.response_mask.float(), prompt_logprobs=sub.prompt_logprobs,
+        prompt_mask=prompt_logprob_mask(sub.prompt_mask).float(),
+    )
+    out = advantage_before_update(inputs, cfg)  # a row-local one's reward part when the update finishes it
+    advantages = torch.zeros(batch.size)
+    advantages[rows] = out.advantages.float()
+    return advantages, out.metrics
+
+
+def scored_rows(batch: RolloutBatch) -> RolloutBatch:
+    """The rows whose reward was computed: a failed reward is no signal, and its tokens must not
+    dilute the token-mean or feed the KL / entropy terms."""
+    assert batch.rewards is not None
+    valid = torch.isfinite(batch.rewards)
+    return batch if bool(valid.all()) else batch.select(valid.nonzero().squeeze(1))
+
+
+def resolve_model_path(cfg: Config) -> str:
+    """The policy's location; 'bootstrap' pretrains (or reuses the cached) tiny demo model, 'tiny_qwen'
+    builds (or reuses) the small random-initialised Qwen2 with Qwen's real tokenizer."""
+    b = cfg.bootstrap
+    if cfg.model.path == "tiny_qwen":
+        from rl_div.models.tiny_qwen import tiny_qwen_model
+
+        return str(tiny_qwen_model(b.cache_dir, hidden_size=b.hidden_size, num_heads=b.num_heads, seed=b.seed))
+    if cfg.model.path != "bootstrap":
+        return cfg.model.path
+    from rl_div.models.bootstrap import bootstrap_base_model
+
+    return str(bootstrap_base_model(cfg.data.task, Path(b.cache_dir).expanduser(), steps=b.steps, seed=b.seed,
+                                    hidden_size=b.hidden_size, num_heads=b.num_heads))
+
+
+class StageTimer:
+    """``with timer("rollout"):`` records wall seconds as ``time/rollout``."""
+
+    def __init__(self) -> None:
+        self.durations: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.durations[f"time/{stage}"] = time.perf_counter() - start
+
+
+def setup_logging(path: Path) -> None:
+    logger = logging.getLogger("rl_div")
+    logger.setLevel(logging.INFO)
+    if not any(isinstance(h, logging.FileHandler) and Path(h.baseFilename) == path.resolve()
+               for h in logger.handlers):
+        handler = logging.FileHandler(path)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        logger.addHandler(handler)
+
+
+def close_logging(path: Path) -> None:
+    """Detach this run's log file so a later run in the same process does not write into it."""
+    logger = logging.getLogger("rl_div")
+    for handler in list(logger.handlers):
+        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename) == path.resolve():
+            logger.removeHandler(handler)
+            handler.close()
