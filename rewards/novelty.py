@@ -1,7 +1,7 @@
 """The ``novelty`` group reward (EVOL-RL): reward correct and incorrect answers for being unlike
 the rest of their group, without ever letting novelty lift an incorrect answer over a correct one.
 
-Spec (ALGORITHMS.md section 2), with S_ij = clip(cos(e_i, e_j), 0, 1):
+Spec (docs/algorithms.md section 2), with S_ij = clip(cos(e_i, e_j), 0, 1):
 
     u_i = 1 - (w * mean_{j in g(i), j != i} S_ij + (1 - w) * max_{j != i} S_ij),   w = 0.5
 

@@ -1,5 +1,5 @@
 """Row-local advantage splits (rl_div.algos.row_local): the split of ARM, run over micro-batches as the
-fused update runs it, reproduces a whole-batch ARM written out here from ALGORITHMS.md (the library's
+fused update runs it, reproduces a whole-batch ARM written out here from docs/algorithms.md (the library's
 arm() is the split itself; tests/test_advantages.py pins it to hand-worked values) on random inputs,
 NaN confidences and unscored rows included."""
 

@@ -1,4 +1,4 @@
-"""Advantage estimators: one advantage per response, registered by name (ALGORITHMS.md section 1).
+"""Advantage estimators: one advantage per response, registered by name (docs/algorithms.md section 1).
 
 Every estimator is ``fn(inputs: AdvantageInputs, **params) -> AdvantageOutput`` with keyword-only
 params that have defaults; the config names the estimator and its params. Plain GRPO is just

@@ -34,8 +34,8 @@ def group_mean_std(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and standard deviation of ``values`` within each group, broadcast back per row.
 
-    OPEN choice (default: population std, i.e. divide by n). ALGORITHMS.md writes std(r) without
-    saying which; the population std is the literal spread of the group's rewards and is defined
+    OPEN choice (default: population std, i.e. divide by n; docs/algorithms.md section 6). GRPO's
+    std(r) does not say which; the population std is the literal spread of the group's rewards and is defined
     for a group of one. ``unbiased=True`` divides by n - 1 like ``torch.std`` (verl, TRL); a group
     of one then gets std 0 instead of NaN. Two passes (mean, then squared deviations) so that a
     group of equal values gets a std of exactly 0.

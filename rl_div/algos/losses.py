@@ -1,4 +1,4 @@
-"""Policy losses and their aggregation over tokens, registered by name (ALGORITHMS.md section 4).
+"""Policy losses and their aggregation over tokens, registered by name (docs/algorithms.md section 4).
 
 Every loss is ``fn(inputs: LossInputs, **params) -> LossOutput``. Gradient accumulation: the
 learner splits a mini-batch into micro-batches and passes the mini-batch's token and sequence

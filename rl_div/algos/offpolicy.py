@@ -1,6 +1,6 @@
 """Off-policy correction: truncated importance sampling of pi_old / pi_behavior (TIS).
 
-ALGORITHMS-style definition (Yao et al. 2025, "Your efficient RL framework secretly brings you
+Definition in docs/algorithms.md section 4 (Yao et al. 2025, "Your efficient RL framework secretly brings you
 off-policy RL training"; verl's rollout correction). Responses are sampled by the rollout engine,
 pi_behavior (``behavior_logprobs``: weights of an older version when rollouts run ahead, and a
 different kernel even when they do not); the PPO surrogate is built around the learner's pi_old

@@ -101,7 +101,7 @@ def _keyword_defaults(fn: Callable[..., Any]) -> dict[str, Any]:
             if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is not inspect.Parameter.empty}
 
 
-# ---- ARM (ALGORITHMS.md section 1): A~_i = A_i + alpha (c(q) - c(o_i|q)) in groups with a correct one
+# ---- ARM (docs/algorithms.md section 1): A~_i = A_i + alpha (c(q) - c(o_i|q)) in groups with a correct one
 def arm_reward_part(inputs: AdvantageInputs, *, reweight_all_correct: bool, scale: str, eps: float,
                     unbiased_std: bool, **_: Any) -> RewardPart:
     """GRPO's A_i and the rows ARM reweights (groups with a correct response; not all-correct ones

@@ -1,4 +1,4 @@
-"""Per-token loss weights and entropy interventions, registered by name (ALGORITHMS.md section 3).
+"""Per-token loss weights and entropy interventions, registered by name (docs/algorithms.md section 3).
 
 Every function is ``fn(inputs: TokenWeightInputs, **params) -> TokenWeightOutput``. The weights
 multiply the per-token policy loss; ``kl_penalty_coef`` (KL-Cov) is a per-token coefficient on
@@ -98,9 +98,9 @@ def steer_lambda(
       "exp":    k = -ln(lambda_min) / M, lambda = clip(exp(-k |Omega|), lambda_min, 1)
                 (lambda_max is unused; the token with |Omega| = M gets exactly lambda_min).
       "linear": lambda = lambda_max - (lambda_max - lambda_min) |Omega| / M, i.e. |Omega| mapped
-                onto [lambda_min, lambda_max] in reverse order. Choice: the floor applies here too
-                (ALGORITHMS.md gives it for "exp"), so a batch of near-zero Omega is not stretched
-                across the whole range and M is never 0.
+                onto [lambda_min, lambda_max] in reverse order. Choice (docs/algorithms.md section 6): the
+                floor applies here too (the paper gives it for "exp"), so a batch of near-zero Omega is not
+                stretched across the whole range and M is never 0.
     Padding gets 1.
 
     Args:

@@ -1,4 +1,4 @@
-"""Diversity-collapse decomposition (Karouzos et al. 2026; ALGORITHMS.md section 5).
+"""Diversity-collapse decomposition (Karouzos et al. 2026; docs/algorithms.md section 5).
 
 RL fine-tuning lowers the diversity of a model's samples for two reasons: it removes wrong answers
 (quality control, a loss of diversity that is expected and harmless) and it narrows the set of

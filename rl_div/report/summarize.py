@@ -250,7 +250,7 @@ def _groups(problems: list[dict[str, Any]]) -> list[tuple[list[str | None], list
 
 def collapse_over_seeds(model: dict[int, list[dict[str, Any]]],
                         reference: dict[int, list[dict[str, Any]]]) -> dict[str, float] | None:
-    """Collapse decomposition (ALGORITHMS.md section 5) of a model against a reference, averaged over
+    """Collapse decomposition (docs/algorithms.md section 5) of a model against a reference, averaged over
     the seeds both were evaluated with ({seed: problems}); answer-level diversity (answer_diversity).
 
     The eval files do not hold response texts or embeddings, so the decomposition is computed on

@@ -159,11 +159,6 @@ class GapTask(Task):
         answers, probs = self._prior
         return dict(zip(answers, probs, strict=True))
 
-    def expected_pass_at_1(self, record: PromptRecord) -> float:
-        """pass@1 of a model that has learned the habit prior exactly (noise included)."""
-        prior = self.habit_prior()
-        return (1.0 - self.format_noise) * sum(prior[a] for a in record.meta["valid_answers"])
-
     def sample_demonstration(self, record: PromptRecord, rng: random.Random) -> str:
         answers, probs = self._prior
         a = rng.choices(answers, weights=probs)[0]

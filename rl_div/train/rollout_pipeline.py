@@ -166,9 +166,6 @@ class RolloutPipeline:
                 dead.append(i)
         return dead
 
-    def worker_versions(self) -> list[int]:
-        return [int(v) for v in ray.get([w.policy_version.remote() for w in self.workers])]
-
     def replace_worker(self, index: int) -> None:
         """A new actor in place of a dead one (and a new NCCL group, since its membership changed)."""
         with contextlib.suppress(Exception):  # already dead is the usual case
