@@ -5,6 +5,13 @@ Built-ins register on import of their module. A user's own functions live in a m
 the config's ``plugins`` list; every process (driver, rollout, reward and learner actors) calls
 :func:`import_plugins` with that list before it reads a registry, so the user's ``@REG.register``
 decorators have run there too.
+
+Capabilities: a registry may carry a kind of declaration, a frozen dataclass saying what its entries
+read or add (``AdvantageNeeds``, ``TokenWeightNeeds``). An entry declares it where it is registered,
+``@ADVANTAGES.register("arm", needs=AdvantageNeeds(prompt_logprobs=True))``, and every reader asks
+:meth:`Registry.needs`, never the entry's name. An entry registered without a declaration gets the
+registry's ``undeclared(fn)``: the documented safe default, which may also read the attributes older
+plugins set on their functions.
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ from __future__ import annotations
 import difflib
 import importlib
 from collections.abc import Callable, Iterable, Iterator
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 F = TypeVar("F", bound=Callable)
 
@@ -25,22 +32,48 @@ class UnknownNameError(KeyError):
 
 
 class Registry(Generic[F]):
-    """A dict-like map from names to callables with a decorator to add to it."""
+    """A dict-like map from names to callables with a decorator to add to it, and (where the
+    registry has a ``needs_type``) each entry's capability declaration next to it."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, *, needs_type: type | None = None,
+                 undeclared: Callable[[F], Any] | None = None) -> None:
+        """needs_type: the declaration dataclass its entries may pass to register (None: none);
+        undeclared(fn): the declaration of an entry registered without one (default: needs_type())."""
         self.kind = kind
         self._items: dict[str, F] = {}
+        self._needs: dict[str, Any] = {}
+        self._needs_type = needs_type
+        self._undeclared = undeclared
 
-    def register(self, name: str, *, overwrite: bool = False) -> Callable[[F], F]:
-        """Decorator: ``@ADVANTAGES.register("my_adv")``. Re-registering a name needs overwrite."""
+    def register(self, name: str, *, needs: Any = None, overwrite: bool = False) -> Callable[[F], F]:
+        """Decorator: ``@ADVANTAGES.register("my_adv", needs=AdvantageNeeds(...))``; needs is optional
+        (see :meth:`needs`). Re-registering a name needs overwrite."""
+        if needs is not None and (self._needs_type is None or not isinstance(needs, self._needs_type)):
+            expected = self._needs_type.__name__ if self._needs_type else "no declaration"
+            raise TypeError(f"{self.kind} {name!r}: needs must be {expected}, got {type(needs).__name__}")
 
         def add(fn: F) -> F:
             if name in self._items and self._items[name] is not fn and not overwrite:
                 raise ValueError(f"{self.kind} {name!r} is already registered; pass overwrite=True")
             self._items[name] = fn
+            self._needs.pop(name, None)
+            if needs is not None:
+                self._needs[name] = needs
             return fn
 
         return add
+
+    def needs(self, name: str) -> Any:
+        """The capabilities of entry ``name``: its declaration at registration, else the registry's
+        ``undeclared(fn)`` (else ``needs_type()``). The one place anything reads what an entry needs."""
+        fn = self.get(name)
+        if name in self._needs:
+            return self._needs[name]
+        if self._undeclared is not None:
+            return self._undeclared(fn)
+        if self._needs_type is None:
+            raise TypeError(f"the {self.kind} registry declares no capabilities")
+        return self._needs_type()
 
     def get(self, name: str) -> F:
         try:

@@ -53,6 +53,14 @@ def cfg_of(*overrides: str) -> Config:
     (["train.ppo_epochs=2"], False),
     (["train.mini_batch_size=8"], False),  # two optimizer steps per batch of 16
     (["run.plugins=[plugins.my_algos]", "algo.advantage=test_raw_reward"], False),  # says nothing: kept
+    (["run.plugins=[plugins.my_algos]", "algo.advantage=test_reward_only"], True),  # declares no log-probs
+    (["run.plugins=[plugins.my_algos]", "algo.advantage=test_legacy_reward_only"], True),  # the old attribute
+    (["run.plugins=[plugins.my_algos]", "algo.advantage=test_prompt_reader"], False),  # declares prompt log-probs
+    (["run.plugins=[plugins.my_algos]", "algo.token_weight=test_half_weights"], True),
+    # a plugin token weight declaring nothing reweights by default: over the mini-batch it reads pi_old first
+    (["run.plugins=[plugins.my_algos]", "algo.token_weight=test_half_weights", "train.token_weight_scope=mini"],
+     False),
+    (["algo.token_weight=none", "train.token_weight_scope=mini"], True),  # none declares it does not reweight
 ])
 def test_when_the_update_forward_is_pi_old(overrides: list[str], fused: bool) -> None:
     assert fuses_policy_forward(cfg_of(*overrides), dropout=[])[0] is fused
@@ -137,8 +145,9 @@ def steps(cfg: Config, model_path: str, sampled: RolloutBatch, fused: bool, n: i
 
 
 @pytest.mark.parametrize("overrides", [[], ["algo=steer"], ["algo.loss_params.kl_coef=0.5", "train.use_ref_model=true"],
-                                       ["algo=grpo", "algo.advantage_params.scale=none"]],
-                         ids=["grpo", "steer", "grpo_kl", "dr_grpo"])
+                                       ["algo=grpo", "algo.advantage_params.scale=none"],
+                                       ["run.plugins=[plugins.my_algos]", "algo.advantage=test_reward_only"]],
+                         ids=["grpo", "steer", "grpo_kl", "dr_grpo", "plugin_declared_reward_only"])
 def test_fused_step_logs_and_trains_as_the_separate_forward_does(model_path: str, sampled: RolloutBatch,
                                                                  overrides: list[str]) -> None:
     cfg = cfg_of(f"model.path={model_path}", *overrides)

@@ -3,13 +3,15 @@
 ``ADVANTAGES``: per-response advantages (grpo, arm, passk, unlikeliness).
 ``TOKEN_WEIGHTS``: per-token loss weights / entropy interventions (none, steer, clip_cov, kl_cov,
 high_entropy_mask). ``LOSSES``: policy losses (ppo_clip, pg). Add your own with
-``@ADVANTAGES.register("name")`` in a module listed in the config's ``plugins``.
+``@ADVANTAGES.register("name", needs=AdvantageNeeds(...))`` in a module listed in the config's
+``plugins``; ``ADVANTAGES.needs(name)`` / ``TOKEN_WEIGHTS.needs(name)`` say what an entry reads.
 """
 
 from rl_div.algos import advantages as _advantages  # noqa: F401  (registers the built-in estimators)
 from rl_div.algos.advantage_base import (
     ADVANTAGES,
     AdvantageInputs,
+    AdvantageNeeds,
     AdvantageOutput,
     answer_confidence,
     grpo_advantages,
@@ -20,6 +22,7 @@ from rl_div.algos.losses import LOSSES, LossInputs, LossOutput, aggregate, count
 from rl_div.algos.token_weights import (
     TOKEN_WEIGHTS,
     TokenWeightInputs,
+    TokenWeightNeeds,
     TokenWeightOutput,
     steer_lambda,
     steer_omega,
@@ -31,10 +34,12 @@ __all__ = [
     "LOSSES",
     "TOKEN_WEIGHTS",
     "AdvantageInputs",
+    "AdvantageNeeds",
     "AdvantageOutput",
     "LossInputs",
     "LossOutput",
     "TokenWeightInputs",
+    "TokenWeightNeeds",
     "TokenWeightOutput",
     "aggregate",
     "answer_confidence",

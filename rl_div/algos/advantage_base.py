@@ -40,8 +40,41 @@ class AdvantageOutput:
     metrics: dict[str, float]
 
 
+@dataclass(frozen=True)
+class AdvantageNeeds:
+    """What an estimator reads of the policy, declared at registration
+    (``@ADVANTAGES.register(name, needs=AdvantageNeeds(...))``) and read with ``ADVANTAGES.needs(name)``.
+
+    response_logprobs: reads ``response_logprobs``, pi_old's log-probs before the update (the learner
+    then keeps its separate no-grad forward, rl_div.learner.onpolicy). prompt_logprobs: reads
+    ``prompt_logprobs`` (computed only then). behavior_logprobs: reads the sampler's log-probs (TRL,
+    which has none, gives it pi_old's from its own forward). row_local: apart from reward-only parts
+    it is row-local, with a split in rl_div.algos.row_local.ROW_LOCAL under the same name, so the
+    fused update can finish it from each micro-batch's forward.
+    """
+
+    response_logprobs: bool = True
+    prompt_logprobs: bool = False
+    behavior_logprobs: bool = False
+    row_local: bool = False
+
+    @property
+    def policy_logprobs(self) -> bool:
+        """Whether it reads the policy's (pi_old's) log-probs at all, response or prompt."""
+        return self.response_logprobs or self.prompt_logprobs
+
+
+def undeclared_advantage_needs(fn: Callable[..., object]) -> AdvantageNeeds:
+    """An estimator registered without ``needs``: assumed to read the policy's response log-probs
+    (the safe default: the separate forward runs). The function attributes older plugins set,
+    ``needs_response_logprobs`` / ``needs_prompt_logprobs``, still count."""
+    return AdvantageNeeds(response_logprobs=bool(getattr(fn, "needs_response_logprobs", True)),
+                          prompt_logprobs=bool(getattr(fn, "needs_prompt_logprobs", False)))
+
+
 AdvantageFn = Callable[..., AdvantageOutput]
-ADVANTAGES: Registry[AdvantageFn] = Registry("advantage")
+ADVANTAGES: Registry[AdvantageFn] = Registry("advantage", needs_type=AdvantageNeeds,
+                                             undeclared=undeclared_advantage_needs)
 
 
 def _require(inputs: AdvantageInputs, fields: list[str], who: str) -> None:

@@ -1,7 +1,8 @@
 """Advantage estimators: one advantage per response, registered by name (docs/algorithms.md section 1).
 
 Every estimator is ``fn(inputs: AdvantageInputs, **params) -> AdvantageOutput`` with keyword-only
-params that have defaults; the config names the estimator and its params. Plain GRPO is just
+params that have defaults; the config names the estimator and its params. Each declares what it
+reads of the policy where it is registered (:class:`AdvantageNeeds`). Plain GRPO is just
 ``ADVANTAGES["grpo"]``: there is no special path for it. All shaping is computed without gradient.
 """
 
@@ -15,6 +16,7 @@ import torch
 from rl_div.algos.advantage_base import (
     ADVANTAGES,
     AdvantageInputs,
+    AdvantageNeeds,
     AdvantageOutput,
     _is_correct,
     _require,
@@ -31,7 +33,7 @@ from rl_div.algos.grouping import (
 from rl_div.algos.row_local import ROW_LOCAL
 
 
-@ADVANTAGES.register("grpo")
+@ADVANTAGES.register("grpo", needs=AdvantageNeeds(response_logprobs=False))
 def grpo(
     inputs: AdvantageInputs, *, scale: str = "group", eps: float = 1e-6, unbiased_std: bool = False
 ) -> AdvantageOutput:
@@ -45,7 +47,7 @@ def grpo(
     return AdvantageOutput(adv, {"adv/zero_signal_frac": zero, **_summary(adv)})
 
 
-@ADVANTAGES.register("arm")
+@ADVANTAGES.register("arm", needs=AdvantageNeeds(prompt_logprobs=True, row_local=True))
 def arm(
     inputs: AdvantageInputs,
     *,
@@ -76,14 +78,7 @@ def arm(
                             unbiased_std=unbiased_std)
 
 
-# What an estimator reads of the policy before the update (rl_div.learner.onpolicy): only then does the
-# learner run its separate forward; an estimator without needs_response_logprobs is assumed to read them.
-arm.needs_prompt_logprobs = True  # type: ignore[attr-defined]  # the learner computes them only then
-arm.needs_response_logprobs = True  # type: ignore[attr-defined]
-grpo.needs_response_logprobs = False  # type: ignore[attr-defined]
-
-
-@ADVANTAGES.register("passk")
+@ADVANTAGES.register("passk", needs=AdvantageNeeds(response_logprobs=False))
 def passk(inputs: AdvantageInputs, *, k: int = 4) -> AdvantageOutput:
     """Pass@k training advantages (Chen et al. 2025), per group of N responses, N_neg incorrect.
 
@@ -131,9 +126,6 @@ def passk(inputs: AdvantageInputs, *, k: int = 4) -> AdvantageOutput:
     return AdvantageOutput(adv, metrics)
 
 
-passk.needs_response_logprobs = False  # type: ignore[attr-defined]
-
-
 def mean_response_logprob(logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Masked mean log p per response. [B, T], [B, T] -> [B]; an empty response gets 0."""
     valid = mask.bool()
@@ -141,7 +133,8 @@ def mean_response_logprob(logprobs: torch.Tensor, mask: torch.Tensor) -> torch.T
     return total / valid.sum(dim=1).clamp(min=1)
 
 
-@ADVANTAGES.register("unlikeliness")
+@ADVANTAGES.register(
+    "unlikeliness", needs=AdvantageNeeds(response_logprobs=False, behavior_logprobs=True))
 def unlikeliness(
     inputs: AdvantageInputs,
     *,
@@ -174,6 +167,3 @@ def unlikeliness(
     )
     out.metrics["unlikeliness/reward_factor_mean"] = float(factor.mean().item()) if factor.numel() else 1.0
     return out
-
-
-unlikeliness.needs_response_logprobs = False  # type: ignore[attr-defined]  # reads the sampler's log-probs

@@ -9,10 +9,12 @@ with ``base`` and ``shaped`` computed from rewards, correctness and groups alone
 row i's response log-probs (and prompt log-probs) alone, can be finished inside the update's
 micro-batch loop: with one PPO epoch and one optimizer step, the update's forward of a micro-batch
 IS pi_old for its rows, so its detached log-probs give s for those rows before their loss. Such an
-estimator registers a :class:`RowLocalSplit` under its own name in :data:`ROW_LOCAL`; the split
-must reproduce the estimator exactly (tests/test_fused_advantage.py checks ARM against
-:func:`rl_div.algos.advantages.arm`). The split's parts get the estimator's full keyword params
-(its signature's defaults, overridden by the config's).
+estimator registers a :class:`RowLocalSplit` under its own name in :data:`ROW_LOCAL` and declares
+``AdvantageNeeds(row_local=True)`` where it registers in ADVANTAGES (its ``prompt_logprobs`` says
+whether the shaping reads prompt log-probs); the split must reproduce the estimator exactly
+(tests/test_fused_advantage.py checks ARM against :func:`rl_div.algos.advantages.arm`). The
+split's parts get the estimator's full keyword params (its signature's defaults, overridden by the
+config's).
 """
 
 from __future__ import annotations
@@ -64,7 +66,6 @@ class RowLocalSplit:
     reward_part: Callable[..., RewardPart]
     row_values: Callable[..., dict[str, torch.Tensor]]
     metrics: Callable[..., dict[str, float]]
-    needs_prompt_logprobs: bool = False
 
     def __call__(self, inputs: AdvantageInputs, **params: Any) -> AdvantageOutput:
         assert inputs.response_logprobs is not None and inputs.response_mask is not None
@@ -147,4 +148,4 @@ def arm_metrics(part: RewardPart, values: dict[str, torch.Tensor], shaping: torc
     }
 
 
-ROW_LOCAL.register("arm")(RowLocalSplit(arm_reward_part, arm_row_values, arm_metrics, needs_prompt_logprobs=True))
+ROW_LOCAL.register("arm")(RowLocalSplit(arm_reward_part, arm_row_values, arm_metrics))

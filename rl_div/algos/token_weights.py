@@ -38,11 +38,29 @@ class TokenWeightOutput:
     metrics: dict[str, float]
 
 
+@dataclass(frozen=True)
+class TokenWeightNeeds:
+    """What a token weight reads and adds, declared at registration
+    (``@TOKEN_WEIGHTS.register(name, needs=TokenWeightNeeds(...))``) and read with
+    ``TOKEN_WEIGHTS.needs(name)``. One registered without a declaration gets the defaults.
+
+    reweights: its weights are not all ones, and depend on the tokens they are computed over (so a
+    sharded learner computes them over the whole mini-batch, and TRL multiplies them into its
+    advantages); only "none" says False. entropy: reads ``entropy`` / ``old_entropy`` (TRL computes
+    entropies only then). kl_term: returns a ``kl_penalty_coef``, a loss term that acts without an
+    advantage (a zero-advantage mini-batch is then not skipped; TRL's loss has no place for it).
+    """
+
+    reweights: bool = True
+    entropy: bool = True
+    kl_term: bool = False
+
+
 TokenWeightFn = Callable[..., TokenWeightOutput]
-TOKEN_WEIGHTS: Registry[TokenWeightFn] = Registry("token weight")
+TOKEN_WEIGHTS: Registry[TokenWeightFn] = Registry("token weight", needs_type=TokenWeightNeeds)
 
 
-@TOKEN_WEIGHTS.register("none")
+@TOKEN_WEIGHTS.register("none", needs=TokenWeightNeeds(reweights=False, entropy=False))
 def none(inputs: TokenWeightInputs) -> TokenWeightOutput:
     """No re-weighting: all ones. [B, T] -> [B, T]."""
     return TokenWeightOutput(torch.ones_like(inputs.logprobs), None, {})
@@ -129,7 +147,7 @@ def _masked_stats(x: torch.Tensor, valid: torch.Tensor) -> dict[str, float]:
     return {"mean": float(v.mean().item()), "min": float(v.min().item()), "max": float(v.max().item())}
 
 
-@TOKEN_WEIGHTS.register("steer")
+@TOKEN_WEIGHTS.register("steer", needs=TokenWeightNeeds(entropy=True))
 def steer(
     inputs: TokenWeightInputs,
     *,
@@ -190,7 +208,7 @@ def _count_floor(fraction: float, n: int) -> int:
     return max(1, int(fraction * n + _ROUND_SLACK)) if n > 0 else 0
 
 
-@TOKEN_WEIGHTS.register("clip_cov")
+@TOKEN_WEIGHTS.register("clip_cov", needs=TokenWeightNeeds(entropy=False))
 def clip_cov(
     inputs: TokenWeightInputs,
     *,
@@ -223,7 +241,7 @@ def clip_cov(
     return TokenWeightOutput(weights.view_as(inputs.logprobs), None, metrics)
 
 
-@TOKEN_WEIGHTS.register("kl_cov")
+@TOKEN_WEIGHTS.register("kl_cov", needs=TokenWeightNeeds(entropy=False, kl_term=True))
 def kl_cov(inputs: TokenWeightInputs, *, fraction: float = 0.002, beta: float = 1.0) -> TokenWeightOutput:
     """KL-Cov (Cui et al. 2025): the top max(1, floor(fraction * n_valid)) valid tokens by Cov get a
     penalty coefficient beta on |log rho| (added to their loss); weights stay 1. Ties at the
@@ -246,7 +264,7 @@ def kl_cov(inputs: TokenWeightInputs, *, fraction: float = 0.002, beta: float = 
     return TokenWeightOutput(torch.ones_like(inputs.logprobs), coef.view_as(inputs.logprobs), metrics)
 
 
-@TOKEN_WEIGHTS.register("high_entropy_mask")
+@TOKEN_WEIGHTS.register("high_entropy_mask", needs=TokenWeightNeeds(entropy=True))
 def high_entropy_mask(
     inputs: TokenWeightInputs, *, top_fraction: float = 0.2, entropy_source: str = "current"
 ) -> TokenWeightOutput:

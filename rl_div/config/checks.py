@@ -2,7 +2,8 @@
 :class:`~rl_div.config.ConfigError` line that names the field or file.
 
 * :func:`check_registry_names` (at config load): plugin modules import, every registered name exists
-  and every ``*_params`` key is a keyword its function takes (built-in and plugin functions alike).
+  and every ``*_params`` key is a keyword its function takes (built-in and plugin functions alike);
+  then :func:`check_capabilities`: what the named entries declare they need fits the config.
 * :func:`check_inputs` (at the start of a run): model and data paths exist, and a local machine has
   the GPUs the config asks for.
 """
@@ -64,6 +65,19 @@ def check_registry_names(cfg: Config) -> None:
         if params is not None:
             params_field = field.removesuffix(".name") + (".params" if field.endswith(".name") else "_params")
             check_params(params_field, f"{kind} {name!r}", registry[name], dict(params), positional, supplied)
+    check_capabilities(cfg)
+
+
+def check_capabilities(cfg: Config) -> None:
+    """What the configured entries declare (``Registry.needs``) against the rest of the config: a
+    sharded learner computes a reweighting token weight over the whole mini-batch only, since its
+    micro-batches differ with the world size. Run after the names are known to exist."""
+    from rl_div.algos import TOKEN_WEIGHTS
+
+    t, token_weight = cfg.train, cfg.algo.token_weight
+    if t.strategy == "fsdp2" and TOKEN_WEIGHTS.needs(token_weight).reweights and t.token_weight_scope != "mini":
+        raise ConfigError("train.strategy='fsdp2' needs train.token_weight_scope='mini' for token weight "
+                          f"{token_weight!r} (micro-batches differ with the world size)")
 
 
 def accepted_keywords(fn: Callable[..., Any], positional: int) -> tuple[list[str], list[str]] | None:

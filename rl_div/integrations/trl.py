@@ -130,7 +130,6 @@ def trl_reward(rewards: str | RewardSpec | Sequence[str | RewardSpec], *, answer
 # TRL losses whose per-token term is linear in the advantage, so that a (B, T) advantage A * w equals
 # rl_div's loss with token weights w >= 0.
 _LINEAR_LOSSES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo")
-_NEEDS_FORWARD = {"arm": "prompt", "unlikeliness": "response"}
 
 
 class RLDivGRPOTrainer(GRPOTrainer):
@@ -179,7 +178,7 @@ class RLDivGRPOTrainer(GRPOTrainer):
             raise NotImplementedError("RLDivGRPOTrainer runs in one process (per-token statistics are not gathered)")
         if self.args.multi_objective_aggregation != "sum_then_normalize":
             raise ValueError("RLDivGRPOTrainer sums the rewards (multi_objective_aggregation='sum_then_normalize')")
-        if token_weight != "none":
+        if TOKEN_WEIGHTS.needs(token_weight).reweights:
             if self.num_iterations != 1:
                 raise ValueError(f"token_weight {token_weight!r} needs num_iterations=1 (weights use pi_old = pi)")
             if self.loss_type not in _LINEAR_LOSSES:
@@ -233,11 +232,12 @@ class RLDivGRPOTrainer(GRPOTrainer):
                 prompt_mask=prompt_logprob_mask(out["prompt_mask"][rows]).float()), **self.rl_div_advantage_params)
             advantages[rows] = adv_out.advantages.to(advantages.dtype)
             metrics = dict(adv_out.metrics)
-        if self.rl_div_token_weight == "none":
+        if not TOKEN_WEIGHTS.needs(self.rl_div_token_weight).reweights:
             return advantages, None, metrics
         tw = TOKEN_WEIGHTS[self.rl_div_token_weight](TokenWeightInputs(
             advantages=advantages[:, None].expand_as(mask), logprobs=stats["logprobs"], old_logprobs=stats["logprobs"],
-            mask=mask, old_entropy=stats["entropy"], entropy=stats["entropy"]), **self.rl_div_token_weight_params)
+            mask=mask, old_entropy=stats.get("entropy"), entropy=stats.get("entropy")),
+            **self.rl_div_token_weight_params)
         if tw.kl_penalty_coef is not None:
             raise ValueError(f"token_weight {self.rl_div_token_weight!r} adds a KL term TRL's loss cannot take")
         if bool((tw.weights[mask.bool()] < 0).any()):
@@ -253,21 +253,25 @@ class RLDivGRPOTrainer(GRPOTrainer):
         return per_func[:, self.rl_div_correct_index]
 
     def _needs_policy_stats(self) -> bool:
-        return self.rl_div_advantage in _NEEDS_FORWARD or self.rl_div_token_weight != "none"
+        """Whether the estimator or the token weight reads the policy, as their declarations say (an
+        estimator declaring nothing is assumed to: rl_div.algos.advantage_base.undeclared_advantage_needs)."""
+        adv = ADVANTAGES.needs(self.rl_div_advantage)
+        return adv.policy_logprobs or adv.behavior_logprobs or TOKEN_WEIGHTS.needs(self.rl_div_token_weight).reweights
 
     @torch.no_grad()
     def _policy_stats(self, out: dict[str, Any]) -> dict[str, torch.Tensor]:
         """One no-grad forward of the generation batch at the sampling temperature (TRL's fused head):
-        logprobs and entropy of the completion tokens [B, T]; prompt_logprobs [B, P] aligned with
-        prompt_ids (first position 0, masked by prompt_logprob_mask) when the estimator needs them."""
+        logprobs of the completion tokens [B, T], their entropy when the token weight declares it reads
+        it; prompt_logprobs [B, P] aligned with prompt_ids (first position 0, masked by
+        prompt_logprob_mask) when the estimator declares it reads them."""
         prompt_ids, completion_ids = out["prompt_ids"], out["completion_ids"]
         ids = torch.cat([prompt_ids, completion_ids], dim=1)
         attention = torch.cat([out["prompt_mask"], out["completion_mask"]], dim=1)
-        with_prompt = _NEEDS_FORWARD.get(self.rl_div_advantage) == "prompt"
+        with_prompt = ADVANTAGES.needs(self.rl_div_advantage).prompt_logprobs
         keep = ids.shape[1] - 1 if with_prompt else completion_ids.shape[1]
         logps, entropy, _ = self._get_per_token_logps_and_entropies(
             self.model, ids, attention, keep, batch_size=self.args.per_device_train_batch_size,
-            compute_entropy=self.rl_div_token_weight != "none")
+            compute_entropy=TOKEN_WEIGHTS.needs(self.rl_div_token_weight).entropy)
         t = completion_ids.shape[1]
         stats = {"logprobs": logps[:, -t:].float()}
         if entropy is not None:

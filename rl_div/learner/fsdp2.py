@@ -21,7 +21,7 @@ import torch
 from rl_div.config import Config
 from rl_div.data import RolloutBatch
 from rl_div.learner.metric_sums import add_metric, mean_over_steps
-from rl_div.learner.plan import MiniBatchPlan
+from rl_div.learner.plan import MiniBatchPlan, token_weights_over_mini_batch
 from rl_div.learner.reducers import LOCAL, GroupReducer, LocalReducer, mini_batch_token_weights
 from rl_div.learner.reference import sharded_reference
 from rl_div.learner.sharding import PolicyModule, free_address, new_mesh, shard_policy
@@ -43,7 +43,7 @@ def planned_step(learner: Learner, batch: RolloutBatch, plan: MiniBatchPlan, ran
     learner.optimizer.zero_grad(set_to_none=True)
     mini_weights = None
     sums: dict[str, float] = {}
-    if cfg.algo.token_weight != "none" and cfg.train.token_weight_scope == "mini":
+    if token_weights_over_mini_batch(cfg):
         mini_weights = mini_batch_token_weights(learner, mini, positions, rank, reducer)
     bad = 0.0
     for pos in positions[rank]:

@@ -36,11 +36,10 @@ class ShapingLeftNoSignal(Exception):
 
 
 def row_local_split(cfg: Config) -> RowLocalSplit | None:
-    """The configured estimator's row-local split (rl_div.algos.row_local.ROW_LOCAL), or None."""
+    """The configured estimator's row-local split (rl_div.algos.row_local.ROW_LOCAL) when it declares
+    ``row_local``, else None."""
     name = cfg.algo.advantage
-    if name not in ROW_LOCAL:
-        return None
-    return ROW_LOCAL[name]
+    return ROW_LOCAL[name] if ADVANTAGES.needs(name).row_local else None
 
 
 def advantage_before_update(inputs: AdvantageInputs, cfg: Config) -> AdvantageOutput:
@@ -69,6 +68,7 @@ class RowShaper:
         correct = batch.correct
         correct = correct if correct is not None and bool(torch.isfinite(correct).all()) else None
         self.split = split
+        self.needs_prompt_logprobs = bool(ADVANTAGES.needs(cfg.algo.advantage).prompt_logprobs)
         self.params = full_params(cfg.algo.advantage, cfg.algo.advantage_params)
         self.part = split.reward_part(AdvantageInputs(rewards=batch.rewards, group_index=batch.group_index,
                                                       correct=correct), **self.params)
@@ -81,10 +81,6 @@ class RowShaper:
         """A shaper when the configured estimator has a row-local split, else None."""
         split = row_local_split(cfg)
         return None if split is None else RowShaper(cfg, batch, split)
-
-    @property
-    def needs_prompt_logprobs(self) -> bool:
-        return self.split.needs_prompt_logprobs
 
     def may_be_nonzero(self) -> torch.Tensor:
         """[B] bool: rows whose final advantage can be non-zero (known before any forward)."""

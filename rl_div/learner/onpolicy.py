@@ -17,11 +17,11 @@ when any of these hold:
   batch-wide function of the log-probs is known only after the last micro-batch's forward. An
   estimator whose advantage is row-local apart from reward-only parts (ARM: A_i and the reweighted
   groups come from rewards, c(o_i|q) and c(q) from row i's own response and prompt log-probs)
-  registers a split in rl_div.algos.row_local.ROW_LOCAL and is finished inside the update's
-  micro-batch loop from each micro-batch's own forward, which then also computes the prompt
-  log-probs (rl_div.learner.fused_advantage); it fuses. Otherwise a plugin estimator declares
-  ``needs_response_logprobs = False`` (and no ``needs_prompt_logprobs``) to skip the separate forward;
-  one that says nothing keeps it;
+  registers a split in rl_div.algos.row_local.ROW_LOCAL, declares ``AdvantageNeeds(row_local=True)``
+  and is finished inside the update's micro-batch loop from each micro-batch's own forward, which
+  then also computes the prompt log-probs (rl_div.learner.fused_advantage); it fuses. Otherwise a
+  plugin estimator declares ``AdvantageNeeds(response_logprobs=False)`` at registration to skip the
+  separate forward; one that declares nothing keeps it (``ADVANTAGES.needs``);
 - a sharded learner (train.strategy=fsdp2), or token weights over the whole mini-batch
   (train.token_weight_scope=mini): both read pi_old of every row (and its advantage) before the
   first micro-batch;
@@ -36,22 +36,21 @@ from __future__ import annotations
 import torch
 
 from rl_div.algos import ADVANTAGES
-from rl_div.algos.row_local import ROW_LOCAL
 from rl_div.config import Config
+from rl_div.learner.plan import token_weights_over_mini_batch
 
 
 def needs_prompt_logprobs(cfg: Config) -> bool:
-    """Whether the advantage reads prompt log-probs (ARM; a plugin estimator says so with a
-    ``needs_prompt_logprobs = True`` attribute): only then does the learner compute them."""
-    return bool(getattr(ADVANTAGES[cfg.algo.advantage], "needs_prompt_logprobs", False))
+    """Whether the advantage reads prompt log-probs (its declaration's ``prompt_logprobs``: ARM's):
+    only then does the learner compute them."""
+    return bool(ADVANTAGES.needs(cfg.algo.advantage).prompt_logprobs)
 
 
 def needs_policy_logprobs(cfg: Config) -> bool:
     """Whether the advantage reads the policy's log-probs (response_logprobs or prompt_logprobs of
-    AdvantageInputs) before the update. Estimators say so with ``needs_response_logprobs`` /
-    ``needs_prompt_logprobs``; one without the attribute is assumed to read them."""
-    fn = ADVANTAGES[cfg.algo.advantage]
-    return needs_prompt_logprobs(cfg) or bool(getattr(fn, "needs_response_logprobs", True))
+    AdvantageInputs) before the update, as its declaration says; one that declares nothing is
+    assumed to read them (rl_div.algos.advantage_base.undeclared_advantage_needs)."""
+    return bool(ADVANTAGES.needs(cfg.algo.advantage).policy_logprobs)
 
 
 def active_dropout(model: torch.nn.Module) -> list[str]:
@@ -71,21 +70,21 @@ def fuses_policy_forward(cfg: Config, dropout: list[str]) -> tuple[bool, str]:
 
     cfg: the run's config; dropout: :func:`active_dropout` of the learner's model.
     """
-    t = cfg.train
+    t, advantage = cfg.train, ADVANTAGES.needs(cfg.algo.advantage)
     batch = cfg.rollout.prompts_per_step * cfg.rollout.group_size
     if t.ppo_epochs != 1:
         return False, f"train.ppo_epochs={t.ppo_epochs}: later epochs need pi_old from before the first step"
     if t.mini_batch_size and t.mini_batch_size < batch:
         return False, f"train.mini_batch_size={t.mini_batch_size} < {batch} rows: several optimizer steps per batch"
-    if needs_policy_logprobs(cfg) and cfg.algo.advantage not in ROW_LOCAL:
+    if advantage.policy_logprobs and not advantage.row_local:
         return False, f"advantage {cfg.algo.advantage!r} reads the policy's log-probs before the update"
     if t.strategy != "single":
         return False, f"train.strategy={t.strategy}: the sharded update is planned from pi_old computed beforehand"
-    if t.token_weight_scope == "mini" and cfg.algo.token_weight != "none":
+    if token_weights_over_mini_batch(cfg):
         return False, "train.token_weight_scope=mini: token weights over the mini-batch read pi_old before the update"
     if dropout:
         return False, f"the model has dropout ({', '.join(dropout[:3])}): train-mode forwards are not pi_old"
-    if cfg.algo.advantage in ROW_LOCAL:
+    if advantage.row_local:
         return True, (f"one PPO epoch, one optimizer step per batch: the update's forward is pi_old, and "
                       f"advantage {cfg.algo.advantage!r} is finished from it row by row")
     return True, "one PPO epoch, one optimizer step per batch: the update's forward is pi_old"

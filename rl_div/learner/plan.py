@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from rl_div.algos import TOKEN_WEIGHTS
+
 if TYPE_CHECKING:
     from rl_div.config import Config
     from rl_div.data import RolloutBatch
@@ -126,13 +128,26 @@ def plan_update(cost: list[int], response_tokens: list[int], has_signal: list[bo
     return plans
 
 
+def other_loss_terms(loss_params: dict[str, Any], token_weight: str) -> bool:
+    """Whether a loss term acts without an advantage, so a zero-advantage mini-batch still has a
+    gradient: a KL or entropy coefficient in loss_params, or a token weight that declares a KL term
+    (``TokenWeightNeeds.kl_term``: KL-Cov)."""
+    return bool(loss_params.get("kl_coef", 0.0) or loss_params.get("entropy_coef", 0.0)
+                or TOKEN_WEIGHTS.needs(token_weight).kl_term)
+
+
+def token_weights_over_mini_batch(cfg: Config) -> bool:
+    """Whether the update computes token weights once over each mini-batch (train.token_weight_scope
+    = "mini") rather than per micro-batch: only for a token weight that reweights at all."""
+    return cfg.train.token_weight_scope == "mini" and bool(TOKEN_WEIGHTS.needs(cfg.algo.token_weight).reweights)
+
+
 def plan_batch(batch: RolloutBatch, cfg: Config, world_size: int, version: int,
                loss_overrides: dict[str, Any] | None = None) -> list[MiniBatchPlan]:
     """plan_update for a scored RolloutBatch under cfg.train / cfg.algo (loss_params with the update's
     loss_overrides merged over them, as the learner uses them), at policy `version`."""
     t, params = cfg.train, {**cfg.algo.loss_params, **(loss_overrides or {})}
-    other_terms = bool(params.get("kl_coef", 0.0) or params.get("entropy_coef", 0.0)
-                       or cfg.algo.token_weight == "kl_cov")
+    other_terms = other_loss_terms(params, cfg.algo.token_weight)
     response = batch.response_mask.sum(dim=1)
     assert batch.advantages is not None
     adv = batch.advantages.reshape(batch.size, -1)

@@ -21,6 +21,7 @@ from rl_div.learner.forward import policy_forward, prompt_logprob_mask
 from rl_div.learner.fused_advantage import RowShaper, ShapingLeftNoSignal
 from rl_div.learner.metric_sums import add_metric, mean_over_steps
 from rl_div.learner.onpolicy import active_dropout, fuses_policy_forward
+from rl_div.learner.plan import other_loss_terms, token_weights_over_mini_batch
 from rl_div.metrics.entropy import masked_mean
 from rl_div.models.loading import DTYPES, load_policy, save_policy
 from rl_div.registry import import_plugins
@@ -242,10 +243,8 @@ class Learner:
     def _has_signal(self, advantages: torch.Tensor) -> bool:
         """Whether any loss term would give a gradient: a non-zero advantage (advantages [B]), or a
         KL, entropy or KL-Cov term that acts regardless of the advantage."""
-        params = self.loss_params
-        other_terms = (params.get("kl_coef", 0.0) or params.get("entropy_coef", 0.0)
-                       or self.cfg.algo.token_weight == "kl_cov")
-        return bool((advantages != 0).any()) or bool(other_terms)
+        other_terms = other_loss_terms(self.loss_params, self.cfg.algo.token_weight)
+        return bool((advantages != 0).any()) or other_terms
 
     def policy_forward(self, micro: RolloutBatch, with_prompt: bool = False, temperature: float | None = None,
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -311,7 +310,7 @@ class Learner:
         sums: dict[str, float] = {}
         micros = mini.micro_batches(cfg.micro_batch_size)
         mini_weights = None
-        if cfg.token_weight_scope == "mini" and self.cfg.algo.token_weight != "none":
+        if token_weights_over_mini_batch(self.cfg):
             from rl_div.learner.reducers import LOCAL, mini_batch_token_weights
 
             size = cfg.micro_batch_size
