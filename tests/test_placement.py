@@ -4,6 +4,7 @@ group, fast failures naming what is missing, and the start-up timeout."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +23,9 @@ from rl_div.cluster.actors import (
 )
 from rl_div.cluster.placement import cluster_problems, plan_placement
 from rl_div.config import Config, ConfigError, load_config, save_config
+from rl_div.data import PromptRecord
 from rl_div.models.loading import build_char_tokenizer, make_tiny_llama, save_policy
+from rl_div.rollout import SamplingSpec
 from rl_div.sync.buckets import WeightSyncError
 from rl_div.sync.push import push_weights
 from rl_div.tasks import TASKS
@@ -159,3 +162,20 @@ def test_a_sync_past_its_timeout_names_the_stages_still_running(tmp_path: Path, 
     finally:
         for actor in (*learner.actors, worker):
             ray.kill(actor)
+
+
+def test_a_plugin_rollout_backend_runs_inside_its_actor(tmp_path: Path, model_path: str) -> None:
+    """The actor imports run.plugins, then builds tests/plugins/my_backend.py's worker by name."""
+    cfg = run_cfg(tmp_path, model_path, "run.plugins=[plugins.my_backend]", "rollout.backend=test_echo", "run.seed=3",
+                  "rollout.max_new_tokens=9")
+    init_ray(cfg)
+    worker = start_rollout_worker(cfg, "unused")  # the echo worker loads no model
+    try:
+        assert ray.get(worker.set_weights.remote({}, 4), timeout=60) == 4
+        batch = ray.get(worker.generate.remote([PromptRecord("a", "1")], SamplingSpec(n=3)), timeout=60)
+        # prompt ids [5, 6], response ids (run.seed, rollout.max_new_tokens), the version pushed
+        assert batch.prompt_ids.tolist() == [[5, 6]] * 3 and batch.response_ids.tolist() == [[3, 9]] * 3
+        assert batch.behavior_version.tolist() == [4] * 3
+        assert ray.get(worker.pid.remote()) != os.getpid()  # another process imported the plugin
+    finally:
+        ray.kill(worker)

@@ -30,6 +30,7 @@ from rl_div.cluster.placement import (
     plan_placement,
 )
 from rl_div.config import Config, ConfigError
+from rl_div.config.rollout_backends import ROLLOUT_BACKENDS
 
 log = logging.getLogger("rl_div")
 
@@ -199,19 +200,18 @@ def start_rollout_worker(cfg: Config, model_path: str, placement: RunPlacement |
     the bundle of rollout worker `index` (a restarted worker goes back into its own bundle)."""
     placement = placement or unplaced(cfg)
     slot = placement.plan.rollout[index]
-    r = cfg.rollout
     actor_cls = ray.remote(RolloutHost).options(max_restarts=0, **placement.options(slot))
-    if r.backend == "vllm":
-        backend_kwargs: dict[str, Any] = {
-            "tensor_parallel_size": r.tensor_parallel_size, "gpu_memory_utilization": r.gpu_memory_utilization,
-            "seed": cfg.run.seed, "weight_sync": r.weight_sync, "sync_chunk_mb": r.weight_sync_chunk_mb,
-            "sync_timeout_s": r.weight_sync_timeout_s, "sleep_level": r.sleep_level}
-    else:  # on the device the config reserved for it, never an unreserved GPU
-        backend_kwargs = {"max_batch_rows": r.max_batch_rows, "device": "cuda" if slot.num_gpus > 0 else "cpu"}
-    return actor_cls.remote(
-        r.backend, list(cfg.run.plugins), cfg.run.torch_threads,
-        model_path=model_path, dtype=cfg.model.dtype, trust_remote_code=cfg.model.trust_remote_code,
-        use_chat_template=cfg.model.use_chat_template, prompt_template=cfg.data.prompt_template, **backend_kwargs)
+    return actor_cls.remote(cfg.rollout.backend, list(cfg.run.plugins), cfg.run.torch_threads,
+                            **rollout_worker_args(cfg, model_path, slot.num_gpus))
+
+
+def rollout_worker_args(cfg: Config, model_path: str, num_gpus: float) -> dict[str, Any]:
+    """The worker's constructor keywords: those every backend takes, then its declaration's own
+    (rl_div.config.rollout_backends), given the GPUs its actor reserved."""
+    backend = ROLLOUT_BACKENDS.get(cfg.rollout.backend)
+    return {"model_path": model_path, "dtype": cfg.model.dtype, "trust_remote_code": cfg.model.trust_remote_code,
+            "use_chat_template": cfg.model.use_chat_template, "prompt_template": cfg.data.prompt_template,
+            **backend.worker_args(cfg, num_gpus)}
 
 
 def start_learner(cfg: Config, model_path: str, placement: RunPlacement | None = None) -> Any:

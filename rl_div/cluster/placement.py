@@ -19,6 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from rl_div.config.rollout_backends import ROLLOUT_BACKENDS
+
 if TYPE_CHECKING:
     from rl_div.config import Config
 
@@ -78,7 +80,8 @@ def plan_placement(cfg: Config) -> PlacementPlan:
 def cluster_problems(plan: PlacementPlan, cfg: Config, total: Mapping[str, float],
                      nodes: list[Mapping[str, float]]) -> list[str]:
     """Why the cluster (total = ray.cluster_resources(), nodes = each alive node's resources)
-    cannot hold the plan; empty when it can, as far as totals and node sizes tell."""
+    cannot hold the plan, the rollout backend's own rule included; empty when it can, as far as
+    totals and node sizes tell."""
     out = []
     needed: Resources = {}
     for b in plan.bundles:
@@ -94,9 +97,7 @@ def cluster_problems(plan: PlacementPlan, cfg: Config, total: Mapping[str, float
                 largest = max(nodes, key=lambda n: (n.get("GPU", 0.0), n.get("CPU", 0.0)))
                 out.append(f"{owner} needs {format_resources(b)} on one node; no node has that "
                            f"(largest: {format_resources({k: largest.get(k, 0.0) for k in ('CPU', 'GPU')})})")
-    if cfg.rollout.backend == "vllm" and cfg.rollout.num_gpus_per_worker == 0 and total.get("GPU", 0.0) > 0:
-        out.append("rollout.num_gpus_per_worker=0 on a cluster with GPUs: every vLLM engine would start on GPU 0 of "
-                   "its node without a reservation; set it to rollout.tensor_parallel_size")
+    out += ROLLOUT_BACKENDS.get(cfg.rollout.backend).cluster_problems(cfg.rollout, total)
     return out
 
 

@@ -4,6 +4,8 @@
 * :func:`check_registry_names` (at config load): plugin modules import, every registered name exists
   and every ``*_params`` key is a keyword its function takes (built-in and plugin functions alike);
   then :func:`check_capabilities`: what the named entries declare they need fits the config.
+* :func:`check_rollout_backend` (at config load and at the start of a run): the rollout backend's
+  declaration takes the config's weight-sync transport and GPU layout.
 * :func:`check_inputs` (at the start of a run): model and data paths exist, and a local machine has
   the GPUs the config asks for.
 """
@@ -17,6 +19,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from rl_div.config.rollout_backends import ROLLOUT_BACKENDS, backends_taking
 from rl_div.config.schema import Config, ConfigError
 from rl_div.registry import Registry, import_plugins, unknown_name_message
 
@@ -66,6 +69,7 @@ def check_registry_names(cfg: Config) -> None:
             params_field = field.removesuffix(".name") + (".params" if field.endswith(".name") else "_params")
             check_params(params_field, f"{kind} {name!r}", registry[name], dict(params), positional, supplied)
     check_capabilities(cfg)
+    check_rollout_backend(cfg)
 
 
 def check_capabilities(cfg: Config) -> None:
@@ -78,6 +82,24 @@ def check_capabilities(cfg: Config) -> None:
     if t.strategy == "fsdp2" and TOKEN_WEIGHTS.needs(token_weight).reweights and t.token_weight_scope != "mini":
         raise ConfigError("train.strategy='fsdp2' needs train.token_weight_scope='mini' for token weight "
                           f"{token_weight!r} (micro-batches differ with the world size)")
+
+
+def check_rollout_backend(cfg: Config) -> None:
+    """rollout.backend is registered (after the run's plugins import), takes rollout.weight_sync, and
+    its own GPU rules (rl_div.config.rollout_backends.RolloutBackend) accept the config's layout."""
+    check_plugins(cfg.run.plugins)
+    r = cfg.rollout
+    if r.backend not in ROLLOUT_BACKENDS:
+        message = unknown_name_message("rollout backend", r.backend, ROLLOUT_BACKENDS.names())
+        raise ConfigError(f"rollout.backend: {message}")
+    backend = ROLLOUT_BACKENDS[r.backend]
+    if r.weight_sync not in backend.transports:
+        takers = ", ".join(backends_taking(r.weight_sync)) or "none"
+        raise ConfigError(f"rollout.weight_sync: the {r.backend} backend takes {', '.join(backend.transports)} only, "
+                          f"not {r.weight_sync!r} (backends that take it: {takers})")
+    problems = backend.gpu_problems(r, cfg.train)
+    if problems:
+        raise ConfigError("; ".join(problems))
 
 
 def accepted_keywords(fn: Callable[..., Any], positional: int) -> tuple[list[str], list[str]] | None:
@@ -115,8 +137,9 @@ def check_params(field: str, what: str, fn: Callable[..., Any], params: dict[str
 
 
 def check_inputs(cfg: Config) -> None:
-    """Model and data paths exist and the local machine has the GPUs asked for; see the module
-    docstring. Runs at the start of every Trainer, before its output folder or Ray."""
+    """Model and data paths exist, the rollout backend accepts the config and the local machine has the
+    GPUs asked for; see the module docstring. Runs at the start of every Trainer, before its output
+    folder or Ray."""
     check_model_path(cfg.model.path)
     data = cfg.data
     if data.source != "task":
@@ -131,6 +154,7 @@ def check_inputs(cfg: Config) -> None:
                 raise ConfigError(f"{field}: {value!r} does not exist")
             if data.source == "hf" and not path.exists() and not _HUB_ID.match(value):
                 raise ConfigError(f"{field}: {value!r} does not exist (and is not an HF hub name like 'org/name')")
+    check_rollout_backend(cfg)  # again: a Config built in Python has not been through load_config
     check_devices(cfg)
 
 

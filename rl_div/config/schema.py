@@ -115,7 +115,10 @@ class DataConfig(Section):
 
 
 class RolloutConfig(Section):
-    backend: Literal["hf", "vllm"] = Field("hf", description="'hf' = transformers generate; 'vllm'.")
+    backend: str = Field(
+        "hf", description="A backend of rl_div.config.rollout_backends.ROLLOUT_BACKENDS: 'hf' = transformers "
+        "generate; 'vllm'; a run.plugins module may register more. Its transports and GPU rules are checked at load.",
+    )
     num_workers: int = Field(1, ge=1, description="Rollout actors; prompts are sharded across them.")
     num_cpus_per_worker: float = Field(1.0, ge=0, description="Ray CPUs reserved per rollout actor.")
     num_gpus_per_worker: float = Field(0.0, ge=0, description="Ray GPUs per rollout actor.")
@@ -157,9 +160,6 @@ class RolloutConfig(Section):
 
     @model_validator(mode="after")
     def check_weight_sync(self) -> RolloutConfig:
-        if self.weight_sync != "object_store" and self.backend != "vllm":
-            raise ValueError(f"rollout.weight_sync={self.weight_sync!r} needs rollout.backend='vllm' "
-                             "(the hf backend takes weights through the object store only)")
         if self.max_off_policy_steps and self.weight_sync == "cuda_ipc":
             raise ValueError("rollout.max_off_policy_steps > 0 needs weight_sync 'object_store' or 'nccl': with "
                              "'cuda_ipc' the colocated engine sleeps while the learner trains, so nothing overlaps")
@@ -407,17 +407,14 @@ class GuardConfig(Section):
 
 
 def gpu_problems(rollout: RolloutConfig, train: TrainConfig) -> list[str]:
-    """What a config asks of GPUs that cannot work, whatever the cluster (empty list: fine)."""
+    """What a config asks of GPUs that cannot work, whatever the cluster and the backend (empty list: fine).
+    The backend's own rules (RolloutBackend.gpu_problems) are checked by rl_div.config.checks, after the
+    run's plugins are imported."""
     r, t = rollout, train
     tp, gpus = r.tensor_parallel_size, r.num_gpus_per_worker
     out = []
     if t.num_gpus > 1:
         out.append(f"train.num_gpus={t.num_gpus:g}: the learner is one process on one device (use 0 or 1)")
-    if r.backend == "hf" and gpus > 1:
-        out.append(f"rollout.num_gpus_per_worker={gpus:g}: an hf rollout worker uses one device (use 0 or 1)")
-    if r.backend == "vllm" and (tp > 1 or gpus > 1) and gpus != tp:
-        out.append(f"rollout.tensor_parallel_size={tp} needs rollout.num_gpus_per_worker={tp} (one GPU per "
-                   f"tensor-parallel rank), got {gpus:g}")
     if r.weight_sync == "cuda_ipc" and not (r.num_workers == 1 and tp == 1 and t.num_gpus == 1 and gpus == 1):
         out.append("rollout.weight_sync=cuda_ipc puts the learner and one vLLM engine on one shared GPU: it needs "
                    "rollout.num_workers=1, rollout.tensor_parallel_size=1, train.num_gpus=1 and "
