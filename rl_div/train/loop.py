@@ -134,7 +134,7 @@ class Trainer:
         if resume and checkpoint is None:
             log.warning("--resume: no checkpoint in %s, starting from step 0", self.out)
         if checkpoint is not None:
-            self.restore(checkpoint)
+            self.load_checkpoint(checkpoint)
         resume_after = (self.step if checkpoint is not None else -1) if resume else None
         if resume_after is not None:  # the steps past the checkpoint are logged again: keep one clean run
             dropped = trim_to_step(self.out, resume_after)
@@ -304,7 +304,9 @@ class Trainer:
                                  "guard": self.guard.state()})
         return commit_checkpoint(tmp, final, self.cfg.checkpoint.keep)
 
-    def restore(self, checkpoint: Path) -> None:
+    def load_checkpoint(self, checkpoint: Path) -> None:
+        """--resume: the learner, the in-flight batches and the trainer's own state from a checkpoint
+        ("restore" is reserved for selective layer restoration, rl_div.models.layer_restore)."""
         ray.get(self.learner.load.remote(str(checkpoint)))
         self.pipeline.load(checkpoint)
         state = load_trainer_state(checkpoint)
