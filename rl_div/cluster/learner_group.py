@@ -21,8 +21,8 @@ saying which mode it uses:
     load, get_weights, get_weight_buckets,
     update_on_policy
 
-A group of one actor (strategy "single") sends every verb straight to that actor: ``.remote()``
-returns at once, and its error comes at ``ray.get``. A sharded group's verb waits until each rank
+A group of one actor (strategy "single") sends every verb straight to that actor: the verb returns
+its ref at once, and the actor's error comes at ``ray.get``. A sharded group's verb waits until each rank
 it called has finished (the driver blocks where it would block in ``ray.get``), and a rank that
 dies or fails fails the verb at once: the other ranks are stopped and LearnerFailed names the
 rank and the checkpoint to resume from (rl_div.cluster.faults), instead of the survivors waiting in
