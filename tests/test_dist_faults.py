@@ -108,7 +108,7 @@ def test_group_stops_the_survivors_and_names_the_checkpoint(ray4: None, tmp_path
     actors = ranks("block", "die")
     group = LearnerGroup(cfg, actors, sharded=True)
     with pytest.raises(LearnerFailed) as failed:
-        group.work.remote()
+        group.on_every_rank("work")
     assert re.fullmatch(rf"learner rank 1 died in work\(\) \(.+\); the other ranks were stopped\. Last checkpoint: "
                         rf"{re.escape(str(final))} \(step 2\); rerun `rl-div train CONFIG --resume` to continue "
                         "from it", str(failed.value))

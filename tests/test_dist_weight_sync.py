@@ -180,7 +180,7 @@ def actors(model_path: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         sharded = start_learner(cfg_of(model_path, out, "train.strategy=fsdp2", "train.num_learners=2"), model_path)
         worker = start_rollout_worker(cfg_of(model_path, out), model_path)
         wait_started({"worker": worker, **{f"rank {i}": a for i, a in enumerate(sharded.actors)}}, 300)
-        ray.get([single.__ray_call__.remote(perturb), sharded.__ray_call__.remote(perturb)], timeout=300)
+        ray.get([single.on_every_rank(perturb), sharded.on_every_rank(perturb)], timeout=300)
         yield {"single": single, "sharded": sharded, "worker": worker, "out": out}
     finally:
         ray.shutdown()
@@ -191,7 +191,7 @@ def worker_state(worker: Any) -> dict[str, torch.Tensor]:
 
 
 def single_state(actors: dict[str, Any]) -> dict[str, torch.Tensor]:
-    return ray.get(actors["single"].__ray_call__.remote(lambda learner: learner.model.state_dict()))
+    return ray.get(actors["single"].on_every_rank(lambda learner: learner.model.state_dict()))
 
 
 @pytest.mark.slow

@@ -100,7 +100,7 @@ def test_cpu_actors_run_inside_the_placement_group(tmp_path: Path, model_path: s
         def group_id(_: object) -> str:
             return ray.get_runtime_context().get_placement_group_id()
 
-        ids = ray.get([a.__ray_call__.remote(group_id) for a in [trainer.learner, *trainer.pipeline.workers]])
+        ids = ray.get([a.__ray_call__.remote(group_id) for a in [*trainer.learner.actors, *trainer.pipeline.workers]])
         assert ids == [group.id.hex()] * 2
     finally:
         trainer.close()

@@ -248,7 +248,7 @@ def test_rollout_actor_killed_before_the_weight_sync_is_restarted_and_synced(tmp
         trainer.pipeline.sync_weights()
         assert trainer.counters["faults/rollout_restarts"] == 1
         assert ray.get(trainer.pipeline.workers[0].pid.remote()) != old_pid
-        version = ray.get(trainer.learner.get_version.remote())
+        version = ray.get(trainer.learner.get_version())
         assert version >= 1 and ray.get(trainer.pipeline.workers[0].policy_version.remote()) == version
         metrics = trainer.train_step()
         assert metrics["faults/rollout_restarts"] == 1 and metrics["sync/logprob_gap_max"] < 1e-3

@@ -46,12 +46,12 @@ def sync_once(group: Any, worker: Any, mode: str, version: int) -> dict[str, Any
     import ray
 
     start = time.perf_counter()
-    ref = (group.get_weight_buckets if mode == "buckets" else group.get_weights).remote()
+    ref = group.get_weight_buckets() if mode == "buckets" else group.get_weights()
     ray.wait([ref], timeout=600)
     learner_s = time.perf_counter() - start
     ray.get(worker.set_weights.remote(ref, version), timeout=600)
     total_s = time.perf_counter() - start
-    inside_s, mem = ray.get([a.__ray_call__.remote(_inside_learner, mode) for a in group.actors])[0]
+    inside_s, mem = ray.get(group.on_every_rank(_inside_learner, mode))
     return {"total_s": total_s, "learner_s": learner_s, "worker_s": total_s - learner_s,
             "learner_inside_s": inside_s, "rss_peak_mb": mem["peak_delta"] / 2**20,
             "rss_private_peak_mb": mem["peak_private_delta"] / 2**20,

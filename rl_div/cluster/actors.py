@@ -20,7 +20,7 @@ import ray
 
 import rl_div
 from rl_div.cluster.faults import StartupError
-from rl_div.cluster.learner_group import start_learner_group
+from rl_div.cluster.learner_group import LearnerGroup, start_learner_group
 from rl_div.cluster.placement import (
     ActorSlot,
     PlacementPlan,
@@ -214,11 +214,24 @@ def rollout_worker_args(cfg: Config, model_path: str, num_gpus: float) -> dict[s
             **backend.worker_args(cfg, num_gpus)}
 
 
-def start_learner(cfg: Config, model_path: str, placement: RunPlacement | None = None) -> Any:
+def start_learner(cfg: Config, model_path: str, placement: RunPlacement | None = None) -> LearnerGroup:
     """The run's LearnerGroup (rl_div.cluster.learner_group): one Learner actor, or train.num_learners
-    FSDP2 ranks; the trainer calls it as one actor."""
+    FSDP2 ranks; the trainer calls it through the group's verbs."""
 
     return start_learner_group(cfg, model_path, placement or unplaced(cfg))
+
+
+def is_up(_: Any) -> bool:
+    """Runs inside an actor: it answers, so its constructor has finished."""
+    return True
+
+
+def started_ref(actor: Any) -> Any:
+    """A ref that resolves once the actor has started; for a LearnerGroup, once every rank has (a
+    sharded group's verb waits for the ranks' setup first, within cluster.startup_timeout_s)."""
+    if isinstance(actor, LearnerGroup):
+        return actor.on_every_rank(is_up)
+    return actor.__ray_call__.remote(is_up)
 
 
 def wait_started(actors: dict[str, Any], timeout_s: float) -> None:
@@ -229,7 +242,7 @@ def wait_started(actors: dict[str, Any], timeout_s: float) -> None:
     start-up is not mistaken for a hung weight sync.
     """
     start = time.monotonic()
-    refs = {name: actor.__ray_call__.remote(lambda _: True) for name, actor in actors.items()}
+    refs = {name: started_ref(actor) for name, actor in actors.items()}
     _, pending = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout_s)
     if pending:
         waiting = [name for name, ref in refs.items() if ref in pending]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +37,12 @@ class RankFailed(Exception):
         self.rank, self.error = rank, error
 
 
-def call_ranked(actor: Any, name: str, *args: Any, **kwargs: Any) -> tuple[Any, None]:
-    """Run on a rank's actor through ``__ray_call__`` with num_returns=2: its method `name`'s value
-    and a "done" marker (None) for :func:`gather_ranks`."""
-    return getattr(actor, name)(*args, **kwargs), None
+def call_ranked(actor: Any, method: str | Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, None]:
+    """Run on a rank's actor through ``__ray_call__`` with num_returns=2: the value of its method
+    named `method` (or of ``method(actor, ...)``, a function) and a "done" marker (None) for
+    :func:`gather_ranks`."""
+    value = getattr(actor, method)(*args, **kwargs) if isinstance(method, str) else method(actor, *args, **kwargs)
+    return value, None
 
 
 # After a rank raised, how long the others' results may take to show that one of them had died:

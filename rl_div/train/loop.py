@@ -127,7 +127,7 @@ class Trainer:
         actors = {"learner": self.learner, **self.pipeline.actors()}
         wait_started(actors, cfg.cluster.startup_timeout_s)  # start-up has its own timeout, not the sync's
         check_writers(self.out, self.learner.writers())  # each rank writes its checkpoint part into the run dir
-        self.fused_forward, why = fuses_policy_forward(cfg, ray.get(self.learner.active_dropout.remote()))
+        self.fused_forward, why = fuses_policy_forward(cfg, ray.get(self.learner.active_dropout()))
         log.info("separate pi_old forward: %s (%s)", "no" if self.fused_forward else "yes", why)
         self.step = 0
         checkpoint = latest_checkpoint(self.out) if resume else None
@@ -245,7 +245,7 @@ class Trainer:
                      with_prompt: bool = False) -> RolloutBatch:
         """Log-probs and entropies of the batch under the current policy (the learner's pi_old);
         prompt log-probs too when with_prompt."""
-        stats = ray.get(self.learner.score_policy.remote(batch, with_prompt, temperature))
+        stats = ray.get(self.learner.score_policy(batch, with_prompt, temperature))
         batch.old_logprobs = stats["old_logprobs"]
         batch.old_entropy = stats["old_entropy"]
         batch.prompt_logprobs = stats.get("prompt_logprobs")
@@ -257,8 +257,8 @@ class Trainer:
         separate forward (no old_logprobs), the update's own forward is pi_old and its log-probs and
         entropies come back into the batch for the step metrics."""
         if batch.old_logprobs is not None:
-            return ray.get(self.learner.update.remote(scored_rows(batch), loss_overrides))
-        metrics, stats = ray.get(self.learner.update_on_policy.remote(batch, loss_overrides))
+            return ray.get(self.learner.update(scored_rows(batch), loss_overrides))
+        metrics, stats = ray.get(self.learner.update_on_policy(batch, loss_overrides))
         batch.old_logprobs, batch.old_entropy = stats["old_logprobs"], stats["old_entropy"]
         if "advantages" in stats:  # finished in the update (ARM, rl_div.learner.fused_advantage); metrics has its adv/*
             batch.advantages = stats["advantages"]
@@ -298,7 +298,7 @@ class Trainer:
 
     def save_checkpoint(self) -> Path:
         tmp, final = new_checkpoint_dir(self.out, self.step)
-        ray.get(self.learner.save.remote(str(tmp)))
+        ray.get(self.learner.save(str(tmp)))
         self.pipeline.save(tmp)  # the batches already generating for the next steps
         save_trainer_state(tmp, {"step": self.step, "prompts": self.prompts.state(), "counters": self.counters,
                                  "guard": self.guard.state()})
@@ -307,7 +307,7 @@ class Trainer:
     def load_checkpoint(self, checkpoint: Path) -> None:
         """--resume: the learner, the in-flight batches and the trainer's own state from a checkpoint
         ("restore" is reserved for selective layer restoration, rl_div.models.layer_restore)."""
-        ray.get(self.learner.load.remote(str(checkpoint)))
+        ray.get(self.learner.load(str(checkpoint)))
         self.pipeline.load(checkpoint)
         state = load_trainer_state(checkpoint)
         self.step = state["step"]

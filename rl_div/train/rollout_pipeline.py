@@ -149,7 +149,7 @@ class RolloutPipeline:
 
     def push_weights(self) -> None:
         r = self.cfg.rollout
-        self.weights_version = ray.get(self.learner.get_version.remote())
+        self.weights_version = ray.get(self.learner.get_version())
         if r.weight_sync == "nccl" and self.nccl_group is None:
             self.nccl_group = nccl_group_on(self.learner, len(self.workers), r.tensor_parallel_size)
         push_weights(self.learner, self.workers, r.weight_sync, self.weights_version,

@@ -45,11 +45,11 @@ def test_push_weights_between_real_actors(tmp_path: Path, vllm_base_model: str) 
 
     def gap_max() -> float:
         batch = ray.get(worker.generate.remote(records, spec))
-        old = ray.get(learner.score_policy.remote(batch))["old_logprobs"]
+        old = ray.get(learner.score_policy(batch))["old_logprobs"]
         return float(((old - batch.behavior_logprobs).abs() * batch.response_mask).max())
 
     try:
-        ray.get(learner.__ray_call__.remote(perturb))
+        ray.get(learner.on_every_rank(perturb))
         assert gap_max() > 1e-2  # the engine still runs the base weights
         shipped = push_weights(learner, [worker], "object_store", 7, timeout_s=120)
         assert isinstance(shipped, ray.ObjectRef)
@@ -62,8 +62,8 @@ def test_push_weights_between_real_actors(tmp_path: Path, vllm_base_model: str) 
         # the nccl transport's driver-side helpers run on the learner actor (no GPU needed here)
         group = nccl_group_on(learner, num_engines=2, ranks_per_engine=2)
         assert group.world_size == 5 and 0 < group.master_port < 2**16 and group.master_address
-        metas = ray.get(learner.__ray_call__.remote(lambda actor: nccl_metas(actor.model)))
-        state = ray.get(learner.get_weights.remote())
+        metas = ray.get(learner.on_every_rank(lambda actor: nccl_metas(actor.model)))
+        state = ray.get(learner.get_weights())
         assert [(n, list(t.shape)) for n, t in state.items()] == [(n, s) for n, _, s in metas]
         assert {d for _, d, _ in metas} == {"float32"}
     finally:
