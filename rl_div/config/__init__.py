@@ -15,13 +15,15 @@ from rl_div.config.load import (
     yaml_error_text,
 )
 from rl_div.config.schema import (
+    Config,
+    ConfigError,
+)
+from rl_div.config.sections import (
     ALGO_PRESETS,
     AlgoConfig,
     BootstrapConfig,
     CheckpointConfig,
     ClusterConfig,
-    Config,
-    ConfigError,
     DataConfig,
     EvalConfig,
     GuardConfig,

@@ -13,14 +13,16 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from rl_div.config.schema import (  # the schema; re-exported so rl_div.config is the one import
+from rl_div.config.schema import (  # re-exported: rl_div.config is the one import
+    Config,
+    ConfigError,
+)
+from rl_div.config.sections import (
     ALGO_PRESETS,
     AlgoConfig,
     BootstrapConfig,
     CheckpointConfig,
     ClusterConfig,
-    Config,
-    ConfigError,
     DataConfig,
     EvalConfig,
     GuardConfig,

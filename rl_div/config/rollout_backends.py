@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING, Any
 from rl_div.registry import Registry
 
 if TYPE_CHECKING:
-    from rl_div.config.schema import Config, RolloutConfig, TrainConfig
+    from rl_div.config.schema import Config
+    from rl_div.config.sections import RolloutConfig, TrainConfig
     from rl_div.rollout.base import RolloutWorker
 
 GpuRule = Callable[["RolloutConfig", "TrainConfig"], list[str]]
