@@ -10,15 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from helpers import rank_job_config
 
-from rl_div.config import load_config
 from rl_div.data import RolloutBatch
 from rl_div.learner.plan import plan_batch
-
-
-def make_cfg(model_path: str, out: str, extra: list[str]) -> Any:
-    return load_config(None, [f"model.path={model_path}", f"run.output_dir={out}", "train.lr=0.001",
-                              "rollout.max_new_tokens=8", *extra])
 
 
 def full_params(learner: Any) -> dict[str, torch.Tensor]:
@@ -48,7 +43,7 @@ def train_job(rank: int, world: int, port: int, model_path: str, out: str, extra
     """`updates` planned updates on the same batch; returns rank's metrics and the full parameters.
     nan_rank: that rank's rows of the first mini-batch get NaN old log-probs (a rank-local fault);
     load: a checkpoint to resume from first; save: where to checkpoint after `save_after` updates."""
-    cfg = make_cfg(model_path, out, extra)
+    cfg = rank_job_config(model_path, out, extra)
     learner = _join(rank, world, port, cfg, model_path)
     if load:
         learner.load(load)
@@ -74,7 +69,7 @@ def weights_job(rank: int, world: int, port: int, model_path: str, out: str, ext
     """The token weights of the first planned mini-batch, computed across the ranks."""
     from rl_div.learner.reducers import mini_batch_token_weights
 
-    cfg = make_cfg(model_path, out, extra)
+    cfg = rank_job_config(model_path, out, extra)
     learner = _join(rank, world, port, cfg, model_path)
     plan = plan_batch(batch, cfg, world, 0)[0]
     where = {row: i for i, row in enumerate(plan.rows)}
@@ -100,7 +95,7 @@ def ref_job(rank: int, world: int, port: int, model_path: str, out: str, extra: 
     full parameters, and its reference parameters' (local, full) numbers of elements."""
     from rl_div.cluster.learner_group import score_chunks
 
-    cfg = make_cfg(model_path, out, extra)
+    cfg = rank_job_config(model_path, out, extra)
     learner = _join(rank, world, port, cfg, model_path)
     t = cfg.train
     cost = (batch.prompt_mask.sum(dim=1) + batch.response_mask.sum(dim=1)).tolist()

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import ray
-from test_dist_group import FSDP2, run_config  # the same small runs (2 learners: cluster.num_cpus=4)
+from helpers import FSDP2, group_run_config  # the same small runs (2 learners: cluster.num_cpus=4)
 
 from rl_div.cli import main
 from rl_div.cluster.actors import init_ray
@@ -153,7 +153,7 @@ def test_killed_learner_rank_fails_the_run_and_resume_finishes_it(base_model: st
                                                                   capsys: pytest.CaptureFixture[str]) -> None:
     """Through the CLI, as a user runs it: exit status 1 and the one line on stderr, no traceback."""
     out, killed, stop = tmp_path / "run", [], threading.Event()
-    save_config(run_config(out, base_model, "train.steps=3", *FSDP2), tmp_path / "run.yaml")
+    save_config(group_run_config(out, base_model, "train.steps=3", *FSDP2), tmp_path / "run.yaml")
     killer = threading.Thread(target=kill_rank0_after_first_checkpoint, args=(out, killed, stop), daemon=True)
     killer.start()
     try:

@@ -17,6 +17,7 @@ from typing import Any
 import dist_jobs
 import pytest
 import torch
+from helpers import rank_job_config
 
 from rl_div.learner.fsdp2 import run_plans
 from rl_div.learner.plan import plan_batch
@@ -68,7 +69,7 @@ def batch(model_path: str, tmp_path_factory: pytest.TempPathFactory) -> Any:
     width = b.response_mask.shape[1]
     keep = torch.tensor([1 + i % width for i in range(b.size)])
     b.response_mask = b.response_mask * (torch.arange(width)[None, :] < keep[:, None])
-    learner = Learner(dist_jobs.make_cfg(model_path, str(tmp_path_factory.mktemp("o")), []), model_path)
+    learner = Learner(rank_job_config(model_path, str(tmp_path_factory.mktemp("o")), []), model_path)
     stats = learner.score_policy(b)
     b.old_logprobs, b.old_entropy = stats["old_logprobs"], stats["old_entropy"]
     b.advantages = torch.linspace(-1.5, 1.5, b.size)
@@ -91,7 +92,7 @@ def on_two_ranks(pool: RankPools, job: Any, *args: Any, processes: tuple[int, in
 
 
 def one_process(model_path: str, out: str, extra: list[str], batch: Any, updates: int) -> tuple[Learner, list]:
-    cfg = dist_jobs.make_cfg(model_path, out, extra)
+    cfg = rank_job_config(model_path, out, extra)
     learner = Learner(cfg, model_path)
     metrics = [run_plans(learner, batch, plan_batch(batch, cfg, 1, learner.version)) for _ in range(updates)]
     return learner, metrics
@@ -129,7 +130,7 @@ def test_token_weights_across_ranks_equal_one_process(pool: RankPools, model_pat
                                                       tmp_path: Path, method: str) -> None:
     extra = [*COMMON, f"algo.token_weight={method}", *WEIGHTS[method]]
     ranks = on_two_ranks(pool, dist_jobs.weights_job, model_path, str(tmp_path), extra, batch)
-    cfg = dist_jobs.make_cfg(model_path, str(tmp_path), extra)
+    cfg = rank_job_config(model_path, str(tmp_path), extra)
     learner = Learner(cfg, model_path)
     plan = plan_batch(batch, cfg, 1, 0)[0]
     assert plan.rows == ranks[0]["rows"]
@@ -152,12 +153,12 @@ def test_token_weights_across_ranks_equal_one_process(pool: RankPools, model_pat
 def test_nan_on_one_rank_skips_the_step_on_both(pool: RankPools, model_path: str, batch: Any,
                                                 tmp_path: Path) -> None:
     ranks = on_two_ranks(pool, dist_jobs.train_job, model_path, str(tmp_path), COMMON, batch, 1, nan_rank=1)
-    start = Learner(dist_jobs.make_cfg(model_path, str(tmp_path), COMMON), model_path).model.state_dict()
+    start = Learner(rank_job_config(model_path, str(tmp_path), COMMON), model_path).model.state_dict()
     for rank in ranks:
         [m] = rank["metrics"]
         assert m["faults/nonfinite_loss"] == 1 and m["train/optimizer_steps"] == 1  # the other mini-batch stepped
     # the step that ran equals one process's update on the second mini-batch alone
-    cfg = dist_jobs.make_cfg(model_path, str(tmp_path), COMMON)
+    cfg = rank_job_config(model_path, str(tmp_path), COMMON)
     ref = Learner(cfg, model_path)
     run_plans(ref, batch, plan_batch(batch, cfg, 1, 0)[1:])
     for name, p in ref.model.state_dict().items():
@@ -192,7 +193,7 @@ def test_dcp_checkpoint_from_two_ranks_resumes_on_one(pool: RankPools, model_pat
     for name, p in after_one.model.state_dict().items():
         assert torch.allclose(saved.state_dict()[name], p, atol=1e-5, rtol=0), name
     # strategy single resumes it too (model and optimizer from dcp/, in one process, no process group)
-    single_cfg = dist_jobs.make_cfg(model_path, str(tmp_path), [c for c in COMMON if "strategy" not in c
+    single_cfg = rank_job_config(model_path, str(tmp_path), [c for c in COMMON if "strategy" not in c
                                                                  and "num_learners" not in c])
     single = Learner(single_cfg, model_path)
     single.load(ckpt)
@@ -229,7 +230,7 @@ def test_single_learner_mini_scope_equals_planned_one_process(model_path: str, b
     the step the planner's one-process path takes (token-budget micro-batches): same weights."""
     extra = ["train.micro_batch_size=3", f"algo.token_weight={method}", "train.token_weight_scope=mini",
              *WEIGHTS[method]]
-    single = Learner(dist_jobs.make_cfg(model_path, str(tmp_path), extra), model_path)
+    single = Learner(rank_job_config(model_path, str(tmp_path), extra), model_path)
     single.update(batch)
     planned, _ = one_process(model_path, str(tmp_path), [*extra, "train.max_tokens_per_micro_batch=40"], batch, 1)
     for name, p in single.model.state_dict().items():
@@ -241,7 +242,7 @@ def test_single_learner_loss_total_does_not_depend_on_micro_batching(model_path:
                                                                      tmp_path: Path) -> None:
     """loss/total is the mini-batch's loss: micro-batch losses (global denominators) add up; it was
     their row-weighted mean, i.e. divided by the number of micro-batches."""
-    totals = [Learner(dist_jobs.make_cfg(model_path, str(tmp_path), [f"train.micro_batch_size={m}"]),
+    totals = [Learner(rank_job_config(model_path, str(tmp_path), [f"train.micro_batch_size={m}"]),
                       model_path).update(batch)["loss/total"] for m in (3, batch.size)]
     assert totals[0] == pytest.approx(totals[1], rel=1e-5, abs=1e-7)
 
@@ -254,7 +255,7 @@ def test_sharded_reference_model_kl_matches_one_process(pool: ProcessPoolExecuto
     from rl_div.cluster.learner_group import score_chunks
 
     extra = [*COMMON, "train.use_ref_model=true", "algo.loss_params={kl_coef: 0.5}"]
-    cfg = dist_jobs.make_cfg(model_path, str(tmp_path), extra)
+    cfg = rank_job_config(model_path, str(tmp_path), extra)
     cost = (batch.prompt_mask.sum(dim=1) + batch.response_mask.sum(dim=1)).tolist()
 
     def padded(n: int) -> bool:  # scoring n rows gives a rank a padding pass (the reference's collectives too)

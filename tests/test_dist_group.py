@@ -11,13 +11,12 @@ from pathlib import Path
 import pytest
 import ray
 import torch
+from helpers import FSDP2, group_run_config
 from safetensors.torch import load_file
 
-from rl_div.config import Config, load_config
 from rl_div.train.loop import train
 
 pytestmark = pytest.mark.slow
-FSDP2 = ["train.strategy=fsdp2", "train.num_learners=2"]
 
 
 @pytest.fixture(scope="module")
@@ -29,17 +28,8 @@ def base_model(bootstrapped_prime_gap: Path) -> str:
         ray.shutdown()
 
 
-def run_config(out: Path, base_model: str, *overrides: str) -> Config:
-    """A small run on the bootstrapped model: 4 prompts x 4 samples, a checkpoint every step."""
-    return load_config(None, [
-        f"model.path={base_model}", f"run.output_dir={out}", "rollout.prompts_per_step=4", "rollout.group_size=4",
-        "eval.every=0", "eval.at_start=false", "eval.at_end=false", "eval.embedding_metrics=false",
-        "data.num_eval_prompts=4", "tracking.progress=false", "tracking.tensorboard=false", "cluster.num_cpus=4",
-        "checkpoint.every=1", "checkpoint.keep=10", *overrides])
-
-
 def run(out: Path, base_model: str, *overrides: str, resume: bool = False) -> Path:
-    train(run_config(out, base_model, *overrides), resume=resume)
+    train(group_run_config(out, base_model, *overrides), resume=resume)
     return out
 
 

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import ray
 import torch
+from helpers import FSDP2, SYNC_BUCKET_MB, sync_config
 
-from rl_div.config import load_config
 from rl_div.learner.single import Learner
 from rl_div.models.loading import build_char_tokenizer, make_tiny_llama, save_policy
 from rl_div.sync.buckets import (
@@ -33,8 +33,6 @@ from rl_div.sync.buckets import (
 from rl_div.sync.payloads import model_tensors, payload_size
 from rl_div.sync.push import push_weights
 from rl_div.tasks import TASKS
-
-CAP_MB = 0.1  # the tiny Llama (~0.5 MB in float32) then travels in several buckets
 
 
 def f32(n: int) -> torch.Tensor:
@@ -131,7 +129,7 @@ def test_names_are_checked_before_anything_loads() -> None:
 def test_buckets_copy_one_model_into_another_exactly_tied_weights_once() -> None:
     tok = build_char_tokenizer(TASKS["prime_gap"].alphabet)
     source, target = make_tiny_llama(tok, seed=1), make_tiny_llama(tok, seed=2)
-    payload = bucket_payload(model_tensors(source, None), int(CAP_MB * 2**20), pack_bucket)
+    payload = bucket_payload(model_tensors(source, None), int(SYNC_BUCKET_MB * 2**20), pack_bucket)
     assert len(payload.refs) >= 3
     assert "lm_head.weight" not in {n for names in payload.names for n in names}  # tied to the embeddings
     targets = dict(distinct_state(target))
@@ -153,11 +151,6 @@ def model_path(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(save_policy(make_tiny_llama(tok, seed=3), tok, tmp_path_factory.mktemp("m") / "tiny"))
 
 
-def cfg_of(model_path: str, out: str, *extra: str) -> Any:
-    return load_config(None, [f"model.path={model_path}", f"run.output_dir={out}", "cluster.num_cpus=4",
-                              f"rollout.weight_sync_chunk_mb={CAP_MB}", *extra])
-
-
 def perturb(actor: Any) -> None:
     """The same elementwise change on any learner (on a rank: its own shards), standing in for an
     update: every weight moves away from the checkpoint the rollout worker starts from."""
@@ -174,11 +167,11 @@ def actors(model_path: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     out = str(tmp_path_factory.mktemp("o"))
     if ray.is_initialized():  # an earlier module's Ray (2 CPUs) cannot hold three learners and a worker
         ray.shutdown()
-    init_ray(cfg_of(model_path, out))
+    init_ray(sync_config(model_path, out))
     try:
-        single = start_learner(cfg_of(model_path, out), model_path)
-        sharded = start_learner(cfg_of(model_path, out, "train.strategy=fsdp2", "train.num_learners=2"), model_path)
-        worker = start_rollout_worker(cfg_of(model_path, out), model_path)
+        single = start_learner(sync_config(model_path, out), model_path)
+        sharded = start_learner(sync_config(model_path, out, *FSDP2), model_path)
+        worker = start_rollout_worker(sync_config(model_path, out), model_path)
         wait_started({"worker": worker, **{f"rank {i}": a for i, a in enumerate(sharded.actors)}}, 300)
         ray.get([single.on_every_rank(perturb), sharded.on_every_rank(perturb)], timeout=300)
         yield {"single": single, "sharded": sharded, "worker": worker, "out": out}
@@ -203,7 +196,7 @@ def test_single_learner_syncs_an_hf_worker_exactly_in_several_buckets(actors: di
     assert len(payload.refs) >= 3 and payload.aliases == (("lm_head.weight", "model.embed_tokens.weight"),)
     for ref in payload.refs:
         sizes = [t.numel() * t.element_size() for t in fetch_bucket(ref).values()]
-        assert sum(sizes) <= CAP_MB * 2**20 or len(sizes) == 1
+        assert sum(sizes) <= SYNC_BUCKET_MB * 2**20 or len(sizes) == 1
     got = worker_state(actors["worker"])
     assert got.keys() == want.keys()
     for name, t in want.items():
@@ -219,7 +212,7 @@ def test_two_rank_buckets_equal_the_one_process_state(actors: dict[str, Any], mo
     rank0, rank1 = ray.get([a.get_weight_buckets.remote() for a in sharded], timeout=120)
     assert rank1.refs == () and len(rank0.refs) >= 3
     assert rank0.aliases == (("lm_head.weight", "model.embed_tokens.weight"),)  # FSDP2 keeps the tie
-    one = Learner(cfg_of(model_path, actors["out"]), model_path)
+    one = Learner(sync_config(model_path, actors["out"]), model_path)
     perturb(one)
     want = dict(distinct_state(one.model))
     got = [(n, t) for ref in rank0.refs for n, t in fetch_bucket(ref).items()]

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
+from helpers import guard_run_config
 
 from rl_div.algos.losses import LOSSES, LossInputs, LossOutput
 from rl_div.config import ConfigError, load_config
@@ -201,24 +202,12 @@ def base_model(bootstrapped_prime_gap: Path) -> str:
         ray.shutdown()
 
 
-def e2e_cfg(out: Path, base_model: str, *overrides: str) -> Any:
-    # Thresholds that fire at once (every smoothed entropy change counts; any distinct-correct drop),
-    # and a large coef_step, so the coefficient is non-zero within the 4 steps.
-    return load_config(str(REPO / "configs/demo_guard.yaml"), [
-        f"model.path={base_model}", f"run.output_dir={out}", "rollout.prompts_per_step=4",
-        "rollout.group_size=4", "eval.n=4", "eval.every=2", "eval.embedding_metrics=false",
-        "data.num_eval_prompts=4", "tracking.progress=false", "tracking.tensorboard=false", "cluster.num_cpus=2",
-        "checkpoint.every=2", "train.lr=0.01", "guard.smooth_steps=1", "guard.entropy_window=1",
-        "guard.entropy_max_drop=1e-9", "guard.distinct_fraction=1.0", "guard.coef_step=0.05",
-        "guard.coef_max=0.2", *overrides])
-
-
 @pytest.mark.slow
 def test_demo_guard_logs_metrics_adapts_the_loss_and_resumes(tmp_path: Path, base_model: str) -> None:
     from rl_div.run.tracking import read_metrics
     from rl_div.train.loop import train
 
-    full = train(e2e_cfg(tmp_path / "full", base_model, "train.steps=4"))
+    full = train(guard_run_config(tmp_path / "full", base_model, "train.steps=4"))
     rows = read_metrics(full / "metrics.jsonl", kind="train")
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     for r in rows:
@@ -235,8 +224,8 @@ def test_demo_guard_logs_metrics_adapts_the_loss_and_resumes(tmp_path: Path, bas
     assert "guard: entropy_coef 0 -> 0.05" in log_text
 
     # 2 steps, then --resume to 4: the guard's state comes back with the checkpoint
-    train(e2e_cfg(tmp_path / "split", base_model, "train.steps=2"))
-    resumed = train(e2e_cfg(tmp_path / "split", base_model, "train.steps=4"), resume=True)
+    train(guard_run_config(tmp_path / "split", base_model, "train.steps=2"))
+    resumed = train(guard_run_config(tmp_path / "split", base_model, "train.steps=4"), resume=True)
     again = read_metrics(resumed / "metrics.jsonl", kind="train")
 
     def guard_part(r: dict[str, Any]) -> dict[str, Any]:

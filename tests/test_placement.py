@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import ray
+from helpers import placement_config
 
 from rl_div.cli import main
 from rl_div.cluster.actors import (
@@ -22,7 +23,7 @@ from rl_div.cluster.actors import (
     wait_started,
 )
 from rl_div.cluster.placement import cluster_problems, plan_placement
-from rl_div.config import Config, ConfigError, load_config, save_config
+from rl_div.config import ConfigError, load_config, save_config
 from rl_div.data import PromptRecord
 from rl_div.models.loading import build_char_tokenizer, make_tiny_llama, save_policy
 from rl_div.rollout import SamplingSpec
@@ -84,15 +85,8 @@ def model_path(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         ray.shutdown()
 
 
-def run_cfg(tmp_path: Path, model_path: str, *overrides: str) -> Config:
-    return load_config(None, [
-        f"model.path={model_path}", f"run.output_dir={tmp_path / 'run'}", "train.steps=0", "eval.at_start=false",
-        "eval.at_end=false", "data.num_eval_prompts=2", "tracking.progress=false", "tracking.tensorboard=false",
-        "cluster.num_cpus=2", "rollout.weight_sync_timeout_s=20", *overrides])
-
-
 def test_cpu_actors_run_inside_the_placement_group(tmp_path: Path, model_path: str) -> None:
-    trainer = Trainer(run_cfg(tmp_path, model_path))
+    trainer = Trainer(placement_config(tmp_path, model_path))
     try:
         group = trainer.placement.group
         assert group is not None and group.bundle_specs == [{"CPU": 1.0}, {"CPU": 1.0}]
@@ -117,7 +111,7 @@ def test_a_run_the_cluster_cannot_hold_fails_in_seconds(tmp_path: Path, model_pa
                                                        missing: str) -> None:
     start = time.monotonic()
     with pytest.raises(PlacementError, match=missing.replace("(", r"\(").replace(")", r"\)")):
-        Trainer(run_cfg(tmp_path, model_path, *overrides))
+        Trainer(placement_config(tmp_path, model_path, *overrides))
     assert time.monotonic() - start < 15
     # nothing was reserved or started
     assert all(g["state"] == "REMOVED" for g in ray.util.placement_group_table().values())
@@ -125,7 +119,7 @@ def test_a_run_the_cluster_cannot_hold_fails_in_seconds(tmp_path: Path, model_pa
 
 def test_cli_exits_2_with_the_placement_error(tmp_path: Path, model_path: str, capsys: pytest.CaptureFixture) -> None:
     config = tmp_path / "too_big.yaml"
-    save_config(run_cfg(tmp_path, model_path, "train.num_cpus=64"), config)
+    save_config(placement_config(tmp_path, model_path, "train.num_cpus=64"), config)
     assert main(["train", str(config)]) == 2
     assert "cannot hold the run: the run needs 65 CPU (the cluster has 2)" in capsys.readouterr().err
 
@@ -133,12 +127,12 @@ def test_cli_exits_2_with_the_placement_error(tmp_path: Path, model_path: str, c
 def test_resources_held_by_another_job_time_out_with_what_is_free(tmp_path: Path, model_path: str) -> None:
     from ray.util.placement_group import placement_group, remove_placement_group
 
-    init_ray(run_cfg(tmp_path, model_path))
+    init_ray(placement_config(tmp_path, model_path))
     other = placement_group([{"CPU": 1.5}])
     ray.get(other.ready(), timeout=30)
     try:
         with pytest.raises(PlacementError, match=r"not free within cluster.placement_timeout_s=1 s.*free now: 0.5 CPU"):
-            Trainer(run_cfg(tmp_path, model_path, "cluster.placement_timeout_s=1"))
+            Trainer(placement_config(tmp_path, model_path, "cluster.placement_timeout_s=1"))
     finally:
         remove_placement_group(other)
 
@@ -146,11 +140,11 @@ def test_resources_held_by_another_job_time_out_with_what_is_free(tmp_path: Path
 def test_startup_has_its_own_timeout_naming_the_stage(tmp_path: Path, model_path: str) -> None:
     with pytest.raises(StartupError, match=r"did not start within cluster.startup_timeout_s=0.01 s \(stage: actor "
                                            r"start-up"):
-        Trainer(run_cfg(tmp_path, model_path, "cluster.startup_timeout_s=0.01"))
+        Trainer(placement_config(tmp_path, model_path, "cluster.startup_timeout_s=0.01"))
 
 
 def test_a_sync_past_its_timeout_names_the_stages_still_running(tmp_path: Path, model_path: str) -> None:
-    cfg = run_cfg(tmp_path, model_path)
+    cfg = placement_config(tmp_path, model_path)
     init_ray(cfg)
     learner, worker = start_learner(cfg, model_path), start_rollout_worker(cfg, model_path)
     try:
@@ -166,8 +160,8 @@ def test_a_sync_past_its_timeout_names_the_stages_still_running(tmp_path: Path, 
 
 def test_a_plugin_rollout_backend_runs_inside_its_actor(tmp_path: Path, model_path: str) -> None:
     """The actor imports run.plugins, then builds tests/plugins/my_backend.py's worker by name."""
-    cfg = run_cfg(tmp_path, model_path, "run.plugins=[plugins.my_backend]", "rollout.backend=test_echo", "run.seed=3",
-                  "rollout.max_new_tokens=9")
+    cfg = placement_config(tmp_path, model_path, "run.plugins=[plugins.my_backend]", "rollout.backend=test_echo",
+                           "run.seed=3", "rollout.max_new_tokens=9")
     init_ray(cfg)
     worker = start_rollout_worker(cfg, "unused")  # the echo worker loads no model
     try:

@@ -10,12 +10,12 @@ import math
 import random
 import re
 import shutil
-from math import comb
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from helpers import STEPS, VARIANTS, fake_problems, logged_metrics, markdown_table, write_compare_dir
 from PIL import Image
 
 from rl_div.cli import main
@@ -26,88 +26,10 @@ from rl_div.report.plots import PALETTE, curves_figure, passk_figure
 from rl_div.report.results import RunRef, discover_runs, load_run, read_tidy_csv, write_manifest
 from rl_div.report.summarize import answer_diversity, bootstrap_ci
 
-N, P, STEPS = 8, 6, (0, 2, 4)
-VARIANTS = {"grpo": 0.25, "arm": 0.45}  # variant -> probability of a correct sample after training
-
-
-def chen_pass_at_k(n: int, c: int, k: int) -> float:
-    return 1.0 if n - c < k else 1.0 - comb(n - c, k) / comb(n, k)
-
-
-def fake_problems(rng: random.Random, p_correct: float) -> list[dict]:
-    problems = []
-    for i in range(P):
-        answers, correct = [], []
-        for _ in range(N):
-            if rng.random() < p_correct:
-                answers.append(rng.choice(["2", "4", "6"]))
-                correct.append(True)
-            else:
-                answers.append(rng.choice(["1", "3", None]))
-                correct.append(False)
-        problems.append({"uid": f"q{i}", "prompt": f"q{i}?", "n": N, "c": sum(correct), "answers": answers,
-                         "correct": correct})
-    return problems
-
-
-def logged_metrics(problems: list[dict], rng: random.Random) -> dict:
-    out = {f"pass@{k}": float(np.mean([chen_pass_at_k(p["n"], p["c"], k) for p in problems])) for k in (1, 2, 4, 8)}
-    out["mean@n"] = float(np.mean([p["c"] / p["n"] for p in problems]))
-    maj = []
-    for p in problems:
-        votes = [a for a in p["answers"] if a is not None]
-        top = max(votes, key=lambda a: (votes.count(a), -votes.index(a))) if votes else None
-        maj.append(top is not None and p["correct"][p["answers"].index(top)])
-    out["maj@n"] = float(np.mean(maj))
-    out["n"] = N
-    out["policy/entropy"] = rng.uniform(1.0, 2.0)
-    out["div/distinct_correct_answers"] = float(np.mean(
-        [len({a for a, ok in zip(p["answers"], p["correct"], strict=True) if ok}) for p in problems]))
-    out["div/emb_diversity"] = rng.uniform(0.3, 0.6)
-    out["sync/logprob_gap_max"] = None  # a NaN logged as null must survive as NaN
-    return out
-
-
-def write_run(run_dir: Path, name: str, seed: int, p_final: float, duplicate_step: bool = False) -> None:
-    rng = random.Random(f"{name}-{seed}")
-    (run_dir / "eval").mkdir(parents=True)
-    cfg = {"run": {"name": name, "seed": seed}, "model": {"path": "base-model"}, "bootstrap": {"steps": 1},
-           "data": {"source": "task", "task": "prime_gap"}, "train": {"steps": STEPS[-1]},
-           "eval": {"n": N, "temperature": 1.0}, "rollout": {"group_size": 4}}
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg))
-    rows = []
-    for step in STEPS:
-        # step 0 is the shared base model: same problems and samples for every variant of a seed
-        prng = random.Random(f"base-{seed}") if step == 0 else rng
-        problems = fake_problems(prng, 0.15 + (p_final - 0.15) * step / STEPS[-1])
-        metrics = logged_metrics(problems, random.Random(f"m-{seed}") if step == 0 else rng)
-        (run_dir / "eval" / f"step_{step:06d}.json").write_text(
-            json.dumps({"step": step, "metrics": metrics, "problems": problems}))
-        rows.append({"step": step, "kind": "eval", "time": 0.0, **metrics})
-        if step:
-            for s in range(step - 1, step + 1):
-                rows.append({"step": s, "kind": "train", "time": 0.0, "policy/entropy": 2.0 - 0.1 * s + 0.01 * seed,
-                             "div/distinct_correct_answers": 1.0 + s})
-    if duplicate_step:  # a resumed run appends steps after its last checkpoint again: the last row wins
-        rows.insert(2, {"step": 2, "kind": "train", "time": 0.0, "policy/entropy": 99.0})
-    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-
 
 @pytest.fixture(scope="module")
 def compare_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_compare_dir(tmp_path_factory.mktemp("cmp"), duplicate_step_in=("grpo", 0))
-
-
-def write_compare_dir(root: Path, duplicate_step_in: tuple[str, int] | None = None) -> Path:
-    """A comparison folder as `rl-div compare` leaves it: every variant x seeds 0, 1 and the manifest;
-    duplicate_step_in=(variant, seed) logs that run's first step twice (a crashed-and-resumed run)."""
-    refs = []
-    for name, p in VARIANTS.items():
-        for seed in (0, 1):
-            write_run(root / name / f"seed{seed}", name, seed, p, duplicate_step=(name, seed) == duplicate_step_in)
-            refs.append(RunRef(name, seed, root / name / f"seed{seed}"))
-    write_manifest(root, "compare", refs)
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -142,18 +64,6 @@ def parse_cell(text: str) -> tuple[float, float | None, float | None]:
     m = re.fullmatch(r"(-?[\d.]+)(?: \[(-?[\d.]+), (-?[\d.]+)\])?( †)?", text.strip())
     assert m, text
     return float(m.group(1)), *(float(g) if g else None for g in m.group(2, 3))
-
-
-def markdown_table(md: str, first_header: str) -> list[dict[str, str]]:
-    lines = md.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_header} |"))
-    header = [h.strip() for h in lines[start].strip("|").split("|")]
-    body = []
-    for line in lines[start + 2:]:
-        if not line.startswith("|"):
-            break
-        body.append(dict(zip(header, [c.strip() for c in line.strip("|").split("|")], strict=True)))
-    return body
 
 
 def test_report_table_matches_the_csv(compare_dir: Path, report: dict[str, Path]) -> None:

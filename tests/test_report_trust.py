@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from test_report import VARIANTS, markdown_table, write_compare_dir
+from helpers import VARIANTS, markdown_table, write_compare_dir
 
 import rl_div
 from rl_div.cli import main
