@@ -117,6 +117,48 @@ def test_two_ranks_match_one_process_over_3_updates(pool: RankPools, model_path:
     assert ranks[0]["metrics"] == ranks[1]["metrics"]
 
 
+def off_policy_batch(batch: Any) -> Any:
+    """The module's batch as a stale one: pi_old moved off the policy and the sampler off pi_old by
+    fixed per-token patterns (ratios and importance weights away from 1, some clipped or capped),
+    and row 5's response emptied, so a row is not always a response."""
+    data = batch.select(list(range(batch.size)))
+    wave = torch.arange(data.old_logprobs.numel(), dtype=torch.float32).reshape(data.old_logprobs.shape)
+    data.behavior_logprobs = data.old_logprobs + 0.9 * torch.sin(wave)
+    data.old_logprobs = data.old_logprobs + 0.3 * torch.cos(wave)
+    data.response_mask[5] = 0
+    return data
+
+
+@pytest.mark.parametrize(("agg", "tis"), [("token-mean", "token"), ("seq-mean-token-mean", "sequence")])
+def test_single_and_fsdp2_log_the_same_step_metrics(pool: RankPools, model_path: str, batch: Any, tmp_path: Path,
+                                                    agg: str, tis: str) -> None:
+    """One optimizer step on one batch (one mini-batch in batch order: every strategy takes the same
+    step). The reference is the single learner with the whole batch in one micro-batch: each metric
+    is then the mini-batch's own value, with no combination rule involved. The single learner with
+    micro-batches of 3 rows, the planned one-process path (token-budget micro-batches) and FSDP2
+    at 1 and 2 ranks must log the same values for every metric."""
+    data = off_policy_batch(batch)
+    out = str(tmp_path)
+    params = [f"algo.loss_params={{agg: {agg}, tis: {tis}}}"]
+    want = Learner(rank_job_config(model_path, out, [f"train.micro_batch_size={data.size}", *params]),
+                   model_path).update(data)
+    single = ["train.micro_batch_size=3", *params]
+    got = {"single": Learner(rank_job_config(model_path, out, single), model_path).update(data)}
+    fsdp2 = [*single, "train.max_tokens_per_micro_batch=40", "train.strategy=fsdp2"]
+    got["planned"] = one_process(model_path, out, fsdp2, data, 1)[1][0]
+    got["fsdp2 x1"] = pool.submit(dist_jobs.train_job, 0, 1, free_port(), model_path, out,
+                                  [*fsdp2, "train.num_learners=1"], data, 1).result(timeout=600)["metrics"][0]
+    ranks = on_two_ranks(pool, dist_jobs.train_job, model_path, out, [*fsdp2, "train.num_learners=2"], data, 1)
+    got["fsdp2 x2"], got["fsdp2 x2, rank 1"] = ranks[0]["metrics"][0], ranks[1]["metrics"][0]
+    assert want["train/optimizer_steps"] == 1
+    for k in ("loss/clip_frac_low", "loss/clip_frac_high", "offpolicy/is_capped_frac"):
+        assert want[k] > 0, k  # the batch exercises the clipped and capped paths
+    wrong = [(name, k, metrics.get(k), v) for name, metrics in got.items() for k, v in want.items()
+             if metrics.get(k) != pytest.approx(v, rel=1e-4, abs=1e-6)]
+    assert not wrong, "\n".join(map(str, wrong))
+    assert all(set(metrics) == set(want) for metrics in got.values())
+
+
 WEIGHTS = {
     "steer": [],
     "clip_cov": ["algo.token_weight_params={fraction: 0.2, cov_low: -100.0, cov_high: 100.0}"],

@@ -91,3 +91,12 @@ def test_fsdp2_config_and_placement() -> None:
         load_config(None, ["train.num_learners=2"])
     with pytest.raises(ConfigError, match="token_weight_scope='mini'"):
         load_config(None, ["train.strategy=fsdp2", "algo.token_weight=steer"])
+
+
+def test_row_chunk_plan_is_the_single_learners_split() -> None:
+    from rl_div.learner.plan import row_chunk_plan
+
+    resp = [2, 0, 5, 1, 3]
+    p = row_chunk_plan([4, 0, 2, 1, 3], False, resp, 2)
+    assert p.micro == [[[4, 0], [2, 1], [3]]]
+    assert (p.token_total, p.seq_total, p.skip) == (11.0, 4.0, False)

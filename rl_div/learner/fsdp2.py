@@ -1,12 +1,10 @@
-"""The FSDP2 learner rank, and the planned optimizer step that one process and N ranks share.
+"""The FSDP2 learner rank: a Learner whose model, gradients and optimizer state are sharded.
 
-Every rank holds the whole scored batch and the driver's plan (rl_div.learner.plan); it runs
-its own rows' micro-batches, divides every loss by the GLOBAL token / sequence counts, and lets
-FSDP2 sum (not average) the gradients, so the update is one process's at any world size.
-Statistics go through a reducer (rl_div.learner.reducers): metrics are sums of token-weighted
-parts (never a mean of rank means), and a non-finite loss or gradient on any rank skips the step
-on every rank (a MAX-reduced flag and the global gradient norm), after every rank has run all
-its passes, so no rank waits in a collective the others never join.
+Every rank holds the whole scored batch and the driver's plan (rl_div.learner.plan) and runs the
+update loop the single learner runs (rl_div.learner.update_loop) with a GroupReducer: its own rows'
+micro-batches, every loss divided by the GLOBAL token / sequence counts, gradients summed (not
+averaged) by FSDP2, metrics and the non-finite flag reduced over the ranks, so the update and its
+metrics are one process's at any world size. ``run_plans`` is re-exported here for its callers.
 """
 
 from __future__ import annotations
@@ -20,88 +18,14 @@ import torch
 
 from rl_div.config import Config
 from rl_div.data import RolloutBatch
-from rl_div.learner.metric_sums import add_metric, mean_over_steps
-from rl_div.learner.plan import MiniBatchPlan, token_weights_over_mini_batch
-from rl_div.learner.reducers import LOCAL, GroupReducer, LocalReducer, mini_batch_token_weights
+from rl_div.learner.plan import MiniBatchPlan
+from rl_div.learner.reducers import LOCAL, GroupReducer, LocalReducer
 from rl_div.learner.reference import sharded_reference
 from rl_div.learner.sharding import PolicyModule, free_address, new_mesh, shard_policy
 from rl_div.learner.single import Learner
-from rl_div.metrics.entropy import masked_mean
+from rl_div.learner.update_loop import run_plans
 from rl_div.sync.buckets import distinct_state
 from rl_div.sync.payloads import cpu_engine_tensors
-
-
-def planned_step(learner: Learner, batch: RolloutBatch, plan: MiniBatchPlan, rank: int,
-                 reducer: LocalReducer) -> dict[str, float] | None:
-    """One optimizer step of a planned mini-batch on `rank`; None (and no step, on every rank) if a
-    loss or the gradient norm was not finite anywhere. Returns the step's metrics, combined over
-    ranks: each micro-batch's metric weighted by its share of the mini-batch's valid tokens."""
-    cfg = learner.cfg
-    mini = batch.select(plan.rows)
-    where = {row: i for i, row in enumerate(plan.rows)}
-    positions = [[[where[r] for r in m] for m in micros] for micros in plan.micro]
-    learner.optimizer.zero_grad(set_to_none=True)
-    mini_weights = None
-    sums: dict[str, float] = {}
-    if token_weights_over_mini_batch(cfg):
-        mini_weights = mini_batch_token_weights(learner, mini, positions, rank, reducer)
-    bad = 0.0
-    for pos in positions[rank]:
-        micro = mini.select(pos or [0])  # padding: a pass on row 0 whose loss is multiplied by 0
-        given = None if mini_weights is None else mini_weights.at(pos or [0])
-        out, weights, entropy, mask = learner.micro_loss(micro, plan.token_total, plan.seq_total, given)
-        if pos and not torch.isfinite(out.loss):
-            bad = 1.0
-        # FSDP2 averages gradients over ranks; the loss already divides by the global counts
-        (out.loss * reducer.world_size if pos else out.loss * 0.0).backward()
-        if not pos:
-            continue
-        share = float(mask.sum()) / max(plan.token_total, 1.0)
-        parts = {**out.metrics, **(weights.metrics if given is None else {})}
-        parts["policy/entropy_train"] = float(masked_mean(entropy.detach(), mask))
-        for k, v in parts.items():
-            add_metric(sums, k, v, 1.0 if k == "loss/total" else share)
-    sums = reducer.sum_dict(sums)
-    if mini_weights is not None:
-        sums.update(mini_weights.metrics)
-    norm = torch.nn.utils.clip_grad_norm_(learner.model.parameters(), cfg.train.max_grad_norm)
-    grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
-    if float(reducer.max(torch.tensor(bad))) > 0 or not torch.isfinite(torch.tensor(grad_norm)):
-        learner.optimizer.zero_grad(set_to_none=True)
-        return None
-    learner.optimizer.step()
-    learner.optimizer.zero_grad(set_to_none=True)
-    learner.scheduler.step()
-    learner.version += 1
-    sums["train/grad_norm"] = grad_norm
-    return sums
-
-
-def run_plans(learner: Learner, batch: RolloutBatch, plans: list[MiniBatchPlan], rank: int = 0,
-              reducer: LocalReducer = LOCAL, loss_overrides: dict[str, Any] | None = None) -> dict[str, float]:
-    """An update as Learner.update does it, but following the driver's plans (same metrics);
-    loss_overrides as in Learner.update (the collapse guard's entropy_coef)."""
-    learner.loss_params = {**learner.cfg.algo.loss_params, **(loss_overrides or {})}
-    learner.model.train()
-    sums: dict[str, float] = {}
-    counts = {"train/optimizer_steps": 0, "train/skipped_zero_signal": int(batch.size == 0),
-              "faults/nonfinite_loss": 0}
-    for plan in plans:
-        if plan.skip:
-            counts["train/skipped_zero_signal"] += 1
-            continue
-        step = planned_step(learner, batch, plan, rank, reducer)
-        if step is None:
-            counts["faults/nonfinite_loss"] += 1
-            continue
-        counts["train/optimizer_steps"] += 1
-        for k, v in step.items():
-            add_metric(sums, k, v)
-    learner.release_memory()
-    metrics = mean_over_steps(sums, counts["train/optimizer_steps"])
-    metrics.update({k: float(v) for k, v in counts.items()})
-    metrics["train/lr"] = learner.scheduler.get_last_lr()[0]
-    return metrics
 
 
 class ShardedLearner(Learner):
@@ -157,10 +81,7 @@ class ShardedLearner(Learner):
 
     def run_plans(self, batch: RolloutBatch, plans: list[MiniBatchPlan],
                   loss_overrides: dict[str, Any] | None = None) -> dict[str, float]:
-        if self.cfg.train.offload_optimizer:
-            from rl_div.learner.single import move_optimizer_state
-
-            move_optimizer_state(self.optimizer, to_cpu=False)
+        """This rank's part of the update the driver planned (rl_div.learner.update_loop.run_plans)."""
         return run_plans(self, batch, plans, self.rank, self.reducer, loss_overrides)
 
     def score_rows(self, batch: RolloutBatch, rows: list[list[int]], with_prompt: bool = False,

@@ -122,9 +122,7 @@ def plan_update(cost: list[int], response_tokens: list[int], has_signal: list[bo
             skip = skip_zero_signal and not other_terms and not any(has_signal[r] for r in rows)
             per_rank = [cut_micro_batches(r, cost, micro_batch_size, max_tokens_per_micro_batch)
                         for r in balance_rows(rows, cost, world_size)]
-            plans.append(MiniBatchPlan(
-                rows=rows, skip=skip, token_total=float(sum(response_tokens[r] for r in rows)),
-                seq_total=float(sum(response_tokens[r] > 0 for r in rows)), micro=pad_micro_counts(per_rank)))
+            plans.append(mini_batch_plan(rows, skip, response_tokens, per_rank))
     return plans
 
 
@@ -140,6 +138,22 @@ def token_weights_over_mini_batch(cfg: Config) -> bool:
     """Whether the update computes token weights once over each mini-batch (train.token_weight_scope
     = "mini") rather than per micro-batch: only for a token weight that reweights at all."""
     return cfg.train.token_weight_scope == "mini" and bool(TOKEN_WEIGHTS.needs(cfg.algo.token_weight).reweights)
+
+
+def mini_batch_plan(rows: list[int], skip: bool, response_tokens: list[int | float],
+                    per_rank: list[list[list[int]]]) -> MiniBatchPlan:
+    """The plan of mini-batch `rows` split into per_rank[rank][k] micro-batches (padded to equal
+    counts), with the mini-batch's valid-token and sequence counts from response_tokens[row]."""
+    return MiniBatchPlan(rows=rows, skip=skip, token_total=float(sum(response_tokens[r] for r in rows)),
+                         seq_total=float(sum(response_tokens[r] > 0 for r in rows)), micro=pad_micro_counts(per_rank))
+
+
+def row_chunk_plan(rows: list[int], skip: bool, response_tokens: list[int | float],
+                   micro_batch_size: int) -> MiniBatchPlan:
+    """One process's plan of mini-batch `rows` in consecutive micro-batches of micro_batch_size rows
+    (no token budget): the single learner's split (Learner.mini_batch_plans)."""
+    chunks = [rows[start : start + micro_batch_size] for start in range(0, len(rows), micro_batch_size)]
+    return mini_batch_plan(rows, skip, response_tokens, [chunks])
 
 
 def plan_batch(batch: RolloutBatch, cfg: Config, world_size: int, version: int,

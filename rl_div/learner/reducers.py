@@ -101,9 +101,6 @@ class MiniWeights:
         coef = self.out.kl_penalty_coef
         return TokenWeightOutput(self.out.weights[idx], None if coef is None else coef[idx], {})
 
-    def rows(self, start: int, count: int) -> TokenWeightOutput:
-        return self.at(list(range(start, start + count)))
-
 
 def mini_batch_token_weights(learner: Learner, mini: RolloutBatch, micro_positions: list[list[list[int]]],
                              rank: int, reducer: LocalReducer) -> MiniWeights:

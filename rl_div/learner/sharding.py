@@ -57,7 +57,7 @@ class PolicyModule(torch.nn.Module):
 def shard_policy(root: torch.nn.Module, model: torch.nn.Module, mesh: Any, **options: Any) -> None:
     """fully_shard every decoder layer of model, then root (the rest of the model), with fully_shard's
     options. FSDP2 averages gradients over ranks (gloo has no pre-multiplied sum for
-    set_gradient_divide_factor(1)), so planned_step multiplies each rank's loss by the world size."""
+    set_gradient_divide_factor(1)), so update_loop.planned_step multiplies each rank's loss by the world size."""
     from torch.distributed.fsdp import fully_shard
 
     layers = getattr(getattr(model, "model", None), "layers", None)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,16 +12,15 @@ from typing import Any
 import torch
 
 from rl_div.algos import LOSSES, TOKEN_WEIGHTS
-from rl_div.algos.losses import LossInputs, LossOutput, count_denominators
+from rl_div.algos.losses import LossInputs, LossOutput
 from rl_div.algos.token_weights import TokenWeightInputs, TokenWeightOutput
 from rl_div.config import Config
 from rl_div.data import RolloutBatch
 from rl_div.learner.forward import policy_forward, prompt_logprob_mask
 from rl_div.learner.fused_advantage import RowShaper, ShapingLeftNoSignal
-from rl_div.learner.metric_sums import add_metric, mean_over_steps
 from rl_div.learner.onpolicy import active_dropout, fuses_policy_forward
-from rl_div.learner.plan import other_loss_terms, token_weights_over_mini_batch
-from rl_div.metrics.entropy import masked_mean
+from rl_div.learner.plan import MiniBatchPlan, other_loss_terms, row_chunk_plan
+from rl_div.learner.update_loop import run_plans
 from rl_div.models.loading import DTYPES, load_policy, save_policy
 from rl_div.registry import import_plugins
 from rl_div.sync.buckets import BucketPayload, bucket_payload, put_bucket, tied_names
@@ -186,7 +184,9 @@ class Learner:
         return metrics, out
 
     def update(self, batch: RolloutBatch, loss_overrides: dict[str, Any] | None = None) -> dict[str, float]:
-        """PPO epochs over mini-batches; each optimizer step accumulates micro-batch gradients.
+        """PPO epochs over mini-batches; each optimizer step accumulates micro-batch gradients
+        (rl_div.learner.update_loop runs it: the loop, skip and non-finite rules and metrics that
+        the FSDP2 ranks share, over this learner's mini_batch_plans).
 
         loss_overrides: loss parameters merged over algo.loss_params for this update (the collapse
         guard's entropy_coef).
@@ -196,41 +196,32 @@ class Learner:
         """
         assert batch.advantages is not None
         assert batch.old_logprobs is not None or self._on_policy_stats is not None, "score_policy first"
+        return run_plans(self, batch, self.mini_batch_plans(batch), loss_overrides=loss_overrides)
+
+    def mini_batch_plans(self, batch: RolloutBatch) -> Iterator[MiniBatchPlan]:
+        """This learner's update as plans: per PPO epoch a permutation drawn from self.generator
+        (batch order when one mini-batch holds the batch), mini-batches of train.mini_batch_size
+        rows, micro-batches of train.micro_batch_size consecutive rows. Lazy: each plan is made when
+        the loop asks for it, after the previous step, so the permutation draws from the generator
+        between steps and the skip test sees the rows a fused shaper has shaped so far."""
         cfg = self.cfg.train
-        self.loss_params = {**self.cfg.algo.loss_params, **(loss_overrides or {})}
-        self.model.train()
-        if cfg.offload_optimizer:
-            move_optimizer_state(self.optimizer, to_cpu=False)
         mini_size = cfg.mini_batch_size or batch.size
-        sums: dict[str, float] = {}
-        counts = {"train/optimizer_steps": 0, "train/skipped_zero_signal": 0, "faults/nonfinite_loss": 0}
-        if batch.size == 0:  # every reward failed: nothing to learn from
-            counts["train/skipped_zero_signal"] = 1
+        response_tokens = batch.response_mask.bool().sum(dim=1).tolist()
+        assert batch.advantages is not None
         for _ in range(cfg.ppo_epochs if batch.size else 0):
-            order = torch.randperm(batch.size, generator=self.generator) if mini_size < batch.size \
-                else torch.arange(batch.size)
+            order = (torch.randperm(batch.size, generator=self.generator) if mini_size < batch.size
+                     else torch.arange(batch.size)).tolist()
             for start in range(0, batch.size, mini_size):
-                mini = batch.select(order[start : start + mini_size])
-                advantages = mini.advantages if self._shaper is None else self._shaper.may_be_nonzero().float()
-                if cfg.skip_zero_signal_steps and not self._has_signal(advantages):
-                    counts["train/skipped_zero_signal"] += 1
-                    continue
-                try:
-                    step_metrics = self._optimizer_step(mini)
-                except ShapingLeftNoSignal:
-                    counts["train/skipped_zero_signal"] += 1
-                    continue
-                if step_metrics is None:
-                    counts["faults/nonfinite_loss"] += 1
-                    continue
-                counts["train/optimizer_steps"] += 1
-                for k, v in step_metrics.items():
-                    add_metric(sums, k, v)
-        self.release_memory()
-        metrics = mean_over_steps(sums, counts["train/optimizer_steps"])
-        metrics.update({k: float(v) for k, v in counts.items()})
-        metrics["train/lr"] = self.scheduler.get_last_lr()[0]
-        return metrics
+                rows = order[start : start + mini_size]
+                advantages = batch.advantages[rows] if self._shaper is None else self._shaper.may_be_nonzero().float()
+                skip = cfg.skip_zero_signal_steps and not self._has_signal(advantages)
+                yield row_chunk_plan(rows, skip, response_tokens, cfg.micro_batch_size)
+
+    def claim_memory(self) -> None:
+        """Before an update: the optimizer state back on the device when train.offload_optimizer
+        keeps it in CPU memory between updates (release_memory's counterpart)."""
+        if self.cfg.train.offload_optimizer:
+            move_optimizer_state(self.optimizer, to_cpu=False)
 
     def release_memory(self) -> None:
         """After an update: nothing of it stays on the accelerator but the weights (and the
@@ -258,8 +249,9 @@ class Learner:
                    weights: TokenWeightOutput | None = None,
                    ) -> tuple[LossOutput, TokenWeightOutput, torch.Tensor, torch.Tensor]:
         """Forward (with grad), token weights (unless given, e.g. computed over the mini-batch) and
-        the loss of one micro-batch, divided by the given mini-batch denominators.
-        Returns (loss output, token weights, entropy [b, T], mask [b, T])."""
+        the loss of one micro-batch, divided by the given mini-batch denominators (so micro-batch
+        losses sum to the mini-batch loss), with the Dr. GRPO constant (rollout.max_new_tokens)
+        unless loss_params set it. Returns (loss output, token weights, entropy [b, T], mask [b, T])."""
         algo = self.cfg.algo
         shaper = self._shaper if micro.old_logprobs is None else None
         logp, entropy, prompt_logp = self.policy_forward(micro, shaper is not None and shaper.needs_prompt_logprobs)
@@ -294,56 +286,14 @@ class Learner:
                "norm_constant": float(self.cfg.rollout.max_new_tokens), **self.loss_params})
         return out, weights, entropy, mask
 
-    def _optimizer_step(self, mini: RolloutBatch) -> dict[str, float] | None:
-        """One optimizer step on a mini-batch; None (and no step) if anything was not finite.
-
-        Every loss gets the mini-batch's token and sequence counts (so micro-batch losses sum to
-        the mini-batch loss) and the Dr. GRPO constant (max_new_tokens) unless loss_params set it.
-        Token weights (train.token_weight_scope): "micro" computes them per micro-batch (STEER's
-        max|Omega| is per micro-batch as its definition says; for high_entropy_mask, clip_cov and
-        kl_cov the "top fraction" is then of the micro-batch); "mini" computes them once over the
-        mini-batch (rl_div.learner.reducers, one extra no-grad forward).
-        """
-        cfg = self.cfg.train
-        self.optimizer.zero_grad(set_to_none=True)
-        token_total, seq_total = count_denominators(mini.response_mask.float())
-        sums: dict[str, float] = {}
-        micros = mini.micro_batches(cfg.micro_batch_size)
-        mini_weights = None
-        if token_weights_over_mini_batch(self.cfg):
-            from rl_div.learner.reducers import LOCAL, mini_batch_token_weights
-
-            size = cfg.micro_batch_size
-            positions = [list(range(s, min(s + size, mini.size))) for s in range(0, mini.size, size)]
-            mini_weights = mini_batch_token_weights(self, mini, [positions], 0, LOCAL)
-            sums.update(mini_weights.metrics)
-        for i, micro in enumerate(micros):
-            given = None if mini_weights is None else mini_weights.rows(i * cfg.micro_batch_size, micro.size)
-            out, weights, entropy, mask = self.micro_loss(micro, token_total, seq_total, given)
-            if not torch.isfinite(out.loss):
-                self.optimizer.zero_grad(set_to_none=True)
-                return None
-            out.loss.backward()
-            share = micro.size / mini.size
-            for k, v in {**out.metrics, **(weights.metrics if given is None else {})}.items():
-                # each micro-batch's loss already divides by the mini-batch counts: loss/total adds up
-                add_metric(sums, k, v, 1.0 if k == "loss/total" else share)
-            sums["policy/entropy_train"] = sums.get("policy/entropy_train", 0.0) + float(
-                masked_mean(entropy.detach(), mask)) * share
-        if self._shaper is not None and cfg.skip_zero_signal_steps and not self._has_signal(
-                self._shaper.finish().advantages):  # the finished advantages are all 0: skip, as update() would have
+    def check_shaped_signal(self) -> None:
+        """Raise ShapingLeftNoSignal (gradients dropped) when a fused row-local advantage finished
+        all zero under train.skip_zero_signal_steps: the step update() would have skipped, had the
+        advantages been known before the forward."""
+        if self._shaper is not None and self.cfg.train.skip_zero_signal_steps and not self._has_signal(
+                self._shaper.finish().advantages):
             self.optimizer.zero_grad(set_to_none=True)
             raise ShapingLeftNoSignal
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm))
-        if not math.isfinite(grad_norm):
-            self.optimizer.zero_grad(set_to_none=True)
-            return None
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)  # gradients would otherwise live until the next step
-        self.scheduler.step()
-        self.version += 1
-        sums["train/grad_norm"] = grad_norm
-        return sums
 
     # ---- weights and checkpoints ---------------------------------------------------------------
     def get_weights(self) -> dict[str, torch.Tensor]:

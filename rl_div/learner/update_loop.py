@@ -1,0 +1,147 @@
+"""The update loop that the single learner and every FSDP2 rank run: one place for the counting
+(optimizer steps, skipped mini-batches, non-finite steps), the skip rule, the non-finite rule and
+the metric reduction (rl_div.learner.metric_sums).
+
+An update is a sequence of MiniBatchPlans (rl_div.learner.plan): the driver's plans for FSDP2, the
+single learner's own (Learner.mini_batch_plans) otherwise. Each rank runs its own rows'
+micro-batches, divides every loss by the mini-batch's GLOBAL token / sequence counts, and FSDP2
+sums (not averages) the gradients, so the update is one process's at any world size.
+
+- Skip rule: a plan marked skip (no advantage signal and no term acting without one, decided on
+  the global mini-batch), or a fused row-local advantage that finished all zero
+  (ShapingLeftNoSignal), takes no step; counted in train/skipped_zero_signal.
+- Non-finite rule: a non-finite micro-batch loss on any rank (a MAX-reduced flag) or a non-finite
+  global gradient norm takes no step on any rank; counted in faults/nonfinite_loss. With several
+  ranks every rank runs all its passes first, so no rank waits in a collective the others never
+  join; one process stops at the first non-finite loss.
+- Metrics: each micro-batch's metric weighted by its share of what the metric averages over,
+  summed over ranks (reducer.sum_dict), then the mean over the update's optimizer steps.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from rl_div.algos import LOSSES
+from rl_div.learner.fused_advantage import ShapingLeftNoSignal
+from rl_div.learner.metric_sums import TOKEN_AGG, Units, add_metric, add_micro_metrics, mean_over_steps
+from rl_div.learner.plan import MiniBatchPlan, token_weights_over_mini_batch
+from rl_div.learner.reducers import LOCAL, LocalReducer, mini_batch_token_weights
+from rl_div.metrics.entropy import masked_mean
+
+if TYPE_CHECKING:
+    from rl_div.data import RolloutBatch
+    from rl_div.learner.single import Learner
+
+
+def mask_units(mask: torch.Tensor) -> Units:
+    """Valid tokens and responses (rows with a valid token) of a [b, T] response mask."""
+    valid = mask.bool()
+    return Units(tokens=float(valid.sum()), responses=float(valid.any(dim=1).sum()))
+
+
+def loss_param(learner: Learner, name: str, default: Any) -> Any:
+    """The loss's parameter `name` as the update uses it: loss_params, else the loss function's
+    own default (else `default`), so the metric rule reads the mode the loss aggregated with."""
+    if name in learner.loss_params:
+        return learner.loss_params[name]
+    param = inspect.signature(LOSSES[learner.cfg.algo.loss]).parameters.get(name)
+    return default if param is None or param.default is inspect.Parameter.empty else param.default
+
+
+def planned_step(learner: Learner, batch: RolloutBatch, plan: MiniBatchPlan, rank: int = 0,
+                 reducer: LocalReducer = LOCAL) -> dict[str, float] | None:
+    """One optimizer step of a planned mini-batch on `rank`; None (and no step, on every rank) if a
+    loss or the gradient norm was not finite anywhere; raises ShapingLeftNoSignal (no step) when a
+    fused row-local advantage finished all zero. Returns the step's metrics, combined over the
+    micro-batches and ranks by the rule of rl_div.learner.metric_sums.
+
+    Token weights (train.token_weight_scope): "micro" computes them per micro-batch (STEER's
+    max|Omega| is per micro-batch as its definition says; for high_entropy_mask, clip_cov and
+    kl_cov the "top fraction" is then of the micro-batch); "mini" computes them once over the
+    mini-batch (rl_div.learner.reducers, one extra no-grad forward)."""
+    cfg = learner.cfg
+    mini = batch.select(plan.rows)
+    where = {row: i for i, row in enumerate(plan.rows)}
+    positions = [[[where[r] for r in m] for m in micros] for micros in plan.micro]
+    whole = Units(tokens=plan.token_total, responses=plan.seq_total)
+    agg, tis = loss_param(learner, "agg", TOKEN_AGG), loss_param(learner, "tis", "token")
+    learner.optimizer.zero_grad(set_to_none=True)
+    mini_weights = None
+    sums: dict[str, float] = {}
+    if token_weights_over_mini_batch(cfg):
+        mini_weights = mini_batch_token_weights(learner, mini, positions, rank, reducer)
+    bad = 0.0
+    for pos in positions[rank]:
+        micro = mini.select(pos or [0])  # padding: a pass on row 0 whose loss is multiplied by 0
+        given = None if mini_weights is None else mini_weights.at(pos or [0])
+        out, weights, entropy, mask = learner.micro_loss(micro, plan.token_total, plan.seq_total, given)
+        if pos and not torch.isfinite(out.loss):
+            bad = 1.0
+            if reducer.world_size == 1:
+                break  # nothing waits in a collective: stop at the first one (no more generator draws)
+        # FSDP2 averages gradients over ranks; the loss already divides by the global counts
+        (out.loss * reducer.world_size if pos else out.loss * 0.0).backward()
+        if not pos:
+            continue
+        parts = {**out.metrics, **(weights.metrics if given is None else {})}
+        parts["policy/entropy_train"] = float(masked_mean(entropy.detach(), mask))
+        add_micro_metrics(sums, parts, mask_units(mask), whole, agg, tis)
+    sums = reducer.sum_dict(sums)
+    if mini_weights is not None:
+        sums.update(mini_weights.metrics)
+    any_bad = float(reducer.max(torch.tensor(bad))) > 0
+    norm = torch.nn.utils.clip_grad_norm_(learner.model.parameters(), cfg.train.max_grad_norm)
+    grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+    if any_bad:
+        learner.optimizer.zero_grad(set_to_none=True)
+        return None
+    learner.check_shaped_signal()
+    if not torch.isfinite(torch.tensor(grad_norm)):
+        learner.optimizer.zero_grad(set_to_none=True)
+        return None
+    learner.optimizer.step()
+    learner.optimizer.zero_grad(set_to_none=True)  # gradients would otherwise live until the next step
+    learner.scheduler.step()
+    learner.version += 1
+    sums["train/grad_norm"] = grad_norm
+    return sums
+
+
+def run_plans(learner: Learner, batch: RolloutBatch, plans: Iterable[MiniBatchPlan], rank: int = 0,
+              reducer: LocalReducer = LOCAL, loss_overrides: dict[str, Any] | None = None) -> dict[str, float]:
+    """An update: planned_step for each plan in turn, counted and reduced to the update's metrics.
+
+    plans may be lazy (the single learner's are made as the loop asks for them, after the previous
+    step); loss_overrides: loss parameters merged over algo.loss_params for this update (the
+    collapse guard's entropy_coef)."""
+    learner.loss_params = {**learner.cfg.algo.loss_params, **(loss_overrides or {})}
+    learner.model.train()
+    learner.claim_memory()
+    sums: dict[str, float] = {}
+    counts = {"train/optimizer_steps": 0, "train/skipped_zero_signal": int(batch.size == 0),
+              "faults/nonfinite_loss": 0}
+    for plan in plans:
+        if plan.skip:
+            counts["train/skipped_zero_signal"] += 1
+            continue
+        try:
+            step = planned_step(learner, batch, plan, rank, reducer)
+        except ShapingLeftNoSignal:
+            counts["train/skipped_zero_signal"] += 1
+            continue
+        if step is None:
+            counts["faults/nonfinite_loss"] += 1
+            continue
+        counts["train/optimizer_steps"] += 1
+        for k, v in step.items():
+            add_metric(sums, k, v)
+    learner.release_memory()
+    metrics = mean_over_steps(sums, counts["train/optimizer_steps"])
+    metrics.update({k: float(v) for k, v in counts.items()})
+    metrics["train/lr"] = learner.scheduler.get_last_lr()[0]
+    return metrics
