@@ -80,7 +80,7 @@ def weights_job(rank: int, world: int, port: int, model_path: str, out: str, ext
 
 
 def with_stats(batch: RolloutBatch, stats: dict[str, torch.Tensor]) -> RolloutBatch:
-    """A copy of batch holding score_policy's old / reference log-probs and entropies."""
+    """A copy of batch holding policy_stats's old / reference log-probs and entropies."""
     data = batch.select(list(range(batch.size)))
     data.old_logprobs, data.old_entropy = stats["old_logprobs"], stats["old_entropy"]
     data.ref_logprobs = stats.get("ref_logprobs")
@@ -90,19 +90,19 @@ def with_stats(batch: RolloutBatch, stats: dict[str, torch.Tensor]) -> RolloutBa
 def ref_job(rank: int, world: int, port: int, model_path: str, out: str, extra: list[str],
             batch: RolloutBatch, updates: int) -> dict[str, Any]:
     """`updates` rounds of what the trainer does each step with a reference model: score the batch
-    (each rank its chunk of rows, as LearnerGroup.score_policy splits them, gathered in row order),
+    (each rank its chunk of rows, as LearnerGroup.policy_stats splits them, gathered in row order),
     then one planned update. Returns rank's reference log-probs and metrics of every round, the
     full parameters, and its reference parameters' (local, full) numbers of elements."""
-    from rl_div.cluster.learner_group import score_chunks
+    from rl_div.cluster.learner_group import policy_stats_chunks
 
     cfg = rank_job_config(model_path, out, extra)
     learner = _join(rank, world, port, cfg, model_path)
     t = cfg.train
     cost = (batch.prompt_mask.sum(dim=1) + batch.response_mask.sum(dim=1)).tolist()
-    chunks = score_chunks(batch.size, cost, world, t.micro_batch_size, t.max_tokens_per_micro_batch)
+    chunks = policy_stats_chunks(batch.size, cost, world, t.micro_batch_size, t.max_tokens_per_micro_batch)
     rounds = []
     for _ in range(updates):
-        scored = learner.score_rows(batch, chunks[rank])
+        scored = learner.policy_stats_of_rows(batch, chunks[rank])
         data = with_stats(batch, {k: torch.cat(learner.reducer.gather(v)) for k, v in scored.items()})
         metrics = learner.run_plans(data, plan_batch(data, cfg, world, learner.version))
         rounds.append({"ref_logprobs": data.ref_logprobs, "metrics": metrics})

@@ -70,7 +70,7 @@ def batch(model_path: str, tmp_path_factory: pytest.TempPathFactory) -> Any:
     keep = torch.tensor([1 + i % width for i in range(b.size)])
     b.response_mask = b.response_mask * (torch.arange(width)[None, :] < keep[:, None])
     learner = Learner(rank_job_config(model_path, str(tmp_path_factory.mktemp("o")), []), model_path)
-    stats = learner.score_policy(b)
+    stats = learner.policy_stats(b)
     b.old_logprobs, b.old_entropy = stats["old_logprobs"], stats["old_entropy"]
     b.advantages = torch.linspace(-1.5, 1.5, b.size)
     b.advantages[[3, 11]] = 0.0
@@ -294,14 +294,14 @@ def test_sharded_reference_model_kl_matches_one_process(pool: ProcessPoolExecuto
     """train.use_ref_model with a KL term on 2 ranks: the reference is sharded (each rank holds part
     of every tensor, not a deepcopy of the model), stays the starting model while the policy moves,
     and 2 rounds of scoring + update equal one process (plain Learner, world-1 plans)."""
-    from rl_div.cluster.learner_group import score_chunks
+    from rl_div.cluster.learner_group import policy_stats_chunks
 
     extra = [*COMMON, "train.use_ref_model=true", "algo.loss_params={kl_coef: 0.5}"]
     cfg = rank_job_config(model_path, str(tmp_path), extra)
     cost = (batch.prompt_mask.sum(dim=1) + batch.response_mask.sum(dim=1)).tolist()
 
     def padded(n: int) -> bool:  # scoring n rows gives a rank a padding pass (the reference's collectives too)
-        chunks = score_chunks(n, cost, 2, cfg.train.micro_batch_size, cfg.train.max_tokens_per_micro_batch)
+        chunks = policy_stats_chunks(n, cost, 2, cfg.train.micro_batch_size, cfg.train.max_tokens_per_micro_batch)
         return any([] in rank for rank in chunks)
 
     batch = batch.select(list(range(next(n for n in range(batch.size, 8, -1) if padded(n)))))
@@ -311,9 +311,9 @@ def test_sharded_reference_model_kl_matches_one_process(pool: ProcessPoolExecuto
         assert rank["ref_sizes"].keys() == {f"policy.{n}" for n, _ in learner.model.named_parameters()}
         for name, (local, full) in rank["ref_sizes"].items():
             assert local < full, name
-    start = learner.score_policy(batch)["old_logprobs"]
+    start = learner.policy_stats(batch)["old_logprobs"]
     for got in ranks[0]["rounds"]:
-        data = dist_jobs.with_stats(batch, learner.score_policy(batch))
+        data = dist_jobs.with_stats(batch, learner.policy_stats(batch))
         want = run_plans(learner, data, plan_batch(data, cfg, 1, learner.version))
         assert torch.allclose(got["ref_logprobs"], data.ref_logprobs, atol=1e-5, rtol=0)
         assert torch.allclose(got["ref_logprobs"], start, atol=1e-5, rtol=0)  # the reference did not move

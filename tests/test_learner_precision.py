@@ -34,7 +34,7 @@ def scored_batch(learner: Learner, model_path: str, dtype: str):  # -> RolloutBa
     worker = HFRolloutWorker(model_path, dtype=dtype, device="cpu")
     batch = worker.generate(TASKS["prime_gap"].make_prompts("train", 4, seed=0),
                             SamplingSpec(n=4, max_new_tokens=8, seed=0))
-    stats = learner.score_policy(batch)
+    stats = learner.policy_stats(batch)
     batch.old_logprobs, batch.old_entropy = stats["old_logprobs"], stats["old_entropy"]
     batch.advantages = torch.tensor([1.0, -1.0] * (batch.size // 2))
     return batch
@@ -68,7 +68,7 @@ def test_bf16_compute_and_bf16_payload(model_path: str, tmp_path: Path) -> None:
     bf16, fp32 = make_learner(model_path, tmp_path, "bfloat16"), make_learner(model_path, tmp_path, "float32")
     batch = scored_batch(fp32, model_path, "float32")
     mask = batch.response_mask.bool()
-    gap = (bf16.score_policy(batch)["old_logprobs"] - batch.old_logprobs)[mask].abs()
+    gap = (bf16.policy_stats(batch)["old_logprobs"] - batch.old_logprobs)[mask].abs()
     assert 1e-4 < float(gap.mean()) < 0.1
     payload = bf16.get_weights()
     masters = dict(bf16.model.state_dict())

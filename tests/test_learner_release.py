@@ -32,7 +32,7 @@ def batch_for(learner: Learner, model_path: str, seed: int):  # -> RolloutBatch
     worker = HFRolloutWorker(model_path, device="cpu")
     batch = worker.generate(TASKS["prime_gap"].make_prompts("train", 4, seed=seed),
                             SamplingSpec(n=4, max_new_tokens=8, seed=seed))
-    stats = learner.score_policy(batch)
+    stats = learner.policy_stats(batch)
     batch.old_logprobs, batch.old_entropy = stats["old_logprobs"], stats["old_entropy"]
     batch.advantages = torch.tensor([1.0, -1.0] * (batch.size // 2))
     return batch

@@ -27,9 +27,9 @@ from rl_div.rollout.base import build_rollout_batch
 
 pytestmark = pytest.mark.slow
 
-# The learner methods the group's named verbs call on a rank (score_rows and run_plans: a sharded
-# group's split of score_policy and update).
-RANK_METHODS = ("update", "update_on_policy", "score_policy", "score_rows", "run_plans", "get_version",
+# The learner methods the group's named verbs call on a rank (policy_stats_of_rows and run_plans: a sharded
+# group's split of policy_stats and update).
+RANK_METHODS = ("update", "update_on_policy", "policy_stats", "policy_stats_of_rows", "run_plans", "get_version",
                 "active_dropout", "save", "load", "get_weights", "get_weight_buckets")
 VERSION = 7
 
@@ -46,7 +46,7 @@ def ray2() -> Iterator[None]:
 def recording_ranks(count: int, fail_in: dict[int, str] | None = None) -> list[Any]:
     """`count` stand-in learner ranks, one Ray actor each. Every learner method records
     (method, summary of its arguments) and returns f"{method}@rank{r}" (get_version: VERSION;
-    score_rows: the row ids it scored, as old_logprobs). fail_in[r] = a method rank r raises in.
+    policy_stats_of_rows: the row ids it scored, as old_logprobs). fail_in[r] = a method rank r raises in.
     (Built here so that Ray ships the class by value: a worker does not import this module.)"""
 
     class Rank:
@@ -63,9 +63,9 @@ def recording_ranks(count: int, fail_in: dict[int, str] | None = None) -> list[A
             if method == self.fails:
                 raise ValueError(f"a bug in {method} on rank {self.rank}")
 
-        def score_rows(self, batch: RolloutBatch, rows: list[list[int]], with_prompt: bool = False,
+        def policy_stats_of_rows(self, batch: RolloutBatch, rows: list[list[int]], with_prompt: bool = False,
                        temperature: float | None = None) -> dict[str, torch.Tensor]:
-            self.record("score_rows", (batch.size, rows, with_prompt, temperature))
+            self.record("policy_stats_of_rows", (batch.size, rows, with_prompt, temperature))
             flat = [r for chunk in rows for r in chunk]
             return {"old_logprobs": torch.tensor(flat, dtype=torch.float32),
                     "old_entropy": torch.tensor(flat, dtype=torch.float32) + 0.5}
@@ -77,7 +77,7 @@ def recording_ranks(count: int, fail_in: dict[int, str] | None = None) -> list[A
         return method
 
     for name in RANK_METHODS:
-        if name != "score_rows":
+        if name != "policy_stats_of_rows":
             setattr(Rank, name, answer(name))
     fail_in = fail_in or {}
     return [ray.remote(Rank).options(num_cpus=0, max_restarts=0).remote(r, fail_in.get(r)) for r in range(count)]
@@ -159,11 +159,11 @@ def test_named_verbs_that_run_on_every_rank(group: LearnerGroup, verb: str, args
 def test_score_policy_splits_the_rows_into_contiguous_chunks(group: LearnerGroup) -> None:
     """5 rows over 2 ranks: ceil(5/2) = 3 -> rank 0 rows 0-2 in micro-batches [0, 1], [2]; rank 1
     rows 3-4 as [3, 4] and one empty padding pass, so both run 2 forwards; back in row order."""
-    stats = ray.get(group.score_policy(batch_of(5), True, 0.7))
+    stats = ray.get(group.policy_stats(batch_of(5), True, 0.7))
     assert stats["old_logprobs"].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
     assert stats["old_entropy"].tolist() == [0.5, 1.5, 2.5, 3.5, 4.5]
-    assert calls(group.actors) == [[("score_rows", (5, [[0, 1], [2]], True, 0.7))],
-                                   [("score_rows", (5, [[3, 4], []], True, 0.7))]]
+    assert calls(group.actors) == [[("policy_stats_of_rows", (5, [[0, 1], [2]], True, 0.7))],
+                                   [("policy_stats_of_rows", (5, [[3, 4], []], True, 0.7))]]
 
 
 def test_update_asks_every_rank_its_version_then_sends_each_the_plan(group: LearnerGroup) -> None:
@@ -180,21 +180,22 @@ def test_update_asks_every_rank_its_version_then_sends_each_the_plan(group: Lear
 
 
 def test_one_actor_group_sends_every_verb_straight_to_it(ray2: None, tmp_path: Path) -> None:
-    """strategy single: the learner's own update and score_policy (no planning, no row split)."""
+    """strategy single: the learner's own update and policy_stats (no planning, no row split)."""
     [actor] = recording_ranks(1)
     group = LearnerGroup(cfg_of(tmp_path), [actor], sharded=False)
     batch = batch_of(3)
-    got = ray.get([group.update(batch, None), group.score_policy(batch, False, None), group.get_version(),
+    got = ray.get([group.update(batch, None), group.policy_stats(batch, False, None), group.get_version(),
                    group.on_rank_zero("save", "/z"), *group.split_across_ranks("load", [("/y",)])])
-    assert got == ["update@rank0", "score_policy@rank0", VERSION, "save@rank0", "load@rank0"]
-    assert calls([actor]) == [[("update", (3, None)), ("score_policy", (3, False, None)), ("get_version", ()),
+    assert got == ["update@rank0", "policy_stats@rank0", VERSION, "save@rank0", "load@rank0"]
+    assert calls([actor]) == [[("update", (3, None)), ("policy_stats", (3, False, None)), ("get_version", ()),
                                ("save", ("/z",)), ("load", ("/y",))]]
     ray.kill(actor)
 
 
 @pytest.mark.parametrize(("verb", "args", "failing_rank", "method"), [
     ("update", (batch_of(4),), 1, "run_plans"), ("update", (batch_of(4),), 0, "get_version"),
-    ("score_policy", (batch_of(5),), 1, "score_rows"), ("save", ("/c",), 1, "save"), ("load", ("/c",), 0, "load"),
+    ("policy_stats", (batch_of(5),), 1, "policy_stats_of_rows"), ("save", ("/c",), 1, "save"),
+    ("load", ("/c",), 0, "load"),
     ("get_weight_buckets", (), 1, "get_weight_buckets"), ("on_rank_zero", ("get_weights",), 0, "get_weights"),
     ("split_across_ranks", ("active_dropout", [(), ()]), 1, "active_dropout"),
 ])

@@ -1,6 +1,6 @@
 """The on-policy path without the separate pi_old forward (rl_div.learner.onpolicy, Learner.update_on_policy):
 when it applies, and that a step on it logs the same metrics and trains the same weights as a step
-with score_policy first. Real Learner, real tiny Llama, real HF sampling; no Ray (the trainer's
+with policy_stats first. Real Learner, real tiny Llama, real HF sampling; no Ray (the trainer's
 wiring is covered by tests/test_train_e2e.py::test_on_policy_steps_skip_the_separate_forward)."""
 
 from __future__ import annotations
@@ -133,7 +133,7 @@ def steps(cfg: Config, model_path: str, sampled: RolloutBatch, fused: bool, n: i
             if "advantages" in stats:  # finished in the update (ARM): metrics carry the final adv/*, arm/*
                 batch.advantages = stats["advantages"]
         else:
-            stats = learner.score_policy(batch, with_prompt=needs_prompt_logprobs(cfg))
+            stats = learner.policy_stats(batch, with_prompt=needs_prompt_logprobs(cfg))
             batch.ref_logprobs, batch.prompt_logprobs = stats.get("ref_logprobs"), stats.get("prompt_logprobs")
             batch.old_logprobs, batch.old_entropy = stats["old_logprobs"], stats["old_entropy"]
             batch.advantages, adv_metrics = compute_advantages(batch, cfg)
@@ -182,7 +182,7 @@ def test_a_nonfinite_step_still_reports_pi_old(model_path: str, sampled: Rollout
     batch.advantages, _ = compute_advantages(batch, cfg)
     metrics, stats = learner.update_on_policy(batch)  # the first micro-batch's loss is NaN: no step
     assert metrics["faults/nonfinite_loss"] == 1 and metrics["train/optimizer_steps"] == 0
-    expected = Learner(cfg, model_path).score_policy(batch)
+    expected = Learner(cfg, model_path).policy_stats(batch)
     assert stats["old_logprobs"].shape == (batch.size, batch.response_ids.shape[1])
     torch.testing.assert_close(stats["old_entropy"], expected["old_entropy"], rtol=0, atol=0)
     torch.testing.assert_close(stats["old_logprobs"], expected["old_logprobs"], rtol=0, atol=0)
@@ -210,12 +210,12 @@ def sampled_params(model_path: str) -> dict[str, torch.Tensor]:
 
 
 def test_no_stale_state_between_updates(model_path: str, sampled: RolloutBatch, tmp_path: Path) -> None:
-    """A plain update after update_on_policy still needs score_policy's numbers."""
+    """A plain update after update_on_policy still needs policy_stats's numbers."""
     cfg = cfg_of(f"model.path={model_path}")
     learner, batch = Learner(cfg, model_path), copy.deepcopy(sampled)
     batch.advantages, _ = compute_advantages(batch, cfg)
     learner.update_on_policy(batch)
-    with pytest.raises(AssertionError, match="score_policy first"):
+    with pytest.raises(AssertionError, match="policy_stats first"):
         learner.update(batch)
 
 

@@ -76,7 +76,7 @@ def _scored_batch(model_path: str, out: str, prompts: int, group_size: int) -> R
     worker = HFRolloutWorker(model_path, dtype="float32", device="cpu")
     batch = worker.generate(TASKS["prime_gap"].make_prompts("train", prompts, seed=0),
                             SamplingSpec(n=group_size, max_new_tokens=8, seed=0))
-    stats = Learner(_cfg(model_path, out, []), model_path).score_policy(batch)
+    stats = Learner(_cfg(model_path, out, []), model_path).policy_stats(batch)
     batch.old_logprobs, batch.old_entropy = stats["old_logprobs"], stats["old_entropy"]
     batch.advantages = torch.linspace(-1.0, 1.0, batch.size)
     return batch

@@ -67,7 +67,7 @@ def _learner_step(learner: Any, batch: Any, cfg: Any, fused: bool) -> None:
     from rl_div.train.loop import compute_advantages
 
     if not fused:
-        stats = learner.score_policy(batch, with_prompt=needs_prompt_logprobs(cfg))
+        stats = learner.policy_stats(batch, with_prompt=needs_prompt_logprobs(cfg))
         batch.old_logprobs, batch.old_entropy = stats["old_logprobs"], stats["old_entropy"]
         batch.prompt_logprobs, batch.ref_logprobs = stats.get("prompt_logprobs"), stats.get("ref_logprobs")
     batch.advantages, _ = compute_advantages(batch, cfg)

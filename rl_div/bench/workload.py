@@ -240,7 +240,7 @@ def bench_long_step(new_tokens: int = 256, prompts: int = 4, group_size: int = 4
         batch.correct = torch.tensor(result.correct)
         stages["reward"].append(time.perf_counter() - t)
         t = time.perf_counter()
-        stats = learner.score_policy(batch)
+        stats = learner.policy_stats(batch)
         batch.old_logprobs, batch.old_entropy = stats["old_logprobs"], stats["old_entropy"]
         stages["learner_forward"].append(time.perf_counter() - t)
         batch.advantages, _ = compute_advantages(batch, cfg)

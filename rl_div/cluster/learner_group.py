@@ -16,7 +16,7 @@ both. Three dispatch modes (after verl's ONE_TO_ALL / DP_COMPUTE / RANK_ZERO and
 *args)`` (Ray's ``__ray_call__``). The trainer's own calls are named methods built on these, each
 saying which mode it uses:
 
-    update, score_policy                 data split across ranks (by the update plan; by rows)
+    update, policy_stats                 data split across ranks (by the update plan; by rows)
     get_version, active_dropout, save,   the same call on every rank, rank 0's value
     load, get_weights, get_weight_buckets,
     update_on_policy
@@ -56,8 +56,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("rl_div")
 
 
-def concat_scores(parts: list[dict[str, Any]]) -> dict[str, Any]:
-    """score_policy results of contiguous row chunks, rank by rank -> the batch's rows in order.
+def concat_policy_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """policy_stats results of contiguous row chunks, rank by rank -> the batch's rows in order.
     Done in the driver: as a Ray task it ran in a worker process that Ray had often retired while
     idle (more processes than CPUs), so a fresh one imported torch first: ~1.5 s per fsdp2 step."""
     import torch
@@ -66,7 +66,7 @@ def concat_scores(parts: list[dict[str, Any]]) -> dict[str, Any]:
     return {k: torch.cat([p[k] for p in parts if p]) for k in keys}
 
 
-def score_chunks(size: int, cost: list[int], world_size: int, micro_rows: int,
+def policy_stats_chunks(size: int, cost: list[int], world_size: int, micro_rows: int,
                  max_tokens: int | None) -> list[list[list[int]]]:
     """Rows 0..size-1 in world_size contiguous chunks, each cut into micro-batches, padded so every
     rank runs as many forwards: [rank][k] -> rows."""
@@ -158,18 +158,20 @@ class LearnerGroup:
         plans = plan_batch(batch, self.cfg, len(self.actors), version, loss_overrides)
         return self.on_every_rank("run_plans", ray.put(batch), plans, loss_overrides)
 
-    def score_policy(self, batch: RolloutBatch, with_prompt: bool = False, temperature: float | None = None) -> Any:
-        """Ref of the policy's log-probs and entropies of every row (Learner.score_policy). Split
-        across ranks by rows: rank r scores the r-th contiguous chunk (score_chunks), and the driver
-        puts the chunks back in row order. One actor: its own score_policy."""
+    def policy_stats(self, batch: RolloutBatch, with_prompt: bool = False, temperature: float | None = None) -> Any:
+        """Ref of the policy's log-probs and entropies of every row (Learner.policy_stats). Split
+        across ranks by rows: rank r takes the r-th contiguous chunk (policy_stats_chunks), and the driver
+        puts the chunks back in row order. One actor: its own policy_stats."""
         if not self.sharded:
-            return self.on_every_rank("score_policy", batch, with_prompt, temperature)
+            return self.on_every_rank("policy_stats", batch, with_prompt, temperature)
         t = self.cfg.train
         cost = (batch.prompt_mask.sum(dim=1) + batch.response_mask.sum(dim=1)).tolist()
-        chunks = score_chunks(batch.size, cost, len(self.actors), t.micro_batch_size, t.max_tokens_per_micro_batch)
+        chunks = policy_stats_chunks(batch.size, cost, len(self.actors), t.micro_batch_size,
+                                     t.max_tokens_per_micro_batch)
         ref = ray.put(batch)
-        parts = self.split_across_ranks("score_rows", [(ref, rows, with_prompt, temperature) for rows in chunks])
-        return ray.put(concat_scores(ray.get(parts)))  # a ref, as from one learner
+        parts = self.split_across_ranks("policy_stats_of_rows",
+                                        [(ref, rows, with_prompt, temperature) for rows in chunks])
+        return ray.put(concat_policy_stats(ray.get(parts)))  # a ref, as from one learner
 
     # ---- the same call on every rank, rank 0's value ---------------------------------------------
     def update_on_policy(self, batch: RolloutBatch, loss_overrides: dict[str, Any] | None = None) -> Any:

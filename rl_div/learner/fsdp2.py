@@ -73,7 +73,7 @@ class ShardedLearner(Learner):
 
     @torch.no_grad()
     def _ref_logprobs(self, micro: RolloutBatch, temperature: float) -> torch.Tensor:
-        """The sharded reference's log-probs [B, T]: a collective, which every rank's scoring runs
+        """The sharded reference's log-probs [B, T]: a collective, which every rank's policy_stats runs
         once per micro-batch (padding ones included)."""
         assert self.ref_model is not None
         with self.autocast():
@@ -84,14 +84,14 @@ class ShardedLearner(Learner):
         """This rank's part of the update the driver planned (rl_div.learner.update_loop.run_plans)."""
         return run_plans(self, batch, plans, self.rank, self.reducer, loss_overrides)
 
-    def score_rows(self, batch: RolloutBatch, rows: list[list[int]], with_prompt: bool = False,
+    def policy_stats_of_rows(self, batch: RolloutBatch, rows: list[list[int]], with_prompt: bool = False,
                    temperature: float | None = None) -> dict[str, torch.Tensor]:
-        """score_policy of this rank's micro-batches (rows[k]; [] = a padding pass, dropped)."""
+        """policy_stats of this rank's micro-batches (rows[k]; [] = a padding pass, dropped)."""
         parts: dict[str, list[torch.Tensor]] = {}
         self.model.eval()
         with torch.no_grad():
             for chunk in rows:
-                got = Learner.score_policy(self, batch.select(chunk or [0]), with_prompt, temperature)
+                got = Learner.policy_stats(self, batch.select(chunk or [0]), with_prompt, temperature)
                 for k, v in got.items():
                     if chunk:
                         parts.setdefault(k, []).append(v)

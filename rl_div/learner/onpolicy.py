@@ -6,7 +6,7 @@ optimizer step on the whole batch, pi_old IS the policy being updated (also when
 is the learner's current weights, the sampler's policy is another thing), so the update's own forward
 provides all of them: old log-probs = its log-probs detached (ratio exactly 1), H_old = its entropies
 detached, and the reference forward runs inside the update's micro-batch loop
-(:meth:`rl_div.learner.single.Learner.update_on_policy`). The separate forward (``score_policy``) still runs
+(:meth:`rl_div.learner.single.Learner.update_on_policy`). The separate forward (``policy_stats``) still runs
 when any of these hold:
 
 - ``train.ppo_epochs > 1`` or more than one mini-batch: later optimizer steps need the weights from
@@ -25,7 +25,7 @@ when any of these hold:
 - a sharded learner (train.strategy=fsdp2), or token weights over the whole mini-batch
   (train.token_weight_scope=mini): both read pi_old of every row (and its advantage) before the
   first micro-batch;
-- the model has dropout: ``score_policy`` runs in eval mode and the update in train mode, so the
+- the model has dropout: ``policy_stats`` runs in eval mode and the update in train mode, so the
   update's forward would not be pi_old;
 - a step where some rewards failed: the update trains on the scored rows only, while the step
   metrics (entropy, log-prob gap) cover every row, as they always have.

@@ -26,7 +26,7 @@ def sharded_reference(cfg: Config, model_path: str, mesh: Any, device: torch.dev
     """The starting policy at model_path, fully_shard'ed on `mesh` for forward passes only.
 
     Every rank must call the returned module's forward equally often (it all-gathers each unit's
-    parameters), which the learner's scoring does: padding micro-batches run it too.
+    parameters), which the learner's policy_stats does: padding micro-batches run it too.
     """
     # Loading must not move the global RNG the learner's own state (and checkpoints) carry.
     with torch.random.fork_rng(devices=[]):

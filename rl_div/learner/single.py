@@ -117,7 +117,7 @@ class Learner:
 
     # ---- forward passes without gradient -------------------------------------------------------
     @torch.no_grad()
-    def score_policy(self, batch: RolloutBatch, with_prompt: bool = False,
+    def policy_stats(self, batch: RolloutBatch, with_prompt: bool = False,
                      temperature: float | None = None) -> dict[str, torch.Tensor]:
         """old_logprobs, old_entropy [B, T] (and prompt_logprobs [B, P], ref_logprobs) for a batch,
         at the given sampling temperature (default: the rollout temperature)."""
@@ -151,8 +151,8 @@ class Learner:
         The loss's own forward is pi_old: old log-probs are its log-probs detached (ratio exactly 1),
         H_old its entropies detached, and the reference log-probs are computed in the same
         micro-batch loop. Returns the update's metrics and {old_logprobs, old_entropy} [B, T] float32
-        on CPU, the numbers score_policy would have given, for the step metrics; a step that was
-        skipped (no signal, not finite) changed no weight, and score_policy gives them.
+        on CPU, the numbers policy_stats would have given, for the step metrics; a step that was
+        skipped (no signal, not finite) changed no weight, and policy_stats gives them.
 
         An advantage with a row-local split (ARM) is finished here from the same forward
         (rl_div.learner.fused_advantage.RowShaper; batch.advantages holds only its reward part): then the
@@ -161,7 +161,7 @@ class Learner:
         fused, why = fuses_policy_forward(self.cfg, self.active_dropout())
         if not fused or batch.old_logprobs is not None:
             raise ValueError(f"update_on_policy: the update's forward is not pi_old here ({why}); "
-                             "use score_policy and update")
+                             "use policy_stats and update")
         self._on_policy_stats = {"old_logprobs": [], "old_entropy": []}
         shaper = self._shaper = RowShaper.for_batch(self.cfg, batch)
         try:
@@ -170,8 +170,8 @@ class Learner:
         finally:
             self._on_policy_stats = self._shaper = None
         if metrics["train/optimizer_steps"] != 1:
-            stats = self.score_policy(batch, with_prompt=shaper is not None and shaper.needs_prompt_logprobs)
-            if shaper is not None:  # the weights did not change: shape every row from score_policy's numbers
+            stats = self.policy_stats(batch, with_prompt=shaper is not None and shaper.needs_prompt_logprobs)
+            if shaper is not None:  # the weights did not change: shape every row from policy_stats's numbers
                 shaper = RowShaper.for_batch(self.cfg, batch)
                 assert shaper is not None
                 shaper.shape(batch, stats["old_logprobs"], stats.get("prompt_logprobs"),
@@ -195,7 +195,7 @@ class Learner:
         whose loss or gradient norm is not finite; both are counted in the returned metrics.
         """
         assert batch.advantages is not None
-        assert batch.old_logprobs is not None or self._on_policy_stats is not None, "score_policy first"
+        assert batch.old_logprobs is not None or self._on_policy_stats is not None, "policy_stats first"
         return run_plans(self, batch, self.mini_batch_plans(batch), loss_overrides=loss_overrides)
 
     def mini_batch_plans(self, batch: RolloutBatch) -> Iterator[MiniBatchPlan]:

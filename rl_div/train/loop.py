@@ -245,7 +245,7 @@ class Trainer:
                      with_prompt: bool = False) -> RolloutBatch:
         """Log-probs and entropies of the batch under the current policy (the learner's pi_old);
         prompt log-probs too when with_prompt."""
-        stats = ray.get(self.learner.score_policy(batch, with_prompt, temperature))
+        stats = ray.get(self.learner.policy_stats(batch, with_prompt, temperature))
         batch.old_logprobs = stats["old_logprobs"]
         batch.old_entropy = stats["old_entropy"]
         batch.prompt_logprobs = stats.get("prompt_logprobs")

@@ -45,7 +45,7 @@ def test_push_weights_between_real_actors(tmp_path: Path, vllm_base_model: str) 
 
     def gap_max() -> float:
         batch = ray.get(worker.generate.remote(records, spec))
-        old = ray.get(learner.score_policy(batch))["old_logprobs"]
+        old = ray.get(learner.policy_stats(batch))["old_logprobs"]
         return float(((old - batch.behavior_logprobs).abs() * batch.response_mask).max())
 
     try:
