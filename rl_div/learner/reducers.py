@@ -86,7 +86,7 @@ class GroupReducer(LocalReducer):
 
 
 @dataclass
-class MiniWeights:
+class MiniBatchTokenWeights:
     """Token weights over a mini-batch: weights / kl_penalty_coef [B, T] in mini-batch row order."""
 
     out: TokenWeightOutput
@@ -103,7 +103,7 @@ class MiniWeights:
 
 
 def mini_batch_token_weights(learner: Learner, mini: RolloutBatch, micro_positions: list[list[list[int]]],
-                             rank: int, reducer: LocalReducer) -> MiniWeights:
+                             rank: int, reducer: LocalReducer) -> MiniBatchTokenWeights:
     """Token weights over the whole mini-batch.
 
     Args:
@@ -114,7 +114,7 @@ def mini_batch_token_weights(learner: Learner, mini: RolloutBatch, micro_positio
             every rank runs as many forwards as the others).
         rank, reducer: this rank and its reducer.
     Returns:
-        MiniWeights over the mini-batch's [B, T].
+        MiniBatchTokenWeights over the mini-batch's [B, T].
     """
     logps, entropies = [], []
     with torch.no_grad():
@@ -140,4 +140,4 @@ def mini_batch_token_weights(learner: Learner, mini: RolloutBatch, micro_positio
                           old_entropy=None if mini.old_entropy is None else mini.old_entropy.float(),
                           entropy=entropy_all, generator=learner.generator),
         **algo.token_weight_params)
-    return MiniWeights(out)
+    return MiniBatchTokenWeights(out)

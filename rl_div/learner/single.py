@@ -246,7 +246,7 @@ class Learner:
             return policy_forward(self.model, micro, self.cfg.train.logit_chunk_rows, with_prompt, temperature)
 
     def micro_loss(self, micro: RolloutBatch, token_total: float, seq_total: float,
-                   weights: TokenWeightOutput | None = None,
+                   token_weight_out: TokenWeightOutput | None = None,
                    ) -> tuple[LossOutput, TokenWeightOutput, torch.Tensor, torch.Tensor]:
         """Forward (with grad), token weights (unless given, e.g. computed over the mini-batch) and
         the loss of one micro-batch, divided by the given mini-batch denominators (so micro-batch
@@ -271,20 +271,21 @@ class Learner:
             old_logp = micro.old_logprobs.to(dev)
             old_entropy = micro.old_entropy.to(dev) if micro.old_entropy is not None else None
             ref_logp = micro.ref_logprobs.to(dev) if micro.ref_logprobs is not None else None
-        if weights is None:
-            weights = TOKEN_WEIGHTS[algo.token_weight](
+        if token_weight_out is None:
+            token_weight_out = TOKEN_WEIGHTS[algo.token_weight](
                 TokenWeightInputs(advantages=advantages[:, None].expand_as(logp), logprobs=logp.detach(),
                                   old_logprobs=old_logp, mask=mask, old_entropy=old_entropy,
                                   entropy=entropy.detach(), generator=self.generator),
                 **algo.token_weight_params)
         out = LOSSES[algo.loss](
             LossInputs(logprobs=logp, old_logprobs=old_logp, advantages=advantages, mask=mask,
-                       token_weights=weights.weights.to(dev), kl_penalty_coef=None if weights.kl_penalty_coef is None
-                       else weights.kl_penalty_coef.to(dev), ref_logprobs=ref_logp, entropy=entropy,
+                       token_weights=token_weight_out.weights.to(dev),
+                       kl_penalty_coef=None if token_weight_out.kl_penalty_coef is None
+                       else token_weight_out.kl_penalty_coef.to(dev), ref_logprobs=ref_logp, entropy=entropy,
                        behavior_logprobs=None if micro.behavior_logprobs is None else micro.behavior_logprobs.to(dev)),
             **{"token_denominator": token_total, "seq_denominator": seq_total,
                "norm_constant": float(self.cfg.rollout.max_new_tokens), **self.loss_params})
-        return out, weights, entropy, mask
+        return out, token_weight_out, entropy, mask
 
     def check_shaped_signal(self) -> None:
         """Raise ShapingLeftNoSignal (gradients dropped) when a fused row-local advantage finished

@@ -71,15 +71,15 @@ def planned_step(learner: Learner, batch: RolloutBatch, plan: MiniBatchPlan, ran
     whole = Units(tokens=plan.token_total, responses=plan.seq_total)
     agg, tis = loss_param(learner, "agg", TOKEN_AGG), loss_param(learner, "tis", "token")
     learner.optimizer.zero_grad(set_to_none=True)
-    mini_weights = None
+    mini_token_weights = None
     sums: dict[str, float] = {}
     if token_weights_over_mini_batch(cfg):
-        mini_weights = mini_batch_token_weights(learner, mini, positions, rank, reducer)
+        mini_token_weights = mini_batch_token_weights(learner, mini, positions, rank, reducer)
     bad = 0.0
     for pos in positions[rank]:
         micro = mini.select(pos or [0])  # padding: a pass on row 0 whose loss is multiplied by 0
-        given = None if mini_weights is None else mini_weights.at(pos or [0])
-        out, weights, entropy, mask = learner.micro_loss(micro, plan.token_total, plan.seq_total, given)
+        given = None if mini_token_weights is None else mini_token_weights.at(pos or [0])
+        out, token_weight_out, entropy, mask = learner.micro_loss(micro, plan.token_total, plan.seq_total, given)
         if pos and not torch.isfinite(out.loss):
             bad = 1.0
             if reducer.world_size == 1:
@@ -88,12 +88,12 @@ def planned_step(learner: Learner, batch: RolloutBatch, plan: MiniBatchPlan, ran
         (out.loss * reducer.world_size if pos else out.loss * 0.0).backward()
         if not pos:
             continue
-        parts = {**out.metrics, **(weights.metrics if given is None else {})}
+        parts = {**out.metrics, **(token_weight_out.metrics if given is None else {})}
         parts["policy/entropy_train"] = float(masked_mean(entropy.detach(), mask))
         add_micro_metrics(sums, parts, mask_units(mask), whole, agg, tis)
     sums = reducer.sum_dict(sums)
-    if mini_weights is not None:
-        sums.update(mini_weights.metrics)
+    if mini_token_weights is not None:
+        sums.update(mini_token_weights.metrics)
     any_bad = float(reducer.max(torch.tensor(bad))) > 0
     norm = torch.nn.utils.clip_grad_norm_(learner.model.parameters(), cfg.train.max_grad_norm)
     grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
