@@ -1,4 +1,4 @@
-"""Typed, validated run configuration: YAML files plus ``key=value`` overrides.
+"""Loading the run configuration: YAML files plus ``key=value`` overrides, into the typed Config.
 
 Every field has help text (``rl-div train --help-config`` prints it). Unknown keys, wrong types,
 out-of-range values and unknown registry names fail before any work starts, naming the field and
@@ -13,37 +13,13 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from rl_div.config.schema import (  # re-exported: rl_div.config is the one import
-    Config,
-    ConfigError,
-)
-from rl_div.config.sections import (
-    ALGO_PRESETS,
-    AlgoConfig,
-    BootstrapConfig,
-    CheckpointConfig,
-    ClusterConfig,
-    DataConfig,
-    EvalConfig,
-    GuardConfig,
-    ModelConfig,
-    RewardConfig,
-    RewardItem,
-    RolloutConfig,
-    RunConfig,
-    Section,
-    TrackingConfig,
-    TrainConfig,
-)
+from rl_div.config.schema import Config, ConfigError
+from rl_div.config.sections import ALGO_PRESETS
 from rl_div.registry import unknown_name_message
 
 __all__ = [
-    "ALGO_PRESETS", "AlgoConfig", "BootstrapConfig", "CheckpointConfig", "ClusterConfig", "Config",
-    "DataConfig", "EvalConfig", "GuardConfig", "ModelConfig", "RewardConfig", "RewardItem", "RolloutConfig",
-    "RunConfig",
-    "Section", "TrackingConfig", "TrainConfig", "ConfigError", "apply_override", "build_config",
-    "config_help", "deep_merge", "load_config", "parse_override", "read_config_tree", "save_config",
-    "yaml_error_text",
+    "apply_override", "build_config", "config_help", "deep_merge", "load_config", "parse_override",
+    "read_config_tree", "save_config", "yaml_error_text",
 ]
 
 

@@ -12,7 +12,8 @@ from typing import Any
 
 import yaml
 
-from rl_div.config.load import Config, ConfigError, build_config
+from rl_div.config.load import build_config
+from rl_div.config.schema import Config, ConfigError
 
 # Fields that may differ between an existing run and its plan: where it runs (a moved OUT folder), how
 # it is logged, and how long it trains (raising train.steps extends a finished comparison by resuming).
