@@ -114,3 +114,21 @@ def test_trl_runs_its_policy_forward_as_the_declarations_say(advantage: str, tok
     import_plugins(["plugins.my_algos"])
     trainer = SimpleNamespace(rl_div_advantage=advantage, rl_div_token_weight=token_weight)
     assert RLDivGRPOTrainer._needs_policy_stats(trainer) is forward  # type: ignore[arg-type]
+
+
+def test_a_config_built_in_code_is_refused_before_its_output_folder_is_claimed(tmp_path) -> None:
+    """fsdp2 + a per-micro-batch reweighting token weight, set on a Config after load_config checked it:
+    Trainer refuses it in check_inputs, before it claims (creates) run.output_dir or starts anything."""
+    from rl_div.models.loading import build_char_tokenizer, make_tiny_llama, save_policy
+    from rl_div.tasks import TASKS
+    from rl_div.train.loop import Trainer
+
+    tok = build_char_tokenizer(TASKS["prime_gap"].alphabet)
+    model = save_policy(make_tiny_llama(tok, seed=0), tok, tmp_path / "tiny")
+    out = tmp_path / "run"
+    cfg = load_config(None, [f"model.path={model}", f"run.output_dir={out}", "algo.token_weight=steer",
+                             "train.token_weight_scope=mini", "train.strategy=fsdp2", "train.num_learners=2"])
+    cfg.train.token_weight_scope = "micro"  # a section's own validators pass; the cross-registry rule is a check
+    with pytest.raises(ConfigError, match="token_weight_scope='mini' for token weight 'steer'"):
+        Trainer(cfg)
+    assert not out.exists()

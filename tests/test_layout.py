@@ -39,8 +39,7 @@ def test_import_contracts_are_kept() -> None:
     lint = Path(sys.executable).with_name("lint-imports")
     assert lint.exists(), "import-linter is a dev dependency (pip install -e '.[dev]')"
     done = subprocess.run([str(lint), "--no-cache"], cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
-    assert " broken" not in done.stdout.split("Contracts:")[-1].replace("0 broken", ""), done.stdout[-2000:]
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]  # lint-imports exits 1 on a broken one
 
 
 def _imported_names(path: Path) -> list[str]:

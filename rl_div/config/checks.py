@@ -137,9 +137,9 @@ def check_params(field: str, what: str, fn: Callable[..., Any], params: dict[str
 
 
 def check_inputs(cfg: Config) -> None:
-    """Model and data paths exist, the rollout backend accepts the config and the local machine has the
-    GPUs asked for; see the module docstring. Runs at the start of every Trainer, before its output
-    folder or Ray."""
+    """Model and data paths exist, the rollout backend and the registered entries' declarations accept the
+    config, and the local machine has the GPUs asked for; see the module docstring. Runs at the start of
+    every Trainer, before its output folder or Ray."""
     check_model_path(cfg.model.path)
     data = cfg.data
     if data.source != "task":
@@ -154,7 +154,9 @@ def check_inputs(cfg: Config) -> None:
                 raise ConfigError(f"{field}: {value!r} does not exist")
             if data.source == "hf" and not path.exists() and not _HUB_ID.match(value):
                 raise ConfigError(f"{field}: {value!r} does not exist (and is not an HF hub name like 'org/name')")
-    check_rollout_backend(cfg)  # again: a Config built in Python has not been through load_config
+    # again: a Config built (or changed) in Python has not been through load_config's checks
+    check_rollout_backend(cfg)  # imports the run's plugins first
+    check_capabilities(cfg)
     check_devices(cfg)
 
 

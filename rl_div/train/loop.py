@@ -35,7 +35,7 @@ from rl_div.cluster.actors import (
     wait_started,
 )
 from rl_div.config import Config, save_config
-from rl_div.config.checks import check_capabilities, check_inputs
+from rl_div.config.checks import check_inputs
 from rl_div.data import RolloutBatch
 from rl_div.learner.forward import prompt_logprob_mask
 from rl_div.learner.fused_advantage import advantage_before_update
@@ -105,7 +105,6 @@ class Trainer:
         cfg = self.cfg
         setup_logging(self.out / "train.log")
         import_plugins(cfg.run.plugins)
-        check_capabilities(cfg)  # load_config checked it; a Config built in code is checked here
         save_config(cfg, self.out / "config.yaml")
         train_set, eval_set = load_splits(cfg.data, cfg.run.seed)  # refuses eval prompts seen in training
         self.model_path = resolve_model_path(cfg)
