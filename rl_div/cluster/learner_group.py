@@ -67,7 +67,7 @@ def concat_policy_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def policy_stats_chunks(size: int, cost: list[int], world_size: int, micro_rows: int,
-                 max_tokens: int | None) -> list[list[list[int]]]:
+                        max_tokens: int | None) -> list[list[list[int]]]:
     """Rows 0..size-1 in world_size contiguous chunks, each cut into micro-batches, padded so every
     rank runs as many forwards: [rank][k] -> rows."""
     per = -(-size // world_size) if size else 0

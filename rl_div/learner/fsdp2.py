@@ -85,7 +85,7 @@ class ShardedLearner(Learner):
         return run_plans(self, batch, plans, self.rank, self.reducer, loss_overrides)
 
     def policy_stats_of_rows(self, batch: RolloutBatch, rows: list[list[int]], with_prompt: bool = False,
-                   temperature: float | None = None) -> dict[str, torch.Tensor]:
+                             temperature: float | None = None) -> dict[str, torch.Tensor]:
         """policy_stats of this rank's micro-batches (rows[k]; [] = a padding pass, dropped)."""
         parts: dict[str, list[torch.Tensor]] = {}
         self.model.eval()
