@@ -15,6 +15,7 @@ Shapes:
     response_ids, response_mask      [B, T]  right-padded sampled tokens (mask 1 = real token)
     behavior_logprobs                [B, T]  log p of each sampled token under the sampler
     behavior_version                 [B]     long, policy version (learner optimizer steps) the sampler held
+    sampling_temperature             [B]     float, the temperature the row was sampled at (None = rollout.temperature)
     old_logprobs, old_entropy        [B, T]  log p / entropy under the learner's pi_old
     group_index                      [B]     long, which prompt group a row belongs to
     rewards, correct                 [B]     float; correct is 1.0/0.0, NaN = unscored (error)
@@ -65,6 +66,7 @@ class RolloutBatch:
     prompts: list[PromptRecord]  # one per row (repeated G times)
     response_texts: list[str]
     behavior_version: torch.Tensor | None = None  # [B] long; None reads as version 0 for every row
+    sampling_temperature: torch.Tensor | None = None  # [B] float; None = rollout.temperature for every row
     rewards: torch.Tensor | None = None
     correct: torch.Tensor | None = None
     answers: list[str | None] | None = None  # extracted answer text per row, None = unparseable
@@ -90,6 +92,8 @@ class RolloutBatch:
             "prompts": len(self.prompts),
             "response_texts": len(self.response_texts),
         }
+        if self.sampling_temperature is not None:
+            checks["sampling_temperature"] = self.sampling_temperature.shape[0]
         bad = {k: v for k, v in checks.items() if v != b}
         if bad:
             raise ValueError(f"RolloutBatch rows disagree with response_ids ({b}): {bad}")

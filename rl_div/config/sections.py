@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from rl_div.config.rollout_shaping import RolloutShapingFields
 from rl_div.registry import unknown_name_message
 
 
@@ -110,7 +111,7 @@ class DataConfig(Section):
         return self
 
 
-class RolloutConfig(Section):
+class RolloutConfig(Section, RolloutShapingFields):  # + dynamic sampling (rl_div.config.rollout_shaping)
     backend: str = Field(
         "hf", description="A backend of rl_div.config.rollout_backends.ROLLOUT_BACKENDS: 'hf' = transformers "
         "generate; 'vllm'; a run.plugins module may register more. Its transports and GPU rules are checked at load.",

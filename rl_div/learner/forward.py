@@ -14,7 +14,7 @@ from rl_div.metrics.lm_head import head_logprobs_and_entropy, split_lm_head
 
 
 def policy_forward(model: torch.nn.Module, batch: RolloutBatch, chunk_rows: int,
-                   with_prompt: bool = False, temperature: float = 1.0,
+                   with_prompt: bool = False, temperature: float | torch.Tensor = 1.0,
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Log-probs and full-distribution entropies of the sampled response tokens.
 
@@ -23,7 +23,8 @@ def policy_forward(model: torch.nn.Module, batch: RolloutBatch, chunk_rows: int,
     :func:`prompt_logprob_mask` is 0, e.g. the first real token). Logits are cast to float32 and then
     divided by the sampling temperature, so that pi_old is the distribution the rollout sampled from
     (top-p / top-k truncation is not modelled: with those on, ratios are taken against the
-    untruncated tempered policy).
+    untruncated tempered policy). temperature: one for every row, or [B] per row (each row's logits
+    divided by its own; the decoder runs once, the head once per distinct temperature).
 
     The model runs without its LM head (and without a KV cache); the head is applied chunk by chunk
     to the hidden states of the real response positions only (and of the prompt positions only when
@@ -32,6 +33,7 @@ def policy_forward(model: torch.nn.Module, batch: RolloutBatch, chunk_rows: int,
     model's full logits.
     """
     p_len = batch.prompt_ids.shape[1]
+    temperature = uniform_or_rows(temperature)
     device = next(model.parameters()).device
     input_ids = torch.cat([batch.prompt_ids, batch.response_ids], dim=1).to(device)
     attention = torch.cat([batch.prompt_mask, batch.response_mask], dim=1).to(device)
@@ -47,17 +49,49 @@ def policy_forward(model: torch.nn.Module, batch: RolloutBatch, chunk_rows: int,
     hidden = decoder(input_ids=input_ids, attention_mask=attention, position_ids=position_ids,
                      use_cache=False).last_hidden_state
     # Hidden state at position i predicts token i+1.
-    logp, entropy = _masked_head(hidden[:, p_len - 1 : -1], head, response_ids, response_mask, chunk_rows,
-                                 temperature)
+    logp, entropy = _head_by_temperature(hidden[:, p_len - 1 : -1], head, response_ids, response_mask, chunk_rows,
+                                         temperature)
     prompt_logp = None
     if with_prompt:  # once per distinct prompt (a group's rows share one; causal attention: the
         # response does not change them), without gradient: only advantages read them (ARM's c(q))
         first, inverse = distinct_rows(torch.cat([input_ids[:, :p_len], prompt_mask], dim=1))
         with torch.no_grad():
-            prompt_logp, _ = _masked_head(hidden[first, :p_len - 1].detach(), head, input_ids[first, 1:p_len],
-                                          prompt_mask[first, 1:], chunk_rows, temperature)
+            first_temperature = temperature[first.cpu()] if isinstance(temperature, torch.Tensor) else temperature
+            prompt_logp, _ = _head_by_temperature(hidden[first, :p_len - 1].detach(), head, input_ids[first, 1:p_len],
+                                                  prompt_mask[first, 1:], chunk_rows, first_temperature)
         prompt_logp = torch.nn.functional.pad(prompt_logp[inverse], (1, 0))
     return logp, entropy, prompt_logp
+
+
+def batch_temperature(batch: RolloutBatch, given: float | None, default: float) -> float | torch.Tensor:
+    """The temperature a forward over batch divides its logits by: ``given`` when set (evaluation's),
+    else the rows' own sampling temperatures [B] (rollout.temperature_schedule), else ``default``."""
+    if given is not None:
+        return given
+    return default if batch.sampling_temperature is None else batch.sampling_temperature
+
+
+def uniform_or_rows(temperature: float | torch.Tensor) -> float | torch.Tensor:
+    """A float when every row shares one temperature, else the [B] CPU tensor of row temperatures."""
+    if not isinstance(temperature, torch.Tensor):
+        return float(temperature)
+    values = temperature.detach().cpu().double().unique()
+    return float(values[0]) if values.numel() == 1 else temperature.detach().cpu().double()
+
+
+def _head_by_temperature(hidden: torch.Tensor, head: torch.nn.Linear, ids: torch.Tensor, mask: torch.Tensor,
+                         chunk_rows: int, temperature: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """_masked_head at one temperature, or per distinct row temperature ([B]) on that temperature's rows
+    (disjoint masks, so the parts add up)."""
+    if not isinstance(temperature, torch.Tensor):
+        return _masked_head(hidden, head, ids, mask, chunk_rows, temperature)
+    logp = entropy = None
+    for value in temperature.unique().tolist():
+        rows = mask & (temperature == value).to(mask.device)[:, None]
+        lp, ent = _masked_head(hidden, head, ids, rows, chunk_rows, float(value))
+        logp, entropy = (lp, ent) if logp is None else (logp + lp, entropy + ent)
+    assert logp is not None and entropy is not None
+    return logp, entropy
 
 
 def _masked_head(hidden: torch.Tensor, head: torch.nn.Linear, ids: torch.Tensor, mask: torch.Tensor,
@@ -72,12 +106,14 @@ def _masked_head(hidden: torch.Tensor, head: torch.nn.Linear, ids: torch.Tensor,
 
 def _full_logits_forward(model: torch.nn.Module, input_ids: torch.Tensor, attention: torch.Tensor,
                          position_ids: torch.Tensor, p_len: int, response_ids: torch.Tensor,
-                         prompt_mask: torch.Tensor | None, chunk_rows: int, temperature: float,
+                         prompt_mask: torch.Tensor | None, chunk_rows: int, temperature: float | torch.Tensor,
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """policy_forward for models without a plain linear head: the model's own [B, L, V] logits."""
     logits = model(input_ids=input_ids, attention_mask=attention, position_ids=position_ids,
                    use_cache=False).logits
-    if temperature != 1.0:
+    if isinstance(temperature, torch.Tensor):
+        logits = logits.float() / temperature.to(logits.device, torch.float32)[:, None, None]
+    elif temperature != 1.0:
         logits = logits.float() / temperature
     logp, entropy = logprobs_and_entropy(logits[:, p_len - 1 : -1], response_ids, chunk_rows)
     prompt_logp = None

@@ -18,6 +18,7 @@ import torch
 
 from rl_div.config import Config
 from rl_div.data import RolloutBatch
+from rl_div.learner.forward import batch_temperature
 from rl_div.learner.plan import MiniBatchPlan
 from rl_div.learner.reducers import LOCAL, GroupReducer, LocalReducer
 from rl_div.learner.reference import sharded_reference
@@ -67,17 +68,16 @@ class ShardedLearner(Learner):
 
     def policy_forward(self, micro: RolloutBatch, with_prompt: bool = False, temperature: float | None = None,
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        temperature = self.cfg.rollout.temperature if temperature is None else temperature
         with self.autocast():
-            return self.root(micro, with_prompt, temperature)
+            return self.root(micro, with_prompt, batch_temperature(micro, temperature, self.cfg.rollout.temperature))
 
     @torch.no_grad()
-    def _ref_logprobs(self, micro: RolloutBatch, temperature: float) -> torch.Tensor:
+    def _ref_logprobs(self, micro: RolloutBatch, temperature: float | None) -> torch.Tensor:
         """The sharded reference's log-probs [B, T]: a collective, which every rank's policy_stats runs
         once per micro-batch (padding ones included)."""
         assert self.ref_model is not None
         with self.autocast():
-            return self.ref_model(micro, False, temperature)[0]
+            return self.ref_model(micro, False, batch_temperature(micro, temperature, self.cfg.rollout.temperature))[0]
 
     def run_plans(self, batch: RolloutBatch, plans: list[MiniBatchPlan],
                   loss_overrides: dict[str, Any] | None = None) -> dict[str, float]:

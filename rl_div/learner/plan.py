@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from rl_div.algos import TOKEN_WEIGHTS
+from rl_div.algos.overlong import loss_token_mask
 
 if TYPE_CHECKING:
     from rl_div.config import Config
@@ -134,6 +135,12 @@ def other_loss_terms(loss_params: dict[str, Any], token_weight: str) -> bool:
                 or TOKEN_WEIGHTS.needs(token_weight).kl_term)
 
 
+def loss_mask(batch: RolloutBatch, cfg: Config) -> torch.Tensor:
+    """[B, T] the response tokens the loss reads: response_mask, without truncated rows under
+    rollout.overlong = "mask" (rl_div.algos.overlong). The forward still runs on every real token."""
+    return loss_token_mask(batch.response_mask, batch.truncated, cfg.rollout.overlong == "mask")
+
+
 def token_weights_over_mini_batch(cfg: Config) -> bool:
     """Whether the update computes token weights once over each mini-batch (train.token_weight_scope
     = "mini") rather than per micro-batch: only for a token weight that reweights at all."""
@@ -143,8 +150,10 @@ def token_weights_over_mini_batch(cfg: Config) -> bool:
 def mini_batch_plan(rows: list[int], skip: bool, response_tokens: list[int | float],
                     per_rank: list[list[list[int]]]) -> MiniBatchPlan:
     """The plan of mini-batch `rows` split into per_rank[rank][k] micro-batches (padded to equal
-    counts), with the mini-batch's valid-token and sequence counts from response_tokens[row]."""
-    return MiniBatchPlan(rows=rows, skip=skip, token_total=float(sum(response_tokens[r] for r in rows)),
+    counts), with the mini-batch's valid-token and sequence counts from response_tokens[row]. A
+    mini-batch without a token for the loss (every row masked by rollout.overlong) is skipped too."""
+    token_total = float(sum(response_tokens[r] for r in rows))
+    return MiniBatchPlan(rows=rows, skip=skip or token_total == 0, token_total=token_total,
                          seq_total=float(sum(response_tokens[r] > 0 for r in rows)), micro=pad_micro_counts(per_rank))
 
 
@@ -162,10 +171,10 @@ def plan_batch(batch: RolloutBatch, cfg: Config, world_size: int, version: int,
     loss_overrides merged over them, as the learner uses them), at policy `version`."""
     t, params = cfg.train, {**cfg.algo.loss_params, **(loss_overrides or {})}
     other_terms = other_loss_terms(params, cfg.algo.token_weight)
-    response = batch.response_mask.sum(dim=1)
+    response, trained = batch.response_mask.sum(dim=1), loss_mask(batch, cfg).sum(dim=1)
     assert batch.advantages is not None
     adv = batch.advantages.reshape(batch.size, -1)
-    return plan_update((batch.prompt_mask.sum(dim=1) + response).tolist(), response.tolist(),
+    return plan_update((batch.prompt_mask.sum(dim=1) + response).tolist(), trained.tolist(),
                        (adv != 0).any(dim=1).tolist(), world_size=world_size, epochs=t.ppo_epochs,
                        mini_batch_size=t.mini_batch_size, micro_batch_size=t.micro_batch_size,
                        max_tokens_per_micro_batch=t.max_tokens_per_micro_batch,

@@ -19,6 +19,7 @@ import torch
 from rl_div.algos import TOKEN_WEIGHTS
 from rl_div.algos.token_weights import TokenWeightInputs, TokenWeightOutput
 from rl_div.learner.metric_sums import add_metric
+from rl_div.learner.plan import loss_mask
 
 if TYPE_CHECKING:
     from rl_div.data import RolloutBatch
@@ -132,7 +133,7 @@ def mini_batch_token_weights(learner: Learner, mini: RolloutBatch, micro_positio
         idx = torch.as_tensor([p for m in micro_positions[r] for p in m], dtype=torch.long)
         logp_all[idx], entropy_all[idx] = lp, ent
     assert mini.advantages is not None and mini.old_logprobs is not None
-    mask = mini.response_mask.float()
+    mask = loss_mask(mini, learner.cfg).float()
     algo = learner.cfg.algo
     out = TOKEN_WEIGHTS[algo.token_weight](
         TokenWeightInputs(advantages=mini.advantages.reshape(mini.size, -1).float().expand_as(logp_all),

@@ -47,7 +47,7 @@ class PolicyModule(torch.nn.Module):
         super().__init__()
         self.policy, self.chunk_rows = policy, chunk_rows
 
-    def forward(self, micro: RolloutBatch, with_prompt: bool, temperature: float,
+    def forward(self, micro: RolloutBatch, with_prompt: bool, temperature: float | torch.Tensor,
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         from rl_div.learner.forward import policy_forward
 

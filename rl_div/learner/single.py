@@ -16,10 +16,10 @@ from rl_div.algos.losses import LossInputs, LossOutput
 from rl_div.algos.token_weights import TokenWeightInputs, TokenWeightOutput
 from rl_div.config import Config
 from rl_div.data import RolloutBatch
-from rl_div.learner.forward import policy_forward, prompt_logprob_mask
+from rl_div.learner.forward import batch_temperature, policy_forward, prompt_logprob_mask
 from rl_div.learner.fused_advantage import RowShaper, ShapingLeftNoSignal
 from rl_div.learner.onpolicy import active_dropout, fuses_policy_forward
-from rl_div.learner.plan import MiniBatchPlan, other_loss_terms, row_chunk_plan
+from rl_div.learner.plan import MiniBatchPlan, loss_mask, other_loss_terms, row_chunk_plan
 from rl_div.learner.update_loop import run_plans
 from rl_div.models.loading import DTYPES, load_policy, save_policy
 from rl_div.registry import import_plugins
@@ -120,8 +120,7 @@ class Learner:
     def policy_stats(self, batch: RolloutBatch, with_prompt: bool = False,
                      temperature: float | None = None) -> dict[str, torch.Tensor]:
         """old_logprobs, old_entropy [B, T] (and prompt_logprobs [B, P], ref_logprobs) for a batch,
-        at the given sampling temperature (default: the rollout temperature)."""
-        temperature = self.cfg.rollout.temperature if temperature is None else temperature
+        at the given sampling temperature (default: each row's own, rl_div.learner.forward.batch_temperature)."""
         self.model.eval()
         parts: dict[str, list[torch.Tensor]] = {"old_logprobs": [], "old_entropy": [], "prompt_logprobs": [],
                                                 "ref_logprobs": []}
@@ -136,11 +135,12 @@ class Learner:
         return {k: torch.cat(v) for k, v in parts.items() if v}
 
     @torch.no_grad()
-    def _ref_logprobs(self, micro: RolloutBatch, temperature: float) -> torch.Tensor:
+    def _ref_logprobs(self, micro: RolloutBatch, temperature: float | None) -> torch.Tensor:
         """The frozen reference's log-probs of the response tokens [B, T] (the KL term's)."""
         assert self.ref_model is not None
         with self.autocast():
-            return policy_forward(self.ref_model, micro, self.cfg.train.logit_chunk_rows, temperature=temperature)[0]
+            return policy_forward(self.ref_model, micro, self.cfg.train.logit_chunk_rows,
+                                  temperature=batch_temperature(micro, temperature, self.cfg.rollout.temperature))[0]
 
     # ---- the update ----------------------------------------------------------------------------
     def update_on_policy(self, batch: RolloutBatch, loss_overrides: dict[str, Any] | None = None,
@@ -206,7 +206,7 @@ class Learner:
         between steps and the skip test sees the rows a fused shaper has shaped so far."""
         cfg = self.cfg.train
         mini_size = cfg.mini_batch_size or batch.size
-        response_tokens = batch.response_mask.bool().sum(dim=1).tolist()
+        response_tokens = loss_mask(batch, self.cfg).bool().sum(dim=1).tolist()
         assert batch.advantages is not None
         for _ in range(cfg.ppo_epochs if batch.size else 0):
             order = (torch.randperm(batch.size, generator=self.generator) if mini_size < batch.size
@@ -239,11 +239,11 @@ class Learner:
 
     def policy_forward(self, micro: RolloutBatch, with_prompt: bool = False, temperature: float | None = None,
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """policy_forward of the policy under autocast, at the rollout temperature by default (the
+        """policy_forward of the policy under autocast, at the rows' sampling temperature by default (the
         sharded learner runs it through its FSDP root module instead)."""
-        temperature = self.cfg.rollout.temperature if temperature is None else temperature
         with self.autocast():
-            return policy_forward(self.model, micro, self.cfg.train.logit_chunk_rows, with_prompt, temperature)
+            return policy_forward(self.model, micro, self.cfg.train.logit_chunk_rows, with_prompt,
+                                  batch_temperature(micro, temperature, self.cfg.rollout.temperature))
 
     def micro_loss(self, micro: RolloutBatch, token_total: float, seq_total: float,
                    token_weight_out: TokenWeightOutput | None = None,
@@ -257,11 +257,11 @@ class Learner:
         logp, entropy, prompt_logp = self.policy_forward(micro, shaper is not None and shaper.needs_prompt_logprobs)
         # Batch tensors travel on CPU; the loss is computed where the policy lives.
         dev = logp.device
-        mask = micro.response_mask.to(dev, torch.float32)
+        mask = loss_mask(micro, self.cfg).to(dev, torch.float32)  # without truncated rows under rollout.overlong=mask
         advantages = micro.advantages.to(dev)
         if micro.old_logprobs is None:  # update_on_policy: this forward is pi_old
             old_logp, old_entropy = logp.detach(), entropy.detach()
-            ref_logp = None if self.ref_model is None else self._ref_logprobs(micro, self.cfg.rollout.temperature)
+            ref_logp = None if self.ref_model is None else self._ref_logprobs(micro, None)
             assert self._on_policy_stats is not None
             self._on_policy_stats["old_logprobs"].append(old_logp.cpu())
             self._on_policy_stats["old_entropy"].append(old_entropy.cpu())

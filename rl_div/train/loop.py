@@ -1,6 +1,7 @@
 """The RLVR training loop. Read :meth:`Trainer.run` and :meth:`Trainer.train_step` top to bottom:
 
-    prompts -> rollout (Ray actors) -> rewards (Ray actor) -> policy log-probs/entropies (learner,
+    prompts -> rollout (Ray actors) -> rewards (Ray actor), in rounds until the batch is full
+    (rollout.dynamic_sampling: rl_div/train/dynamic_sampling.py) -> policy log-probs/entropies (learner,
     unless the update's own forward is pi_old: rl_div.learner.onpolicy) -> advantages (registry)
     -> learner update -> weight sync -> metrics -> eval -> checkpoint
 
@@ -55,9 +56,11 @@ from rl_div.run.checkpoint import (
 )
 from rl_div.run.tracking import Tracker
 from rl_div.run.writers import check_writers, prepare_output_dir
+from rl_div.train.dynamic_sampling import BatchFiller, write_group_log
 from rl_div.train.guard import CollapseGuard
 from rl_div.train.prompts import PromptStream, load_splits
 from rl_div.train.rollout_pipeline import RolloutPipeline, policy_lag
+from rl_div.train.rollout_shaping import apply_overlong_penalty, scheduled_temperature, shaping_metrics
 from rl_div.train.step_stats import eval_summary, rollout_health, step_diversity
 
 log = logging.getLogger("rl_div")
@@ -118,6 +121,7 @@ class Trainer:
         self.learner = start_learner(cfg, self.model_path, self.placement)
         self.pipeline = RolloutPipeline(cfg, self.model_path, self.placement, self.learner, self.counters)
         self.rewarder = start_reward_worker(cfg)
+        self.filler = BatchFiller.from_config(cfg)  # rollout.dynamic_sampling: rounds -> one training batch
         # The actors import and load the policy in their own processes meanwhile.
         # Distinct-n and EAD count the policy's own tokens.
         tokenizer = load_tokenizer(self.model_path, trust_remote_code=cfg.model.trust_remote_code)
@@ -158,12 +162,11 @@ class Trainer:
 
     def train_step(self) -> dict[str, Any]:
         cfg, timer = self.cfg, StageTimer()
-        fetch = functools.partial(self.prompts.next_batch, cfg.rollout.prompts_per_step)
-        with timer("rollout"):  # launches batch step + max_off_policy_steps, collects batch step
-            batch = self.pipeline.next_batch(self.step, fetch, self.train_sampling())
+        # rounds of rollout + reward until the batch is full (rollout.dynamic_sampling; one round when off)
+        batch, sampling_metrics = self.filler.fill(self.step, functools.partial(self.scored_round, timer))
         lag_metrics = policy_lag(batch, self.pipeline.weights_version)
-        with timer("reward"):
-            batch = self.score(batch)
+        if cfg.rollout.log_groups:
+            write_group_log(self.out, self.step + 1, batch)
         if separate_forward(self.fused_forward, batch.rewards):
             with timer("learner_forward"):
                 batch = self.policy_stats(batch, with_prompt=needs_prompt_logprobs(cfg))
@@ -178,7 +181,7 @@ class Trainer:
             self.pipeline.sync_weights()
         self.step += 1
         metrics = {**rollout_health(batch), **step_diversity(batch, self.tokenize), **adv_metrics, **update_metrics,
-                   **lag_metrics, **timer.durations,
+                   **lag_metrics, **sampling_metrics, **shaping_metrics(batch), **timer.durations,
                    **{k: v for k, v in self.counters.items() if not k.startswith("eval/")},
                    "policy/version": self.pipeline.weights_version}
         metrics.update(self.guard.observe_train(self.step, metrics))
@@ -186,9 +189,20 @@ class Trainer:
         return metrics
 
     # ---- stages --------------------------------------------------------------------------------
+    def scored_round(self, timer: StageTimer) -> tuple[RolloutBatch, int]:
+        """One round of prompts_per_step prompts: launches round step + max_off_policy_steps, collects
+        the oldest launched and scores it. Returns it and the step that launched it."""
+        fetch = functools.partial(self.prompts.next_batch, self.cfg.rollout.prompts_per_step)
+        with timer("rollout"):
+            batch, launched_at = self.pipeline.next_round(self.step, fetch, self.train_sampling())
+        with timer("reward"):  # rewards, plus DAPO's overlong penalty under rollout.overlong=penalty
+            return apply_overlong_penalty(self.score(batch), self.cfg.rollout), launched_at
+
     def train_sampling(self) -> SamplingSpec:
+        """Sampling of the rounds launched now (rollout.temperature_schedule at this step)."""
         r = self.cfg.rollout
-        return SamplingSpec(n=r.group_size, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
+        temperature = scheduled_temperature(r, self.step, self.cfg.train.steps)
+        return SamplingSpec(n=r.group_size, temperature=temperature, top_p=r.top_p, top_k=r.top_k,
                             max_new_tokens=r.max_new_tokens, stop=list(r.stop), seed=self.cfg.run.seed)
 
     def score(self, batch: RolloutBatch, counter_prefix: str = "faults/") -> RolloutBatch:
@@ -300,7 +314,8 @@ class Trainer:
         ray.get(self.learner.save(str(tmp)))
         self.pipeline.save(tmp)  # the batches already generating for the next steps
         save_trainer_state(tmp, {"step": self.step, "prompts": self.prompts.state(), "counters": self.counters,
-                                 "guard": self.guard.state()})
+                                 "guard": self.guard.state(), "pipeline": self.pipeline.state(),
+                                 "sampling": self.filler.save(tmp)})
         return commit_checkpoint(tmp, final, self.cfg.checkpoint.keep)
 
     def load_checkpoint(self, checkpoint: Path) -> None:
@@ -313,6 +328,8 @@ class Trainer:
         self.prompts.load_state(state["prompts"])
         self.counters.update(state["counters"])
         self.guard.load_state(state.get("guard", {}))
+        self.pipeline.load_state(state.get("pipeline", {}), self.step)
+        self.filler.load(checkpoint, state.get("sampling", {}))
         log.info("resumed from %s at step %d", checkpoint, self.step)
 
     def close(self) -> None:
@@ -379,7 +396,7 @@ def resolve_model_path(cfg: Config) -> str:
 
 
 class StageTimer:
-    """``with timer("rollout"):`` records wall seconds as ``time/rollout``."""
+    """``with timer("rollout"):`` records wall seconds as ``time/rollout`` (summed over a step's rounds)."""
 
     def __init__(self) -> None:
         self.durations: dict[str, float] = {}
@@ -390,7 +407,8 @@ class StageTimer:
         try:
             yield
         finally:
-            self.durations[f"time/{stage}"] = time.perf_counter() - start
+            key = f"time/{stage}"
+            self.durations[key] = self.durations.get(key, 0.0) + time.perf_counter() - start
 
 
 def setup_logging(path: Path) -> None:

@@ -57,6 +57,7 @@ class InFlight:
     salt: int
     shards: list[list[PromptRecord]]
     specs: list[SamplingSpec]
+    launch_step: int = 0  # the training step that launched it (dynamic sampling bounds a group's age by it)
     futures: list[Any] = field(default_factory=list)  # ObjectRef or None (empty shard) per worker
     workers: list[Any] = field(default_factory=list)  # the actor handle each shard was sent to
     result: RolloutBatch | None = None  # set once collected (or loaded from a checkpoint)
@@ -72,17 +73,28 @@ class RolloutPipeline:
         self.queue: deque[InFlight] = deque()
         self.nccl_group: NcclGroup | None = None
         self.weights_version = 0
+        self.launched = 0  # training batches (rounds) launched so far; round i samples with seed salt i
 
     def actors(self) -> dict[str, Any]:
         return {f"rollout worker {i}": w for i, w in enumerate(self.workers)}
 
     # ---- generation ----------------------------------------------------------------------------
     def next_batch(self, index: int, fetch: Callable[[], list[PromptRecord]], spec: SamplingSpec) -> RolloutBatch:
-        """Training batch ``index``: tops the queue up to max_off_policy_steps + 1 launched batches
-        (fetching their prompts; batch i samples with seed salt i), then collects the oldest."""
+        """A round for training step ``index``: tops the queue up to max_off_policy_steps + 1 launched
+        batches (fetching their prompts; the i-th launched samples with seed salt i), then collects the
+        oldest. Dynamic sampling's extra rounds are further calls in the same step."""
+        return self.next_round(index, fetch, spec)[0]
+
+    def next_round(self, index: int, fetch: Callable[[], list[PromptRecord]], spec: SamplingSpec,
+                   ) -> tuple[RolloutBatch, int]:
+        """next_batch, and the step that launched the collected batch."""
         while len(self.queue) <= self.cfg.rollout.max_off_policy_steps:
-            self.queue.append(self.launch(fetch(), spec, salt=index + len(self.queue)))
-        return self.collect(self.queue.popleft())
+            flight = self.launch(fetch(), spec, salt=self.launched)
+            flight.launch_step = index
+            self.queue.append(flight)
+            self.launched += 1
+        flight = self.queue.popleft()
+        return self.collect(flight), flight.launch_step
 
     def generate(self, prompts: list[PromptRecord], spec: SamplingSpec, salt: int) -> RolloutBatch:
         """Launch and collect at once (evaluation)."""
@@ -120,7 +132,10 @@ class RolloutPipeline:
                 log.warning("regenerating rollout worker %d's shard of batch %d", i, flight.salt)
                 retry = self.workers[i].generate.remote(flight.shards[i], flight.specs[i])
                 parts.append(ray.get(retry, timeout=timeout))
-        flight.result = parts[0] if len(parts) == 1 else RolloutBatch.concat(parts)
+        batch = parts[0] if len(parts) == 1 else RolloutBatch.concat(parts)
+        # the learner's log-probs and entropies use the temperature each row was sampled at
+        batch.sampling_temperature = torch.full((batch.size,), float(flight.specs[0].temperature))
+        flight.result = batch
         return flight.result
 
     # ---- weights -------------------------------------------------------------------------------
@@ -178,13 +193,22 @@ class RolloutPipeline:
     def save(self, ckpt_dir: Path) -> None:
         """The batches in flight, generated, into ckpt_dir/in_flight.pt (nothing when none)."""
         if self.queue:
-            torch.save([{"salt": f.salt, "batch": batch_state(self.collect(f))} for f in self.queue],
+            torch.save([{"salt": f.salt, "launch_step": f.launch_step, "batch": batch_state(self.collect(f))}
+                        for f in self.queue],
                        ckpt_dir / IN_FLIGHT_FILE)
 
     def load(self, ckpt_dir: Path) -> None:
         path = ckpt_dir / IN_FLIGHT_FILE
         saved = torch.load(path, weights_only=True) if path.exists() else []
-        self.queue = deque(InFlight(s["salt"], [], [], result=batch_from_state(s["batch"])) for s in saved)
+        self.queue = deque(InFlight(s["salt"], [], [], s.get("launch_step", 0), result=batch_from_state(s["batch"]))
+                           for s in saved)
+
+    def state(self) -> dict[str, int]:
+        return {"launched": self.launched}
+
+    def load_state(self, state: dict[str, int], step: int) -> None:
+        """The launch count (without it, a checkpoint of a run without extra rounds: step + batches queued)."""
+        self.launched = int(state.get("launched", step + len(self.queue)))
 
     def close(self) -> None:
         for actor in self.workers:
