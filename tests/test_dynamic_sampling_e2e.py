@@ -32,7 +32,7 @@ def make_cfg(out: Path, base_model: str, *overrides: str) -> Config:
         f"model.path={base_model}", f"run.output_dir={out}", "train.steps=3", "rollout.prompts_per_step=4",
         "rollout.group_size=4", "eval.every=0", "eval.at_start=false", "eval.at_end=false",
         "eval.embedding_metrics=false", "data.num_eval_prompts=4", "tracking.progress=false",
-        "tracking.tensorboard=false", "cluster.num_cpus=2", "train.lr=0.01", "rollout.dynamic_sampling=filter",
+        "tracking.tensorboard=false", "cluster.num_cpus=4", "train.lr=0.01", "rollout.dynamic_sampling=filter",
         "rollout.dynamic_sampling_max_rounds=6", "rollout.log_groups=true", *overrides,
     ])
 
@@ -78,7 +78,7 @@ def test_filter_with_one_step_of_lag_trains_only_informative_groups(tmp_path: Pa
 
 def test_filter_with_two_learner_ranks_trains_only_informative_groups(tmp_path: Path, base_model: str) -> None:
     out = train(make_cfg(tmp_path / "run", base_model, "train.steps=2", "train.strategy=fsdp2",
-                         "train.num_learners=2", "cluster.num_cpus=4"))
+                         "train.num_learners=2"))
     check_informative(out, 2)
 
 
@@ -107,3 +107,19 @@ def test_resume_2_plus_2_equals_4_with_filter_and_lag(tmp_path: Path, base_model
         assert ra[step] == pytest.approx(rb[step], rel=1e-6, abs=1e-7, nan_ok=True)
     assert groups_logged(full)[3] == groups_logged(resumed)[3]
     assert sum(ra[s]["sampling/rounds"] for s in ra) > 4, "no extra round was drawn: the test is vacuous"
+
+
+def test_temperature_schedule_and_overlong_penalty_through_ray(tmp_path: Path, base_model: str) -> None:
+    """A linear schedule 1.0 -> 0.5 over 2 steps samples step 2's batch at 0.75; the learner's pi_old
+    uses the rows' own temperature, so the sampler/learner log-prob gap stays at numerical noise (at
+    rollout.temperature = 1.0 it would not). The DAPO penalty with a buffer of the whole length
+    penalises every non-empty response."""
+    out = train(make_cfg(tmp_path / "run", base_model, "train.steps=2", "rollout.dynamic_sampling=off",
+                         "rollout.temperature_schedule=linear", "rollout.temperature_final=0.5",
+                         "rollout.overlong=penalty", "rollout.max_new_tokens=8", "rollout.overlong_buffer=8"))
+    rows = read_metrics(out / "metrics.jsonl", kind="train")
+    assert [r["rollout/temperature"] for r in rows] == pytest.approx([1.0, 0.75])
+    for r in rows:
+        assert r["sync/logprob_gap_max"] < 1e-3
+        assert r["rollout/overlong_penalised_frac"] == 1.0 and -1.0 <= r["reward/overlong_penalty"] < 0
+        assert r["sampling/rounds"] == 1 and r["sampling/groups_kept"] <= r["sampling/groups_generated"] == 4

@@ -32,6 +32,7 @@ from rl_div.bench.micro import (
 def _sections(quick: bool) -> dict[str, tuple[Callable[[], dict[str, Any]], Callable[[dict[str, Any]], None]]]:
     """Section name -> (run, print). The realistic-workload sections live in rl_div.bench.workload."""
     from rl_div.bench import async_rollout as a
+    from rl_div.bench import dynamic_sampling as d
     from rl_div.bench import methods as m
     from rl_div.bench import workload as w
     from rl_div.bench.fsdp import bench_fsdp, print_fsdp
@@ -57,11 +58,13 @@ def _sections(quick: bool) -> dict[str, tuple[Callable[[], dict[str, Any]], Call
         "sync_50m": (lambda: bench_sync("50m", repeats=1 if quick else 5), print_sync),
         "off_policy": ((lambda: a.bench_off_policy(steps=2, warmup=1, settings=["demo"])) if quick
                        else a.bench_off_policy, a.print_off_policy),
+        "dynamic_sampling": ((lambda: d.bench_dynamic_sampling(steps=2, warmup=1)) if quick
+                             else d.bench_dynamic_sampling, d.print_dynamic_sampling),
     }
 
 
 SECTIONS = ("entropy", "passk", "train_step", "group_embedding", "lm_head", "rewards", "long_step", "learner_work",
-            "learner_work_20m", "fsdp", "fsdp_50m", "sync", "sync_50m", "off_policy")
+            "learner_work_20m", "fsdp", "fsdp_50m", "sync", "sync_50m", "off_policy", "dynamic_sampling")
 
 
 def run_bench(quick: bool = False, out: str | Path | None = None,

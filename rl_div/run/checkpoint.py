@@ -108,7 +108,7 @@ def load_trainer_state(ckpt_dir: Path) -> dict[str, Any]:
 
 
 # What a run writes into its output_dir (config.yaml is rewritten by every start and does not count).
-RUN_OUTPUTS = ("metrics.jsonl", "eval", "tensorboard", "checkpoints", "train.log")
+RUN_OUTPUTS = ("metrics.jsonl", "eval", "groups", "tensorboard", "checkpoints", "train.log")
 
 
 def existing_run(output_dir: str | Path) -> list[str]:
@@ -147,10 +147,10 @@ def claim_output_dir(output_dir: str | Path, resume: bool, overwrite: bool) -> N
 
 def trim_to_step(output_dir: str | Path, step: int) -> int:
     """Before a resumed run logs again from ``step`` + 1: drop metrics.jsonl rows past ``step`` and
-    any unreadable (torn) line, and evaluation files past ``step``, so the folder reads as one clean
-    run. Returns the number of metric rows dropped."""
+    any unreadable (torn) line, and evaluation and per-group files (rollout.log_groups) past ``step``, so
+    the folder reads as one clean run. Returns the number of metric rows dropped."""
     out = Path(output_dir)
-    for path in (out / "eval").glob("step_*.json"):
+    for path in [*(out / "eval").glob("step_*.json"), *(out / "groups").glob("step_*.json")]:
         if path.stem.removeprefix("step_").isdigit() and int(path.stem.removeprefix("step_")) > step:
             path.unlink()
     metrics = out / "metrics.jsonl"

@@ -3,7 +3,8 @@
 On a cluster the driver (the ``rl-div train`` process, or the entrypoint of a Ray job) and the
 learner actor may run on different nodes, and both write into the same run directory:
 
-    driver          config.yaml, train.log, metrics.jsonl, tensorboard/, eval/step_*.json;
+    driver          config.yaml, train.log, metrics.jsonl, tensorboard/, eval/step_*.json,
+                    groups/step_*.json (rollout.log_groups);
                     checkpoints/step_*.tmp/ (creates it), its trainer_state.json, the rename into
                     checkpoints/step_*/, the ``latest`` pointer and the pruning of old checkpoints
     learner actor   checkpoints/step_*.tmp/policy/ (model + tokenizer) and learner_state.pt
