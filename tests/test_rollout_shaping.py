@@ -73,6 +73,12 @@ def test_temperature_schedules_by_hand() -> None:
     assert [scheduled_temperature(step, s, 9) for s in range(7)] == [1.0, 1.0, 0.7, 0.7, 0.7, 0.5, 0.5]
 
 
+def test_yaml_off_reads_as_off() -> None:
+    assert load_config(None, ["rollout.dynamic_sampling=off"]).rollout.dynamic_sampling == "off"
+    with pytest.raises(ConfigError, match="dynamic_sampling"):
+        load_config(None, ["rollout.dynamic_sampling=true"])
+
+
 @pytest.mark.parametrize(("overrides", "message"), [
     (["rollout.temperature_schedule=linear"], "temperature_final"),
     (["rollout.temperature_schedule=step"], "temperature_milestones"),

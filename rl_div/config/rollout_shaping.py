@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class RolloutShapingFields(BaseModel):
@@ -55,6 +55,12 @@ class RolloutShapingFields(BaseModel):
     temperature_milestones: list[tuple[int, float]] = Field(
         default_factory=list, description="step: [[step, temperature], ...] in increasing step order.",
     )
+
+    @field_validator("dynamic_sampling", mode="before")
+    @classmethod
+    def yaml_off(cls, value: object) -> object:
+        """YAML reads a bare ``off`` as false: it means "off" here."""
+        return "off" if value is False else value
 
     @model_validator(mode="after")
     def check_shaping(self) -> RolloutShapingFields:
