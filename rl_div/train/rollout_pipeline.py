@@ -64,7 +64,7 @@ class InFlight:
 
 
 class RolloutPipeline:
-    """Owns the rollout actors; ``next_batch`` keeps ``max_off_policy_steps`` batches generating ahead."""
+    """Owns the rollout actors; ``next_round`` keeps ``max_off_policy_steps`` batches generating ahead."""
 
     def __init__(self, cfg: Config, model_path: str, placement: Any, learner: Any, counters: dict[str, float]) -> None:
         self.cfg, self.model_path, self.placement, self.learner = cfg, model_path, placement, learner
@@ -79,15 +79,12 @@ class RolloutPipeline:
         return {f"rollout worker {i}": w for i, w in enumerate(self.workers)}
 
     # ---- generation ----------------------------------------------------------------------------
-    def next_batch(self, index: int, fetch: Callable[[], list[PromptRecord]], spec: SamplingSpec) -> RolloutBatch:
-        """A round for training step ``index``: tops the queue up to max_off_policy_steps + 1 launched
-        batches (fetching their prompts; the i-th launched samples with seed salt i), then collects the
-        oldest. Dynamic sampling's extra rounds are further calls in the same step."""
-        return self.next_round(index, fetch, spec)[0]
-
     def next_round(self, index: int, fetch: Callable[[], list[PromptRecord]], spec: SamplingSpec,
                    ) -> tuple[RolloutBatch, int]:
-        """next_batch, and the step that launched the collected batch."""
+        """A round for training step ``index``: tops the queue up to max_off_policy_steps + 1 launched
+        batches (fetching their prompts; the i-th launched samples with seed salt i), then collects the
+        oldest. Returns it and the step that launched it. Dynamic sampling's extra rounds are further
+        calls in the same step (rl_div.train.dynamic_sampling)."""
         while len(self.queue) <= self.cfg.rollout.max_off_policy_steps:
             flight = self.launch(fetch(), spec, salt=self.launched)
             flight.launch_step = index
