@@ -1,6 +1,7 @@
 """Dynamic sampling end to end: real Ray actors, the tiny bootstrapped model, real rewards. Every
 trained batch holds only informative groups (read from the logged per-group data, groups/step_*.json),
-with one step of lag, with two FSDP2 learner ranks, and a resumed run equals an uninterrupted one."""
+with one step of lag and two rollout workers, with two FSDP2 learner ranks, and a resumed run equals an
+uninterrupted one; the temperature schedule and the overlong penalty through Ray."""
 
 from __future__ import annotations
 
@@ -71,7 +72,8 @@ def check_informative(out: Path, steps: int) -> list[dict]:
 
 
 def test_filter_with_one_step_of_lag_trains_only_informative_groups(tmp_path: Path, base_model: str) -> None:
-    out = train(make_cfg(tmp_path / "run", base_model, "rollout.max_off_policy_steps=1"))
+    """Two rollout workers: each round is sharded over both and concatenated before the filter."""
+    out = train(make_cfg(tmp_path / "run", base_model, "rollout.max_off_policy_steps=1", "rollout.num_workers=2"))
     rows = check_informative(out, 3)
     assert all(r["offpolicy/policy_lag"] <= 1 for r in rows)
 
