@@ -20,7 +20,8 @@ from rl_div.bench.common import REPO, table
 MODES = ("off", "filter")
 
 
-def _mode_times(mode: str, steps: int, warmup: int, max_rounds: int) -> dict[str, list[float]]:
+def _mode_times(mode: str, steps: int, warmup: int, max_rounds: int, overrides: list[str],
+                ) -> dict[str, list[float]]:
     """Per timed step: wall seconds, informative groups trained, rounds drawn."""
     import ray
 
@@ -32,7 +33,7 @@ def _mode_times(mode: str, steps: int, warmup: int, max_rounds: int) -> dict[str
                           [f"run.output_dir={tmp}", "eval.at_start=false", "eval.at_end=false", "eval.every=0",
                            "tracking.progress=false", "tracking.tensorboard=false", "checkpoint.every=0",
                            f"train.steps={steps + warmup}", f"rollout.dynamic_sampling={mode}",
-                           f"rollout.dynamic_sampling_max_rounds={max_rounds}"])
+                           f"rollout.dynamic_sampling_max_rounds={max_rounds}", *overrides])
         trainer = Trainer(cfg)
         out: dict[str, list[float]] = {"seconds": [], "kept": [], "rounds": []}
         try:
@@ -53,12 +54,16 @@ def _spread(values: list[float]) -> dict[str, float]:
     return {"min": min(values), "median": statistics.median(values), "max": max(values)} if values else {}
 
 
-def bench_dynamic_sampling(steps: int = 8, warmup: int = 2, max_rounds: int = 4) -> dict[str, Any]:
-    """Per mode: step seconds and seconds per informative group (min/median/max), rounds per step."""
-    out: dict[str, Any] = {"steps": steps, "warmup": warmup, "max_rounds": max_rounds, "modes": {}}
+def bench_dynamic_sampling(steps: int = 8, warmup: int = 2, max_rounds: int = 4,
+                           overrides: list[str] | None = None) -> dict[str, Any]:
+    """Per mode: step seconds and seconds per informative group (min/median/max), rounds per step.
+    overrides: config overrides on top of configs/demo.yaml (e.g. model.path of a cached base model)."""
+    overrides = list(overrides or [])
+    out: dict[str, Any] = {"steps": steps, "warmup": warmup, "max_rounds": max_rounds, "overrides": overrides,
+                           "modes": {}}
     for mode in MODES:
         load_before = os.getloadavg()[0]
-        got = _mode_times(mode, steps, warmup, max_rounds)
+        got = _mode_times(mode, steps, warmup, max_rounds, overrides)
         per_group = [s / k for s, k in zip(got["seconds"], got["kept"], strict=True) if k > 0]
         out["modes"][mode] = {"step_seconds": _spread(got["seconds"]), "seconds_per_informative_group":
                               _spread(per_group), "steps_without_informative_group": len(got["kept"]) - len(per_group),
@@ -70,7 +75,7 @@ def bench_dynamic_sampling(steps: int = 8, warmup: int = 2, max_rounds: int = 4)
 
 def print_dynamic_sampling(r: dict[str, Any]) -> None:
     print(f"\ndynamic_sampling: configs/demo.yaml, {r['steps']} steps after {r['warmup']} warm-up, "
-          f"filter with max_rounds {r['max_rounds']}")
+          f"filter with max_rounds {r['max_rounds']}, overrides {r.get('overrides', [])}")
     rows = []
     for mode, m in r["modes"].items():
         step, per = m["step_seconds"], m["seconds_per_informative_group"]
