@@ -155,3 +155,15 @@ def test_off_trains_the_round_as_it_is_and_logs_the_collapse_signal() -> None:
     batch, m = BatchFiller("off", 2, 4, "reward", 0).fill(0, Rounds([r]))
     assert batch is r and m["sampling/zero_variance_frac"] == 0.5 and m["sampling/groups_kept"] == 1
     assert m["sampling/all_correct_frac"] == 0.5 and m["sampling/all_wrong_frac"] == 0.0
+
+
+def test_carried_groups_live_exactly_max_off_policy_steps_steps() -> None:
+    """With k = 2 a group launched at step 0 may be trained at step 2 and no later."""
+    mixed = [[1, 0, 0, 0]] * 4
+    filler = BatchFiller("filter", target_groups=1, max_rounds=1, signal="reward", max_off_policy_steps=2)
+    batch, m = filler.fill(0, Rounds([scored_round(mixed, "a")]))
+    assert uids(batch) == ["a:0"] and m["sampling/carried"] == 3 and m["sampling/dropped_stale"] == 0
+    for step, uid in ((1, "a:1"), (2, "a:2")):
+        batch, m = filler.fill(step, Rounds([]))  # carried groups fill the batch: no round drawn
+        assert uids(batch) == [uid] and m["sampling/rounds"] == 0 and math.isnan(m["sampling/zero_variance_frac"])
+    assert m["sampling/carried"] == 0 and m["sampling/dropped_stale"] == 1  # a:3 would be 3 steps old at step 3
