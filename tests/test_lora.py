@@ -19,6 +19,7 @@ from helpers import run_config
 from rl_div.config import ConfigError, load_config
 from rl_div.config.checks import check_inputs
 from rl_div.data import RolloutBatch
+from rl_div.experiments.evaluate import resolve_target
 from rl_div.learner.single import Learner
 from rl_div.models.loading import build_char_tokenizer, count_parameters, load_policy, make_tiny_llama, save_policy
 from rl_div.models.lora import check_lora_model
@@ -245,9 +246,30 @@ def test_checkpoint_exports_load_with_peft_and_from_pretrained(save: str, llama_
         peft_model = PeftModel.from_pretrained(load_policy(llama_dir)[0], ckpt / "adapter").eval()
         got = full_logits_logprobs(peft_model, batch, temperature)
         torch.testing.assert_close(got[mask], want[mask], rtol=0, atol=2e-5)
+    # rl-div eval's target: the merged policy/, or the adapter merged once into a plain folder beside it
+    target = resolve_target(ckpt).model_dir
+    assert target == ckpt / ("policy" if save != "adapter" else "adapter_merged")
+    got = full_logits_logprobs(AutoModelForCausalLM.from_pretrained(target).eval(), batch, temperature)
+    torch.testing.assert_close(got[mask], want[mask], rtol=0, atol=2e-5)
     # resume: a fresh learner (other adapters' initial values) loads the very same policy and optimizer
     torch.manual_seed(123)
     resumed = Learner(cfg, llama_dir)
     resumed.load(str(ckpt))
     for (name, a), (_, b) in zip(learner.model.state_dict().items(), resumed.model.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
+
+
+def test_bench_lora_sync_bytes_drop_by_the_adapter_fraction() -> None:
+    """rl-div bench --sections lora on the demo-sized Llama (one round): adapter sync carries exactly
+    the trainable fraction of full fine-tuning's bytes (both float32 here), counted from the shapes."""
+    from rl_div.bench.lora import bench_lora
+
+    r = bench_lora("demo", repeats=1)
+    model_cfg = make_tiny_llama(build_char_tokenizer(TASKS["prime_gap"].alphabet)).config.to_dict()
+    for name, rank in (("lora_r8", 8), ("lora_r64", 64)):
+        case = r["cases"][name]
+        want = lora_params_by_shapes(model_cfg, rank, ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                       "up_proj", "down_proj"))
+        assert case["trainable"] == want
+        assert case["sync_bytes_vs_full"] == pytest.approx(want / r["parameters"], rel=1e-12)
+    assert r["cases"]["full"]["trainable"] == r["parameters"]
