@@ -84,8 +84,9 @@ def test_trainable_fraction_is_the_adapters_alone(which: str, llama_dir: str, ti
         assert p.requires_grad == (".lora_" in name), name
 
 
-def test_only_adapters_move_in_an_update(llama_dir: str, tmp_path: Path) -> None:
-    learner = Learner(run_config(llama_dir, tmp_path, *LORA, "train.lr=0.05"), llama_dir)
+@pytest.mark.parametrize("extra", [[], ["model.dtype=bfloat16", "train.activation_checkpointing=true"]])
+def test_only_adapters_move_in_an_update(extra: list[str], llama_dir: str, tmp_path: Path) -> None:
+    learner = Learner(run_config(llama_dir, tmp_path, *LORA, "train.lr=0.05", *extra), llama_dir)
     before = {k: v.clone() for k, v in learner.model.state_dict().items()}
     batch = rollouts(llama_dir)
     stats = learner.policy_stats(batch)
