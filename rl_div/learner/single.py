@@ -359,6 +359,8 @@ class Learner:
         # states are tensors, numbers, lists and dicts, which the safe unpickler allows).
         saved = torch.load(Path(ckpt_dir) / "learner_state.pt", weights_only=True)
         if self.lora is not None:
+            if LORA_STATE_KEY not in saved:
+                raise RuntimeError(f"checkpoint {ckpt_dir} holds no LoRA adapters (written without train.lora)")
             self.lora.load_adapter_state(saved[LORA_STATE_KEY])
             self.optimizer.load_state_dict(saved["optimizer"])
         elif (Path(ckpt_dir) / "dcp").is_dir():
