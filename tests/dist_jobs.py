@@ -106,7 +106,8 @@ def ref_job(rank: int, world: int, port: int, model_path: str, out: str, extra: 
         data = with_stats(batch, {k: torch.cat(learner.reducer.gather(v)) for k, v in scored.items()})
         metrics = learner.run_plans(data, plan_batch(data, cfg, world, learner.version))
         rounds.append({"ref_logprobs": data.ref_logprobs, "metrics": metrics})
-    sizes = {n: (p.to_local().numel(), p.numel()) for n, p in learner.ref_model.named_parameters()}
+    sizes = {} if learner.ref_model is None else {  # LoRA: no reference model (the policy, adapters disabled)
+        n: (p.to_local().numel(), p.numel()) for n, p in learner.ref_model.named_parameters()}
     params = full_params(learner)
     _leave()
     return {"rounds": rounds, "params": params, "ref_sizes": sizes}

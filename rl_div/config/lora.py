@@ -69,9 +69,6 @@ def lora_problems(cfg: Config) -> list[str]:
     out: list[str] = []
     if not cfg.train.lora.enabled:
         return out
-    if cfg.train.strategy == "fsdp2":
-        out.append("train.lora with train.strategy='fsdp2' is not supported yet: use train.strategy='single' "
-                   "(a frozen base with adapters fits one device far more often)")
     if cfg.rollout.weight_sync != "object_store":
         out.append(f"train.lora ships adapters or merged weights through rollout.weight_sync='object_store' only, "
                    f"got {cfg.rollout.weight_sync!r}")

@@ -358,10 +358,10 @@ class Learner:
         # weights_only: a checkpoint from elsewhere cannot run code on load (optimizer, scheduler and RNG
         # states are tensors, numbers, lists and dicts, which the safe unpickler allows).
         saved = torch.load(Path(ckpt_dir) / "learner_state.pt", weights_only=True)
-        if self.lora is not None:
-            if LORA_STATE_KEY not in saved:
-                raise RuntimeError(f"checkpoint {ckpt_dir} holds no LoRA adapters (written without train.lora)")
-            self.lora.load_adapter_state(saved[LORA_STATE_KEY])
+        if self.lora is not None and LORA_STATE_KEY not in saved:
+            raise RuntimeError(f"checkpoint {ckpt_dir} holds no LoRA adapters (written without train.lora)")
+        if self.lora is not None and not (Path(ckpt_dir) / "dcp").is_dir():
+            self.lora.load_adapter_state(saved[LORA_STATE_KEY])  # policy/ is merged (or absent): not read
             self.optimizer.load_state_dict(saved["optimizer"])
         elif (Path(ckpt_dir) / "dcp").is_dir():
             from rl_div.learner.checkpoint_io import load_dcp

@@ -9,7 +9,7 @@ both sides name tensors alike: the injected base model's own parameter names, e.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -95,30 +95,47 @@ def adapter_tensors(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]
             yield name, param.detach()
 
 
-def merged_tensors(named: Iterator[tuple[str, torch.Tensor]], model: torch.nn.Module,
-                   ) -> Iterator[tuple[str, torch.Tensor]]:
-    """(base model name, tensor) with every adapter merged in: a LoRA layer's base weight plus its
-    delta B A * alpha / r (float32; PEFT's get_delta_weight), under the name the plain model has
-    (``q_proj.weight``, not ``q_proj.base_layer.weight``); adapter tensors left out, the rest as is.
+def lora_scalings(model: torch.nn.Module) -> dict[str, float]:
+    """Module path -> alpha / r of every LoRA layer of an injected model."""
+    from peft.tuners.lora import LoraLayer
 
-    named: the injected model's state (rl_div.sync.buckets.distinct_state: tied weights once).
+    return {path: float(m.scaling[ADAPTER_NAME]) for path, m in model.named_modules() if isinstance(m, LoraLayer)}
+
+
+def merged_tensors(named: Iterable[tuple[str, torch.Tensor]], scalings: dict[str, float],
+                   ) -> Iterator[tuple[str, torch.Tensor]]:
+    """(plain model name, tensor) with every adapter merged in: W + (B @ A) * alpha / r (float32)
+    under the name the plain model has (``q_proj.weight``, not ``q_proj.base_layer.weight``); the
+    rest as is. named: full tensors of an injected model in any order (a single learner's state, or
+    the gathered shards of an FSDP2 one); a layer's merged weight comes once its W, A and B all came.
+    W [out, in], A [r, in], B [out, r]: PEFT's nn.Linear layout (fan_in_fan_out off).
     """
+    parts: dict[str, dict[str, torch.Tensor]] = {}
     for name, tensor in named:
-        if ".lora_" in name:
-            continue
-        if ".base_layer." not in name:
+        if ".base_layer." in name:
+            path, _, leaf = name.rpartition(".base_layer.")
+            if leaf != "weight":  # a bias: unchanged by LoRA
+                yield f"{path}.{leaf}", tensor
+                continue
+            key = "W"
+        elif ".lora_A." in name or ".lora_B." in name:
+            path, key = name.split(".lora_")[0], "A" if ".lora_A." in name else "B"
+        else:
             yield name, tensor
             continue
-        path, _, leaf = name.rpartition(".base_layer.")
-        if leaf == "weight":
-            layer = model.get_submodule(path)
-            tensor = tensor.float() + layer.get_delta_weight(ADAPTER_NAME).detach().float()
-        yield f"{path}.{leaf}", tensor
+        layer = parts.setdefault(path, {})
+        layer[key] = tensor
+        if len(layer) == 3:
+            del parts[path]
+            delta = (layer["B"].float() @ layer["A"].float()) * scalings[path]
+            yield f"{path}.weight", layer["W"].float() + delta
+    if parts:
+        raise ValueError(f"LoRA layers without all of base weight, lora_A and lora_B: {sorted(parts)[:3]}")
 
 
 def merged_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The plain model's full state dict (tied names too) with the adapters merged, float32 on CPU."""
-    plain = merged_tensors(iter(model.state_dict().items()), model)
+    plain = merged_tensors(model.state_dict().items(), lora_scalings(model))
     return {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype) for k, v in plain}
 
 
