@@ -111,3 +111,21 @@ def ref_job(rank: int, world: int, port: int, model_path: str, out: str, extra: 
     params = full_params(learner)
     _leave()
     return {"rounds": rounds, "params": params, "ref_sizes": sizes}
+
+
+def perturb_adapters(learner: Any) -> None:
+    """lora_B away from its 0 start by the same value everywhere, on any learner (a rank: its own shards)."""
+    with torch.no_grad():
+        for name, p in learner.model.named_parameters():
+            if "lora_B" in name:
+                (p.to_local() if hasattr(p, "to_local") else p).fill_(0.05)
+
+
+def lora_sync_job(rank: int, world: int, port: int, model_path: str, out: str, extra: list[str]) -> dict[str, Any]:
+    """What a LoRA learner's weight sync streams (every rank joins the gathers): rank's (name, tensor) list."""
+    cfg = rank_job_config(model_path, out, extra)
+    learner = _join(rank, world, port, cfg, model_path)
+    perturb_adapters(learner)
+    shipped = list(learner.sync_tensors())
+    _leave()
+    return {"tensors": shipped}

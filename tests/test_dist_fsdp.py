@@ -30,6 +30,7 @@ from rl_div.tasks import TASKS
 
 COMMON = ["train.micro_batch_size=3", "train.max_tokens_per_micro_batch=40", "train.mini_batch_size=8",
           "train.strategy=fsdp2", "train.num_learners=2", "train.token_weight_scope=mini"]
+LORA = ["train.lora.enabled=true", "train.lora.rank=4", "train.lora.alpha=8"]  # lr 0.001 as the others
 
 
 class RankPools:
@@ -245,17 +246,20 @@ def test_dcp_checkpoint_from_two_ranks_resumes_on_one(pool: RankPools, model_pat
         assert torch.allclose(two[0]["params"][name], p, atol=1e-5, rtol=0), name
 
 
+@pytest.mark.parametrize("lora", [False, True])
 def test_single_learner_checkpoint_resumes_on_two_ranks(pool: RankPools, model_path: str, batch: Any,
-                                                        tmp_path: Path) -> None:
+                                                        tmp_path: Path, lora: bool) -> None:
     """A single learner's checkpoint (policy/ + its optimizer state) resumed by 2 FSDP2 ranks: the
-    next update equals one process's second update (AdamW moments carried over, not restarted)."""
-    learner, _ = one_process(model_path, str(tmp_path), COMMON, batch, 1)
+    next update equals one process's second update (AdamW moments carried over, not restarted).
+    With train.lora the adapters come from learner_state.pt (policy/ is the merged export)."""
+    common = [*COMMON, *LORA] if lora else COMMON
+    learner, _ = one_process(model_path, str(tmp_path), common, batch, 1)
     ckpt = tmp_path / "single_ckpt"
     ckpt.mkdir()
     learner.save(str(ckpt))
     assert not (ckpt / "dcp").exists()
-    two = on_two_ranks(pool, dist_jobs.train_job, model_path, str(tmp_path), COMMON, batch, 1, load=str(ckpt))
-    after_two, _ = one_process(model_path, str(tmp_path), COMMON, batch, 2)
+    two = on_two_ranks(pool, dist_jobs.train_job, model_path, str(tmp_path), common, batch, 1, load=str(ckpt))
+    after_two, _ = one_process(model_path, str(tmp_path), common, batch, 2)
     restarted_adam = Learner(learner.cfg, model_path)
     restarted_adam.model.load_state_dict(learner.model.state_dict())
     run_plans(restarted_adam, batch, plan_batch(batch, learner.cfg, 1, 1))
@@ -324,8 +328,6 @@ def test_sharded_reference_model_kl_matches_one_process(pool: ProcessPoolExecuto
         assert torch.allclose(ranks[0]["params"][name], p, atol=1e-5, rtol=0), name
     assert ranks[0]["rounds"][-1]["metrics"] == ranks[1]["rounds"][-1]["metrics"]
 
-
-LORA = ["train.lora.enabled=true", "train.lora.rank=4", "train.lora.alpha=8"]  # lr 0.001 as the others
 
 
 def test_lora_with_kl_on_two_ranks_matches_one_process(pool: ProcessPoolExecutor, model_path: str, batch: Any,
@@ -398,3 +400,24 @@ def test_lora_dcp_checkpoint_from_two_ranks_resumes_on_one(pool: RankPools, mode
     run_plans(single, batch, plan_batch(batch, single_cfg, 1, single.version))
     for name, p in single.model.state_dict().items():
         assert torch.allclose(two[0]["params"][name], p, atol=1e-5, rtol=0), name
+
+
+@pytest.mark.parametrize("mode", ["adapter", "merged"])
+def test_lora_sync_from_two_ranks_equals_one_process(pool: RankPools, model_path: str, tmp_path: Path,
+                                                     mode: str) -> None:
+    """A sharded LoRA learner streams, from rank 0, exactly one process's adapter tensors or merged
+    weights (W + B A alpha / r, gathered shards); rank 1 streams nothing."""
+    extra = [*COMMON, *LORA, f"train.lora.sync={mode}"]
+    ranks = on_two_ranks(pool, dist_jobs.lora_sync_job, model_path, str(tmp_path), extra)
+    one = Learner(rank_job_config(model_path, str(tmp_path), [*LORA, f"train.lora.sync={mode}"]), model_path)
+    dist_jobs.perturb_adapters(one)
+    want = dict(one.sync_tensors())
+    assert ranks[1]["tensors"] == []
+    got = dict(ranks[0]["tensors"])
+    assert got.keys() == want.keys()
+    assert all((".lora_" in n) == (mode == "adapter") for n in got)
+    for name, t in want.items():
+        assert torch.allclose(got[name], t, atol=1e-6, rtol=0), name
+    if mode == "merged":  # the merge acted: q_proj differs from the base model's
+        base = load_policy_state(model_path)["model.layers.0.self_attn.q_proj.weight"]
+        assert float((got["model.layers.0.self_attn.q_proj.weight"] - base).abs().max()) > 1e-3

@@ -158,8 +158,6 @@ def test_bad_lora_input_is_one_line_before_any_work(llama_dir: str, tmp_path: Pa
     base = [f"model.path={llama_dir}", f"run.output_dir={tmp_path}"]
     with pytest.raises(ConfigError, match="rank"):
         load_config(None, [*base, *LORA, "train.lora.rank=0"])
-    with pytest.raises(ConfigError, match="fsdp2"):
-        load_config(None, [*base, *LORA, "train.strategy=fsdp2", "train.num_learners=2"])
     cases = {"train.lora.target_modules=[no_such_proj]": "no_such_proj",
              "train.lora.target_modules=[norm]": "not supported",
              "train.lora.target_modules=[]": "target_modules",

@@ -1,5 +1,5 @@
-"""The single learner's LoRA policy (train.lora): the PEFT wrap, the free reference, what weight sync
-ships, and the adapter's part of a checkpoint.
+"""The learner's LoRA policy (train.lora; the single learner and every FSDP2 rank): the PEFT wrap,
+the free reference, what weight sync ships, and the adapter's part of a checkpoint.
 
 - Only the adapters train (AdamW sees only them); the frozen base stays in model.dtype and the
   adapters keep float32 masters (rl_div.models.lora.wrap_lora).
