@@ -238,12 +238,19 @@ def test_dcp_checkpoint_from_two_ranks_resumes_on_one(pool: RankPools, model_pat
     # strategy single resumes it too (model and optimizer from dcp/, in one process, no process group)
     single_cfg = rank_job_config(model_path, str(tmp_path), [c for c in COMMON if "strategy" not in c
                                                                  and "num_learners" not in c])
-    single = Learner(single_cfg, model_path)
+    resumes_in_one_process(ckpt, single_cfg, model_path, batch, after_one.version, two[0]["params"])
+
+
+def resumes_in_one_process(ckpt: str, cfg: Any, model_path: str, batch: Any, version: int,
+                           want: dict[str, torch.Tensor]) -> None:
+    """A single learner loads ckpt (model and optimizer from dcp/, no process group) at `version`, and
+    its next update gives the parameters `want`."""
+    single = Learner(cfg, model_path)
     single.load(ckpt)
-    assert single.version == after_one.version > 0
-    run_plans(single, batch, plan_batch(batch, single_cfg, 1, single.version))
+    assert single.version == version > 0
+    run_plans(single, batch, plan_batch(batch, cfg, 1, single.version))
     for name, p in single.model.state_dict().items():
-        assert torch.allclose(two[0]["params"][name], p, atol=1e-5, rtol=0), name
+        assert torch.allclose(want[name], p, atol=1e-5, rtol=0), name
 
 
 @pytest.mark.parametrize("lora", [False, True])
@@ -394,12 +401,7 @@ def test_lora_dcp_checkpoint_from_two_ranks_resumes_on_one(pool: RankPools, mode
     assert got.keys() == want.keys()
     for name, p in want.items():
         assert torch.allclose(got[name], p, atol=1e-5, rtol=0), name
-    single = Learner(single_cfg, model_path)
-    single.load(ckpt)
-    assert single.version == after_one.version > 0
-    run_plans(single, batch, plan_batch(batch, single_cfg, 1, single.version))
-    for name, p in single.model.state_dict().items():
-        assert torch.allclose(two[0]["params"][name], p, atol=1e-5, rtol=0), name
+    resumes_in_one_process(ckpt, single_cfg, model_path, batch, after_one.version, two[0]["params"])
 
 
 @pytest.mark.parametrize("mode", ["adapter", "merged"])
