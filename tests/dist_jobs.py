@@ -106,7 +106,26 @@ def ref_job(rank: int, world: int, port: int, model_path: str, out: str, extra: 
         data = with_stats(batch, {k: torch.cat(learner.reducer.gather(v)) for k, v in scored.items()})
         metrics = learner.run_plans(data, plan_batch(data, cfg, world, learner.version))
         rounds.append({"ref_logprobs": data.ref_logprobs, "metrics": metrics})
-    sizes = {n: (p.to_local().numel(), p.numel()) for n, p in learner.ref_model.named_parameters()}
+    sizes = {} if learner.ref_model is None else {  # LoRA: no reference model (the policy, adapters disabled)
+        n: (p.to_local().numel(), p.numel()) for n, p in learner.ref_model.named_parameters()}
     params = full_params(learner)
     _leave()
     return {"rounds": rounds, "params": params, "ref_sizes": sizes}
+
+
+def perturb_adapters(learner: Any) -> None:
+    """lora_B away from its 0 start by the same value everywhere, on any learner (a rank: its own shards)."""
+    with torch.no_grad():
+        for name, p in learner.model.named_parameters():
+            if "lora_B" in name:
+                (p.to_local() if hasattr(p, "to_local") else p).fill_(0.05)
+
+
+def lora_sync_job(rank: int, world: int, port: int, model_path: str, out: str, extra: list[str]) -> dict[str, Any]:
+    """What a LoRA learner's weight sync streams (every rank joins the gathers): rank's (name, tensor) list."""
+    cfg = rank_job_config(model_path, out, extra)
+    learner = _join(rank, world, port, cfg, model_path)
+    perturb_adapters(learner)
+    shipped = list(learner.sync_tensors())
+    _leave()
+    return {"tensors": shipped}

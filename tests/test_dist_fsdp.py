@@ -30,6 +30,7 @@ from rl_div.tasks import TASKS
 
 COMMON = ["train.micro_batch_size=3", "train.max_tokens_per_micro_batch=40", "train.mini_batch_size=8",
           "train.strategy=fsdp2", "train.num_learners=2", "train.token_weight_scope=mini"]
+LORA = ["train.lora.enabled=true", "train.lora.rank=4", "train.lora.alpha=8"]  # lr 0.001 as the others
 
 
 class RankPools:
@@ -237,25 +238,35 @@ def test_dcp_checkpoint_from_two_ranks_resumes_on_one(pool: RankPools, model_pat
     # strategy single resumes it too (model and optimizer from dcp/, in one process, no process group)
     single_cfg = rank_job_config(model_path, str(tmp_path), [c for c in COMMON if "strategy" not in c
                                                                  and "num_learners" not in c])
-    single = Learner(single_cfg, model_path)
+    resumes_in_one_process(ckpt, single_cfg, model_path, batch, after_one.version, two[0]["params"])
+
+
+def resumes_in_one_process(ckpt: str, cfg: Any, model_path: str, batch: Any, version: int,
+                           want: dict[str, torch.Tensor]) -> None:
+    """A single learner loads ckpt (model and optimizer from dcp/, no process group) at `version`, and
+    its next update gives the parameters `want`."""
+    single = Learner(cfg, model_path)
     single.load(ckpt)
-    assert single.version == after_one.version > 0
-    run_plans(single, batch, plan_batch(batch, single_cfg, 1, single.version))
+    assert single.version == version > 0
+    run_plans(single, batch, plan_batch(batch, cfg, 1, single.version))
     for name, p in single.model.state_dict().items():
-        assert torch.allclose(two[0]["params"][name], p, atol=1e-5, rtol=0), name
+        assert torch.allclose(want[name], p, atol=1e-5, rtol=0), name
 
 
+@pytest.mark.parametrize("lora", [False, True])
 def test_single_learner_checkpoint_resumes_on_two_ranks(pool: RankPools, model_path: str, batch: Any,
-                                                        tmp_path: Path) -> None:
+                                                        tmp_path: Path, lora: bool) -> None:
     """A single learner's checkpoint (policy/ + its optimizer state) resumed by 2 FSDP2 ranks: the
-    next update equals one process's second update (AdamW moments carried over, not restarted)."""
-    learner, _ = one_process(model_path, str(tmp_path), COMMON, batch, 1)
+    next update equals one process's second update (AdamW moments carried over, not restarted).
+    With train.lora the adapters come from learner_state.pt (policy/ is the merged export)."""
+    common = [*COMMON, *LORA] if lora else COMMON
+    learner, _ = one_process(model_path, str(tmp_path), common, batch, 1)
     ckpt = tmp_path / "single_ckpt"
     ckpt.mkdir()
     learner.save(str(ckpt))
     assert not (ckpt / "dcp").exists()
-    two = on_two_ranks(pool, dist_jobs.train_job, model_path, str(tmp_path), COMMON, batch, 1, load=str(ckpt))
-    after_two, _ = one_process(model_path, str(tmp_path), COMMON, batch, 2)
+    two = on_two_ranks(pool, dist_jobs.train_job, model_path, str(tmp_path), common, batch, 1, load=str(ckpt))
+    after_two, _ = one_process(model_path, str(tmp_path), common, batch, 2)
     restarted_adam = Learner(learner.cfg, model_path)
     restarted_adam.model.load_state_dict(learner.model.state_dict())
     run_plans(restarted_adam, batch, plan_batch(batch, learner.cfg, 1, 1))
@@ -323,3 +334,92 @@ def test_sharded_reference_model_kl_matches_one_process(pool: ProcessPoolExecuto
     for name, p in learner.model.state_dict().items():
         assert torch.allclose(ranks[0]["params"][name], p, atol=1e-5, rtol=0), name
     assert ranks[0]["rounds"][-1]["metrics"] == ranks[1]["rounds"][-1]["metrics"]
+
+
+
+def test_lora_with_kl_on_two_ranks_matches_one_process(pool: ProcessPoolExecutor, model_path: str, batch: Any,
+                                                       tmp_path: Path) -> None:
+    """train.lora + a KL term on 2 ranks: the reference is the sharded policy with its adapters
+    disabled (no reference model at all), stays the base model while the adapters move, and 2 rounds
+    of scoring + update equal one process; only adapter weights moved."""
+    extra = [*COMMON, *LORA, "train.use_ref_model=true", "algo.loss_params={kl_coef: 0.5}"]
+    cfg = rank_job_config(model_path, str(tmp_path), extra)
+    ranks = on_two_ranks(pool, dist_jobs.ref_job, model_path, str(tmp_path), extra, batch, 2)
+    assert ranks[0]["ref_sizes"] == {}
+    single_cfg = rank_job_config(model_path, str(tmp_path), [c for c in extra if "strategy" not in c
+                                                             and "num_learners" not in c])
+    learner = Learner(single_cfg, model_path)
+    start = Learner(rank_job_config(model_path, str(tmp_path), []), model_path).policy_stats(batch)["old_logprobs"]
+    for got in ranks[0]["rounds"]:
+        data = dist_jobs.with_stats(batch, learner.policy_stats(batch))
+        want = run_plans(learner, data, plan_batch(data, cfg, 1, learner.version))
+        assert torch.allclose(got["ref_logprobs"], data.ref_logprobs, atol=1e-5, rtol=0)
+        assert torch.allclose(got["ref_logprobs"], start, atol=1e-5, rtol=0)  # the base model, not the policy
+        assert got["metrics"]["loss/kl"] == pytest.approx(want["loss/kl"], rel=1e-4, abs=1e-9)
+        assert got["metrics"]["train/optimizer_steps"] == want["train/optimizer_steps"] == 2
+    assert want["loss/kl"] > 1e-6
+    base = load_policy_state(model_path)
+    for name, p in learner.model.state_dict().items():
+        assert torch.allclose(ranks[0]["params"][name], p, atol=1e-5, rtol=0), (
+            name, float((ranks[0]["params"][name] - p).abs().max()))
+        plain = name.replace(".base_layer.", ".")
+        assert (".lora_" in name) or torch.equal(p, base[plain]), name  # the frozen base did not move
+    assert any(".lora_B" in n and float(p.abs().max()) > 1e-3 for n, p in learner.model.state_dict().items())
+
+
+def load_policy_state(model_path: str) -> dict[str, torch.Tensor]:
+    from rl_div.models.loading import load_policy
+
+    return load_policy(model_path)[0].state_dict()
+
+
+def test_lora_dcp_checkpoint_from_two_ranks_resumes_on_one(pool: RankPools, model_path: str, batch: Any,
+                                                           tmp_path: Path) -> None:
+    """LoRA on 2 ranks: save after one update (DCP shards + adapter/ + merged policy/), take a second;
+    a single learner loads the DCP checkpoint and takes the second update: the same parameters. The
+    merged policy/ equals the one-process policy at the save, merged."""
+    from peft import PeftModel
+
+    from rl_div.models.lora import merged_state_dict
+
+    extra = [*COMMON, *LORA]
+    ckpt = str(tmp_path / "ckpt")
+    two = on_two_ranks(pool, dist_jobs.train_job, model_path, str(tmp_path), extra, batch, 2, save_after=1,
+                       save=ckpt)
+    single_extra = [c for c in extra if "strategy" not in c and "num_learners" not in c]
+    single_cfg = rank_job_config(model_path, str(tmp_path), single_extra)
+    after_one, _ = one_process(model_path, str(tmp_path), single_extra, batch, 1)
+    merged = merged_state_dict(after_one.model)
+    saved = load_policy_state(str(Path(ckpt) / "policy"))
+    for name, p in saved.items():
+        assert torch.allclose(merged[name], p, atol=1e-5, rtol=0), name
+    from rl_div.models.loading import load_policy
+
+    peft_model = PeftModel.from_pretrained(load_policy(model_path)[0], str(Path(ckpt) / "adapter"))
+    want = {n: p for n, p in after_one.model.named_parameters() if ".lora_" in n}
+    got = {n.removeprefix("base_model.model."): p for n, p in peft_model.named_parameters() if ".lora_" in n}
+    assert got.keys() == want.keys()
+    for name, p in want.items():
+        assert torch.allclose(got[name], p, atol=1e-5, rtol=0), name
+    resumes_in_one_process(ckpt, single_cfg, model_path, batch, after_one.version, two[0]["params"])
+
+
+@pytest.mark.parametrize("mode", ["adapter", "merged"])
+def test_lora_sync_from_two_ranks_equals_one_process(pool: RankPools, model_path: str, tmp_path: Path,
+                                                     mode: str) -> None:
+    """A sharded LoRA learner streams, from rank 0, exactly one process's adapter tensors or merged
+    weights (W + B A alpha / r, gathered shards); rank 1 streams nothing."""
+    extra = [*COMMON, *LORA, f"train.lora.sync={mode}"]
+    ranks = on_two_ranks(pool, dist_jobs.lora_sync_job, model_path, str(tmp_path), extra)
+    one = Learner(rank_job_config(model_path, str(tmp_path), [*LORA, f"train.lora.sync={mode}"]), model_path)
+    dist_jobs.perturb_adapters(one)
+    want = dict(one.sync_tensors())
+    assert ranks[1]["tensors"] == []
+    got = dict(ranks[0]["tensors"])
+    assert got.keys() == want.keys()
+    assert all((".lora_" in n) == (mode == "adapter") for n in got)
+    for name, t in want.items():
+        assert torch.allclose(got[name], t, atol=1e-6, rtol=0), name
+    if mode == "merged":  # the merge acted: q_proj differs from the base model's
+        base = load_policy_state(model_path)["model.layers.0.self_attn.q_proj.weight"]
+        assert float((got["model.layers.0.self_attn.q_proj.weight"] - base).abs().max()) > 1e-3

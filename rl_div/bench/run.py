@@ -36,6 +36,7 @@ def _sections(quick: bool) -> dict[str, tuple[Callable[[], dict[str, Any]], Call
     from rl_div.bench import methods as m
     from rl_div.bench import workload as w
     from rl_div.bench.fsdp import bench_fsdp, print_fsdp
+    from rl_div.bench.lora import bench_lora, print_lora
     from rl_div.bench.sync import bench_sync, print_sync
 
     return {
@@ -60,11 +61,14 @@ def _sections(quick: bool) -> dict[str, tuple[Callable[[], dict[str, Any]], Call
                        else a.bench_off_policy, a.print_off_policy),
         "dynamic_sampling": ((lambda: d.bench_dynamic_sampling(steps=2, warmup=1)) if quick
                              else d.bench_dynamic_sampling, d.print_dynamic_sampling),
+        "lora": (lambda: bench_lora("20m", repeats=1 if quick else 3), print_lora),
+        "lora_50m": (lambda: bench_lora("50m", repeats=1 if quick else 3), print_lora),
     }
 
 
 SECTIONS = ("entropy", "passk", "train_step", "group_embedding", "lm_head", "rewards", "long_step", "learner_work",
-            "learner_work_20m", "fsdp", "fsdp_50m", "sync", "sync_50m", "off_policy", "dynamic_sampling")
+            "learner_work_20m", "fsdp", "fsdp_50m", "sync", "sync_50m", "off_policy", "dynamic_sampling",
+            "lora", "lora_50m")
 
 
 def run_bench(quick: bool = False, out: str | Path | None = None,

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from rl_div.config.lora import check_lora
 from rl_div.config.rollout_backends import ROLLOUT_BACKENDS, backends_taking
 from rl_div.config.schema import Config, ConfigError
 from rl_div.registry import Registry, import_plugins, unknown_name_message
@@ -158,6 +159,10 @@ def check_inputs(cfg: Config) -> None:
     check_rollout_backend(cfg)  # imports the run's plugins first
     check_capabilities(cfg)
     check_devices(cfg)
+    try:
+        check_lora(cfg)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def check_model_path(value: str) -> None:

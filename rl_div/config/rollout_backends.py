@@ -71,6 +71,7 @@ class RolloutBackend:
     cluster_problems: ClusterRule = no_cluster_problems
     worker_args: WorkerArgs = no_worker_args
     description: str = ""
+    lora_adapters: bool = False  # takes train.lora's adapter tensors alone (its worker runs the PEFT model)
 
     def __call__(self, **kwargs: Any) -> RolloutWorker:
         """Import the worker class and build it from the keywords."""
@@ -103,12 +104,16 @@ def hf_gpu_problems(rollout: RolloutConfig, train: TrainConfig) -> list[str]:
 
 def hf_worker_args(cfg: Config, num_gpus: float) -> dict[str, Any]:
     # on the device the config reserved for it, never an unreserved GPU
-    return {"max_batch_rows": cfg.rollout.max_batch_rows, "device": "cuda" if num_gpus > 0 else "cpu"}
+    # with adapter sync ('auto' resolves to it here) the worker wraps its copy as the learner does, and
+    # takes adapter tensors only
+    lora = cfg.train.lora
+    spec = lora.spec_fields() if lora.enabled and lora.sync != "merged" else None
+    return {"max_batch_rows": cfg.rollout.max_batch_rows, "device": "cuda" if num_gpus > 0 else "cpu", "lora": spec}
 
 
 HF = register_rollout_backend(RolloutBackend(
     "hf", "rl_div.rollout.hf:HFRolloutWorker", transports=("object_store",), gpu_problems=hf_gpu_problems,
-    worker_args=hf_worker_args, description="transformers generate; one device per worker"))
+    worker_args=hf_worker_args, description="transformers generate; one device per worker", lora_adapters=True))
 
 
 # ---- vllm: an offline vllm.LLM engine per worker ---------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
+from rl_div.config.lora import lora_problems
 from rl_div.config.sections import (
     AlgoConfig,
     BootstrapConfig,
@@ -96,6 +97,8 @@ class Config(Section):
         if t.strategy == "fsdp2" and self.rollout.weight_sync != "object_store":
             raise ValueError(f"train.strategy='fsdp2' supports rollout.weight_sync='object_store' only, "
                              f"got {self.rollout.weight_sync!r}")
+        if lora_problems(self):
+            raise ValueError("; ".join(lora_problems(self)))
         # which token weights need token_weight_scope='mini' is their declaration's to say: checked
         # with the registries, after the plugins import (rl_div.config.checks.check_capabilities)
         return self

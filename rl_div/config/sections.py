@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from rl_div.config.lora import LoraConfig
 from rl_div.config.rollout_shaping import RolloutShapingFields
 from rl_div.registry import unknown_name_message
 
@@ -285,6 +286,8 @@ class TrainConfig(Section):
         300.0, gt=0, description="fsdp2: max seconds for torch.distributed to connect the learner ranks, "
         "and for any one collective (a dead rank fails the run within it).",
     )
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA adapters on a frozen base "
+                             "(rl_div/config/lora.py); off by default.")
 
 
 class EvalConfig(Section):

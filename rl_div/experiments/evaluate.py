@@ -38,6 +38,7 @@ from rl_div.config import (
 )
 from rl_div.config.checks import check_registry_names
 from rl_div.config.tree import config_differences, saved_config_tree, set_fields
+from rl_div.models.lora import MERGED_DIR, merge_adapter_dir
 from rl_div.report.results import RunRef, write_manifest
 from rl_div.run.checkpoint import latest_checkpoint
 
@@ -70,11 +71,13 @@ def resolve_target(path: str | Path) -> Target:
         p = ckpt
     if (p / "policy" / "config.json").exists():
         p = p / "policy"
+    elif (p / "adapter" / "adapter_config.json").exists():  # train.lora.save=adapter: merge it once
+        p = merge_adapter_dir(p / "adapter")
     if not (p / "config.json").exists():
         raise FileNotFoundError(f"{path}: not a model directory (no config.json), checkpoint or run directory")
     target = Target(p)
     ckpt_dir = p.parent
-    if p.name == "policy" and ckpt_dir.parent.name == "checkpoints":
+    if p.name in ("policy", MERGED_DIR) and ckpt_dir.parent.name == "checkpoints":
         run_dir = ckpt_dir.parent.parent
         if (run_dir / "config.yaml").exists():
             target.run_dir = run_dir

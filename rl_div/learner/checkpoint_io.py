@@ -38,15 +38,24 @@ def named_optimizer_state(optimizer_state: dict[str, Any], names: list[str]) -> 
     return {"state": state, "param_groups": groups}
 
 
-def load_single_into_sharded(model: torch.nn.Module, optimizer: torch.optim.Optimizer, ckpt_dir: Path) -> None:
+def load_single_into_sharded(model: torch.nn.Module, optimizer: torch.optim.Optimizer, ckpt_dir: Path,
+                             lora: bool = False) -> None:
     """A checkpoint of train.strategy 'single' (policy/ + learner_state.pt) into an FSDP2-sharded
-    model and its optimizer: every rank loads the full tensors and keeps its shards."""
+    model and its optimizer: every rank loads the full tensors and keeps its shards. lora: the model
+    has train.lora's adapters; they come from learner_state.pt (policy/ is merged), the frozen base
+    stays the one loaded from the model path."""
     from safetensors.torch import load_file
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
+    saved = torch.load(ckpt_dir / "learner_state.pt", weights_only=True)
     full: dict[str, torch.Tensor] = {}
-    for f in sorted((ckpt_dir / "policy").glob("*.safetensors")):
-        full.update(load_file(str(f)))
+    if lora:
+        from rl_div.learner.lora import LEARNER_STATE_KEY
+
+        full.update(saved[LEARNER_STATE_KEY])
+    else:
+        for f in sorted((ckpt_dir / "policy").glob("*.safetensors")):
+            full.update(load_file(str(f)))
     from rl_div.sync.buckets import tied_names
 
     for alias, stored in tied_names(model).items():  # tied weights are saved once, under the first name
@@ -54,7 +63,6 @@ def load_single_into_sharded(model: torch.nn.Module, optimizer: torch.optim.Opti
             full[alias] = full[stored]
     name_of = {id(p): n for n, p in model.named_parameters()}
     names = [name_of[id(p)] for g in optimizer.param_groups for p in g["params"]]
-    saved = torch.load(ckpt_dir / "learner_state.pt", weights_only=True)
     set_state_dict(model, optimizer, model_state_dict=full,
                    optim_state_dict=named_optimizer_state(saved["optimizer"], names),
-                   options=StateDictOptions(full_state_dict=True))
+                   options=StateDictOptions(full_state_dict=True, strict=not lora))

@@ -23,7 +23,7 @@ from rl_div.learner.plan import MiniBatchPlan
 from rl_div.learner.reducers import LOCAL, GroupReducer, LocalReducer
 from rl_div.learner.reference import sharded_reference
 from rl_div.learner.sharding import PolicyModule, free_address, new_mesh, shard_policy
-from rl_div.learner.single import Learner
+from rl_div.learner.single import LORA_STATE_KEY, Learner
 from rl_div.learner.update_loop import run_plans
 from rl_div.sync.buckets import distinct_state
 from rl_div.sync.payloads import cpu_engine_tensors
@@ -60,7 +60,7 @@ class ShardedLearner(Learner):
         mesh = new_mesh(device.type, self.world_size)
         self.root = PolicyModule(self.model, self.cfg.train.logit_chunk_rows)
         shard_policy(self.root, self.model, mesh)
-        if self.cfg.train.use_ref_model:
+        if self.cfg.train.use_ref_model and self.lora is None:  # LoRA: the policy with its adapters disabled
             self.ref_model = sharded_reference(self.cfg, self.model_path, mesh, device)
         self.reducer = GroupReducer(self.world_size, device)
         self.build_optimizer()
@@ -74,10 +74,14 @@ class ShardedLearner(Learner):
     @torch.no_grad()
     def _ref_logprobs(self, micro: RolloutBatch, temperature: float | None) -> torch.Tensor:
         """The sharded reference's log-probs [B, T]: a collective, which every rank's policy_stats runs
-        once per micro-batch (padding ones included)."""
+        once per micro-batch (padding ones included). With LoRA: the sharded policy, adapters disabled."""
+        temps = batch_temperature(micro, temperature, self.cfg.rollout.temperature)
+        if self.lora is not None:
+            with self.autocast(), self.lora.reference():
+                return self.root(micro, False, temps)[0]
         assert self.ref_model is not None
         with self.autocast():
-            return self.ref_model(micro, False, batch_temperature(micro, temperature, self.cfg.rollout.temperature))[0]
+            return self.ref_model(micro, False, temps)[0]
 
     def run_plans(self, batch: RolloutBatch, plans: list[MiniBatchPlan],
                   loss_overrides: dict[str, Any] | None = None) -> dict[str, float]:
@@ -103,18 +107,30 @@ class ShardedLearner(Learner):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if self.lora is not None:  # the adapters, or the merged weights, as sync_tensors ships them
+            full = dict(self.lora.sync_tensors(full.items()))
         return {k: v.to(self.sync_dtype) for k, v in full.items()} if self.rank == 0 else {}
 
     def sync_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
         """Every rank gathers each sharded tensor in the same (state dict) order, one all-gather per
         tensor, so a rank holds one full tensor at a time; rank 0 yields them (CPU, engines' dtype),
         the other ranks yield nothing. get_weight_buckets on every rank: rank 0's payload ships."""
+        gathered = self._full_tensors()
+        if self.lora is not None:  # the adapters, or the merged weights (rl_div.learner.lora)
+            gathered = self.lora.sync_tensors(gathered)
+        if self.rank == 0:
+            yield from cpu_engine_tensors(gathered, self.sync_dtype)
+        else:
+            for _ in gathered:  # the other ranks join every gather
+                pass
+
+    def _full_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """(name, full tensor) of every distinct tensor, one all-gather each, in state dict order (every
+        rank the same)."""
         from torch.distributed.tensor import DTensor
 
         for name, t in distinct_state(self.model):
-            full = t.full_tensor() if isinstance(t, DTensor) else t
-            if self.rank == 0:
-                yield from cpu_engine_tensors([(name, full)], self.sync_dtype)
+            yield name, t.full_tensor() if isinstance(t, DTensor) else t
 
 
 
@@ -136,14 +152,19 @@ class ShardedLearner(Learner):
         full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         dcp.save(self._dcp_state(), checkpoint_id=str(Path(ckpt_dir) / "dcp"))
         if self.rank == 0:
-            # tied weights once, under the name save_pretrained of the unsharded model uses
-            names = {n for n, _ in self.model.named_parameters()} | {n for n, _ in self.model.named_buffers()}
-            full = {k: v for k, v in full.items() if k in names}
-            self.model.save_pretrained(Path(ckpt_dir) / "policy", state_dict=full, safe_serialization=True)
-            self.tokenizer.save_pretrained(Path(ckpt_dir) / "policy")
+            extra: dict[str, Any] = {}
+            if self.lora is not None:  # adapter/ and/or the merged policy/, and the adapters in learner_state.pt
+                self.lora.save(Path(ckpt_dir), self.tokenizer, full)
+                extra[LORA_STATE_KEY] = self.lora.adapter_state(full)
+            else:
+                # tied weights once, under the name save_pretrained of the unsharded model uses
+                names = {n for n, _ in self.model.named_parameters()} | {n for n, _ in self.model.named_buffers()}
+                full = {k: v for k, v in full.items() if k in names}
+                self.model.save_pretrained(Path(ckpt_dir) / "policy", state_dict=full, safe_serialization=True)
+                self.tokenizer.save_pretrained(Path(ckpt_dir) / "policy")
             torch.save({"scheduler": self.scheduler.state_dict(), "generator": self.generator.get_state(),
                         "torch_rng": torch.get_rng_state(), "version": self.version,
-                        "world_size": self.world_size}, Path(ckpt_dir) / "learner_state.pt")
+                        "world_size": self.world_size, **extra}, Path(ckpt_dir) / "learner_state.pt")
         dist.barrier()
 
     def load(self, ckpt_dir: str) -> None:
@@ -161,7 +182,7 @@ class ShardedLearner(Learner):
         else:  # written by train.strategy 'single'
             from rl_div.learner.checkpoint_io import load_single_into_sharded
 
-            load_single_into_sharded(self.model, self.optimizer, Path(ckpt_dir))
+            load_single_into_sharded(self.model, self.optimizer, Path(ckpt_dir), lora=self.lora is not None)
         saved = torch.load(Path(ckpt_dir) / "learner_state.pt", weights_only=True)
         self.scheduler.load_state_dict(saved["scheduler"])
         self.generator.set_state(saved["generator"])

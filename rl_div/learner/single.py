@@ -18,13 +18,15 @@ from rl_div.config import Config
 from rl_div.data import RolloutBatch
 from rl_div.learner.forward import batch_temperature, policy_forward, prompt_logprob_mask
 from rl_div.learner.fused_advantage import RowShaper, ShapingLeftNoSignal
+from rl_div.learner.lora import LEARNER_STATE_KEY as LORA_STATE_KEY
+from rl_div.learner.lora import LoraPolicy
 from rl_div.learner.onpolicy import active_dropout, fuses_policy_forward
 from rl_div.learner.plan import MiniBatchPlan, loss_mask, other_loss_terms, row_chunk_plan
 from rl_div.learner.update_loop import run_plans
 from rl_div.models.loading import DTYPES, load_policy, save_policy
 from rl_div.registry import import_plugins
 from rl_div.sync.buckets import BucketPayload, bucket_payload, put_bucket, tied_names
-from rl_div.sync.payloads import model_tensors, state_dict_payload
+from rl_div.sync.payloads import cpu_engine_tensors, model_tensors, state_dict_payload
 
 
 def move_optimizer_state(optimizer: torch.optim.Optimizer, to_cpu: bool) -> None:
@@ -77,9 +79,15 @@ class Learner:
         if cfg.train.activation_checkpointing:
             enable_activation_checkpointing(self.model)
         self.compute_dtype = DTYPES[cfg.model.dtype]
+        # train.lora: adapters on the frozen base (in model.dtype); self.model is then PEFT's injected model
+        self.lora = LoraPolicy(cfg, self.model, self.compute_dtype) if cfg.train.lora.enabled else None
+        if self.lora is not None:
+            self.model = self.lora.model
         # What the rollout engines hold; weight_sync payload builders read it from the actor.
         self.sync_dtype = self.compute_dtype
-        self.ref_model = self.reference_model() if cfg.train.use_ref_model else None
+        # with LoRA the reference is the policy's own module with its adapters disabled (self.lora.reference)
+        self.ref_model = self.reference_model() if cfg.train.use_ref_model and self.lora is None else None
+        self.has_reference = cfg.train.use_ref_model
         self.build_optimizer()
         self.generator = torch.Generator().manual_seed(cfg.run.seed)
         self.version = 0
@@ -99,7 +107,8 @@ class Learner:
     def build_optimizer(self) -> None:
         """AdamW over the policy's parameters and the warm-up schedule (again after sharding)."""
         t = self.cfg.train
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=t.lr, betas=t.betas,
+        trainable = [p for p in self.model.parameters() if p.requires_grad]  # LoRA: the adapters alone
+        self.optimizer = torch.optim.AdamW(trainable, lr=t.lr, betas=t.betas,
                                            weight_decay=t.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: min(1.0, (s + 1) / t.warmup_steps) if t.warmup_steps else 1.0)
@@ -130,17 +139,22 @@ class Learner:
             parts["old_entropy"].append(entropy.cpu())
             if prompt_logp is not None:
                 parts["prompt_logprobs"].append(prompt_logp.cpu())
-            if self.ref_model is not None:
+            if self.has_reference:
                 parts["ref_logprobs"].append(self._ref_logprobs(micro, temperature).cpu())
         return {k: torch.cat(v) for k, v in parts.items() if v}
 
     @torch.no_grad()
     def _ref_logprobs(self, micro: RolloutBatch, temperature: float | None) -> torch.Tensor:
-        """The frozen reference's log-probs of the response tokens [B, T] (the KL term's)."""
+        """The frozen reference's log-probs of the response tokens [B, T] (the KL term's): the
+        reference copy's, or with LoRA the policy's module with its adapters disabled."""
+        chunk_rows = self.cfg.train.logit_chunk_rows
+        temps = batch_temperature(micro, temperature, self.cfg.rollout.temperature)
+        if self.lora is not None:
+            with self.autocast(), self.lora.reference():
+                return policy_forward(self.model, micro, chunk_rows, temperature=temps)[0]
         assert self.ref_model is not None
         with self.autocast():
-            return policy_forward(self.ref_model, micro, self.cfg.train.logit_chunk_rows,
-                                  temperature=batch_temperature(micro, temperature, self.cfg.rollout.temperature))[0]
+            return policy_forward(self.ref_model, micro, chunk_rows, temperature=temps)[0]
 
     # ---- the update ----------------------------------------------------------------------------
     def update_on_policy(self, batch: RolloutBatch, loss_overrides: dict[str, Any] | None = None,
@@ -261,7 +275,7 @@ class Learner:
         advantages = micro.advantages.to(dev)
         if micro.old_logprobs is None:  # update_on_policy: this forward is pi_old
             old_logp, old_entropy = logp.detach(), entropy.detach()
-            ref_logp = None if self.ref_model is None else self._ref_logprobs(micro, None)
+            ref_logp = None if not self.has_reference else self._ref_logprobs(micro, None)
             assert self._on_policy_stats is not None
             self._on_policy_stats["old_logprobs"].append(old_logp.cpu())
             self._on_policy_stats["old_entropy"].append(old_entropy.cpu())
@@ -298,28 +312,43 @@ class Learner:
 
     # ---- weights and checkpoints ---------------------------------------------------------------
     def get_weights(self) -> dict[str, torch.Tensor]:
-        """CPU copy of the policy's state dict in the engines' dtype (goes through the Ray object store)."""
+        """CPU copy of the policy's state dict in the engines' dtype (goes through the Ray object store);
+        with LoRA, what sync_tensors lists."""
+        if self.lora is not None:
+            weights = {name: t.clone() for name, t in self.sync_tensors()}
+            return weights | {alias: weights[name] for alias, name in self.lora.sync_aliases().items()}
         return state_dict_payload(self.model, self.sync_dtype)
 
     def sync_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """(name, CPU tensor in the engines' dtype) for every distinct tensor, one at a time."""
+        """(name, CPU tensor in the engines' dtype) for every distinct tensor, one at a time (with
+        LoRA: the adapter tensors, or the merged weights; rl_div.learner.lora)."""
+        if self.lora is not None:
+            return cpu_engine_tensors(self.lora.sync_tensors(), self.sync_dtype)
         return model_tensors(self.model, self.sync_dtype)
 
     def get_weight_buckets(self, put: Callable[[dict[str, torch.Tensor]], Any] = put_bucket) -> BucketPayload:
         """object_store weight sync: sync_tensors in buckets of rollout.weight_sync_chunk_mb, each
         put (into the Ray object store) when full; the process holds one bucket and one tensor."""
         cap = int(self.cfg.rollout.weight_sync_chunk_mb * 2**20)
-        return bucket_payload(self.sync_tensors(), cap, put, tied_names(self.model))
+        aliases = tied_names(self.model) if self.lora is None else self.lora.sync_aliases()
+        return bucket_payload(self.sync_tensors(), cap, put, aliases)
 
     def get_version(self) -> int:
         """Policy version: the number of optimizer steps taken."""
         return self.version
 
     def save(self, ckpt_dir: str) -> None:
-        save_policy(self.model, self.tokenizer, Path(ckpt_dir) / "policy")
+        """policy/ (HF safetensors) and learner_state.pt; with LoRA, the exports train.lora.save asks
+        for and the adapter tensors inside learner_state.pt (rl_div.learner.lora)."""
+        extra: dict[str, Any] = {}
+        if self.lora is None:
+            save_policy(self.model, self.tokenizer, Path(ckpt_dir) / "policy")
+        else:
+            self.lora.save(Path(ckpt_dir), self.tokenizer)
+            extra[LORA_STATE_KEY] = self.lora.adapter_state()
         torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                     "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
-                    "version": self.version}, Path(ckpt_dir) / "learner_state.pt")
+                    "version": self.version, **extra}, Path(ckpt_dir) / "learner_state.pt")
 
     def load(self, ckpt_dir: str) -> None:
         """Resume from a checkpoint of this strategy, or of train.strategy 'fsdp2' at any number of
@@ -329,7 +358,12 @@ class Learner:
         # weights_only: a checkpoint from elsewhere cannot run code on load (optimizer, scheduler and RNG
         # states are tensors, numbers, lists and dicts, which the safe unpickler allows).
         saved = torch.load(Path(ckpt_dir) / "learner_state.pt", weights_only=True)
-        if (Path(ckpt_dir) / "dcp").is_dir():
+        if self.lora is not None and LORA_STATE_KEY not in saved:
+            raise RuntimeError(f"checkpoint {ckpt_dir} holds no LoRA adapters (written without train.lora)")
+        if self.lora is not None and not (Path(ckpt_dir) / "dcp").is_dir():
+            self.lora.load_adapter_state(saved[LORA_STATE_KEY])  # policy/ is merged (or absent): not read
+            self.optimizer.load_state_dict(saved["optimizer"])
+        elif (Path(ckpt_dir) / "dcp").is_dir():
             from rl_div.learner.checkpoint_io import load_dcp
 
             load_dcp(self.model, self.optimizer, Path(ckpt_dir) / "dcp")

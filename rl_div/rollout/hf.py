@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from rl_div.data import PromptRecord, RolloutBatch
-from rl_div.models.loading import load_policy
+from rl_div.models.loading import DTYPES, load_policy
+from rl_div.models.lora import LoraSpec, adapter_tensors, injected_model, wrap_lora
 from rl_div.rollout.base import SamplingSpec, build_rollout_batch, templated_prompt_ids
-from rl_div.sync.buckets import BucketPayload, copy_into, distinct_state, load_buckets
+from rl_div.sync.buckets import BucketPayload, WeightSyncError, copy_into, distinct_state, load_buckets
 
 
 class HFRolloutWorker:
@@ -18,10 +20,15 @@ class HFRolloutWorker:
 
     def __init__(self, model_path: str, *, dtype: str = "float32", trust_remote_code: bool = False,
                  use_chat_template: bool | None = None, prompt_template: str = "{prompt}",
-                 device: str | None = None, max_batch_rows: int = 4096) -> None:
+                 device: str | None = None, max_batch_rows: int = 4096, lora: dict[str, Any] | None = None) -> None:
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model, self.tokenizer = load_policy(model_path, dtype=dtype, trust_remote_code=trust_remote_code,
                                                  device=device)
+        # lora (rl_div.models.lora.LoraSpec's fields): the learner's adapters on this copy, as the learner
+        # wraps its own (same tensor names); weight sync then ships the adapter tensors alone
+        self.lora = lora is not None
+        if lora is not None:
+            self.model = injected_model(wrap_lora(self.model, LoraSpec(**lora), DTYPES[dtype]))
         self.model.eval()
         # generate() fills every field left unset from the checkpoint's generation_config (Qwen:
         # repetition_penalty 1.1, top_k 20, top_p 0.8) and then from transformers' defaults
@@ -89,11 +96,18 @@ class HFRolloutWorker:
     def set_weights(self, weights: dict[str, torch.Tensor] | BucketPayload, version: int) -> None:
         """Load the learner's weights: a state dict (strict: a missing or extra tensor is an error)
         or a BucketPayload, fetched and copied in one bucket at a time after checking that it names
-        every tensor of this model exactly once (tied weights once, as the learner sends them)."""
+        every tensor of this model exactly once (tied weights once, as the learner sends them). With
+        LoRA, every adapter tensor exactly once (and nothing else)."""
+        targets = dict(adapter_tensors(self.model) if self.lora else distinct_state(self.model))
         if isinstance(weights, BucketPayload):
-            targets = dict(distinct_state(self.model))
             with torch.no_grad():
                 load_buckets(weights, lambda bucket: copy_into(targets, bucket), expected=targets)
+        elif self.lora:
+            if weights.keys() != targets.keys():
+                raise WeightSyncError(f"adapter weights do not match this worker's adapters: "
+                                      f"{sorted(weights.keys() ^ targets.keys())[:3]}")
+            with torch.no_grad():
+                copy_into(targets, weights)
         else:
             self.model.load_state_dict(weights, strict=True)
         self.version = version

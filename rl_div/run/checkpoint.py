@@ -2,8 +2,10 @@
 ``latest`` pointer is replaced atomically, so a crash mid-write never damages the last good one.
 
 Layout of one checkpoint directory:
-    policy/             model (safetensors) + tokenizer, loadable with from_pretrained
-    learner_state.pt    optimizer, scheduler, learner RNG
+    policy/             model (safetensors) + tokenizer, loadable with from_pretrained (with train.lora: the
+                        merged model, unless train.lora.save is 'adapter')
+    adapter/            train.lora only: the adapter in PEFT's format (unless train.lora.save is 'merged')
+    learner_state.pt    optimizer, scheduler, learner RNG (and with train.lora the adapter tensors)
     trainer_state.json  step, policy version, data position, driver RNG (JSON, readable by hand)
 """
 

@@ -42,6 +42,7 @@ from rl_div.learner.forward import prompt_logprob_mask
 from rl_div.learner.fused_advantage import advantage_before_update
 from rl_div.learner.onpolicy import fuses_policy_forward, needs_prompt_logprobs, separate_forward
 from rl_div.models.loading import load_tokenizer
+from rl_div.models.lora import check_lora_model
 from rl_div.registry import import_plugins
 from rl_div.rollout import SamplingSpec
 from rl_div.run.checkpoint import (
@@ -95,6 +96,7 @@ class Trainer:
         that already holds a run needs ``resume`` (continue it) or ``overwrite`` (replace it)."""
         self.cfg = cfg
         check_inputs(cfg)
+        check_lora_model(cfg)  # builds the architecture on the meta device: here, not in config/
         claim_output_dir(cfg.run.output_dir, resume, overwrite)  # a run there needs --resume or --overwrite
         self.out = prepare_output_dir(cfg.run.output_dir)  # absolute, writable; who writes what: rl_div/run/writers.py
         try:
