@@ -146,8 +146,10 @@ def steps(cfg: Config, model_path: str, sampled: RolloutBatch, fused: bool, n: i
 
 @pytest.mark.parametrize("overrides", [[], ["algo=steer"], ["algo.loss_params.kl_coef=0.5", "train.use_ref_model=true"],
                                        ["algo=grpo", "algo.advantage_params.scale=none"],
-                                       ["run.plugins=[plugins.my_algos]", "algo.advantage=test_reward_only"]],
-                         ids=["grpo", "steer", "grpo_kl", "dr_grpo", "plugin_declared_reward_only"])
+                                       ["run.plugins=[plugins.my_algos]", "algo.advantage=test_reward_only"],
+                                       ["algo=entropy_advantage", "train.micro_batch_size=5"]],
+                         ids=["grpo", "steer", "grpo_kl", "dr_grpo", "plugin_declared_reward_only",
+                              "entropy_advantage"])
 def test_fused_step_logs_and_trains_as_the_separate_forward_does(model_path: str, sampled: RolloutBatch,
                                                                  overrides: list[str]) -> None:
     cfg = cfg_of(f"model.path={model_path}", *overrides)

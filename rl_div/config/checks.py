@@ -79,7 +79,8 @@ def check_capabilities(cfg: Config) -> None:
     from rl_div.algos import TOKEN_WEIGHTS
 
     t, token_weight = cfg.train, cfg.algo.token_weight
-    if t.strategy == "fsdp2" and TOKEN_WEIGHTS.needs(token_weight).reweights and t.token_weight_scope != "mini":
+    needs = TOKEN_WEIGHTS.needs(token_weight)
+    if t.strategy == "fsdp2" and needs.reweights and not needs.token_local and t.token_weight_scope != "mini":
         raise ConfigError("train.strategy='fsdp2' needs train.token_weight_scope='mini' for token weight "
                           f"{token_weight!r} (micro-batches differ with the world size)")
 
