@@ -1,4 +1,4 @@
-"""Reward functions by name: verifiers (math_verify, task verifiers), format, novelty, partition.
+"""Reward functions by name: verifiers (math_verify, task verifiers), format, novelty, partition, dra.
 
     from rewards import REWARDS, RewardScorer, RewardSpec
     scorer = RewardScorer([RewardSpec("math_verify"), RewardSpec("novelty", weight=0.5)], timeout_s=5)
@@ -9,6 +9,7 @@ plugin module (listed in the config's ``plugins``) so the isolated worker regist
 """
 
 from rewards.answers import ANSWER_EXTRACTORS, extract_answer, last_boxed, last_number
+from rewards.dra import dra_reward, redundancy_weights
 from rewards.embedding import embed, get_embedder
 from rewards.format import format_reward
 from rewards.isolation import IsolatedPool, IsolatedWorker, Outcome, WorkerStartError
@@ -34,6 +35,7 @@ __all__ = [
     "RewardSpec",
     "TaskVerifier",
     "WorkerStartError",
+    "dra_reward",
     "embed",
     "extract_answer",
     "format_reward",
@@ -48,6 +50,7 @@ __all__ = [
     "parse_gold",
     "partition_diversity",
     "partition_reward",
+    "redundancy_weights",
     "register_reward",
     "register_task_rewards",
     "reward_scope",
