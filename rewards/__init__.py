@@ -1,4 +1,5 @@
-"""Reward functions by name: verifiers (math_verify, task verifiers), format, novelty, partition, dra.
+"""Reward functions by name: verifiers (math_verify, task verifiers), format, novelty, partition, dra,
+outcome_ucb, outcome_batch.
 
     from rewards import REWARDS, RewardScorer, RewardSpec
     scorer = RewardScorer([RewardSpec("math_verify"), RewardSpec("novelty", weight=0.5)], timeout_s=5)
@@ -15,6 +16,7 @@ from rewards.format import format_reward
 from rewards.isolation import IsolatedPool, IsolatedWorker, Outcome, WorkerStartError
 from rewards.math import GoldParseError, math_verify_reward, parse_gold, task_verifier
 from rewards.novelty import novelty_reward, novelty_rewards, novelty_scores
+from rewards.outcome_exploration import outcome_batch_reward, outcome_ucb_reward
 from rewards.partition import EQUIVALENCE_TESTS, partition_diversity, partition_reward
 from rewards.registry import REWARDS, is_verifier, register_reward, reward_scope
 from rewards.runner import RewardResult, RewardScorer, RewardSpec, score_batch, score_group
@@ -47,6 +49,8 @@ __all__ = [
     "novelty_reward",
     "novelty_rewards",
     "novelty_scores",
+    "outcome_batch_reward",
+    "outcome_ucb_reward",
     "parse_gold",
     "partition_diversity",
     "partition_reward",

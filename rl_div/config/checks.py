@@ -45,6 +45,7 @@ def check_registry_names(cfg: Config) -> None:
     """Fail early on names no registry knows and on ``*_params`` their functions do not take,
     after importing the run's plugin modules."""
     from rewards import REWARDS, reward_scope
+    from rewards.registry import is_stateful
     from rl_div.algos import ADVANTAGES, LOSSES, TOKEN_WEIGHTS
     from rl_div.tasks import TASKS
 
@@ -59,7 +60,8 @@ def check_registry_names(cfg: Config) -> None:
     for i, r in enumerate(cfg.reward.rewards):
         fn = REWARDS.get(r.name) if r.name in REWARDS else None
         positional = 4 if fn is not None and reward_scope(fn) == "group" else 2
-        checks.append((f"reward.rewards[{i}].name", "reward", r.name, REWARDS, r.params, positional, ()))
+        supplied = ("state",) if fn is not None and is_stateful(fn) else ()  # the scorer passes a stateful one's
+        checks.append((f"reward.rewards[{i}].name", "reward", r.name, REWARDS, r.params, positional, supplied))
     if cfg.data.source == "task":
         checks.append(("data.task", "task", cfg.data.task, TASKS, None, 0, ()))
     for field, kind, name, registry, params, positional, supplied in checks:

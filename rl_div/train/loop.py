@@ -24,7 +24,7 @@ from typing import Any
 import ray
 import torch
 
-from rewards.runner import RewardResult
+from rewards.runner import RewardResult, merge_state, state_for
 from rl_div.algos.advantage_base import AdvantageInputs
 from rl_div.cluster.actors import (
     init_ray,
@@ -113,6 +113,7 @@ class Trainer:
         self.counters: dict[str, float] = dict.fromkeys(FAULT_COUNTERS, 0.0)
         self.counters["data/skipped_rows"] = float(train_set.skipped_rows)
         self.guard = CollapseGuard(cfg)  # collapse rules and the entropy-coefficient controller (off by default)
+        self.reward_state: dict[str, dict[str, Any]] = {}  # stateful rewards' tables (outcome_ucb), checkpointed
         init_ray(cfg)
         self.placement = place_run(cfg)  # fails in seconds when the cluster cannot hold the run
         self.learner = start_learner(cfg, self.model_path, self.placement)
@@ -194,12 +195,16 @@ class Trainer:
     def score(self, batch: RolloutBatch, counter_prefix: str = "faults/") -> RolloutBatch:
         """Rewards, correctness and extracted answers; failures are NaN and counted, never 0
         (training batches in the cumulative faults/ counters, evaluations under eval/)."""
-        args = (batch.response_texts, batch.prompts, batch.group_index.tolist())
-        result = self.call_reward_actor("score", args)
+        training = counter_prefix == "faults/"  # an evaluation neither reads nor updates stateful rewards' tables
+        state = state_for(self.reward_state, [p.prompt for p in batch.prompts]) if training else None
+        result = self.call_reward_actor("score", (batch.response_texts, batch.prompts, batch.group_index.tolist(),
+                                                  state))
         if result is None:  # the call timed out: every response's reward failed
             nan = [math.nan] * batch.size
             result = RewardResult(total=nan, components={}, correct=nan, answers=[None] * batch.size,
                                   errors={"batch/timeouts": batch.size}, error_messages=[])
+        if training and result.state:
+            merge_state(self.reward_state, result.state)
         batch.rewards = torch.tensor(result.total, dtype=torch.float32)
         batch.correct = torch.tensor(result.correct, dtype=torch.float32)
         batch.answers = list(result.answers)
@@ -300,7 +305,7 @@ class Trainer:
         ray.get(self.learner.save(str(tmp)))
         self.pipeline.save(tmp)  # the batches already generating for the next steps
         save_trainer_state(tmp, {"step": self.step, "prompts": self.prompts.state(), "counters": self.counters,
-                                 "guard": self.guard.state()})
+                                 "guard": self.guard.state(), "reward_state": self.reward_state})
         return commit_checkpoint(tmp, final, self.cfg.checkpoint.keep)
 
     def load_checkpoint(self, checkpoint: Path) -> None:
@@ -313,6 +318,7 @@ class Trainer:
         self.prompts.load_state(state["prompts"])
         self.counters.update(state["counters"])
         self.guard.load_state(state.get("guard", {}))
+        self.reward_state = state.get("reward_state", {})
         log.info("resumed from %s at step %d", checkpoint, self.step)
 
     def close(self) -> None:
