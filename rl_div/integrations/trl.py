@@ -98,6 +98,9 @@ def trl_reward(rewards: str | RewardSpec | Sequence[str | RewardSpec], *, answer
     specs = _specs(rewards, params)
     scorer = RewardScorer(specs, timeout_s=timeout_s, isolated=isolated, plugins=list(plugins or []))
     meta = dict(record_meta or {})
+    # stateful rewards' tables (outcome_ucb's answer counts): kept for the adapter's lifetime, not in TRL's
+    # checkpoints
+    state: dict[str, dict[str, Any]] = {}
 
     def reward(prompts: list[Any], completions: list[Any], **columns: Any) -> list[float | None]:
         if answer_column not in columns:
@@ -108,7 +111,7 @@ def trl_reward(rewards: str | RewardSpec | Sequence[str | RewardSpec], *, answer
         records = [PromptRecord(prompt=str(p), answer=str(a), uid=str(i), meta={**meta, **(m or {})})
                    for i, (p, a, m) in enumerate(zip(prompts, golds, row_meta, strict=True))]
         texts = [completion_text(c) for c in completions]
-        result = scorer.score(texts, records, consecutive_groups([str(p) for p in prompts]))
+        result = scorer.score(texts, records, consecutive_groups([str(p) for p in prompts]), state)
         log_metric = columns.get("log_metric")
         if callable(log_metric) and len(specs) > 1:
             for key, values in result.components.items():
