@@ -61,6 +61,10 @@ def cfg_of(*overrides: str) -> Config:
     (["run.plugins=[plugins.my_algos]", "algo.token_weight=test_half_weights", "train.token_weight_scope=mini"],
      False),
     (["algo.token_weight=none", "train.token_weight_scope=mini"], True),  # none declares it does not reweight
+    # token-local weights are the same over any token set: no mini-batch pass, no separate forward
+    (["algo=entropy_advantage", "train.token_weight_scope=mini"], True),
+    (["algo=repo"], True),  # row-local, like ARM
+    (["algo=repo", "train.mini_batch_size=8"], False),
 ])
 def test_when_the_update_forward_is_pi_old(overrides: list[str], fused: bool) -> None:
     assert fuses_policy_forward(cfg_of(*overrides), dropout=[])[0] is fused
