@@ -144,6 +144,16 @@ def test_guard_mode_reports_the_coefficient_each_update_used(mode: str) -> None:
     assert g.coef > 0
 
 
+@pytest.mark.parametrize("mode", ["target_entropy", "entropic"])
+def test_a_step_without_finite_entropy_leaves_the_controller_alone(mode: str) -> None:
+    g = guard_for(f"guard.controller.mode={mode}", "guard.controller.entropy_target=1.0", "guard.rules=[entropy_rate]")
+    g.observe_train(1, {"policy/entropy": 0.5})
+    before = json.dumps(g.state()["controller"])
+    for step, metrics in enumerate([{"policy/entropy": math.nan}, {}], start=2):
+        g.observe_train(step, metrics)
+    assert json.dumps(g.state()["controller"]) == before and g.coef > 0
+
+
 @pytest.mark.parametrize(("overrides", "message"), [
     (["guard.enabled=true", "guard.controller.mode=target_entropy", "guard.controller.entropy_target=1"],
      "guard.controller.mode=target_entropy needs guard.adapt=true"),

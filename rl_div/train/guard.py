@@ -180,8 +180,9 @@ class CollapseGuard:
         c, old = self.cfg, self.coef
         firing = [r for r in RULES if self.fired[r]]
         if self.controller is not None:  # an entropy controller: steered by policy/entropy, not the rules
-            if "policy/entropy" in metrics:
-                self.controller.observe(float(metrics["policy/entropy"]))
+            entropy = float(metrics.get("policy/entropy", math.nan))
+            if math.isfinite(entropy):  # a step without a finite entropy leaves the controller where it was
+                self.controller.observe(entropy)
             new = self.controller.applied()
             if new != old:
                 self.coef = new
