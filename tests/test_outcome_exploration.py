@@ -143,6 +143,9 @@ def test_resume_continues_the_counts_2_plus_2(tmp_path: Path, base_model: str) -
     counted = sum(sum(t.values()) for t in state_a["outcome_ucb"].values())
     rows = {r["step"]: r for r in train_rows(full)}
     assert 0 < counted <= 4 * 16
+    evaluated = {p["prompt"] for f in (full / "eval").glob("step_*.json")
+                 for p in json.loads(f.read_text())["problems"]}
+    assert evaluated and not evaluated & set(state_a["outcome_ucb"])  # evaluations were scored, not counted
     rows_b = {r["step"]: r for r in train_rows(resumed)}
     for step in (3, 4):
         assert rows_b[step]["reward/outcome_ucb"] == pytest.approx(rows[step]["reward/outcome_ucb"], rel=1e-9)
