@@ -1,4 +1,5 @@
-"""Reward functions by name: verifiers (math_verify, task verifiers), format, novelty, partition.
+"""Reward functions by name: verifiers (math_verify, task verifiers), format, novelty, partition, dra,
+outcome_ucb, outcome_batch.
 
     from rewards import REWARDS, RewardScorer, RewardSpec
     scorer = RewardScorer([RewardSpec("math_verify"), RewardSpec("novelty", weight=0.5)], timeout_s=5)
@@ -9,11 +10,13 @@ plugin module (listed in the config's ``plugins``) so the isolated worker regist
 """
 
 from rewards.answers import ANSWER_EXTRACTORS, extract_answer, last_boxed, last_number
+from rewards.dra import dra_reward, redundancy_weights
 from rewards.embedding import embed, get_embedder
 from rewards.format import format_reward
 from rewards.isolation import IsolatedPool, IsolatedWorker, Outcome, WorkerStartError
 from rewards.math import GoldParseError, math_verify_reward, parse_gold, task_verifier
 from rewards.novelty import novelty_reward, novelty_rewards, novelty_scores
+from rewards.outcome_exploration import outcome_batch_reward, outcome_ucb_reward
 from rewards.partition import EQUIVALENCE_TESTS, partition_diversity, partition_reward
 from rewards.registry import REWARDS, is_verifier, register_reward, reward_scope
 from rewards.runner import RewardResult, RewardScorer, RewardSpec, score_batch, score_group
@@ -34,6 +37,7 @@ __all__ = [
     "RewardSpec",
     "TaskVerifier",
     "WorkerStartError",
+    "dra_reward",
     "embed",
     "extract_answer",
     "format_reward",
@@ -45,9 +49,12 @@ __all__ = [
     "novelty_reward",
     "novelty_rewards",
     "novelty_scores",
+    "outcome_batch_reward",
+    "outcome_ucb_reward",
     "parse_gold",
     "partition_diversity",
     "partition_reward",
+    "redundancy_weights",
     "register_reward",
     "register_task_rewards",
     "reward_scope",

@@ -14,6 +14,11 @@ Two scopes (recorded on the function by :func:`register_reward`):
   once (novelty and partition embed every needed text of the batch in one call there), and
   ``fn.uses_embedder(params) -> bool`` when it needs the sentence embedder (loaded early then).
 
+A *stateful* group reward (``fn.stateful = True``: ``outcome_ucb``) keeps state across batches: it runs
+in the scoring process (not the killable worker), and gets ``state=``, a mutable dict that belongs to
+the group's prompt (its text) and to that reward, which the caller of ``RewardScorer.score`` owns
+(``rl-div train`` keeps it in the driver and the checkpoint; see rewards.runner).
+
 A reward signals failure by raising; the runner turns that into NaN and an error count, never 0.
 """
 
@@ -67,3 +72,8 @@ def uses_embedder(fn: RewardFn, params: dict[str, Any]) -> bool:
     """Whether the reward with these params embeds texts (its ``uses_embedder`` hook; default no)."""
     hook = getattr(fn, "uses_embedder", None)
     return bool(hook(params)) if hook is not None else False
+
+
+def is_stateful(fn: RewardFn) -> bool:
+    """Whether a group reward keeps state across batches (``fn.stateful``; see the module docstring)."""
+    return bool(getattr(fn, "stateful", False))

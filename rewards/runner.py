@@ -10,6 +10,11 @@ Order of work for one batch (B responses, grouped by ``group_index``):
    (one group per call, ``group_timeout_s`` each) or in-process when ``isolated=False``;
 5. total = sum of weight * component.
 
+A stateful group reward (rewards.registry.is_stateful: ``outcome_ucb``) runs here in the scoring process,
+one group after another, with ``state=`` the table of its group's prompt from the ``state`` the caller
+passes to :meth:`RewardScorer.score` (``{reward key: {prompt text: table}}``), updated in place and
+returned in ``RewardResult.state``; without one it starts from empty tables, which nothing keeps.
+
 A reward that raises or times out gives NaN for the affected responses (a sample reward: that
 response; a group reward: its whole group) and one count in ``errors["<key>/errors"]`` or
 ``errors["<key>/timeouts"]`` per failed call. NaN then propagates into the total: a failure is
@@ -26,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from rewards.answers import extract_answer
 from rewards.isolation import IsolatedPool, IsolatedWorker, Outcome
-from rewards.registry import REWARDS, is_verifier, reward_scope
+from rewards.registry import REWARDS, is_stateful, is_verifier, reward_scope
 from rl_div.data import group_rows
 from rl_div.registry import UnknownNameError, import_plugins
 
@@ -61,6 +66,7 @@ class RewardResult:
     answers: list[str | None]
     errors: dict[str, int]
     error_messages: list[str]
+    state: dict[str, dict[str, Any]] | None = None  # stateful rewards' tables, as passed and updated
 
 
 @dataclass(frozen=True)
@@ -105,8 +111,9 @@ class RewardScorer:
             self.worker.start()  # warms up while the caller does other work
 
     def score(self, completions: Sequence[str], records: Sequence[PromptRecord],
-              group_index: Sequence[int]) -> RewardResult:
-        """Score B responses; records and group_index are per response ([B] each)."""
+              group_index: Sequence[int], state: dict[str, dict[str, Any]] | None = None) -> RewardResult:
+        """Score B responses; records and group_index are per response ([B] each). state: the stateful
+        rewards' tables ({reward key: {prompt text: table}}), updated in place and returned."""
         b = len(completions)
         if len(records) != b or len(group_index) != b:
             raise ValueError(f"{b} completions, {len(records)} records, {len(group_index)} group indices")
@@ -117,12 +124,17 @@ class RewardScorer:
             if r.scope == "sample":
                 components[r.key] = self._sample_scores(r, completions, records, log_)
         correct = list(components[self.verifier_key]) if self.verifier_key else [math.nan] * b
+        tables = {} if state is None else state
         for r in self.rewards:
-            if r.scope == "group":
+            if r.scope == "group" and is_stateful(REWARDS.get(r.spec.name)):
+                components[r.key] = self._stateful_scores(r, completions, answers, correct, records, group_index,
+                                                          tables.setdefault(r.key, {}), log_)
+            elif r.scope == "group":
                 components[r.key] = self._group_scores(r, completions, answers, correct, records, group_index, log_)
         total = [sum((r.spec.weight * components[r.key][i] for r in self.rewards), 0.0) for i in range(b)]
         return RewardResult(total=total, components={r.key: components[r.key] for r in self.rewards},
-                            correct=correct, answers=answers, errors=log_.counts, error_messages=log_.messages)
+                            correct=correct, answers=answers, errors=log_.counts, error_messages=log_.messages,
+                            state=state)
 
     def close(self) -> None:
         if self.worker is not None and self._owns_worker:
@@ -164,15 +176,24 @@ class RewardScorer:
             outcomes = self._run(r.spec, items, self.group_timeout_s, 1)
         scores = [math.nan] * len(completions)
         for rows, outcome in zip(groups, outcomes, strict=True):
-            values = _as_group_scores(outcome, len(rows))
-            if isinstance(values, Outcome):
-                log_.add(r.key, rows[0], values, group=True)
-                continue
-            for i, v in zip(rows, values, strict=True):
-                if math.isfinite(v):
-                    scores[i] = v
-                else:  # NaN/inf is this response's error (left NaN), never a reward
-                    log_.add(r.key, i, Outcome(value=v))
+            _place_group(scores, rows, outcome, r.key, log_)
+        return scores
+
+    def _stateful_scores(self, r: _Resolved, completions: Sequence[str], answers: list[str | None],
+                         correct: list[float], records: Sequence[PromptRecord], group_index: Sequence[int],
+                         tables: dict[str, Any], log_: _ErrorLog) -> list[float]:
+        """A stateful group reward, group by group in this process, each with its prompt's table."""
+        fn = REWARDS.get(r.spec.name)
+        scores = [math.nan] * len(completions)
+        for rows in group_rows(group_index):
+            table = tables.setdefault(records[rows[0]].prompt, {})
+            try:
+                outcome = Outcome(value=fn([completions[i] for i in rows], [answers[i] for i in rows],
+                                           [correct[i] for i in rows], [records[i] for i in rows], state=table,
+                                           **r.spec.params))
+            except Exception as err:
+                outcome = Outcome(error=f"{type(err).__name__}: {err}")
+            _place_group(scores, rows, outcome, r.key, log_)
         return scores
 
     def _run_batched(self, spec: RewardSpec, args: tuple[Any, ...], num_groups: int) -> list[Outcome]:
@@ -283,6 +304,20 @@ def _as_group_scores(outcome: Outcome, size: int) -> list[float] | Outcome:
     return values
 
 
+def _place_group(scores: list[float], rows: list[int], outcome: Outcome, key: str, log_: _ErrorLog) -> None:
+    """One group's values into scores[rows] in place; a failed call leaves the group NaN with one count,
+    a NaN/inf value leaves that response NaN with one count (its error, never a reward)."""
+    values = _as_group_scores(outcome, len(rows))
+    if isinstance(values, Outcome):
+        log_.add(key, rows[0], values, group=True)
+        return
+    for i, v in zip(rows, values, strict=True):
+        if math.isfinite(v):
+            scores[i] = v
+        else:
+            log_.add(key, i, Outcome(value=v))
+
+
 def _extract(completion: str, record: PromptRecord, row: int, log_: _ErrorLog) -> str | None:
     """The answer, or None (+ an "extract/errors" count) when a user extractor raises; an unknown
     extractor name is a configuration error and raises."""
@@ -312,3 +347,16 @@ class _ErrorLog:
             where = f"group of row {row}" if group else f"row {row}"
             error = outcome.error or f"returned a non-finite number or a non-number: {outcome.value!r}"
             self.messages.append(f"{key} ({where}): {error}")
+
+
+def state_for(tables: dict[str, dict[str, Any]], prompts: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """The part of the stateful rewards' tables a batch of these prompts reads (what travels to the reward
+    actor with the batch): {reward key: {prompt: table}}."""
+    wanted = set(prompts)
+    return {key: {p: t for p, t in per_prompt.items() if p in wanted} for key, per_prompt in tables.items()}
+
+
+def merge_state(tables: dict[str, dict[str, Any]], returned: dict[str, dict[str, Any]] | None) -> None:
+    """Put the tables a scoring call returned back into the whole state, in place."""
+    for key, per_prompt in (returned or {}).items():
+        tables.setdefault(key, {}).update(per_prompt)

@@ -46,7 +46,8 @@ def encode_calls(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
 
 @pytest.mark.parametrize("spec", [RewardSpec("novelty", 1.0, {"text": "completion"}),
                                   RewardSpec("novelty", 1.0, {"text": "answer"}),
-                                  RewardSpec("partition", 1.0, {"text": "completion"})])
+                                  RewardSpec("partition", 1.0, {"text": "completion"}),
+                                  RewardSpec("dra", 1.0, {"text": "completion"})])
 def test_one_call_per_batch_each_text_once_same_scores(spec: RewardSpec, encode_calls: list[list[str]]) -> None:
     completions, records, groups = batch()
     with RewardScorer([RewardSpec("math_verify", 0.0), spec], isolated=False) as scorer:

@@ -61,6 +61,10 @@ def cfg_of(*overrides: str) -> Config:
     (["run.plugins=[plugins.my_algos]", "algo.token_weight=test_half_weights", "train.token_weight_scope=mini"],
      False),
     (["algo.token_weight=none", "train.token_weight_scope=mini"], True),  # none declares it does not reweight
+    # token-local weights are the same over any token set: no mini-batch pass, no separate forward
+    (["algo=entropy_advantage", "train.token_weight_scope=mini"], True),
+    (["algo=repo"], True),  # row-local, like ARM
+    (["algo=repo", "train.mini_batch_size=8"], False),
 ])
 def test_when_the_update_forward_is_pi_old(overrides: list[str], fused: bool) -> None:
     assert fuses_policy_forward(cfg_of(*overrides), dropout=[])[0] is fused
@@ -146,8 +150,10 @@ def steps(cfg: Config, model_path: str, sampled: RolloutBatch, fused: bool, n: i
 
 @pytest.mark.parametrize("overrides", [[], ["algo=steer"], ["algo.loss_params.kl_coef=0.5", "train.use_ref_model=true"],
                                        ["algo=grpo", "algo.advantage_params.scale=none"],
-                                       ["run.plugins=[plugins.my_algos]", "algo.advantage=test_reward_only"]],
-                         ids=["grpo", "steer", "grpo_kl", "dr_grpo", "plugin_declared_reward_only"])
+                                       ["run.plugins=[plugins.my_algos]", "algo.advantage=test_reward_only"],
+                                       ["algo=entropy_advantage", "train.micro_batch_size=5"]],
+                         ids=["grpo", "steer", "grpo_kl", "dr_grpo", "plugin_declared_reward_only",
+                              "entropy_advantage"])
 def test_fused_step_logs_and_trains_as_the_separate_forward_does(model_path: str, sampled: RolloutBatch,
                                                                  overrides: list[str]) -> None:
     cfg = cfg_of(f"model.path={model_path}", *overrides)

@@ -64,8 +64,8 @@ def weights_of(path: str) -> dict[str, torch.Tensor]:
 
 
 METHODS = ["configs/demo_grpo.yaml", "configs/demo_arm.yaml", "configs/demo_steer.yaml",
-           "configs/demo_novelty.yaml"]
-PRESETS = ["dr_grpo", "passk", "unlikeliness", "clip_cov", "kl_cov", "high_entropy"]
+           "configs/demo_novelty.yaml", "configs/demo_dra.yaml"]
+PRESETS = ["dr_grpo", "passk", "unlikeliness", "clip_cov", "kl_cov", "high_entropy", "entropy_advantage", "repo"]
 
 
 @pytest.mark.parametrize("config", METHODS)

@@ -51,6 +51,19 @@ def test_a_group_reward_after_its_verifier_sees_the_verdicts() -> None:
     assert reward.last_correct == [1.0, 1.0, 1.0, 0.0, 1.0, 0.0]
 
 
+def test_outcome_ucb_counts_carry_across_trl_batches() -> None:
+    """The adapter keeps the historical counts between calls: the second sight of an answer gets
+    c / sqrt(N) with N counting the first batch's too."""
+    reward = trl_reward([RewardSpec("math_verify", 1.0), RewardSpec("outcome_ucb", 1.0, {"c": 1.0})], isolated=False)
+    try:
+        first = reward(prompts=["q1"] * 2, completions=["\\boxed{4}", "\\boxed{5}"], answer=["4", "4"])
+        second = reward(prompts=["q1"] * 2, completions=["\\boxed{4}", "\\boxed{4}"], answer=["4", "4"])
+    finally:
+        reward.close()
+    assert first == pytest.approx([2.0, 1.0])
+    assert second == pytest.approx([1 + 1 / math.sqrt(3)] * 2)
+
+
 @pytest.mark.slow
 def test_the_readme_trl_example_runs_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     section = README.read_text().split("## TRL", 1)[1]

@@ -186,6 +186,37 @@ def test_steer_token_weights_in_trl(tmp_path: Path) -> None:
     assert (lam[valid] < 0.999).any()  # the weights did something
 
 
+@pytest.mark.slow
+def test_entropy_advantage_token_weights_in_trl(tmp_path: Path) -> None:
+    generated, trained, initial, _ = run_trl(tmp_path, advantage="grpo", token_weight="entropy_advantage",
+                                             token_weight_params={"alpha": 0.4, "kappa": 2.0})
+    assert_logged_is_trained(generated, trained)
+    out, r = generated[0]["out"], generated[0]["rewards"]
+    _, entropy, _ = reference_stats(initial, out)
+    adv = torch.tensor(grpo_by_hand(r), dtype=torch.float64)[:, None].expand_as(entropy)
+    valid = out["completion_mask"].bool()
+    want = adv + torch.minimum(0.4 * entropy, adv.abs() / 2.0)  # Cheng et al.'s A + min(alpha H, |A| / kappa)
+    assert out["advantages"][valid].double().tolist() == pytest.approx(want[valid].tolist(), abs=1e-4)
+    assert (want[valid] != adv[valid]).any()  # the shaping did something
+
+
+@pytest.mark.slow
+def test_repo_advantages_in_trl(tmp_path: Path) -> None:
+    generated, trained, initial, _ = run_trl(tmp_path, advantage="repo", advantage_params={"zeta": 0.5})
+    assert_logged_is_trained(generated, trained)
+    out, r = generated[0]["out"], generated[0]["rewards"]
+    logp, _, _ = reference_stats(initial, out)
+    mask = out["completion_mask"].double()
+    mean_lp = ((logp * mask).sum(1) / mask.sum(1)).tolist()
+    base = grpo_by_hand(r)
+    want = []
+    for i in range(len(r)):
+        group = r[i // G * G:(i // G + 1) * G]
+        want.append(base[i] - (0.5 * mean_lp[i] if max(group) != min(group) else 0.0))
+    assert generated[0]["logged"] == pytest.approx(want, abs=1e-4)
+    assert any(x != pytest.approx(y, abs=1e-6) for x, y in zip(want, base, strict=True))
+
+
 def test_bad_settings_fail_before_training(tmp_path: Path) -> None:
     from rl_div.integrations.trl import RLDivGRPOTrainer
     from rl_div.registry import UnknownNameError

@@ -1,13 +1,15 @@
 """Name -> function registries of the learner's algorithms; importing registers the built-ins.
 
-``ADVANTAGES``: per-response advantages (grpo, arm, passk, unlikeliness).
+``ADVANTAGES``: per-response advantages (grpo, arm, passk, unlikeliness, repo).
 ``TOKEN_WEIGHTS``: per-token loss weights / entropy interventions (none, steer, clip_cov, kl_cov,
-high_entropy_mask). ``LOSSES``: policy losses (ppo_clip, pg). Add your own with
+high_entropy_mask, entropy_advantage). ``LOSSES``: policy losses (ppo_clip, pg). Add your own with
 ``@ADVANTAGES.register("name", needs=AdvantageNeeds(...))`` in a module listed in the config's
 ``plugins``; ``ADVANTAGES.needs(name)`` / ``TOKEN_WEIGHTS.needs(name)`` say what an entry reads.
 """
 
 from rl_div.algos import advantages as _advantages  # noqa: F401  (registers the built-in estimators)
+from rl_div.algos import entropy_advantage as _entropy_advantage  # noqa: F401  (registers entropy_advantage)
+from rl_div.algos import repo as _repo  # noqa: F401  (registers repo)
 from rl_div.algos.advantage_base import (
     ADVANTAGES,
     AdvantageInputs,

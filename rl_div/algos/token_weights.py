@@ -49,11 +49,15 @@ class TokenWeightNeeds:
     advantages); only "none" says False. entropy: reads ``entropy`` / ``old_entropy`` (TRL computes
     entropies only then). kl_term: returns a ``kl_penalty_coef``, a loss term that acts without an
     advantage (a zero-advantage mini-batch is then not skipped; TRL's loss has no place for it).
+    token_local: each token's weight reads only that token's own inputs (no max, mean or top-k over
+    tokens), so the weights are the same over any set of tokens: a sharded learner may compute them per
+    micro-batch, and token_weight_scope=mini needs no separate pi_old forward for them.
     """
 
     reweights: bool = True
     entropy: bool = True
     kl_term: bool = False
+    token_local: bool = False
 
 
 TokenWeightFn = Callable[..., TokenWeightOutput]
@@ -264,6 +268,18 @@ def kl_cov(inputs: TokenWeightInputs, *, fraction: float = 0.002, beta: float = 
     return TokenWeightOutput(torch.ones_like(inputs.logprobs), coef.view_as(inputs.logprobs), metrics)
 
 
+def entropy_of(inputs: TokenWeightInputs, entropy_source: str, who: str) -> torch.Tensor:
+    """[B, T] the entropy a token weight reads: "current" (inputs.entropy) or "old" (inputs.old_entropy);
+    raises for another source or a missing tensor, naming the token weight ``who``."""
+    if entropy_source not in ("current", "old"):
+        raise ValueError(f"entropy_source must be 'current' or 'old', got {entropy_source!r}")
+    field = "entropy" if entropy_source == "current" else "old_entropy"
+    ent = getattr(inputs, field)
+    if ent is None:
+        raise ValueError(f"token weight {who!r} needs TokenWeightInputs.{field}, which is None")
+    return ent
+
+
 @TOKEN_WEIGHTS.register("high_entropy_mask", needs=TokenWeightNeeds(entropy=True))
 def high_entropy_mask(
     inputs: TokenWeightInputs, *, top_fraction: float = 0.2, entropy_source: str = "current"
@@ -276,12 +292,7 @@ def high_entropy_mask(
 
     Shapes: entropy, mask [B, T] -> weights [B, T].
     """
-    if entropy_source not in ("current", "old"):
-        raise ValueError(f"entropy_source must be 'current' or 'old', got {entropy_source!r}")
-    field = "entropy" if entropy_source == "current" else "old_entropy"
-    ent = getattr(inputs, field)
-    if ent is None:
-        raise ValueError(f"token weight 'high_entropy_mask' needs TokenWeightInputs.{field}, which is None")
+    ent = entropy_of(inputs, entropy_source, "high_entropy_mask")
     valid = inputs.mask.bool()
     n_valid = int(valid.sum().item())
     if n_valid == 0:

@@ -18,7 +18,11 @@ from typing import Any
 from rl_div.bench.vs_trl import RLDIV_STAGES, _spread, demo_model, llama_20m, run_rl_div
 
 METHOD_CONFIGS = {"grpo": "demo_grpo.yaml", "arm": "demo_arm.yaml", "steer": "demo_steer.yaml",
-                  "novelty": "demo_novelty.yaml"}
+                  "novelty": "demo_novelty.yaml",
+                  # issue 23
+                  "entropy_advantage": "demo_entropy_advantage.yaml", "repo": "demo_repo.yaml",
+                  "target_entropy": "demo_target_entropy.yaml", "entropic": "demo_entropic.yaml",
+                  "outcome_ucb": "demo_outcome_ucb.yaml", "dra": "demo_dra.yaml"}
 
 
 def bench_methods(methods: tuple[str, ...] = ("grpo", "arm", "steer", "novelty"), rounds: int = 2,

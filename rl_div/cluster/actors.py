@@ -113,8 +113,10 @@ class RewardHost:
         if cfg.eval.embedding_metrics or any(uses_embedder(REWARDS.get(s.name), s.params) for s in specs):
             warm_up_in_background()  # loads while the actors start: ready for the first evaluation
 
-    def score(self, completions: list[str], records: list, group_index: list[int]) -> Any:
-        return self.scorer.score(completions, records, group_index)
+    def score(self, completions: list[str], records: list, group_index: list[int], state: Any = None) -> Any:
+        """RewardScorer.score; state: the stateful rewards' tables for this batch's prompts (the driver keeps
+        them: a restarted reward actor loses nothing)."""
+        return self.scorer.score(completions, records, group_index, state)
 
     def embed(self, texts: list[str]) -> Any:
         from rewards.embedding import embed

@@ -46,6 +46,7 @@ def check_registry_names(cfg: Config) -> None:
     """Fail early on names no registry knows and on ``*_params`` their functions do not take,
     after importing the run's plugin modules."""
     from rewards import REWARDS, reward_scope
+    from rewards.registry import is_stateful
     from rl_div.algos import ADVANTAGES, LOSSES, TOKEN_WEIGHTS
     from rl_div.tasks import TASKS
 
@@ -60,7 +61,8 @@ def check_registry_names(cfg: Config) -> None:
     for i, r in enumerate(cfg.reward.rewards):
         fn = REWARDS.get(r.name) if r.name in REWARDS else None
         positional = 4 if fn is not None and reward_scope(fn) == "group" else 2
-        checks.append((f"reward.rewards[{i}].name", "reward", r.name, REWARDS, r.params, positional, ()))
+        supplied = ("state",) if fn is not None and is_stateful(fn) else ()  # the scorer passes a stateful one's
+        checks.append((f"reward.rewards[{i}].name", "reward", r.name, REWARDS, r.params, positional, supplied))
     if cfg.data.source == "task":
         checks.append(("data.task", "task", cfg.data.task, TASKS, None, 0, ()))
     for field, kind, name, registry, params, positional, supplied in checks:
@@ -80,7 +82,8 @@ def check_capabilities(cfg: Config) -> None:
     from rl_div.algos import TOKEN_WEIGHTS
 
     t, token_weight = cfg.train, cfg.algo.token_weight
-    if t.strategy == "fsdp2" and TOKEN_WEIGHTS.needs(token_weight).reweights and t.token_weight_scope != "mini":
+    needs = TOKEN_WEIGHTS.needs(token_weight)
+    if t.strategy == "fsdp2" and needs.reweights and not needs.token_local and t.token_weight_scope != "mini":
         raise ConfigError("train.strategy='fsdp2' needs train.token_weight_scope='mini' for token weight "
                           f"{token_weight!r} (micro-batches differ with the world size)")
 

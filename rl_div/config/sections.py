@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from rl_div.config.guard_control import EntropyControlConfig
 from rl_div.config.lora import LoraConfig
 from rl_div.config.rollout_shaping import RolloutShapingFields
 from rl_div.registry import unknown_name_message
@@ -228,6 +229,9 @@ ALGO_PRESETS: dict[str, dict[str, Any]] = {
     "clip_cov": {"advantage": "grpo", "token_weight": "clip_cov"},
     "kl_cov": {"advantage": "grpo", "token_weight": "kl_cov"},
     "high_entropy": {"advantage": "grpo", "token_weight": "high_entropy_mask"},
+    # issue 23: entropy-shaped advantage (Cheng et al. 2025) and REPO (Petrenko et al. 2026)
+    "entropy_advantage": {"advantage": "grpo", "token_weight": "entropy_advantage"},
+    "repo": {"advantage": "repo"},
 }
 
 
@@ -396,6 +400,10 @@ class GuardConfig(Section):
         "minimum is multiplied by this (snapped to the minimum below coef_step / 10)."
     )
     coef_max: float = Field(0.05, ge=0, description="adapt: upper bound of the entropy coefficient.")
+    controller: EntropyControlConfig = Field(
+        default_factory=EntropyControlConfig, description="adapt: what moves the entropy coefficient (the rules "
+        "above, or an entropy controller toward a target entropy; rl_div/config/guard_control.py)."
+    )
 
     @model_validator(mode="after")
     def check_adapt(self) -> GuardConfig:
@@ -403,4 +411,7 @@ class GuardConfig(Section):
             raise ValueError("guard.adapt=true needs guard.enabled=true")
         if self.enabled and not self.rules:
             raise ValueError("guard.rules is empty: name at least one rule, or set guard.enabled=false")
+        if self.controller.mode != "rules" and not self.adapt:
+            raise ValueError(f"guard.controller.mode={self.controller.mode} needs guard.adapt=true "
+                             "(and guard.enabled=true)")
         return self

@@ -98,6 +98,9 @@ def trl_reward(rewards: str | RewardSpec | Sequence[str | RewardSpec], *, answer
     specs = _specs(rewards, params)
     scorer = RewardScorer(specs, timeout_s=timeout_s, isolated=isolated, plugins=list(plugins or []))
     meta = dict(record_meta or {})
+    # stateful rewards' tables (outcome_ucb's answer counts): kept for the adapter's lifetime, not in TRL's
+    # checkpoints
+    state: dict[str, dict[str, Any]] = {}
 
     def reward(prompts: list[Any], completions: list[Any], **columns: Any) -> list[float | None]:
         if answer_column not in columns:
@@ -108,7 +111,7 @@ def trl_reward(rewards: str | RewardSpec | Sequence[str | RewardSpec], *, answer
         records = [PromptRecord(prompt=str(p), answer=str(a), uid=str(i), meta={**meta, **(m or {})})
                    for i, (p, a, m) in enumerate(zip(prompts, golds, row_meta, strict=True))]
         texts = [completion_text(c) for c in completions]
-        result = scorer.score(texts, records, consecutive_groups([str(p) for p in prompts]))
+        result = scorer.score(texts, records, consecutive_groups([str(p) for p in prompts]), state)
         log_metric = columns.get("log_metric")
         if callable(log_metric) and len(specs) > 1:
             for key, values in result.components.items():
@@ -135,9 +138,9 @@ _LINEAR_LOSSES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo")
 class RLDivGRPOTrainer(GRPOTrainer):
     """TRL's GRPOTrainer with rl_div's advantage estimator and token weights.
 
-    advantage: a name in ``rl_div.algos.ADVANTAGES`` (grpo, arm, passk, unlikeliness, or your own);
+    advantage: a name in ``rl_div.algos.ADVANTAGES`` (grpo, arm, passk, unlikeliness, repo, or your own);
     advantage_params: its keyword params. token_weight: a name in ``TOKEN_WEIGHTS`` (none, steer,
-    high_entropy_mask, clip_cov; not kl_cov, whose KL term TRL's loss has no place for).
+    high_entropy_mask, clip_cov, entropy_advantage; not kl_cov, whose KL term TRL's loss has no place for).
     correct_reward: where arm and passk read correctness: the reward function (index into
     ``reward_funcs`` or its name) whose value > 0.5 means correct, or, for a :func:`trl_reward`
     adapter with a verifier, that verifier's verdicts. None (default): the first such adapter, else

@@ -143,8 +143,10 @@ def loss_mask(batch: RolloutBatch, cfg: Config) -> torch.Tensor:
 
 def token_weights_over_mini_batch(cfg: Config) -> bool:
     """Whether the update computes token weights once over each mini-batch (train.token_weight_scope
-    = "mini") rather than per micro-batch: only for a token weight that reweights at all."""
-    return cfg.train.token_weight_scope == "mini" and bool(TOKEN_WEIGHTS.needs(cfg.algo.token_weight).reweights)
+    = "mini") rather than per micro-batch: only for a token weight that reweights at all and is not
+    token-local (a token-local weight is the same over any set of tokens)."""
+    needs = TOKEN_WEIGHTS.needs(cfg.algo.token_weight)
+    return cfg.train.token_weight_scope == "mini" and needs.reweights and not needs.token_local
 
 
 def mini_batch_plan(rows: list[int], skip: bool, response_tokens: list[int | float],

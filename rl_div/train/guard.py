@@ -27,6 +27,11 @@ none fires: c <- c_min + coef_decay * (c - c_min), snapped to c_min once within 
 So c stays in [c_min, coef_max]. The learner receives c for the next update
 (``Learner.update(batch, loss_overrides={"entropy_coef": c})``); every change is a log line, and
 ``guard/entropy_coef`` is the coefficient the step's update used.
+
+``guard.controller.mode`` picks what moves c under ``guard.adapt``: "rules" (the controller above), or an
+entropy controller that steers ``policy/entropy`` toward ``guard.controller.entropy_target`` whatever the rules say
+(rl_div/train/entropy_control.py: "target_entropy", Skywork-OR1's adaptive entropy as TRL has it, and
+"entropic", EntroPIC's PI law); the rules still watch and log. Its state is in the checkpoint too.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ import numpy as np
 
 from rl_div.config import Config, ConfigError
 from rl_div.metrics import pass_at_k
+from rl_div.train.entropy_control import controller_state, entropy_controller, load_controller_state
 
 log = logging.getLogger("rl_div")
 
@@ -95,6 +101,10 @@ class CollapseGuard:
         if self.enabled and self.cfg.adapt:
             check_loss_takes_entropy_coef(cfg)
         self.coef = self.coef_min
+        # guard.controller other than "rules": an entropy controller moves the coefficient instead
+        self.controller = entropy_controller(self.cfg, self.coef_min) if self.enabled and self.cfg.adapt else None
+        if self.controller is not None:
+            self.coef = self.controller.applied()
         self.entropy: list[float] = []  # training entropy, last smooth_steps + entropy_window steps
         self.distinct: list[float] = []  # training distinct correct answers, last smooth_steps (no eval base)
         self.entropy_ref: float | None = None
@@ -156,7 +166,9 @@ class CollapseGuard:
                 self._set("distinct_correct", step, value < threshold, value, threshold)
         out = {**self.metrics(), "guard/entropy_coef": self.coef}
         if c.adapt:
-            self._control(step)
+            self._control(step, metrics)
+        if self.controller is not None:
+            out.update(self.controller.metrics())
         return out
 
     def loss_overrides(self) -> dict[str, float] | None:
@@ -164,9 +176,20 @@ class CollapseGuard:
         return {"entropy_coef": self.coef} if self.enabled and self.cfg.adapt else None
 
     # ---- the controller ----------------------------------------------------------------------
-    def _control(self, step: int) -> None:
+    def _control(self, step: int, metrics: dict[str, Any]) -> None:
         c, old = self.cfg, self.coef
         firing = [r for r in RULES if self.fired[r]]
+        if self.controller is not None:  # an entropy controller: steered by policy/entropy, not the rules
+            entropy = float(metrics.get("policy/entropy", math.nan))
+            if math.isfinite(entropy):  # a step without a finite entropy leaves the controller where it was
+                self.controller.observe(entropy)
+            new = self.controller.applied()
+            if new != old:
+                self.coef = new
+                log.info("guard: entropy_coef %.6g -> %.6g after step %d (%s, entropy %.5g, target %.5g)", old, new,
+                         step, c.controller.mode, float(metrics.get("policy/entropy", math.nan)),
+                         c.controller.entropy_target)
+            return
         if firing:
             new = min(c.coef_max, old + c.coef_step)
         else:
@@ -203,9 +226,14 @@ class CollapseGuard:
 
     def state(self) -> dict[str, Any]:
         """JSON-able state for trainer_state.json (floats round-trip exactly)."""
-        return {name: getattr(self, name) for name in self.STATE}
+        state = {name: getattr(self, name) for name in self.STATE}
+        if self.controller is not None:
+            state["controller"] = controller_state(self.controller)
+        return state
 
     def load_state(self, state: dict[str, Any]) -> None:
         for name in self.STATE:
             if name in state:
                 setattr(self, name, state[name])
+        if self.controller is not None and "controller" in state:
+            load_controller_state(self.controller, state["controller"])

@@ -25,7 +25,7 @@ from typing import Any
 import ray
 import torch
 
-from rewards.runner import RewardResult
+from rewards.runner import RewardResult, merge_state, state_for
 from rl_div.algos.advantage_base import AdvantageInputs
 from rl_div.cluster.actors import (
     init_ray,
@@ -118,6 +118,7 @@ class Trainer:
         self.counters: dict[str, float] = dict.fromkeys(FAULT_COUNTERS, 0.0)
         self.counters["data/skipped_rows"] = float(train_set.skipped_rows)
         self.guard = CollapseGuard(cfg)  # collapse rules and the entropy-coefficient controller (off by default)
+        self.reward_state: dict[str, dict[str, Any]] = {}  # stateful rewards' tables (outcome_ucb), checkpointed
         init_ray(cfg)
         self.placement = place_run(cfg)  # fails in seconds when the cluster cannot hold the run
         self.learner = start_learner(cfg, self.model_path, self.placement)
@@ -210,12 +211,16 @@ class Trainer:
     def score(self, batch: RolloutBatch, counter_prefix: str = "faults/") -> RolloutBatch:
         """Rewards, correctness and extracted answers; failures are NaN and counted, never 0
         (training batches in the cumulative faults/ counters, evaluations under eval/)."""
-        args = (batch.response_texts, batch.prompts, batch.group_index.tolist())
-        result = self.call_reward_actor("score", args)
+        training = counter_prefix == "faults/"  # an evaluation neither reads nor updates stateful rewards' tables
+        state = state_for(self.reward_state, [p.prompt for p in batch.prompts]) if training else None
+        result = self.call_reward_actor("score", (batch.response_texts, batch.prompts, batch.group_index.tolist(),
+                                                  state))
         if result is None:  # the call timed out: every response's reward failed
             nan = [math.nan] * batch.size
             result = RewardResult(total=nan, components={}, correct=nan, answers=[None] * batch.size,
                                   errors={"batch/timeouts": batch.size}, error_messages=[])
+        if training and result.state:
+            merge_state(self.reward_state, result.state)
         batch.rewards = torch.tensor(result.total, dtype=torch.float32)
         batch.correct = torch.tensor(result.correct, dtype=torch.float32)
         batch.answers = list(result.answers)
@@ -317,7 +322,7 @@ class Trainer:
         self.pipeline.save(tmp)  # the batches already generating for the next steps
         save_trainer_state(tmp, {"step": self.step, "prompts": self.prompts.state(), "counters": self.counters,
                                  "guard": self.guard.state(), "pipeline": self.pipeline.state(),
-                                 "sampling": self.filler.save(tmp)})
+                                 "sampling": self.filler.save(tmp), "reward_state": self.reward_state})
         return commit_checkpoint(tmp, final, self.cfg.checkpoint.keep)
 
     def load_checkpoint(self, checkpoint: Path) -> None:
@@ -332,6 +337,7 @@ class Trainer:
         self.guard.load_state(state.get("guard", {}))
         self.pipeline.load_state(state.get("pipeline", {}), self.step)
         self.filler.load(checkpoint, state.get("sampling", {}))
+        self.reward_state = state.get("reward_state", {})
         log.info("resumed from %s at step %d", checkpoint, self.step)
 
     def close(self) -> None:
