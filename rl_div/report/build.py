@@ -34,6 +34,15 @@ TRAIN_PANELS = [("eval", "pass@1", "pass@1 (held-out)"), ("eval", "pass@K", "pas
                 ("train", "div/distinct_correct_answers", "distinct correct answers / prompt (training)")]
 DIVERSITY_PANELS = ["div/emb_diversity", "div/vendi", "div/distinct_answers", "div/num_classes", "div/distinct_4",
                     "policy/entropy"]
+# A diversity panel's title in words (the metric key stays in the tidy data).
+PANEL_TITLES = {
+    "div/emb_diversity": "embedding diversity (1 − mean pairwise cosine)",
+    "div/vendi": "Vendi score (effective number of distinct responses)",
+    "div/distinct_answers": "distinct answers per problem",
+    "div/num_classes": "answer classes per problem",
+    "div/distinct_4": "distinct 4-grams (share of all 4-grams)",
+    "policy/entropy": "policy entropy (nats per token)",
+}
 
 
 # ---- curves ----------------------------------------------------------------------------------------
@@ -103,7 +112,8 @@ def figures(comp: Comparison, runs: list[RunData], out: Path) -> dict[str, Path]
     if panels := _drawable(panels):
         files["training_curves"] = save_figure(curves_figure(panels, comp.variants, note), out / "training_curves.png")
     present = [m for m in DIVERSITY_PANELS if any(m in b for b in comp.final.values())]
-    panels = _drawable([(f"{m} (held-out)", {v: eval_series(g, m) for v, g in by_variant.items()}) for m in present])
+    panels = _drawable([(f"{PANEL_TITLES.get(m, m)}, held-out", {v: eval_series(g, m) for v, g in by_variant.items()})
+                        for m in present])
     if panels:
         note = "mean over seeds; band: 95% bootstrap CI over problems, else " + (
             "min-max over seeds" if seeds > 1 else "none (one seed)")

@@ -168,6 +168,15 @@ def _links(escaped: str) -> str:
     return _MD_LINK.sub(r'<a href="\2">\1</a>', escaped)
 
 
+# A number with its interval ('0.123 [0.100, 0.150] †', '+0.012 [-0.004, +0.028]*', '0.1 → 0.2'): kept on one line.
+_NUMBER_CELL = re.compile(r"[+\-−–]?[\d.,]+%?( \[[^\]]+\])?[ †*]*( → [\d.,]+)?")
+
+
+def _cell(text: str) -> str:
+    escaped = _links(html.escape(text))
+    return f'<td class="n">{escaped}</td>' if _NUMBER_CELL.fullmatch(text) else f"<td>{escaped}</td>"
+
+
 def render_html(blocks: list[tuple[Any, ...]], folder: Path) -> str:
     """A self-contained page: images are embedded (base64), so the one file can be mailed or uploaded."""
     esc = html.escape
@@ -178,7 +187,7 @@ def render_html(blocks: list[tuple[Any, ...]], folder: Path) -> str:
             parts.append(f"<{kind}>{esc(block[1])}</{kind}>")
         elif kind == "table":
             head = "".join(f"<th>{esc(h)}</th>" for h in block[1])
-            rows = "".join("<tr>" + "".join(f"<td>{_links(esc(c))}</td>" for c in r) + "</tr>" for r in block[2])
+            rows = "".join("<tr>" + "".join(_cell(c) for c in r) + "</tr>" for r in block[2])
             parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
         elif kind == "img":
             data = base64.b64encode((folder / block[1]).read_bytes()).decode()
@@ -187,7 +196,7 @@ def render_html(blocks: list[tuple[Any, ...]], folder: Path) -> str:
     style = ("body{font-family:sans-serif;max-width:60em;margin:2em auto;line-height:1.4}"
              "table{border-collapse:collapse;margin:1em 0;font-size:90%}td,th{border:1px solid #bbb;"
              "padding:.25em .6em;text-align:right}td:first-child,th:first-child{text-align:left}"
-             "img{max-width:100%}figcaption{font-size:80%;color:#555}")
+             "td.n{white-space:nowrap}img{max-width:100%}figcaption{font-size:80%;color:#555}")
     title = esc(next((b[1] for b in blocks if b[0] == "h1"), "rl_div report"))
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title><style>{style}</style>"
             f"</head><body>{''.join(parts)}</body></html>\n")
