@@ -118,15 +118,20 @@ def test_a_missing_plugin_is_refused_naming_where_it_looked(plugin_folder: Path,
     assert not (tmp_path / "run").exists()
 
 
-def test_a_plugin_in_the_current_directory_is_found_by_name(plugin_folder: Path, tmp_path: Path) -> None:
+def test_a_plugin_in_the_current_directory_is_found_by_name(tmp_path: Path) -> None:
     """The console script's sys.path lacks the current directory: 'my_rewards' there was not found."""
     from rl_div.config import load_config
 
-    shutil.copy(plugin_folder / "my_rewards.py", tmp_path / "cwd_rewards.py")
+    (tmp_path / "cwd_rewards.py").write_text("from rewards import register_reward\n\n\n"
+                                             "@register_reward('from_cwd')\ndef from_cwd(completion, record):\n"
+                                             "    return 1.0\n")
     cfg_dir = tmp_path / "cfg"
     cfg_dir.mkdir()
     (cfg_dir / "c.yaml").write_text("run: {plugins: [cwd_rewards]}\n")
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(tmp_path)
         cfg = load_config(cfg_dir / "c.yaml")
-    assert cfg.run.plugins == [str(tmp_path / "cwd_rewards.py")]
+    assert cfg.run.plugins == [str((tmp_path / "cwd_rewards.py").resolve())]
+    from rewards import REWARDS
+
+    assert REWARDS.get("from_cwd")("x", None) == 1.0

@@ -23,6 +23,8 @@ DIFF_NOTE = ("Paired differences: on the same problems and sampling seeds, varia
 TABLE_COLUMNS = [("pass@1", "pass@1"), ("pass@K", "pass@K"), ("maj@n", "maj@n"), ("entropy", "policy/entropy"),
                  ("distinct correct answers", "div/distinct_correct_answers"), ("emb. diversity", "div/emb_diversity"),
                  ("Vendi", "div/vendi")]
+FIGURE_CAPTIONS = {"passk_vs_k": "pass@k against k", "training_curves": "held-out and training metrics over steps",
+                   "diversity_curves": "held-out diversity over steps"}
 COLLAPSE_KEYS = ["d_all_ref", "d_all_model", "d_correct_ref", "d_correct_model", "total", "residual",
                  "quality_control"]
 
@@ -134,7 +136,8 @@ def document(comp: Comparison, files: dict[str, Path], title: str,
                          "residual (diversity lost by dropping wrong answers). Reference: "
                          + ("the reference model." if comp.kind == "eval" else "each run's step-0 evaluation."))]
     blocks.append(("h2", "Figures"))
-    blocks += [("img", path.name, name.replace("_", " ")) for name, path in files.items() if path.suffix == ".png"]
+    blocks += [("img", path.name, FIGURE_CAPTIONS.get(name, name.replace("_", " ")))
+               for name, path in files.items() if path.suffix == ".png"]
     blocks += provenance or []
     if comp.notes:
         blocks += [("h2", "Notes"), *[("p", n) for n in comp.notes]]
@@ -188,15 +191,15 @@ def render_html(blocks: list[tuple[Any, ...]], folder: Path) -> str:
         elif kind == "table":
             head = "".join(f"<th>{esc(h)}</th>" for h in block[1])
             rows = "".join("<tr>" + "".join(_cell(c) for c in r) + "</tr>" for r in block[2])
-            parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+            parts.append(f"<div class='wide'><table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>")
         elif kind == "img":
             data = base64.b64encode((folder / block[1]).read_bytes()).decode()
             parts.append(f'<figure><img src="data:image/png;base64,{data}" alt="{esc(block[2])}">'
                          f"<figcaption>{esc(block[2])} ({esc(block[1])})</figcaption></figure>")
-    style = ("body{font-family:sans-serif;max-width:60em;margin:2em auto;line-height:1.4}"
+    style = ("body{font-family:sans-serif;max-width:72em;margin:2em auto;line-height:1.4}div.wide{overflow-x:auto}"
              "table{border-collapse:collapse;margin:1em 0;font-size:90%}td,th{border:1px solid #bbb;"
              "padding:.25em .6em;text-align:right}td:first-child,th:first-child{text-align:left}"
-             "td.n{white-space:nowrap}img{max-width:100%}figcaption{font-size:80%;color:#555}")
+             "td.n,td:first-child{white-space:nowrap}img{max-width:100%}figcaption{font-size:80%;color:#555}")
     title = esc(next((b[1] for b in blocks if b[0] == "h1"), "rl_div report"))
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title><style>{style}</style>"
             f"</head><body>{''.join(parts)}</body></html>\n")

@@ -83,7 +83,7 @@ def passk_figure(curves: dict[str, Curve], base: tuple[str, Curve] | None = None
     ax.set_ylabel("pass@k (unbiased)")
     ax.set_ylim(0, 1.02)
     ax.set_title(title)
-    ax.legend(loc="upper left", fontsize=8)
+    ax.legend(loc="lower right", fontsize=8)  # pass@k rises with k: the lower right stays clear
     if diffs:
         baseline, series = diffs
         dx = fig.add_subplot(2, 1, 2, sharex=ax)
