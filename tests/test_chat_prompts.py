@@ -119,6 +119,7 @@ def test_cli_refuses_conversations_for_a_tokenizer_without_chat_template(tmp_pat
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_the_example_chat_config_trains_through_the_cli(tmp_path: Path, tiny_qwen_dir: Path) -> None:
     """docs/examples/chat.yaml as a user runs it (shortened), from the repository root."""
     out = tmp_path / "run"

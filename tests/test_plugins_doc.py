@@ -88,6 +88,7 @@ def rl_div(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedPro
                           timeout=timeout)
 
 
+@pytest.mark.slow
 def test_all_four_beside_the_config_train_through_ray_from_another_directory(
         plugin_folder: Path, tmp_path: Path, bootstrapped_prime_gap: Path) -> None:
     elsewhere = tmp_path / "elsewhere"

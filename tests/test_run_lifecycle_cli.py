@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parent.parent
 SHORT = ["train.steps=2", "checkpoint.every=0", "eval.every=0", "eval.n=4", "data.num_eval_prompts=4",
          "rollout.prompts_per_step=2", "rollout.group_size=2", "eval.embedding_metrics=false",
