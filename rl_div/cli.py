@@ -75,7 +75,11 @@ def _print_results(run_dir: Path, name: str) -> None:
         print("no evaluation in this run (eval.at_start/eval.at_end/eval.every are off): no results table")
         return
     print(table)
-    files = build_report([run_dir], title=f"{name}: single run")
+    try:
+        files = build_report([run_dir], title=f"{name}: single run")
+    except (ValueError, OSError) as err:  # the run is done and saved: a report failure must not hide that
+        print(f"report not written ({type(err).__name__}: {err}); rl-div report {run_dir} retries it")
+        return
     print(f"report: {files['report_md']} and {files['report_html']} (plots beside them)")
 
 
