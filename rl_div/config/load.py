@@ -141,10 +141,12 @@ def locate_plugin(entry: str, config_dir: Path) -> str:
                 return str((folder / f"{entry}.py").resolve())
             if (folder / entry / "__init__.py").is_file():
                 return str((folder / entry).resolve())
-    if importlib.util.find_spec(entry.split(".")[0]) is None:
-        raise ConfigError(f"run.plugins: module {entry!r} not found (looked beside the config and in the "
-                          f"current directory: {where}; and on the Python path). Put {entry.split('.')[0]}.py "
-                          "beside the config, or name the file: run.plugins: [./my_module.py]")
+    top = entry.split(".")[0]
+    if importlib.util.find_spec(top) is None:
+        raise ConfigError(f"run.plugins: module {entry!r} could not be imported (ModuleNotFoundError: No module "
+                          f"named {top!r}; looked beside the config and in the current directory: {where}; and on "
+                          f"the Python path). Put {top}.py beside the config, or name the file: "
+                          "run.plugins: [./my_module.py]")
     return entry
 
 
