@@ -61,11 +61,11 @@ def _train(args: argparse.Namespace) -> int:
         if started_ray:  # a refused or failed run leaves no Ray behind in a calling process (tests, notebooks)
             ray.shutdown()
     print(f"run finished: metrics in {out / 'metrics.jsonl'}, evaluations in {out / 'eval'}")
-    _print_results(out, cfg.run.name)
+    _print_results(out)
     return 0
 
 
-def _print_results(run_dir: Path, name: str) -> None:
+def _print_results(run_dir: Path) -> None:
     """The final evaluation against the first, and the single-run report (as ``rl-div report RUN``)."""
     from rl_div.report import build_report
     from rl_div.report.run_table import final_table
@@ -76,7 +76,7 @@ def _print_results(run_dir: Path, name: str) -> None:
         return
     print(table)
     try:
-        files = build_report([run_dir], title=f"{name}: single run")
+        files = build_report([run_dir])  # titled '<run.name>: single run'
     except (ValueError, OSError) as err:  # the run is done and saved: a report failure must not hide that
         print(f"report not written ({type(err).__name__}: {err}); rl-div report {run_dir} retries it")
         return

@@ -76,7 +76,7 @@ def test_report_title_headline_k_one_line_intervals_and_provenance(tmp_path: Pat
     assert f"pass@{N}" in header  # the largest k evaluated (n = 8), not a fixed 32 or a smaller k
     cells = re.findall(r"<td[^>]*>([^<]*\[[^<]*)</td>", page)
     assert cells and all(re.search(rf'<td class="n">{re.escape(c)}</td>', page) for c in cells)
-    assert "td.n{white-space:nowrap}" in page
+    assert "td.n,td:first-child{white-space:nowrap}" in page
     assert f"Report command: rl-div report {root} --title 'Appendix B: GRPO vs ARM'" in md
     assert re.search(r"Packages: python [\d.]+, rl_div [\d.]+\S*, torch [\d.]+", md)
 

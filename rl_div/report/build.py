@@ -184,7 +184,8 @@ def build_report(paths: list[str | Path], out: str | Path | None = None, title: 
     comp = build_comparison(runs, kind, baseline)
     files["summary_csv"], files["summary_json"] = write_summary(comp, out_dir)
     files.update(figures(comp, runs, out_dir))
-    default_title = "Evaluation report" if kind == "eval" else "GRPO vs re-weighted variants: pass@k and diversity"
+    default_title = ("Evaluation report" if kind == "eval" else f"{comp.variants[0]}: single run"
+                     if len(comp.variants) == 1 else "GRPO vs re-weighted variants: pass@k and diversity")
     groups = {v: [r for r in runs if r.ref.variant == v and r.ref.role == "variant"] for v in comp.variants}
     trained_with = next((extra["code"] for p in paths if (Path(p) / MANIFEST).exists()
                          and "code" in (extra := read_manifest(Path(p))[2])), None)

@@ -177,7 +177,10 @@ _NUMBER_CELL = re.compile(r"[+\-−–]?[\d.,]+%?( \[[^\]]+\])?[ †*]*( → [\d
 
 def _cell(text: str) -> str:
     escaped = _links(html.escape(text))
-    return f'<td class="n">{escaped}</td>' if _NUMBER_CELL.fullmatch(text) else f"<td>{escaped}</td>"
+    if _NUMBER_CELL.fullmatch(text):
+        return f'<td class="n">{escaped}</td>'
+    # one word (a time stamp, a name) stays whole; text (a command, a config difference) reads left to right
+    return f'<td class="w">{escaped}</td>' if " " not in text and len(text) <= 40 else f"<td>{escaped}</td>"
 
 
 def render_html(blocks: list[tuple[Any, ...]], folder: Path) -> str:
@@ -198,7 +201,8 @@ def render_html(blocks: list[tuple[Any, ...]], folder: Path) -> str:
                          f"<figcaption>{esc(block[2])} ({esc(block[1])})</figcaption></figure>")
     style = ("body{font-family:sans-serif;max-width:72em;margin:2em auto;line-height:1.4}div.wide{overflow-x:auto}"
              "table{border-collapse:collapse;margin:1em 0;font-size:90%}td,th{border:1px solid #bbb;"
-             "padding:.25em .6em;text-align:right}td:first-child,th:first-child{text-align:left}"
+             "padding:.25em .6em;text-align:left}th,td.n{text-align:right}td.w{white-space:nowrap}"
+             "th:first-child{text-align:left}"
              "td.n,td:first-child{white-space:nowrap}img{max-width:100%}figcaption{font-size:80%;color:#555}")
     title = esc(next((b[1] for b in blocks if b[0] == "h1"), "rl_div report"))
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title><style>{style}</style>"
