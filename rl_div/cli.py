@@ -9,7 +9,9 @@ import os
 import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
+from rl_div.bench import SECTIONS as BENCH_SECTIONS
 from rl_div.cluster.faults import LearnerFailed
 from rl_div.config import ConfigError, config_help, load_config
 
@@ -23,12 +25,22 @@ def _train(args: argparse.Namespace) -> int:
     from rl_div.run.checkpoint import claim_output_dir
 
     check_inputs(cfg)  # the Trainer checks again; here it fails before Ray and transformers are imported
-    from rl_div.train.prompts import load_splits
+    from rl_div.train.prompts import check_chat_rendering, load_splits
 
     # Unusable rows, empty sets, evaluation prompts seen in training: refused before Ray starts (the
     # Trainer loads the prompts again; load_config already imported torch, so this costs the read only).
-    load_splits(cfg.data, cfg.run.seed)
-    claim_output_dir(cfg.run.output_dir, args.resume, args.overwrite)  # a run there needs --resume/--overwrite
+    train_set, eval_set = load_splits(cfg.data, cfg.run.seed)
+    if os.path.isdir(cfg.model.path):  # chat-format prompts need the policy's chat template
+        check_chat_rendering(eval_set.records + train_set.records, cfg.model.path, cfg)
+    deleted = claim_output_dir(cfg.run.output_dir, args.resume, args.overwrite)  # a run there needs a flag
+    if deleted:
+        print(f"--overwrite: deleted {', '.join(deleted)} in {cfg.run.output_dir}")
+    if args.resume:  # a changed config is refused (or recorded); a finished run is a no-op
+        from rl_div.run.resume import resume_preflight
+
+        if (finished := resume_preflight(cfg, args.allow_config_change)) is not None:
+            print(finished)
+            return 0
     # Start Ray's processes while the driver imports torch and the trainer (seconds each).
     importer = threading.Thread(target=importlib.import_module, args=("rl_div.train.loop",), daemon=True)
     importer.start()
@@ -40,14 +52,35 @@ def _train(args: argparse.Namespace) -> int:
     try:
         init_ray(cfg)
         importer.join()
+        from rl_div.train.console import console_logging
         from rl_div.train.loop import train
 
-        out = train(cfg, resume=args.resume, overwrite=args.overwrite)
+        with console_logging():  # log lines through the progress bar
+            out = train(cfg, resume=args.resume, overwrite=args.overwrite)
     finally:
         if started_ray:  # a refused or failed run leaves no Ray behind in a calling process (tests, notebooks)
             ray.shutdown()
     print(f"run finished: metrics in {out / 'metrics.jsonl'}, evaluations in {out / 'eval'}")
+    _print_results(out)
     return 0
+
+
+def _print_results(run_dir: Path) -> None:
+    """The final evaluation against the first, and the single-run report (as ``rl-div report RUN``)."""
+    from rl_div.report import build_report
+    from rl_div.report.run_table import final_table
+
+    table = final_table(run_dir)
+    if table is None:
+        print("no evaluation in this run (eval.at_start/eval.at_end/eval.every are off): no results table")
+        return
+    print(table)
+    try:
+        files = build_report([run_dir])  # titled '<run.name>: single run'
+    except (ValueError, OSError) as err:  # the run is done and saved: a report failure must not hide that
+        print(f"report not written ({type(err).__name__}: {err}); rl-div report {run_dir} retries it")
+        return
+    print(f"report: {files['report_md']} and {files['report_html']} (plots beside them)")
 
 
 def _bootstrap(args: argparse.Namespace) -> int:
@@ -98,6 +131,9 @@ def _eval(args: argparse.Namespace) -> int:
 
     overrides = list(args.overrides)
     seeds = _split_seeds(args.seeds, overrides)
+    _check_model_arg(args.model, "MODEL")
+    if args.reference and args.reference.lower() != "none":
+        _check_model_arg(args.reference, "--reference")
     files = run_eval(args.model, n=args.n, config=args.config, reference=args.reference, seeds=seeds,
                      out=args.out, overrides=overrides)
     print_summary(files["summary_json"])
@@ -105,10 +141,32 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_model_arg(path: str, what: str) -> None:
+    """One line (ConfigError) for a model path that does not exist, is no model, run or checkpoint, or has
+    no loadable tokenizer, before anything starts."""
+    from rl_div.experiments.evaluate import resolve_target
+    from rl_div.models.loading import tokenizer_problem
+
+    if not os.path.exists(path):
+        raise ConfigError(f"{what} {path!r} does not exist")
+    try:
+        model_dir = resolve_target(path).model_dir
+    except FileNotFoundError as err:
+        raise ConfigError(f"{what}: {err}") from None
+    if (problem := tokenizer_problem(model_dir)) is not None:
+        raise ConfigError(f"{what} {path!r}: {problem}")
+
+
 def _report(args: argparse.Namespace) -> int:
     from rl_div.report import build_report
 
-    files = build_report(args.paths, args.out, title=args.title, baseline=args.baseline)
+    for path in args.paths:
+        if not os.path.isdir(path):
+            raise ConfigError(f"report: {path!r} {'is not a folder' if os.path.exists(path) else 'does not exist'}")
+    try:
+        files = build_report(args.paths, args.out, title=args.title, baseline=args.baseline)
+    except FileNotFoundError as err:  # a folder without runs
+        raise ConfigError(f"report: {err}") from None
     for name, path in files.items():
         print(f"{name:>18}: {path}")
     return 0
@@ -150,7 +208,6 @@ def _bench(args: argparse.Namespace) -> int:
 def _write_bench(result: dict, show: Callable[[dict], None], out: str, default_out: str) -> int:
     """Print a bench section's result and write its JSON (to default_out unless --out was given)."""
     import json
-    from pathlib import Path
 
     show(result)
     path = Path(out if out != "runs/bench.json" else default_out)
@@ -179,6 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else start locally).")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="Continue from the latest checkpoint.")
+    p.add_argument("--allow-config-change", action="store_true",
+                   help="With --resume: accept a config that differs from the run's saved one beyond train.steps, "
+                   "eval/checkpoint cadence, tracking and cluster; the change is recorded in config_history.jsonl.")
     mode.add_argument("--overwrite", action="store_true",
                       help="Delete the outputs of a run already in run.output_dir and start afresh "
                       "(without this or --resume an existing run folder is refused).")
@@ -259,11 +319,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=40, help="--vs-trl: steps per run on the demo model.")
     p.add_argument("--steps-20m", type=int, default=12, help="--vs-trl: steps per run on the 20M model.")
     p.add_argument("--sections", nargs="+", metavar="SECTION",
-                   help="Sections to run (default: all): entropy passk train_step group_embedding lm_head rewards "
-                   "long_step learner_work learner_work_20m fsdp off_policy. "
+                   help=f"Sections to run (default: all): {' '.join(BENCH_SECTIONS)}. "
                    "lm_head, rewards and long_step use V=151,936 (tiny_qwen), GSM8K-style rewards and "
                    "256-token generations; learner_work* time the learner's work per method in one process, "
-                   "fsdp the sharded update, off_policy lag 0 vs 1.")
+                   "fsdp* the sharded update (demo / 50M model), sync* one weight sync to the rollout workers "
+                   "(demo / 50M model), off_policy lag 0 vs 1.")
     p.set_defaults(func=_bench)
 
     p = sub.add_parser("config-help", help="Every config field with its default and help text.")

@@ -44,12 +44,19 @@ def group_rows(group_index: Sequence[int] | torch.Tensor) -> list[list[int]]:
 
 @dataclass(frozen=True)
 class PromptRecord:
-    """One prompt of a dataset: the text shown to the model and what the verifier needs."""
+    """One prompt of a dataset: the text shown to the model and what the verifier needs.
+
+    A chat-format prompt (a list of ``{role, content}`` messages: TRL's conversational format, verl's
+    preprocessed data) keeps its turns in ``messages`` and is rendered with the tokenizer's chat template;
+    ``prompt`` is then the turns as readable text ('role: content' lines), used for logs and the
+    train/eval overlap check.
+    """
 
     prompt: str
     answer: str
     uid: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
+    messages: tuple[dict[str, str], ...] | None = None
 
 
 @dataclass

@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import os
+import sys
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 F = TypeVar("F", bound=Callable)
@@ -109,10 +112,41 @@ def unknown_name_message(kind: str, name: object, valid: Iterable[str]) -> str:
     return f"unknown {kind} {name!r}{hint} (valid: {', '.join(valid) or 'none'})"
 
 
+def is_plugin_path(entry: str) -> bool:
+    """Whether a run.plugins entry names a file or folder ('./my_rewards.py', 'lib/plugins') rather than
+    an importable module name ('my_rewards', 'pkg.mod')."""
+    return entry.endswith(".py") or "/" in entry or os.sep in entry
+
+
+def import_plugin_path(entry: str) -> None:
+    """Import a plugin given as a path (relative to the current directory unless absolute): a ``.py``
+    file or a package folder. Its folder goes on sys.path first, so the module imports under its own
+    name (its objects pickle the same in every process) and may import modules beside it."""
+    path = Path(entry).expanduser().absolute()
+    if not path.exists():
+        raise ImportError(f"no file {str(path)!r}")
+    folder, name = path.parent, path.stem if path.suffix == ".py" else path.name
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+    importlib.import_module(name)
+
+
 def import_plugins(modules: Iterable[str]) -> None:
-    """Import user modules whose import registers extra names. Idempotent; fails loudly."""
+    """Import user modules whose import registers extra names: module names (on sys.path, else in the
+    current directory) or paths (:func:`import_plugin_path`). Idempotent; fails loudly."""
     for module in modules:
         try:
-            importlib.import_module(module)
+            if is_plugin_path(module):
+                import_plugin_path(module)
+                continue
+            try:
+                importlib.import_module(module)
+            except ModuleNotFoundError as err:
+                top = module.split(".")[0]
+                here = Path.cwd()
+                if err.name != top or not ((here / f"{top}.py").exists() or (here / top).is_dir()):
+                    raise
+                sys.path.insert(0, str(here))  # the CLI's sys.path lacks the current directory
+                importlib.import_module(module)
         except ImportError as err:
             raise ImportError(f"plugin module {module!r} could not be imported: {err}") from err

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from rl_div.bench import SECTIONS
 from rl_div.bench.micro import (
     bench_entropy,
     bench_group_embedding,
@@ -66,9 +67,6 @@ def _sections(quick: bool) -> dict[str, tuple[Callable[[], dict[str, Any]], Call
     }
 
 
-SECTIONS = ("entropy", "passk", "train_step", "group_embedding", "lm_head", "rewards", "long_step", "learner_work",
-            "learner_work_20m", "fsdp", "fsdp_50m", "sync", "sync_50m", "off_policy", "dynamic_sampling",
-            "lora", "lora_50m")
 
 
 def run_bench(quick: bool = False, out: str | Path | None = None,

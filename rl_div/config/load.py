@@ -7,6 +7,7 @@ suggesting the closest valid name.
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from rl_div.config.schema import Config, ConfigError
 from rl_div.config.sections import ALGO_PRESETS
-from rl_div.registry import unknown_name_message
+from rl_div.registry import is_plugin_path, unknown_name_message
 
 __all__ = [
     "apply_override", "build_config", "config_help", "deep_merge", "load_config", "parse_override",
@@ -111,10 +112,42 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         key_path, value = parse_override(text)
         apply_override(tree, key_path, value)
     cfg = build_config(tree)
+    base = Path(path).resolve().parent if path is not None else Path.cwd()
+    cfg.run.plugins = [locate_plugin(entry, base) for entry in cfg.run.plugins]
     from rl_div.config.checks import check_registry_names  # imports plugins and registries
 
     check_registry_names(cfg)
     return cfg
+
+
+def locate_plugin(entry: str, config_dir: Path) -> str:
+    """A run.plugins entry as every process can import it: a module or package beside the config file
+    ('my_rewards', or the path form './my_rewards.py') becomes its absolute path, which the driver and
+    every Ray actor import by putting its folder on sys.path (rl_div.registry.import_plugin_path); a
+    module name found on the Python path stays as written. Not found: a ConfigError saying where it looked."""
+    here = Path.cwd()
+    places = [config_dir] if config_dir == here else [config_dir, here]
+    where = " and ".join(f"{p}" for p in places)
+    if is_plugin_path(entry):
+        given = Path(entry).expanduser()
+        found = [given] if given.is_absolute() else [p / given for p in places]
+        for candidate in found:
+            if candidate.exists():
+                return str(candidate.resolve())
+        raise ConfigError(f"run.plugins: {entry!r} not found (looked in {where if not given.is_absolute() else given})")
+    if "." not in entry:
+        for folder in places:
+            if (folder / f"{entry}.py").is_file():
+                return str((folder / f"{entry}.py").resolve())
+            if (folder / entry / "__init__.py").is_file():
+                return str((folder / entry).resolve())
+    top = entry.split(".")[0]
+    if importlib.util.find_spec(top) is None:
+        raise ConfigError(f"run.plugins: module {entry!r} could not be imported (ModuleNotFoundError: No module "
+                          f"named {top!r}; looked beside the config and in the current directory: {where}; and on "
+                          f"the Python path). Put {top}.py beside the config, or name the file: "
+                          "run.plugins: [./my_module.py]")
+    return entry
 
 
 def read_config_tree(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import string
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -147,6 +148,23 @@ def load_tokenizer(name_or_path: str | os.PathLike[str], *, trust_remote_code: b
     return tokenizer
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")
+
+
+def tokenizer_problem(model_dir: str | os.PathLike[str]) -> str | None:
+    """Why a local model folder's tokenizer cannot be loaded (one line), or None. A folder without any
+    tokenizer file is named as such, not as the error transformers raises after trying every converter."""
+    folder = Path(model_dir)
+    if not any((folder / name).exists() for name in TOKENIZER_FILES):
+        return f"no tokenizer in {folder} (none of {', '.join(TOKENIZER_FILES)}); save it beside the model"
+    try:
+        load_tokenizer(folder)
+    except Exception as err:  # any loader failure: one line, the cause's first line
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return f"the tokenizer in {folder} does not load ({type(err).__name__}: {first})"
+    return None
+
+
 def format_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, use_chat_template: bool | None = None) -> str:
     """The text the policy sees for ``prompt``.
 
@@ -160,10 +178,21 @@ def format_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, use_chat_temp
         return prompt
     if not has_template:
         raise ValueError("use_chat_template=True but the tokenizer has no chat_template")
-    text = tokenizer.apply_chat_template(
-        [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-    )
-    return str(text)
+    return format_chat(tokenizer, [{"role": "user", "content": prompt}])
+
+
+def format_chat(tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict[str, str]],
+                use_chat_template: bool | None = None) -> str:
+    """The text the policy sees for a chat-format prompt: the tokenizer's chat template over the turns,
+    with the assistant turn opened (``add_generation_prompt``). Raises ValueError when no template can
+    be applied (``use_chat_template=False``, or a tokenizer without one): a conversation has no
+    faithful plain-text rendering."""
+    if use_chat_template is False:
+        raise ValueError("chat-format prompts need the chat template, but model.use_chat_template is false")
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(f"chat-format prompts need a tokenizer with a chat template; "
+                         f"{getattr(tokenizer, 'name_or_path', 'the tokenizer')!r} has none")
+    return str(tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True))
 
 
 def save_policy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: str | os.PathLike[str]) -> Path:

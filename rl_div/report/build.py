@@ -34,6 +34,15 @@ TRAIN_PANELS = [("eval", "pass@1", "pass@1 (held-out)"), ("eval", "pass@K", "pas
                 ("train", "div/distinct_correct_answers", "distinct correct answers / prompt (training)")]
 DIVERSITY_PANELS = ["div/emb_diversity", "div/vendi", "div/distinct_answers", "div/num_classes", "div/distinct_4",
                     "policy/entropy"]
+# A diversity panel's title in words (the metric key stays in the tidy data).
+PANEL_TITLES = {
+    "div/emb_diversity": "embedding diversity (1 − mean pairwise cosine)",
+    "div/vendi": "Vendi score (effective number of distinct responses)",
+    "div/distinct_answers": "distinct answers per problem",
+    "div/num_classes": "answer classes per problem",
+    "div/distinct_4": "distinct 4-grams (share of all 4-grams)",
+    "policy/entropy": "policy entropy (nats per token)",
+}
 
 
 # ---- curves ----------------------------------------------------------------------------------------
@@ -103,7 +112,8 @@ def figures(comp: Comparison, runs: list[RunData], out: Path) -> dict[str, Path]
     if panels := _drawable(panels):
         files["training_curves"] = save_figure(curves_figure(panels, comp.variants, note), out / "training_curves.png")
     present = [m for m in DIVERSITY_PANELS if any(m in b for b in comp.final.values())]
-    panels = _drawable([(f"{m} (held-out)", {v: eval_series(g, m) for v, g in by_variant.items()}) for m in present])
+    panels = _drawable([(f"{PANEL_TITLES.get(m, m)}, held-out", {v: eval_series(g, m) for v, g in by_variant.items()})
+                        for m in present])
     if panels:
         note = "mean over seeds; band: 95% bootstrap CI over problems, else " + (
             "min-max over seeds" if seeds > 1 else "none (one seed)")
@@ -174,7 +184,8 @@ def build_report(paths: list[str | Path], out: str | Path | None = None, title: 
     comp = build_comparison(runs, kind, baseline)
     files["summary_csv"], files["summary_json"] = write_summary(comp, out_dir)
     files.update(figures(comp, runs, out_dir))
-    default_title = "Evaluation report" if kind == "eval" else "GRPO vs re-weighted variants: pass@k and diversity"
+    default_title = ("Evaluation report" if kind == "eval" else f"{comp.variants[0]}: single run"
+                     if len(comp.variants) == 1 else "GRPO vs re-weighted variants: pass@k and diversity")
     groups = {v: [r for r in runs if r.ref.variant == v and r.ref.role == "variant"] for v in comp.variants}
     trained_with = next((extra["code"] for p in paths if (Path(p) / MANIFEST).exists()
                          and "code" in (extra := read_manifest(Path(p))[2])), None)

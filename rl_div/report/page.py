@@ -23,6 +23,8 @@ DIFF_NOTE = ("Paired differences: on the same problems and sampling seeds, varia
 TABLE_COLUMNS = [("pass@1", "pass@1"), ("pass@K", "pass@K"), ("maj@n", "maj@n"), ("entropy", "policy/entropy"),
                  ("distinct correct answers", "div/distinct_correct_answers"), ("emb. diversity", "div/emb_diversity"),
                  ("Vendi", "div/vendi")]
+FIGURE_CAPTIONS = {"passk_vs_k": "pass@k against k", "training_curves": "held-out and training metrics over steps",
+                   "diversity_curves": "held-out diversity over steps"}
 COLLAPSE_KEYS = ["d_all_ref", "d_all_model", "d_correct_ref", "d_correct_model", "total", "residual",
                  "quality_control"]
 
@@ -134,7 +136,8 @@ def document(comp: Comparison, files: dict[str, Path], title: str,
                          "residual (diversity lost by dropping wrong answers). Reference: "
                          + ("the reference model." if comp.kind == "eval" else "each run's step-0 evaluation."))]
     blocks.append(("h2", "Figures"))
-    blocks += [("img", path.name, name.replace("_", " ")) for name, path in files.items() if path.suffix == ".png"]
+    blocks += [("img", path.name, FIGURE_CAPTIONS.get(name, name.replace("_", " ")))
+               for name, path in files.items() if path.suffix == ".png"]
     blocks += provenance or []
     if comp.notes:
         blocks += [("h2", "Notes"), *[("p", n) for n in comp.notes]]
@@ -168,6 +171,18 @@ def _links(escaped: str) -> str:
     return _MD_LINK.sub(r'<a href="\2">\1</a>', escaped)
 
 
+# A number with its interval ('0.123 [0.100, 0.150] †', '+0.012 [-0.004, +0.028]*', '0.1 → 0.2'): kept on one line.
+_NUMBER_CELL = re.compile(r"[+\-−–]?[\d.,]+%?( \[[^\]]+\])?[ †*]*( → [\d.,]+)?")
+
+
+def _cell(text: str) -> str:
+    escaped = _links(html.escape(text))
+    if _NUMBER_CELL.fullmatch(text):
+        return f'<td class="n">{escaped}</td>'
+    # one word (a time stamp, a name) stays whole; text (a command, a config difference) reads left to right
+    return f'<td class="w">{escaped}</td>' if " " not in text and len(text) <= 40 else f"<td>{escaped}</td>"
+
+
 def render_html(blocks: list[tuple[Any, ...]], folder: Path) -> str:
     """A self-contained page: images are embedded (base64), so the one file can be mailed or uploaded."""
     esc = html.escape
@@ -178,16 +193,17 @@ def render_html(blocks: list[tuple[Any, ...]], folder: Path) -> str:
             parts.append(f"<{kind}>{esc(block[1])}</{kind}>")
         elif kind == "table":
             head = "".join(f"<th>{esc(h)}</th>" for h in block[1])
-            rows = "".join("<tr>" + "".join(f"<td>{_links(esc(c))}</td>" for c in r) + "</tr>" for r in block[2])
-            parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+            rows = "".join("<tr>" + "".join(_cell(c) for c in r) + "</tr>" for r in block[2])
+            parts.append(f"<div class='wide'><table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>")
         elif kind == "img":
             data = base64.b64encode((folder / block[1]).read_bytes()).decode()
             parts.append(f'<figure><img src="data:image/png;base64,{data}" alt="{esc(block[2])}">'
                          f"<figcaption>{esc(block[2])} ({esc(block[1])})</figcaption></figure>")
-    style = ("body{font-family:sans-serif;max-width:60em;margin:2em auto;line-height:1.4}"
+    style = ("body{font-family:sans-serif;max-width:72em;margin:2em auto;line-height:1.4}div.wide{overflow-x:auto}"
              "table{border-collapse:collapse;margin:1em 0;font-size:90%}td,th{border:1px solid #bbb;"
-             "padding:.25em .6em;text-align:right}td:first-child,th:first-child{text-align:left}"
-             "img{max-width:100%}figcaption{font-size:80%;color:#555}")
+             "padding:.25em .6em;text-align:left}th,td.n{text-align:right}td.w{white-space:nowrap}"
+             "th:first-child{text-align:left}"
+             "td.n,td:first-child{white-space:nowrap}img{max-width:100%}figcaption{font-size:80%;color:#555}")
     title = esc(next((b[1] for b in blocks if b[0] == "h1"), "rl_div report"))
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title><style>{style}</style>"
             f"</head><body>{''.join(parts)}</body></html>\n")

@@ -44,15 +44,23 @@ def colours(labels: list[str]) -> dict[str, str]:
     return {label: PALETTE[i % len(PALETTE)] for i, label in enumerate(labels)}
 
 
-def _draw(ax: Axes, curve: Curve, label: str, **style: Any) -> None:
+def band_alpha(lines: int) -> float:
+    """Band opacity for a panel of ``lines`` curves: overlapping fills of 4-6 variants stay readable."""
+    return 0.18 if lines <= 3 else 0.07
+
+
+def _draw(ax: Axes, curve: Curve, label: str, alpha: float = 0.18, **style: Any) -> None:
     if curve.raw is not None:  # the raw series, faint and unlabelled, behind its smoothed line
         ax.plot(curve.x, curve.raw, linewidth=0.8, alpha=0.3, color=style.get("color"), label="_raw")
     ax.plot(curve.x, curve.y, label=label, linewidth=1.8, markersize=4, **({"marker": "o"} | style))
     band = ~(np.isnan(curve.lo) | np.isnan(curve.hi))
     # A zero-width band (one seed, no per-problem data) would only draw an outline: skip it.
     if band.any() and not np.allclose(curve.lo[band], curve.hi[band]):
-        ax.fill_between(curve.x[band], curve.lo[band], curve.hi[band], alpha=0.18, color=style.get("color"),
+        ax.fill_between(curve.x[band], curve.lo[band], curve.hi[band], alpha=alpha, color=style.get("color"),
                         linewidth=0)
+        if alpha < 0.18:  # a light fill: its edges drawn thin, so each variant's band stays traceable
+            for edge in (curve.lo[band], curve.hi[band]):
+                ax.plot(curve.x[band], edge, linewidth=0.6, alpha=0.5, color=style.get("color"), label="_band")
 
 
 def passk_figure(curves: dict[str, Curve], base: tuple[str, Curve] | None = None, title: str = "pass@k",
@@ -64,23 +72,24 @@ def passk_figure(curves: dict[str, Curve], base: tuple[str, Curve] | None = None
     ax = fig.add_subplot(2, 1, 1) if diffs else fig.add_subplot()
     palette = colours([*curves, *[v for v in (diffs[1] if diffs else {}) if v not in curves]])
     ks: set[float] = set()
+    alpha = band_alpha(len(curves) + (base is not None))
     if base is not None:
-        _draw(ax, base[1], base[0], **BASE_STYLE)
+        _draw(ax, base[1], base[0], alpha, **BASE_STYLE)
         ks.update(base[1].x.tolist())
     for label, curve in curves.items():
-        _draw(ax, curve, label, color=palette[label])
+        _draw(ax, curve, label, alpha, color=palette[label])
         ks.update(curve.x.tolist())
     _k_axis(ax, ks)
     ax.set_ylabel("pass@k (unbiased)")
     ax.set_ylim(0, 1.02)
     ax.set_title(title)
-    ax.legend(loc="upper left", fontsize=8)
+    ax.legend(loc="lower right", fontsize=8)  # pass@k rises with k: the lower right stays clear
     if diffs:
         baseline, series = diffs
         dx = fig.add_subplot(2, 1, 2, sharex=ax)
         dx.axhline(0.0, color=palette.get(baseline, "0.25"), linewidth=1.0, linestyle="--")
         for label, curve in series.items():
-            _draw(dx, curve, f"{label} − {baseline}", color=palette[label])
+            _draw(dx, curve, f"{label} − {baseline}", band_alpha(len(series)), color=palette[label])
         _k_axis(dx, ks)
         dx.set_ylabel(f"Δ pass@k vs {baseline}")
         dx.set_title(f"paired difference against {baseline} (95% paired bootstrap CI)", fontsize=10)
@@ -107,9 +116,11 @@ def curves_figure(panels: list[tuple[str, dict[str, Curve]]], variants: list[str
     palette = colours(variants)
     for i, (title, series) in enumerate(panels):
         ax = fig.add_subplot(rows, cols, i + 1)
+        alpha = band_alpha(sum(1 for c in series.values() if c.x.size))
         for label in variants:
             if label in series and series[label].x.size:
-                _draw(ax, series[label], label, color=palette[label], marker="." if series[label].x.size > 12 else "o")
+                _draw(ax, series[label], label, alpha, color=palette[label],
+                      marker="." if series[label].x.size > 12 else "o")
         if not ax.lines:
             ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="0.5")
         ax.set_title(title, fontsize=10)

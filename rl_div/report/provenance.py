@@ -12,6 +12,7 @@ from typing import Any
 import rl_div
 from rl_div.config.tree import config_differences, filled_tree, flatten
 from rl_div.report.results import RunData
+from rl_div.run.command import command_line, package_versions, read_commands
 from rl_div.run.tracking import read_metrics
 
 # Fields that differ between runs of one comparison by construction.
@@ -87,4 +88,16 @@ def provenance_blocks(groups: dict[str, list[RunData]], baseline: str | None, ou
     if trained_with:
         text += (f" Runs trained by rl_div {trained_with.get('version')} (git commit "
                  f"{trained_with.get('commit') or 'unknown'}), as recorded when rl-div compare last ran.")
-    return [("h2", "Provenance"), ("p", text), ("table", *variant_rows(groups, baseline, out_dir))]
+    blocks: list[tuple[Any, ...]] = [("h2", "Provenance"), ("p", text)]
+    blocks.append(("p", "Report command: " + command_line() + ". Packages: " + _versions(package_versions()) + "."))
+    blocks.append(("table", *variant_rows(groups, baseline, out_dir)))
+    starts = [(name, r, c) for name, runs in groups.items() for r in runs for c in read_commands(r.ref.dir)]
+    if starts:
+        header = ["variant", "seed", "started", "command", "packages"]
+        blocks.append(("table", header, [[name, str(r.ref.seed), c.get("time", "?"), c.get("command", "?"),
+                                          _versions(c.get("versions") or {})] for name, r, c in starts]))
+    return blocks
+
+
+def _versions(versions: dict[str, str]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in versions.items())

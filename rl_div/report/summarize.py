@@ -188,13 +188,10 @@ def _diff_band(diff: np.ndarray) -> Band:
     return Band(float(diff.mean()), float(per_seed.min()), float(per_seed.max()), int(diff.shape[0]), lo, hi)
 
 
-def table_k(evals: Sequence[dict[str, Any]], preferred: int = 32) -> int:
-    """The large k of the results table: ``preferred`` when every evaluation has it, else the largest
-    k every evaluation has (small eval.n)."""
+def table_k(evals: Sequence[dict[str, Any]]) -> int:
+    """The large k of the results table: the largest k every evaluation reached (pass@64 when n = 64)."""
     common = set.intersection(*(set(passk_keys(m)) for m in evals)) if evals else set()
-    if not common:
-        return 1
-    return preferred if preferred in common else max(common)
+    return max(common) if common else 1
 
 
 def step_curve(series: dict[int, list[float]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

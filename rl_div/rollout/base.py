@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 
 from rl_div.data import PromptRecord, RolloutBatch
-from rl_div.models.loading import format_prompt
+from rl_div.models.loading import format_chat, format_prompt
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -43,8 +43,13 @@ def templated_prompt_ids(tokenizer: PreTrainedTokenizerBase, record: PromptRecor
     Every backend tokenizes prompts here and hands the engine token ids, so hf and vllm sample
     from exactly the same prompt tokens.
     """
-    text = prompt_template.format(prompt=record.prompt)
-    templated = format_prompt(tokenizer, text, use_chat_template)
+    if record.messages is not None:  # chat format: the template fills the last (user) turn
+        *history, last = record.messages
+        turn = {"role": last["role"], "content": prompt_template.format(prompt=last["content"])}
+        templated, text = format_chat(tokenizer, [*history, turn], use_chat_template), None
+    else:
+        text = prompt_template.format(prompt=record.prompt)
+        templated = format_prompt(tokenizer, text, use_chat_template)
     # A chat template already places BOS and role markers itself.
     return list(tokenizer(templated, add_special_tokens=templated == text)["input_ids"])
 

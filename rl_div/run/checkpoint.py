@@ -110,7 +110,8 @@ def load_trainer_state(ckpt_dir: Path) -> dict[str, Any]:
 
 
 # What a run writes into its output_dir (config.yaml is rewritten by every start and does not count).
-RUN_OUTPUTS = ("metrics.jsonl", "eval", "groups", "tensorboard", "checkpoints", "train.log")
+RUN_OUTPUTS = ("metrics.jsonl", "eval", "groups", "tensorboard", "checkpoints", "train.log", "report", "commands.jsonl",
+               "config_history.jsonl")
 
 
 def existing_run(output_dir: str | Path) -> list[str]:
@@ -128,23 +129,27 @@ def existing_run(output_dir: str | Path) -> list[str]:
     return found
 
 
-def claim_output_dir(output_dir: str | Path, resume: bool, overwrite: bool) -> None:
+def claim_output_dir(output_dir: str | Path, resume: bool, overwrite: bool) -> list[str]:
     """Refuse to start a new run over an existing one unless ``resume`` (continue it) or
-    ``overwrite`` (delete its outputs first) says what is meant."""
+    ``overwrite`` (delete its outputs first) says what is meant. Returns what was deleted."""
     from rl_div.config import ConfigError
 
     found = existing_run(output_dir)
     if not found or resume:
-        return
+        return []
     if not overwrite:
         raise ConfigError(f"run.output_dir {str(output_dir)!r} already holds a run ({', '.join(found)}): pass "
                           "--resume to continue it or --overwrite to replace it")
+    deleted = []
     for name in RUN_OUTPUTS:
         path = Path(output_dir) / name
         if path.is_dir():
             shutil.rmtree(path)
+            deleted.append(name + "/")
         elif path.exists():
             path.unlink()
+            deleted.append(name)
+    return deleted
 
 
 def trim_to_step(output_dir: str | Path, step: int) -> int:

@@ -40,7 +40,7 @@ class Tracker:
     """
 
     def __init__(self, output_dir: str | Path, cfg: Any, run_name: str, config_dict: dict[str, Any],
-                 total_steps: int, resume_after: int | None = None) -> None:
+                 total_steps: int, resume_after: int | None = None, bar_label: str | None = None) -> None:
         self.dir = Path(output_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self._jsonl = open(self.dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
@@ -52,7 +52,7 @@ class Tracker:
         if cfg.progress:
             from tqdm.auto import tqdm
 
-            self._bar = tqdm(total=total_steps, desc=run_name, unit="step", dynamic_ncols=True)
+            self._bar = tqdm(total=total_steps, desc=bar_label or run_name, unit="step", dynamic_ncols=True)
 
     def _open_tensorboard(self, mode: bool | str, config_dict: dict[str, Any], purge_step: int | None) -> Any:
         """A SummaryWriter with the run's config as text (YAML) and as hparams (flat keys); on resume,

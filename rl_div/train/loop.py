@@ -17,8 +17,6 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -55,11 +53,13 @@ from rl_div.run.checkpoint import (
     trim_to_step,
     write_text_atomic,
 )
+from rl_div.run.command import record_command
 from rl_div.run.tracking import Tracker
 from rl_div.run.writers import check_writers, prepare_output_dir
+from rl_div.train.console import SLOW_STEP_S, StageTimer, close_logging, progress_label, setup_logging
 from rl_div.train.dynamic_sampling import BatchFiller, write_group_log
 from rl_div.train.guard import CollapseGuard
-from rl_div.train.prompts import PromptStream, load_splits
+from rl_div.train.prompts import PromptStream, check_chat_rendering, load_splits
 from rl_div.train.rollout_pipeline import RolloutPipeline, policy_lag
 from rl_div.train.rollout_shaping import apply_overlong_penalty, scheduled_temperature, shaping_metrics
 from rl_div.train.step_stats import eval_summary, rollout_health, step_diversity
@@ -111,8 +111,10 @@ class Trainer:
         setup_logging(self.out / "train.log")
         import_plugins(cfg.run.plugins)
         save_config(cfg, self.out / "config.yaml")
+        record_command(self.out)  # the command line and package versions, for the report's provenance
         train_set, eval_set = load_splits(cfg.data, cfg.run.seed)  # refuses eval prompts seen in training
         self.model_path = resolve_model_path(cfg)
+        check_chat_rendering(eval_set.records + train_set.records, self.model_path, cfg)  # before Ray
         self.eval_prompts = eval_set.records
         self.prompts = PromptStream(train_set.records, cfg.run.seed)
         self.counters: dict[str, float] = dict.fromkeys(FAULT_COUNTERS, 0.0)
@@ -135,7 +137,7 @@ class Trainer:
         check_writers(self.out, self.learner.writers())  # each rank writes its checkpoint part into the run dir
         self.fused_forward, why = fuses_policy_forward(cfg, ray.get(self.learner.active_dropout()))
         log.info("separate pi_old forward: %s (%s)", "no" if self.fused_forward else "yes", why)
-        self.step = 0
+        self.step, self.last_step_s = 0, math.inf  # the first step announces its stages
         checkpoint = latest_checkpoint(self.out) if resume else None
         if resume and checkpoint is None:
             log.warning("--resume: no checkpoint in %s, starting from step 0", self.out)
@@ -148,7 +150,7 @@ class Trainer:
                 log.info("--resume: dropped %d metric rows past step %d (or torn)", dropped, resume_after)
         self.pipeline.sync_weights()
         self.tracker = Tracker(self.out, cfg.tracking, cfg.run.name, cfg.model_dump(mode="json"), cfg.train.steps,
-                               resume_after=resume_after)
+                               resume_after=resume_after, bar_label=progress_label(cfg))
 
     # ---- the loop ------------------------------------------------------------------------------
     def run(self) -> None:
@@ -164,7 +166,9 @@ class Trainer:
                 self.save_checkpoint()
 
     def train_step(self) -> dict[str, Any]:
-        cfg, timer = self.cfg, StageTimer()
+        cfg = self.cfg
+        timer = StageTimer(f"step {self.step + 1}/{cfg.train.steps}", announce=self.last_step_s > SLOW_STEP_S)
+        started = time.perf_counter()
         # rounds of rollout + reward until the batch is full (rollout.dynamic_sampling; one round when off)
         batch, sampling_metrics = self.filler.fill(self.step, functools.partial(self.scored_round, timer))
         lag_metrics = policy_lag(batch, self.pipeline.weights_version)
@@ -189,6 +193,7 @@ class Trainer:
                    "policy/version": self.pipeline.weights_version}
         metrics.update(self.guard.observe_train(self.step, metrics))
         self.tracker.log(self.step, metrics)
+        self.last_step_s = time.perf_counter() - started
         return metrics
 
     # ---- stages --------------------------------------------------------------------------------
@@ -292,7 +297,7 @@ class Trainer:
         follows a weight sync, which waited for any batch in flight: every engine holds the learner's
         current version (logged as eval/policy_version).
         """
-        cfg, timer = self.cfg, StageTimer()
+        cfg, timer = self.cfg, StageTimer(f"evaluation at step {self.step}", announce=True)
         spec = SamplingSpec(n=cfg.eval.n, temperature=cfg.eval.temperature, top_p=cfg.rollout.top_p,
                             top_k=cfg.rollout.top_k, max_new_tokens=cfg.rollout.max_new_tokens,
                             stop=list(cfg.rollout.stop), seed=cfg.run.seed + 7_919)
@@ -313,7 +318,8 @@ class Trainer:
         write_text_atomic(eval_dir / f"step_{self.step:06d}.json",
                           json.dumps({"step": self.step, "metrics": metrics, "problems": problems}))
         self.tracker.log(self.step, metrics, kind="eval")
-        log.info("eval step %d: %s", self.step, {k: metrics[k] for k in metrics if k.startswith("pass@")})
+        log.info("eval step %d: %s", self.step, ", ".join(f"{k} {v:.3g}" for k, v in metrics.items()
+                                                          if k.startswith("pass@") and isinstance(v, (int, float))))
         return metrics
 
     def save_checkpoint(self) -> Path:
@@ -401,38 +407,3 @@ def resolve_model_path(cfg: Config) -> str:
 
     return str(bootstrap_base_model(cfg.data.task, Path(b.cache_dir).expanduser(), steps=b.steps, seed=b.seed,
                                     hidden_size=b.hidden_size, num_heads=b.num_heads))
-
-
-class StageTimer:
-    """``with timer("rollout"):`` records wall seconds as ``time/rollout`` (summed over a step's rounds)."""
-
-    def __init__(self) -> None:
-        self.durations: dict[str, float] = {}
-
-    @contextmanager
-    def __call__(self, stage: str) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            key = f"time/{stage}"
-            self.durations[key] = self.durations.get(key, 0.0) + time.perf_counter() - start
-
-
-def setup_logging(path: Path) -> None:
-    logger = logging.getLogger("rl_div")
-    logger.setLevel(logging.INFO)
-    if not any(isinstance(h, logging.FileHandler) and Path(h.baseFilename) == path.resolve()
-               for h in logger.handlers):
-        handler = logging.FileHandler(path)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        logger.addHandler(handler)
-
-
-def close_logging(path: Path) -> None:
-    """Detach this run's log file so a later run in the same process does not write into it."""
-    logger = logging.getLogger("rl_div")
-    for handler in list(logger.handlers):
-        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename) == path.resolve():
-            logger.removeHandler(handler)
-            handler.close()

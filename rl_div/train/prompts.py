@@ -1,8 +1,11 @@
 """Prompt datasets: built-in tasks, JSONL / Parquet files and HF datasets (GSM8K / MATH style), and
 the deterministic prompt stream the trainer draws batches from.
 
-A malformed row (not an object, missing or empty prompt/answer field, unmatched answer regex) is
-skipped with a logged warning and counted; it never stops a run.
+The prompt field holds a string or a chat conversation: a list of ``{"role", "content"}`` messages
+(system / user / assistant turns ending with a user turn), rendered with the tokenizer's chat template
+and its generation prompt. A prompt field of any other type refuses the dataset (one line, before Ray).
+A malformed row (not an object, missing or empty prompt/answer field, a message list that is not
+well-formed, unmatched answer regex) is skipped with a logged warning and counted; it never stops a run.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rl_div.config import ConfigError, DataConfig
+from rl_div.config import Config, ConfigError, DataConfig
 from rl_div.data import PromptRecord
 
 log = logging.getLogger("rl_div")
@@ -43,8 +46,12 @@ def records_from_rows(rows: Iterable[Any], cfg: DataConfig, source: str) -> Prom
         answer = str(row[cfg.answer_field])
         if pattern is not None:
             answer = pattern.search(answer).group(1).strip()  # type: ignore[union-attr]
-        records.append(PromptRecord(prompt=str(row[cfg.prompt_field]), answer=answer, uid=f"{source}:{i}",
-                                    meta={"extractor": "math"}))
+        value = row[cfg.prompt_field]
+        messages = None if isinstance(value, str) else tuple({"role": m["role"], "content": m["content"]}
+                                                             for m in value)
+        prompt = value if messages is None else chat_text(messages)
+        records.append(PromptRecord(prompt=prompt, answer=answer, uid=f"{source}:{i}", meta={"extractor": "math"},
+                                    messages=messages))
     if skipped:
         log.warning("%s: skipped %d malformed rows of %d", source, skipped, skipped + len(records))
     return PromptSet(records, skipped)
@@ -54,6 +61,14 @@ def _row_problem(row: Any, cfg: DataConfig, pattern: re.Pattern[str] | None) -> 
     """Why a row can't be used, or None if it can."""
     if not isinstance(row, dict):
         return f"expected an object, got {type(row).__name__}"
+    if cfg.prompt_field in row and isinstance(row[cfg.prompt_field], (list, tuple)):
+        problem = message_list_problem(row[cfg.prompt_field])
+        if problem is not None:
+            return f"field {cfg.prompt_field!r}: {problem}"
+    elif cfg.prompt_field in row and row[cfg.prompt_field] is not None and not isinstance(row[cfg.prompt_field], str):
+        kind = type(row[cfg.prompt_field]).__name__
+        raise ConfigError(f"data: field {cfg.prompt_field!r} holds a {kind} ({str(row[cfg.prompt_field])[:60]!r}); "
+                          "a prompt is a string or a list of {role, content} messages (see docs/data.md)")
     for key in (cfg.prompt_field, cfg.answer_field):
         if key not in row:
             return f"missing field {key!r} (has {sorted(row)})"
@@ -62,6 +77,47 @@ def _row_problem(row: Any, cfg: DataConfig, pattern: re.Pattern[str] | None) -> 
     if pattern is not None and not pattern.search(str(row[cfg.answer_field])):
         return f"answer does not match answer_regex {cfg.answer_regex!r}"
     return None
+
+
+CHAT_ROLES = ("system", "user", "assistant")
+
+
+def message_list_problem(messages: Any) -> str | None:
+    """Why a chat-format prompt is unusable, or None: it must be a non-empty list of
+    ``{"role": system|user|assistant, "content": non-empty string}`` ending with a user turn (the
+    model answers it; the chat template opens the assistant turn)."""
+    if not messages:
+        return "an empty message list"
+    for n, message in enumerate(messages):
+        if not isinstance(message, dict) or not {"role", "content"} <= set(message):
+            return f"message {n} is not a {{role, content}} object"
+        if message["role"] not in CHAT_ROLES:
+            return f"message {n} has role {message['role']!r} (expected one of {', '.join(CHAT_ROLES)})"
+        if not isinstance(message["content"], str) or not message["content"].strip():
+            return f"message {n} has no text content"
+    if messages[-1]["role"] != "user":
+        return f"the last message is a {messages[-1]['role']} turn; a prompt ends with a user turn"
+    return None
+
+
+def chat_text(messages: Iterable[dict[str, str]]) -> str:
+    """A conversation as readable text, one 'role: content' line per turn (logs, overlap checks)."""
+    return "\n".join(f"{m['role']}: {m['content']}" for m in messages)
+
+
+def check_chat_rendering(records: Iterable[PromptRecord], model_path: str, cfg: Config) -> None:
+    """Refuse (ConfigError) chat-format prompts the policy's tokenizer cannot render: no chat template,
+    or model.use_chat_template=false. Loads the tokenizer only when some prompt is a conversation."""
+    first = next((r for r in records if r.messages is not None), None)
+    if first is None:
+        return
+    from rl_div.models.loading import format_chat, load_tokenizer
+
+    tokenizer = load_tokenizer(model_path, trust_remote_code=cfg.model.trust_remote_code)
+    try:
+        format_chat(tokenizer, first.messages or (), cfg.model.use_chat_template)
+    except ValueError as err:
+        raise ConfigError(f"data: {err} (set model.path to a chat model, or give plain-string prompts)") from None
 
 
 def read_jsonl(path: Path) -> tuple[list[Any], int]:
