@@ -9,10 +9,12 @@ works inside Ray workers as it does in the driver.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +37,8 @@ from rl_div.config.rollout_backends import ROLLOUT_BACKENDS
 log = logging.getLogger("rl_div")
 
 # Per-actor weight-loading progress bars would drown the run's own progress bar.
+# Ray's single-machine mode: its node address (and so every server's listening address) is 127.0.0.1.
+LOCAL_RAY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 QUIET_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error", "RAY_DEDUP_LOGS": "1"}
 
 
@@ -59,8 +63,32 @@ def init_ray(cfg: Config) -> None:
     # Locally the workers see the driver's import path, so plugin modules next to the run resolve.
     paths = [p for p in [os.getcwd(), *sys.path] if p and os.path.isdir(p)]
     env_vars["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
-    ray.init(num_cpus=cfg.cluster.num_cpus, include_dashboard=False, runtime_env={"env_vars": env_vars},
-             log_to_driver=True, logging_level=logging.WARNING)
+    with loopback_only():  # a local run is reachable from this machine only (docs: README, Reliability)
+        ray.init(num_cpus=cfg.cluster.num_cpus, include_dashboard=False, runtime_env={"env_vars": env_vars},
+                 log_to_driver=True, logging_level=logging.WARNING)
+
+
+@contextlib.contextmanager
+def loopback_only() -> Iterator[None]:
+    """While Ray starts locally inside this block, it listens on 127.0.0.1 only (GCS, raylet, agents,
+    workers), not on every interface. Ray on Linux resolves its node address to the machine's outward
+    IP (even when given 127.0.0.1) unless RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, its single-machine
+    mode, and then binds its servers to the loopback address. Ray's processes started here inherit
+    the variable; the driver read it when it imported ray, so its constant is set too. Both are put
+    back afterwards, so a later connection to a cluster from this process is unaffected."""
+    from ray._private import ray_constants
+
+    saved = os.environ.get(LOCAL_RAY_ENV), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[LOCAL_RAY_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        if saved[0] is None:
+            os.environ.pop(LOCAL_RAY_ENV, None)
+        else:
+            os.environ[LOCAL_RAY_ENV] = saved[0]
+        ray_constants.ENABLE_RAY_CLUSTER = saved[1]
 
 
 class RolloutHost:

@@ -49,6 +49,7 @@ from rl_div.run.checkpoint import (
     latest_checkpoint,
     load_trainer_state,
     new_checkpoint_dir,
+    resume_checkpoint,
     save_trainer_state,
     trim_to_step,
     write_text_atomic,
@@ -129,9 +130,7 @@ class Trainer:
         self.fused_forward, why = fuses_policy_forward(cfg, ray.get(self.learner.active_dropout()))
         log.info("separate pi_old forward: %s (%s)", "no" if self.fused_forward else "yes", why)
         self.step = 0
-        checkpoint = latest_checkpoint(self.out) if resume else None
-        if resume and checkpoint is None:
-            log.warning("--resume: no checkpoint in %s, starting from step 0", self.out)
+        checkpoint = resume_checkpoint(self.out) if resume else None  # the newest complete one (manifest)
         if checkpoint is not None:
             self.load_checkpoint(checkpoint)
         resume_after = (self.step if checkpoint is not None else -1) if resume else None
