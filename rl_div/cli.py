@@ -10,8 +10,8 @@ import sys
 import threading
 from collections.abc import Callable
 
-from rl_div.cluster.faults import LearnerFailed
 from rl_div.config import ConfigError, config_help, load_config
+from rl_div.run.stops import RunStopped
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as err:  # RunInterrupted says where the run stopped; actors are stopped
         print(f"rl-div: {err or 'interrupted'}", file=sys.stderr)
         return 130
-    except LearnerFailed as err:  # a learner rank died: which one, and the checkpoint --resume continues from
+    except RunStopped as err:  # a learner rank died, a full disk, a blown-up update: the checkpoint to resume from
         print(f"rl-div: {err}", file=sys.stderr)
         return 1
 

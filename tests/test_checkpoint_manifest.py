@@ -4,6 +4,7 @@ the newer one lacks, and refuses (one line) when none is complete."""
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from rl_div.run.checkpoint import (
 
 # the files of a single learner's checkpoint (names as Learner.save and the trainer write them)
 FILES = {"policy/model.safetensors": 4096, "policy/config.json": 300, "learner_state.pt": 2048,
-         "trainer_state.json": 120}
+         "trainer_state.json": 0}
 
 
 def make(out: Path, step: int) -> Path:
@@ -28,6 +29,7 @@ def make(out: Path, step: int) -> Path:
     for name, size in FILES.items():
         (tmp / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp / name).write_bytes(bytes([step]) * size)
+    (tmp / "trainer_state.json").write_text(json.dumps({"step": step}))
     return commit_checkpoint(tmp, final, keep=5)
 
 
@@ -62,3 +64,40 @@ def test_every_checkpoint_torn_is_refused_before_the_run_starts(tmp_path: Path) 
         claim_output_dir(tmp_path, resume=True, overwrite=False)
     with pytest.raises(ConfigError, match="already holds a run"):  # still a run: no silent fresh start
         claim_output_dir(tmp_path, resume=False, overwrite=False)
+
+
+# ---- a full disk while writing (issue 29 item 5) -------------------------------------------------
+def fill_then_fail(error: OSError):
+    def fill(tmp: Path) -> None:
+        (tmp / "trainer_state.json").write_text('{"step": 4}')
+        (tmp / "policy").mkdir()
+        (tmp / "policy" / "model.safetensors").write_bytes(b"x" * 100)
+        raise error
+    return fill
+
+
+def test_no_space_while_writing_is_one_line_and_leaves_no_temporary_folder(tmp_path: Path) -> None:
+    import errno
+
+    from rl_div.run.checkpoint import write_checkpoint
+    from rl_div.run.stops import DiskFull, RunStopped
+
+    make(tmp_path, 2)
+    with pytest.raises(DiskFull) as caught:
+        write_checkpoint(tmp_path, 4, fill_then_fail(OSError(errno.ENOSPC, "No space left on device")), keep=5)
+    line = str(caught.value)
+    assert "\n" not in line and isinstance(caught.value, RunStopped)  # the CLI prints it alone and exits 1
+    assert line.startswith("no space left on /") and "while writing checkpoint step 4; the previous checkpoint " \
+        f"step {2} ({tmp_path / 'checkpoints' / 'step_000002'}) is intact" in line
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest", "step_000002"]
+    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoints" / "step_000002"
+
+
+def test_another_write_error_is_not_called_a_full_disk(tmp_path: Path) -> None:
+    import errno
+
+    from rl_div.run.checkpoint import write_checkpoint
+
+    with pytest.raises(PermissionError):
+        write_checkpoint(tmp_path, 1, fill_then_fail(PermissionError(errno.EACCES, "Permission denied")), keep=5)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == []

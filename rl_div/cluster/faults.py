@@ -20,12 +20,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from rl_div.run.stops import RunStopped
+
 
 class StartupError(RuntimeError):
     """An actor did not start (crashed or ran past cluster.startup_timeout_s)."""
 
 
-class LearnerFailed(RuntimeError):
+class LearnerFailed(RunStopped):
     """A learner rank died or failed; the other ranks were stopped. str() is the one line to show."""
 
 

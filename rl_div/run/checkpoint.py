@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from rl_div.run.manifest import newest_complete, write_manifest
+from rl_div.run.stops import DiskFull, mount_point, out_of_space
 
 log = logging.getLogger("rl_div")
 
@@ -54,6 +55,28 @@ def commit_checkpoint(tmp: Path, final: Path, keep: int) -> Path:
     for old in committed_checkpoints(final.parent.parent)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def write_checkpoint(output_dir: str | Path, step: int, fill: Callable[[Path], None], keep: int) -> Path:
+    """``fill(tmp)`` a temporary folder and commit it as checkpoint ``step``. On a full disk (the write
+    failed with ENOSPC, or while the disk is nearly full) the temporary folder is removed and
+    DiskFull says so in one line, naming the checkpoint that is intact; any other failure also
+    leaves no temporary folder behind."""
+    tmp = checkpoint_root(output_dir) / f"{STEP_PREFIX}{step:06d}.tmp"
+    try:
+        tmp, final = new_checkpoint_dir(output_dir, step)
+        fill(tmp)
+        return commit_checkpoint(tmp, final, keep)
+    except Exception as err:
+        full = out_of_space(err, checkpoint_root(output_dir))
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not full:
+            raise
+        previous = latest_checkpoint(output_dir)
+        intact = (f"the previous checkpoint step {load_trainer_state(previous)['step']} ({previous}) is intact; "
+                  "free space and rerun with --resume" if previous is not None else "no earlier checkpoint exists")
+        raise DiskFull(f"no space left on {mount_point(checkpoint_root(output_dir))} while writing checkpoint step "
+                       f"{step}; {intact}") from None
 
 
 def latest_checkpoint(output_dir: str | Path) -> Path | None:

@@ -15,6 +15,7 @@ import functools
 import json
 import logging
 import math
+import pickle
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,7 +35,7 @@ from rl_div.cluster.actors import (
     start_reward_worker,
     wait_started,
 )
-from rl_div.config import Config, save_config
+from rl_div.config import Config, ConfigError, save_config
 from rl_div.config.checks import check_inputs
 from rl_div.data import RolloutBatch
 from rl_div.learner.forward import prompt_logprob_mask
@@ -45,13 +46,12 @@ from rl_div.registry import import_plugins
 from rl_div.rollout import SamplingSpec
 from rl_div.run.checkpoint import (
     claim_output_dir,
-    commit_checkpoint,
     latest_checkpoint,
     load_trainer_state,
-    new_checkpoint_dir,
     resume_checkpoint,
     save_trainer_state,
     trim_to_step,
+    write_checkpoint,
     write_text_atomic,
 )
 from rl_div.run.tracking import Tracker
@@ -295,17 +295,23 @@ class Trainer:
         return metrics
 
     def save_checkpoint(self) -> Path:
-        tmp, final = new_checkpoint_dir(self.out, self.step)
-        ray.get(self.learner.save(str(tmp)))
-        self.pipeline.save(tmp)  # the batches already generating for the next steps
-        save_trainer_state(tmp, {"step": self.step, "prompts": self.prompts.state(), "counters": self.counters,
-                                 "guard": self.guard.state()})
-        return commit_checkpoint(tmp, final, self.cfg.checkpoint.keep)
+        """The checkpoint of this step; a full disk is one line (DiskFull), the temporary folder removed."""
+        def fill(tmp: Path) -> None:
+            ray.get(self.learner.save(str(tmp)))
+            self.pipeline.save(tmp)  # the batches already generating for the next steps
+            save_trainer_state(tmp, {"step": self.step, "prompts": self.prompts.state(), "counters": self.counters,
+                                     "guard": self.guard.state()})
+
+        return write_checkpoint(self.out, self.step, fill, self.cfg.checkpoint.keep)
 
     def load_checkpoint(self, checkpoint: Path) -> None:
         """--resume: the learner, the in-flight batches and the trainer's own state from a checkpoint
         ("restore" is reserved for selective layer restoration, rl_div.models.layer_restore)."""
-        ray.get(self.learner.load(str(checkpoint)))
+        try:
+            ray.get(self.learner.load(str(checkpoint)))
+        except pickle.UnpicklingError as err:  # a file that would run code on load (rl_div.learner.safe_dcp)
+            why = str(getattr(err, "cause", None) or err).strip().splitlines()[0]
+            raise ConfigError(f"--resume: {checkpoint} refused: {why}") from None
         self.pipeline.load(checkpoint)
         state = load_trainer_state(checkpoint)
         self.step = state["step"]
