@@ -1,0 +1,84 @@
+"""Issue 29 end to end, with real Ray actors and the tiny bootstrapped model: a torn latest checkpoint
+falls back on --resume, a full disk while checkpointing is one line (a real 4 MiB tmpfs, where the
+machine lets this process mount one)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import ray
+
+from rl_div.config import Config, load_config
+from rl_div.run.checkpoint import latest_checkpoint
+from rl_div.run.manifest import checkpoint_problems
+from rl_div.run.stops import DiskFull
+from rl_div.run.tracking import read_metrics
+from rl_div.train.loop import Trainer, train
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def base_model(bootstrapped_prime_gap: Path) -> Iterator[str]:
+    yield str(bootstrapped_prime_gap)
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def make_cfg(out: Path, base_model: str, *overrides: str) -> Config:
+    return load_config(None, [
+        f"model.path={base_model}", f"run.output_dir={out}", "train.steps=2", "rollout.prompts_per_step=2",
+        "rollout.group_size=2", "eval.every=0", "eval.at_start=false", "eval.at_end=false",
+        "eval.embedding_metrics=false", "data.num_eval_prompts=2", "tracking.progress=false",
+        "tracking.tensorboard=false", "cluster.num_cpus=2", "checkpoint.every=1", "checkpoint.keep=3", *overrides,
+    ])
+
+
+@pytest.mark.parametrize("lost", ["learner_state.pt"])  # every file: tests/test_checkpoint_manifest.py
+def test_resume_after_a_file_of_the_latest_checkpoint_was_lost(tmp_path: Path, base_model: str, lost: str,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    out = train(make_cfg(tmp_path / "run", base_model))
+    (out / "checkpoints" / "step_000002" / lost).unlink()
+    with caplog.at_level(logging.WARNING, logger="rl_div"):
+        train(make_cfg(tmp_path / "run", base_model, "train.steps=3"), resume=True)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and "--resume" in r.getMessage()]
+    assert warnings == [f"--resume: step_000002 is incomplete ({lost} missing); resuming from step_000001"]
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl", kind="train")] == [1, 2, 3]
+    assert latest_checkpoint(out) == out / "checkpoints" / "step_000003"
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs (skips where this process may not mount one)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if shutil.which("mount") is None or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
+                                                       capture_output=True).returncode != 0:
+        pytest.skip("mounting a tmpfs needs privileges this process lacks")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_while_checkpointing_is_one_line(small_disk: Path, base_model: str) -> None:
+    trainer = Trainer(make_cfg(small_disk / "run", base_model))
+    try:
+        trainer.train_step()
+        first = trainer.save_checkpoint()
+        free = shutil.disk_usage(small_disk).free
+        (small_disk / "filler").write_bytes(b"\0" * (free - 64 * 1024))  # room for a metrics line, not a model
+        trainer.train_step()
+        with pytest.raises(DiskFull) as caught:
+            trainer.save_checkpoint()
+    finally:
+        trainer.close()
+    assert str(caught.value) == (f"no space left on {small_disk} while writing checkpoint step 2; the previous "
+                                 f"checkpoint step 1 ({first}) is intact; free space and rerun with --resume")
+    assert sorted(p.name for p in first.parent.iterdir()) == ["latest", "step_000001"]  # no step_000002.tmp
+    assert checkpoint_problems(first) == []
+    assert json.loads((first / "trainer_state.json").read_text())["step"] == 1
