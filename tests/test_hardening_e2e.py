@@ -82,3 +82,15 @@ def test_a_full_disk_while_checkpointing_is_one_line(small_disk: Path, base_mode
     assert sorted(p.name for p in first.parent.iterdir()) == ["latest", "step_000001"]  # no step_000002.tmp
     assert checkpoint_problems(first) == []
     assert json.loads((first / "trainer_state.json").read_text())["step"] == 1
+
+
+def test_a_prompt_longer_than_the_context_is_a_counted_skip(tmp_path: Path, base_model: str) -> None:
+    """Issue 29 item 6: a 1 MB prompt made the rollout actor try to allocate its attention (1 TB)."""
+    data = tmp_path / "prompts.jsonl"
+    rows = [{"question": f"N={n}", "answer": "2"} for n in range(10, 18)]
+    rows.insert(5, {"question": "N=" + "1" * 1_000_000, "answer": "2"})  # past the 2 held-out rows
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    out = train(make_cfg(tmp_path / "run", base_model, "data.source=jsonl", f"data.path={data}",
+                         "reward.rewards=[{name: math_verify}]", "train.steps=1"))
+    assert [r["data/skipped_rows"] for r in read_metrics(out / "metrics.jsonl", kind="train")] == [1]
+    assert "skipped 1 of 7 whose templated prompt has over" in (out / "train.log").read_text()

@@ -56,8 +56,9 @@ from rl_div.run.checkpoint import (
 )
 from rl_div.run.tracking import Tracker
 from rl_div.run.writers import check_writers, prepare_output_dir
+from rl_div.train.blowup import check_update
 from rl_div.train.guard import CollapseGuard
-from rl_div.train.prompts import PromptStream, load_splits
+from rl_div.train.prompts import PromptStream, load_splits, prompts_that_fit
 from rl_div.train.rollout_pipeline import RolloutPipeline, policy_lag
 from rl_div.train.step_stats import eval_summary, rollout_health, step_diversity
 
@@ -109,10 +110,13 @@ class Trainer:
         save_config(cfg, self.out / "config.yaml")
         train_set, eval_set = load_splits(cfg.data, cfg.run.seed)  # refuses eval prompts seen in training
         self.model_path = resolve_model_path(cfg)
+        tokenizer = load_tokenizer(self.model_path, trust_remote_code=cfg.model.trust_remote_code)
+        train_set, eval_set = (prompts_that_fit(cfg, tokenizer, self.model_path, s, split)  # room to answer
+                               for s, split in ((train_set, "train"), (eval_set, "eval")))
         self.eval_prompts = eval_set.records
         self.prompts = PromptStream(train_set.records, cfg.run.seed)
         self.counters: dict[str, float] = dict.fromkeys(FAULT_COUNTERS, 0.0)
-        self.counters["data/skipped_rows"] = float(train_set.skipped_rows)
+        self.counters["data/skipped_rows"] = float(train_set.skipped_rows + train_set.too_long + eval_set.too_long)
         self.guard = CollapseGuard(cfg)  # collapse rules and the entropy-coefficient controller (off by default)
         init_ray(cfg)
         self.placement = place_run(cfg)  # fails in seconds when the cluster cannot hold the run
@@ -121,7 +125,6 @@ class Trainer:
         self.rewarder = start_reward_worker(cfg)
         # The actors import and load the policy in their own processes meanwhile.
         # Distinct-n and EAD count the policy's own tokens.
-        tokenizer = load_tokenizer(self.model_path, trust_remote_code=cfg.model.trust_remote_code)
         self.vocab_size = len(tokenizer)
         self.tokenize = functools.partial(tokenizer.encode, add_special_tokens=False)
         actors = {"learner": self.learner, **self.pipeline.actors()}
@@ -171,6 +174,7 @@ class Trainer:
         batch.advantages, adv_metrics = compute_advantages(batch, cfg)
         with timer("learner_update"):
             update_metrics = self.update(batch, self.guard.loss_overrides())
+        check_update(self.step + 1, update_metrics, cfg.train.lr, self.out)  # a blown-up update stops the run
         self.counters["faults/nonfinite_loss"] += update_metrics.pop("faults/nonfinite_loss")
         self.counters["train/skipped_zero_signal"] += update_metrics.pop("train/skipped_zero_signal")
         with timer("sync"):  # after the generation in flight (if any) finished
