@@ -60,12 +60,32 @@ def init_ray(cfg: Config) -> None:
         log.info("connected to the Ray cluster at %s (%d alive nodes); driver's rl_div from %s", address,
                  sum(n["Alive"] for n in ray.nodes()), os.path.dirname(rl_div.__file__))
         return
+    problems = cluster_problems(plan_placement(cfg), cfg, *([local_resources(cfg)] * 2))
+    if problems:  # refused before Ray starts and before the run writes anything
+        raise PlacementError("this machine cannot hold the run (a local Ray would have " +
+                             format_resources(local_resources(cfg)) + "): " + "; ".join(problems))
     # Locally the workers see the driver's import path, so plugin modules next to the run resolve.
     paths = [p for p in [os.getcwd(), *sys.path] if p and os.path.isdir(p)]
     env_vars["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     with loopback_only():  # a local run is reachable from this machine only (docs: README, Reliability)
         ray.init(num_cpus=cfg.cluster.num_cpus, include_dashboard=False, runtime_env={"env_vars": env_vars},
                  log_to_driver=True, logging_level=logging.WARNING)
+
+
+def local_resources(cfg: Config) -> dict[str, float]:
+    """The CPUs and GPUs a Ray started here would have: cluster.num_cpus (else what Ray counts, the
+    container's CPU quota included) and the GPUs torch sees (CUDA_VISIBLE_DEVICES applied)."""
+    cpus: float = cfg.cluster.num_cpus or 0
+    if not cpus:
+        try:
+            from ray._private.utils import get_num_cpus  # Ray's own count (cgroup quotas)
+
+            cpus = get_num_cpus()
+        except (ImportError, AttributeError):
+            cpus = usable_cpus()
+    import torch
+
+    return {"CPU": float(cpus), "GPU": float(torch.cuda.device_count() if torch.cuda.is_available() else 0)}
 
 
 @contextlib.contextmanager
