@@ -189,9 +189,11 @@ def claim_output_dir(output_dir: str | Path, resume: bool, overwrite: bool) -> N
     """Refuse to start a new run over an existing one unless ``resume`` (continue it) or
     ``overwrite`` (delete its outputs first) says what is meant."""
     from rl_div.config import ConfigError
+    from rl_div.run.lock import check_unlocked
     from rl_div.run.writers import check_writable
 
     check_writable(output_dir)  # before Ray starts, without creating anything
+    check_unlocked(output_dir)  # another live run in this folder (rl_div.run.lock): refused, nothing deleted
     found = existing_run(output_dir)
     if resume and committed_checkpoints(output_dir) and latest_checkpoint(output_dir) is None:
         resume_checkpoint(output_dir)  # every checkpoint is incomplete: refused before any work starts

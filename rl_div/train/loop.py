@@ -44,6 +44,7 @@ from rl_div.learner.onpolicy import fuses_policy_forward, needs_prompt_logprobs,
 from rl_div.models.loading import load_tokenizer
 from rl_div.registry import import_plugins
 from rl_div.rollout import SamplingSpec
+from rl_div.run import lock as output_lock
 from rl_div.run.checkpoint import (
     claim_output_dir,
     latest_checkpoint,
@@ -96,6 +97,7 @@ class Trainer:
         check_inputs(cfg)
         claim_output_dir(cfg.run.output_dir, resume, overwrite)  # a run there needs --resume or --overwrite
         self.out = prepare_output_dir(cfg.run.output_dir)  # absolute, writable; who writes what: rl_div/run/writers.py
+        output_lock.acquire(self.out)  # one run per folder until close() (rl_div/run/lock.py)
         try:
             self._start(resume)
         except BaseException:
@@ -337,6 +339,7 @@ class Trainer:
                     ray.kill(actor)
         with contextlib.suppress(Exception):
             release_placement(getattr(self, "placement", None))
+        output_lock.release(self.out)
 
 
 def compute_advantages(batch: RolloutBatch, cfg: Config) -> tuple[torch.Tensor, dict[str, float]]:
