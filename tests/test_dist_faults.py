@@ -170,6 +170,9 @@ def test_killed_learner_rank_fails_the_run_and_resume_finishes_it(base_model: st
     stderr = capsys.readouterr().err.splitlines()
     assert any(re.fullmatch(line, s) for s in stderr), stderr[-5:]
     assert not any(s.startswith("Traceback") for s in stderr)
+    # printed once: no ERROR block repeating it (issue 29 item 10); the rank's error is in train.log
+    assert len([s for s in stderr if "learner rank 0 died" in s]) == 1, stderr[-8:]
+    assert "the rank's error:" in (out / "train.log").read_text()
     assert main(["train", str(out / "config.yaml"), "--resume"]) == 0  # as the line says (the run's config)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2, 3]
