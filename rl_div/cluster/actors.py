@@ -60,10 +60,11 @@ def init_ray(cfg: Config) -> None:
         log.info("connected to the Ray cluster at %s (%d alive nodes); driver's rl_div from %s", address,
                  sum(n["Alive"] for n in ray.nodes()), os.path.dirname(rl_div.__file__))
         return
-    problems = cluster_problems(plan_placement(cfg), cfg, *([local_resources(cfg)] * 2))
+    local = local_resources(cfg)  # one node: the totals are its resources
+    problems = cluster_problems(plan_placement(cfg), cfg, local, [local])
     if problems:  # refused before Ray starts and before the run writes anything
-        raise PlacementError("this machine cannot hold the run (a local Ray would have " +
-                             format_resources(local_resources(cfg)) + "): " + "; ".join(problems))
+        raise PlacementError(f"this machine cannot hold the run (a local Ray would have {format_resources(local)}): "
+                             + "; ".join(problems))
     # Locally the workers see the driver's import path, so plugin modules next to the run resolve.
     paths = [p for p in [os.getcwd(), *sys.path] if p and os.path.isdir(p)]
     env_vars["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
