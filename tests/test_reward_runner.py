@@ -83,7 +83,8 @@ def test_a_bad_gold_is_checked_and_counted_once_for_the_run(worker: IsolatedWork
     for result in (first, second):
         assert same(result.components["math_verify"], [nan, 1.0, nan, nan])
     assert (first.errors["math_verify/errors"], second.errors["math_verify/errors"]) == (1, 0)
-    assert first.error_messages == [r"math_verify (row 0): GoldParseError: gold answer '\\frac{' does not parse as math"]
+    assert first.error_messages == [
+        r"math_verify (row 0): GoldParseError: gold answer '\\frac{' does not parse as math"]
 
 
 def test_raising_and_non_numeric_rewards_give_nan_and_counts(worker: IsolatedWorker) -> None:
