@@ -94,3 +94,21 @@ def test_a_prompt_longer_than_the_context_is_a_counted_skip(tmp_path: Path, base
                          "reward.rewards=[{name: math_verify}]", "train.steps=1"))
     assert [r["data/skipped_rows"] for r in read_metrics(out / "metrics.jsonl", kind="train")] == [1]
     assert "skipped 1 of 7 whose templated prompt has over" in (out / "train.log").read_text()
+
+
+def test_a_learning_rate_that_destroys_the_policy_stops_the_run(tmp_path: Path, base_model: str,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 29 item 7: train.lr=1e30 exited 0 with the model ruined and nothing counted."""
+    from rl_div.cli import main
+    from rl_div.config import save_config
+
+    out = tmp_path / "run"
+    save_config(make_cfg(out, base_model, "train.lr=1e30", "train.steps=3"), tmp_path / "run.yaml")
+    capsys.readouterr()
+    assert main(["train", str(tmp_path / "run.yaml")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("rl-div: the update of step 1 blew up the policy (its parameter norm ")
+    assert err[-1].endswith("stopped without saving it. Last good checkpoint: none yet. Likely cause: train.lr=1e+30 "
+                            "is far too large")
+    assert not any(line.startswith("Traceback") for line in err)
+    assert not (out / "checkpoints").exists() or not list((out / "checkpoints").glob("step_*"))

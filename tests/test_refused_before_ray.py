@@ -31,8 +31,9 @@ def test_a_placement_this_machine_cannot_hold_is_refused_before_ray(tmp_path: Pa
                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("rl-div: this machine cannot hold the run (a local Ray would "
-                                                   "have 1 CPU): the run needs 3 CPU (the cluster has 1)"), lines
+    assert len(lines) == 1 and lines[0].startswith("rl-div: this machine cannot hold the run: the run needs 3 CPU "
+                                                   "(the cluster has 1)"), lines
+    assert lines[0].endswith("(Ray not started; a local Ray would have 1 CPU)")
     assert not out.exists()  # no config.yaml, no train.log
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
 

@@ -63,8 +63,8 @@ def init_ray(cfg: Config) -> None:
     local = local_resources(cfg)  # one node: the totals are its resources
     problems = cluster_problems(plan_placement(cfg), cfg, local, [local])
     if problems:  # refused before Ray starts and before the run writes anything
-        raise PlacementError(f"this machine cannot hold the run (a local Ray would have {format_resources(local)}): "
-                             + "; ".join(problems))
+        raise PlacementError("this machine cannot hold the run: " + "; ".join(problems) +
+                             f" (Ray not started; a local Ray would have {format_resources(local)})")
     # Locally the workers see the driver's import path, so plugin modules next to the run resolve.
     paths = [p for p in [os.getcwd(), *sys.path] if p and os.path.isdir(p)]
     env_vars["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
