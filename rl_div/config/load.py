@@ -136,7 +136,7 @@ def read_config_tree(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         raise ConfigError(f"config file {str(path)!r}: {yaml_error_text(err)}") from None
     except UnicodeDecodeError as err:
         raise ConfigError(f"config file {str(path)!r} is not UTF-8 text ({err.reason} at byte {err.start})") from None
-    if loaded is None or loaded == {}:  # a default 40-step run into the current folder is never what was meant
+    if loaded is None:  # empty or comments only: a default 40-step run into the current folder is never meant
         raise ConfigError(f"the config file {str(path)!r} is empty: give at least one setting (or inherit: "
                           "configs/demo.yaml)")
     if not isinstance(loaded, dict):

@@ -68,8 +68,9 @@ def check_writable(output_dir: str | Path) -> None:
     create). Leaves nothing behind; works where permission bits do not tell (root, a read-only mount)."""
     path = Path(output_dir).expanduser().absolute()
     existing = next((p for p in (path, *path.parents) if p.exists()), None)
-    if existing is None or not existing.is_dir():
-        raise OutputDirError(f"run.output_dir {path}: {existing} is not a directory")
+    if existing is None or not existing.is_dir():  # a folder cannot be made below a file, even by root
+        raise OutputDirError(f"run.output_dir {path} is not writable by the driver on {socket.gethostname()}: "
+                             "Not a directory")
     try:
         with tempfile.NamedTemporaryFile(dir=existing, prefix=f"{PROBE_PREFIX}check_"):
             pass
