@@ -13,6 +13,7 @@ import pytest
 from rl_div.cli import main
 from rl_div.config import ConfigError, load_config, save_config
 from rl_div.experiments.evaluate import eval_config, resolve_target
+from rl_div.run.manifest import write_manifest
 
 
 def crafted_run(root: Path, trust: bool) -> tuple[Path, Path]:
@@ -28,6 +29,7 @@ def crafted_run(root: Path, trust: bool) -> tuple[Path, Path]:
         "model_type": "evil", "architectures": ["LlamaForCausalLM"],
         "auto_map": {"AutoConfig": "configuration_evil.EvilConfig"}}))
     (policy.parent / "trainer_state.json").write_text(json.dumps({"step": 1}))
+    write_manifest(policy.parent)  # a complete checkpoint, as a run commits it
     (run / "checkpoints" / "latest").write_text("step_000001")
     save_config(load_config(None, [f"model.trust_remote_code={str(trust).lower()}", f"run.output_dir={run}"]),
                 run / "config.yaml")

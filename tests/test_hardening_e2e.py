@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -103,12 +104,18 @@ def test_a_learning_rate_that_destroys_the_policy_stops_the_run(tmp_path: Path, 
     from rl_div.config import save_config
 
     out = tmp_path / "run"
-    save_config(make_cfg(out, base_model, "train.lr=1e30", "train.steps=3"), tmp_path / "run.yaml")
+    # 4 prompts x 8 samples: a step with some reward signal (a zero-signal step takes no optimizer step)
+    save_config(make_cfg(out, base_model, "train.lr=1e30", "train.steps=3", "rollout.prompts_per_step=4",
+                         "rollout.group_size=8"), tmp_path / "run.yaml")
     capsys.readouterr()
     assert main(["train", str(tmp_path / "run.yaml")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("rl-div: the update of step 1 blew up the policy (its parameter norm ")
-    assert err[-1].endswith("stopped without saving it. Last good checkpoint: none yet. Likely cause: train.lr=1e+30 "
-                            "is far too large")
+    match = re.fullmatch(r"rl-div: the update of step (\d) blew up the policy \(its parameter norm .+ in one optimizer "
+                         r"step\); stopped without saving it\. Last good checkpoint: (.+)\. Likely cause: "
+                         r"train\.lr=1e\+30 is far too large", err[-1])
+    assert match is not None, err[-3:]
+    step = int(match.group(1))
+    saved = sorted(p.name for p in (out / "checkpoints").glob("step_*")) if (out / "checkpoints").exists() else []
+    assert saved == [f"step_{s:06d}" for s in range(1, step)]  # every step before it, not the blown-up one
+    assert match.group(2) == ("none yet" if step == 1 else f"{out / 'checkpoints' / saved[-1]} (step {step - 1})")
     assert not any(line.startswith("Traceback") for line in err)
-    assert not (out / "checkpoints").exists() or not list((out / "checkpoints").glob("step_*"))
