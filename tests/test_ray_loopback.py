@@ -27,7 +27,7 @@ START_RAY = textwrap.dedent("""
     import sys, ray
     from rl_div.cluster.actors import init_ray
     from rl_div.config import load_config
-    init_ray(load_config(None, ["cluster.num_cpus=1"]))
+    init_ray(load_config(None, ["cluster.num_cpus=2"]))  # room for the default run's learner and rollout actor
     ray.get(ray.remote(lambda: 1).remote())
     print("ready", flush=True)
     sys.stdin.readline()
@@ -89,15 +89,17 @@ def is_loopback(address: str) -> bool:
     return ip.is_loopback
 
 
-def test_a_local_run_listens_on_the_loopback_address_only() -> None:
+def test_a_local_run_listens_on_the_loopback_address_only(tmp_path: Path) -> None:
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
     env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
     proc = subprocess.Popen([sys.executable, "-c", START_RAY], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            text=True, env=env)
+                            stderr=(tmp_path / "stderr").open("w"), text=True, env=env)  # a file: never blocks
     try:
         assert proc.stdout is not None and proc.stdin is not None
-        assert proc.stdout.readline().strip() == "ready"
+        if proc.stdout.readline().strip() != "ready":
+            proc.wait(timeout=60)
+            raise AssertionError(f"Ray did not start: {(tmp_path / 'stderr').read_text()[-2000:]}")
         sockets = listening_sockets()
         owned = {}
         for pid in descendants(proc.pid):
