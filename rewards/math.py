@@ -101,6 +101,21 @@ def math_verify_reward(
     return 1.0 if same else 0.0
 
 
+def gold_problem(gold: str) -> str | None:
+    """Why ``gold`` cannot be scored against (GoldParseError's text), or None when it parses. The
+    runner asks this once per distinct gold (``math_verify_reward.gold_check``) and leaves the samples
+    of a bad one unscored without calling the verifier again."""
+    try:
+        parse_gold(gold)
+    except GoldParseError as err:
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+# Which function checks a gold on its own (a module:function the isolated worker imports).
+math_verify_reward.gold_check = "rewards.math:gold_problem"  # type: ignore[attr-defined]
+
+
 @register_reward("task_verifier", scope="sample", verifier=True)
 def task_verifier(completion: str, record: PromptRecord, **params: Any) -> float:
     """The record's own verifier: the sample reward named by ``record.meta["verifier"]``, else by

@@ -23,6 +23,7 @@ never scored 0.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import math
 from collections.abc import Sequence
@@ -101,6 +102,7 @@ class RewardScorer:
         self.isolated = isolated
         self.max_error_messages = max_error_messages
         self.verifier_key = next((r.key for r in self.rewards if r.verifier), None)
+        self._golds: dict[str, dict[str, str | None]] = {}  # reward key -> gold -> why unusable (None: fine)
         if self.verifier_key is None and any(r.scope == "group" for r in self.rewards):
             log.warning("group rewards without a verifier: every response's `correct` is NaN")
         self._owns_worker = isolated and worker is None
@@ -148,14 +150,41 @@ class RewardScorer:
 
     def _sample_scores(self, r: _Resolved, completions: Sequence[str], records: Sequence[PromptRecord],
                        log_: _ErrorLog) -> list[float]:
-        scores = []
-        for i, outcome in enumerate(self._run(r.spec, list(zip(completions, records, strict=True)),
-                                              self.timeout_s, self.items_per_call)):
+        """Every response's score; the responses to a gold answer that cannot be scored against are
+        NaN without a call (the gold was checked, counted and logged once: _unusable_golds)."""
+        bad = self._unusable_golds(r, records, log_)
+        todo = [i for i, record in enumerate(records) if record.answer not in bad]
+        scores = [math.nan] * len(completions)
+        for i, outcome in zip(todo, self._run(r.spec, [(completions[i], records[i]) for i in todo], self.timeout_s,
+                                              self.items_per_call), strict=True):
             value = _as_score(outcome)
             if not outcome.ok or value is None:
                 log_.add(r.key, i, outcome)
-            scores.append(math.nan if value is None else value)
+            scores[i] = math.nan if value is None else value
         return scores
+
+    def _unusable_golds(self, r: _Resolved, records: Sequence[PromptRecord], log_: _ErrorLog) -> set[str]:
+        """The gold answers (of reward r, when it declares a ``gold_check``) that cannot be scored
+        against: each new gold is checked once, alone, under reward.timeout_s; a bad one is one
+        error (or timeout) count and one log line for the whole run, not one verifier timeout per
+        sample per step."""
+        check = getattr(REWARDS.get(r.spec.name), "gold_check", None)
+        if check is None:
+            return set()
+        checked = self._golds.setdefault(r.key, {})
+        new = list(dict.fromkeys(rec.answer for rec in records if rec.answer not in checked))
+        if new:
+            spec = RewardSpec(name=check)
+            for gold, outcome in zip(new, self._run(spec, [(g,) for g in new], self.timeout_s, self.items_per_call),
+                                     strict=True):
+                problem = outcome.value if outcome.ok else (outcome.error or "timed out")
+                checked[gold] = problem
+                if problem is not None:
+                    row = next(i for i, rec in enumerate(records) if rec.answer == gold)
+                    log.warning("%s: gold answer %r cannot be scored against (%s); its responses stay unscored (NaN) "
+                                "for the rest of the run", r.key, gold[:80], problem)
+                    log_.add(r.key, row, outcome if not outcome.ok else Outcome(error=str(problem)))
+        return {gold for gold, problem in checked.items() if problem is not None}
 
     def _group_scores(self, r: _Resolved, completions: Sequence[str], answers: list[str | None],
                       correct: list[float], records: Sequence[PromptRecord], group_index: Sequence[int],
@@ -215,7 +244,11 @@ class RewardScorer:
         """The reward on every item: in the worker pool (with timeouts), or in this process."""
         if self.worker is not None:
             return self.worker.map(spec.name, items, spec.params, timeout_s=timeout_s, items_per_call=items_per_call)
-        fn = REWARDS.get(spec.name)
+        if ":" in spec.name:  # a module:function (a gold check), as the isolated worker resolves it
+            module, _, attr = spec.name.partition(":")
+            fn = getattr(importlib.import_module(module), attr)
+        else:
+            fn = REWARDS.get(spec.name)
         outcomes = []
         for args in items:
             try:

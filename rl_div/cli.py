@@ -12,8 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from rl_div.bench import SECTIONS as BENCH_SECTIONS
-from rl_div.cluster.faults import LearnerFailed
 from rl_div.config import ConfigError, config_help, load_config
+from rl_div.run.stops import RunStopped
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -356,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as err:  # RunInterrupted says where the run stopped; actors are stopped
         print(f"rl-div: {err or 'interrupted'}", file=sys.stderr)
         return 130
-    except LearnerFailed as err:  # a learner rank died: which one, and the checkpoint --resume continues from
+    except RunStopped as err:  # a learner rank died, a full disk, a blown-up update: the checkpoint to resume from
         print(f"rl-div: {err}", file=sys.stderr)
         return 1
 

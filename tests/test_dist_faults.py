@@ -116,6 +116,30 @@ def test_group_stops_the_survivors_and_names_the_checkpoint(ray4: None, tmp_path
         ray.get(actors[0].pid.remote())  # the blocked survivor was killed
 
 
+def test_a_failed_rank_is_one_line_on_the_console_and_its_error_in_the_run_log(ray4: None, tmp_path: Path) -> None:
+    """Issue 29 item 10: the group logged an ERROR record (the line and the rank's whole error) that the
+    console showed above the CLI's own copy of the line. The console here is a StreamHandler on the
+    rl_div logger, beside the run's train.log FileHandler."""
+    import io
+    import logging
+
+    console, run_log = io.StringIO(), tmp_path / "train.log"
+    handlers = [logging.StreamHandler(console), logging.FileHandler(run_log)]
+    logger = logging.getLogger("rl_div")
+    for handler in handlers:
+        logger.addHandler(handler)
+    try:
+        group = LearnerGroup(load_config(None, [f"run.output_dir={tmp_path}"]), ranks("block", "raise"), sharded=True)
+        with pytest.raises(LearnerFailed):
+            group.on_every_rank("work")
+    finally:
+        for handler in handlers:
+            logger.removeHandler(handler)
+            handler.close()
+    assert "learner rank 1" not in console.getvalue()
+    assert re.search(r"learner rank 1 failed in work\(\) .*; the rank's error: ", run_log.read_text())
+
+
 def test_every_rank_probes_the_output_dir_as_its_own_writer(ray4: None, tmp_path: Path) -> None:
     """Each rank writes checkpoint shards, so each is a writer of its own: probed through the group,
     both ranks wrote and read back one shared probe file (a race: a rank could read the other's
@@ -170,6 +194,9 @@ def test_killed_learner_rank_fails_the_run_and_resume_finishes_it(base_model: st
     stderr = capsys.readouterr().err.splitlines()
     assert any(re.fullmatch(line, s) for s in stderr), stderr[-5:]
     assert not any(s.startswith("Traceback") for s in stderr)
+    # printed once: no ERROR block repeating it (issue 29 item 10); the rank's error is in train.log
+    assert len([s for s in stderr if "learner rank 0 died" in s]) == 1, stderr[-8:]
+    assert "the rank's error:" in (out / "train.log").read_text()
     assert main(["train", str(out / "config.yaml"), "--resume"]) == 0  # as the line says (the run's config)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2, 3]

@@ -88,7 +88,8 @@ def test_prompt_template_may_only_use_prompt(template: str, needle: str) -> None
 
 
 def test_valid_templates_load() -> None:
-    for template in ("{prompt}", "Q: {prompt}\\nA:", "{{literal}} {prompt!s:>3}"):
+    # a conversion or format spec ({prompt!s:>3}) is refused since issue 29: tests/test_small_refusals.py
+    for template in ("{prompt}", "Q: {prompt}\\nA:", "{{literal}} {prompt}"):
         load_config(None, [f'data.prompt_template="{template}"'])
 
 

@@ -69,6 +69,24 @@ def test_gold_that_does_not_parse_is_an_error_not_a_zero(worker: IsolatedWorker)
     assert "GoldParseError" in result.error_messages[0]
 
 
+@pytest.mark.parametrize("isolated", [True, False])
+def test_a_bad_gold_is_checked_and_counted_once_for_the_run(worker: IsolatedWorker, isolated: bool) -> None:
+    """Issue 29 item 10: every sample of a bad gold cost one verifier call (a timeout, for a gold that
+    hangs) per step. Three samples of it in each of two steps: one count, in the first step."""
+    completions = [r"\boxed{1}", r"\boxed{5}", r"\boxed{1}", r"\boxed{2}"]
+    records = [BAD_GOLD, GOLD5, BAD_GOLD, BAD_GOLD]
+    s = scorer(worker, RewardSpec("math_verify")) if isolated else RewardScorer([RewardSpec("math_verify")],
+                                                                                 isolated=False)
+    with s:
+        first = s.score(completions, records, [0, 1, 0, 0])
+        second = s.score(completions, records, [0, 1, 0, 0])
+    for result in (first, second):
+        assert same(result.components["math_verify"], [nan, 1.0, nan, nan])
+    assert (first.errors["math_verify/errors"], second.errors["math_verify/errors"]) == (1, 0)
+    assert first.error_messages == [
+        r"math_verify (row 0): GoldParseError: gold answer '\\frac{' does not parse as math"]
+
+
 def test_raising_and_non_numeric_rewards_give_nan_and_counts(worker: IsolatedWorker) -> None:
     specs = [RewardSpec("test_raises"), RewardSpec("test_text", weight=0.0)]
     with scorer(worker, *specs) as s:

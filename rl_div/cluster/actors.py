@@ -9,10 +9,12 @@ works inside Ray workers as it does in the driver.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +37,8 @@ from rl_div.config.rollout_backends import ROLLOUT_BACKENDS
 log = logging.getLogger("rl_div")
 
 # Per-actor weight-loading progress bars would drown the run's own progress bar.
+# Ray's single-machine mode: its node address (and so every server's listening address) is 127.0.0.1.
+LOCAL_RAY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 QUIET_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error", "RAY_DEDUP_LOGS": "1"}
 
 
@@ -56,11 +60,56 @@ def init_ray(cfg: Config) -> None:
         log.info("connected to the Ray cluster at %s (%d alive nodes); driver's rl_div from %s", address,
                  sum(n["Alive"] for n in ray.nodes()), os.path.dirname(rl_div.__file__))
         return
+    local = local_resources(cfg)  # one node: the totals are its resources
+    problems = cluster_problems(plan_placement(cfg), cfg, local, [local])
+    if problems:  # refused before Ray starts and before the run writes anything
+        raise PlacementError("this machine cannot hold the run: " + "; ".join(problems) +
+                             f" (Ray not started; a local Ray would have {format_resources(local)})")
     # Locally the workers see the driver's import path, so plugin modules next to the run resolve.
     paths = [p for p in [os.getcwd(), *sys.path] if p and os.path.isdir(p)]
     env_vars["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
-    ray.init(num_cpus=cfg.cluster.num_cpus, include_dashboard=False, runtime_env={"env_vars": env_vars},
-             log_to_driver=True, logging_level=logging.WARNING)
+    with loopback_only():  # a local run is reachable from this machine only (docs: README, Reliability)
+        ray.init(num_cpus=cfg.cluster.num_cpus, include_dashboard=False, runtime_env={"env_vars": env_vars},
+                 log_to_driver=True, logging_level=logging.WARNING)
+
+
+def local_resources(cfg: Config) -> dict[str, float]:
+    """The CPUs and GPUs a Ray started here would have: cluster.num_cpus (else what Ray counts, the
+    container's CPU quota included) and the GPUs torch sees (CUDA_VISIBLE_DEVICES applied)."""
+    cpus: float = cfg.cluster.num_cpus or 0
+    if not cpus:
+        try:
+            from ray._private.utils import get_num_cpus  # Ray's own count (cgroup quotas)
+
+            cpus = get_num_cpus()
+        except (ImportError, AttributeError):
+            cpus = usable_cpus()
+    import torch
+
+    return {"CPU": float(cpus), "GPU": float(torch.cuda.device_count() if torch.cuda.is_available() else 0)}
+
+
+@contextlib.contextmanager
+def loopback_only() -> Iterator[None]:
+    """While Ray starts locally inside this block, it listens on 127.0.0.1 only (GCS, raylet, agents,
+    workers), not on every interface. Ray on Linux resolves its node address to the machine's outward
+    IP (even when given 127.0.0.1) unless RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, its single-machine
+    mode, and then binds its servers to the loopback address. Ray's processes started here inherit
+    the variable; the driver read it when it imported ray, so its constant is set too. Both are put
+    back afterwards, so a later connection to a cluster from this process is unaffected."""
+    from ray._private import ray_constants
+
+    saved = os.environ.get(LOCAL_RAY_ENV), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[LOCAL_RAY_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        if saved[0] is None:
+            os.environ.pop(LOCAL_RAY_ENV, None)
+        else:
+            os.environ[LOCAL_RAY_ENV] = saved[0]
+        ray_constants.ENABLE_RAY_CLUSTER = saved[1]
 
 
 class RolloutHost:

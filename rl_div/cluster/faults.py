@@ -15,17 +15,20 @@ the driver waits on and reads, so failures are seen without fetching a value int
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from rl_div.run.stops import RunStopped
 
 
 class StartupError(RuntimeError):
     """An actor did not start (crashed or ran past cluster.startup_timeout_s)."""
 
 
-class LearnerFailed(RuntimeError):
+class LearnerFailed(RunStopped):
     """A learner rank died or failed; the other ranks were stopped. str() is the one line to show."""
 
 
@@ -110,6 +113,15 @@ def failure_line(failed: RankFailed, method: str, output_dir: str | Path) -> str
     return (f"learner rank {failed.rank} {what} in {method}() ({detail}); the other ranks were stopped. "
             f"Last checkpoint: {where_to_resume(output_dir)}; rerun `rl-div train CONFIG --resume` to continue "
             "from it")
+
+
+def log_to_run_file(logger: logging.Logger, message: str) -> None:
+    """An ERROR record in the run's log file(s) (train.log) only, not on the console, where the CLI
+    prints the failure's one line itself."""
+    record = logger.makeRecord(logger.name, logging.ERROR, __file__, 0, message, (), None)
+    for handler in logger.handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 def stop_ranks(actors: list[Any]) -> None:

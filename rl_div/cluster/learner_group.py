@@ -44,6 +44,7 @@ from rl_div.cluster.faults import (
     call_ranked,
     failure_line,
     gather_ranks,
+    log_to_run_file,
     stop_ranks,
 )
 from rl_div.learner.plan import cut_micro_batches, pad_micro_counts, plan_batch
@@ -139,7 +140,8 @@ class LearnerGroup:
         except RankFailed as failed:
             stop_ranks(self.actors)
             line = failure_line(failed, name, self.cfg.run.output_dir)
-            log.error("%s; the rank's error: %s", line, failed.error)
+            # the rank's whole error to train.log only: the console gets the line once, from the CLI
+            log_to_run_file(log, f"{line}; the rank's error: {failed.error}")
             raise LearnerFailed(line) from failed.error
         except TimeoutError as err:
             stop_ranks(self.actors)

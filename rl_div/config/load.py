@@ -8,6 +8,7 @@ suggesting the closest valid name.
 from __future__ import annotations
 
 import importlib.util
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,8 @@ __all__ = [
     "apply_override", "build_config", "config_help", "deep_merge", "load_config", "parse_override",
     "read_config_tree", "save_config", "yaml_error_text",
 ]
+
+SANE_MAX_LR = 0.1  # AdamW steps of this size (per weight, per step) wreck a pretrained model: a warning
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -117,6 +120,9 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     from rl_div.config.checks import check_registry_names  # imports plugins and registries
 
     check_registry_names(cfg)
+    if cfg.train.lr > SANE_MAX_LR:  # the run would stop at its first update (rl_div.train.blowup)
+        logging.getLogger("rl_div").warning(
+            "train.lr=%g is above %g: AdamW steps that large usually destroy the model", cfg.train.lr, SANE_MAX_LR)
     return cfg
 
 
@@ -158,11 +164,14 @@ def read_config_tree(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if path.resolve() in seen:
         raise ConfigError(f"config inheritance loops through {str(path)!r}")
     try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         raise ConfigError(f"config file {str(path)!r}: {yaml_error_text(err)}") from None
     except UnicodeDecodeError as err:
         raise ConfigError(f"config file {str(path)!r} is not UTF-8 text ({err.reason} at byte {err.start})") from None
+    if loaded is None:  # empty or comments only: a default 40-step run into the current folder is never meant
+        raise ConfigError(f"the config file {str(path)!r} is empty: give at least one setting (or inherit: "
+                          "configs/demo.yaml)")
     if not isinstance(loaded, dict):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping, got {type(loaded).__name__}")
     parent = loaded.pop("inherit", None)

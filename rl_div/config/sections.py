@@ -79,7 +79,7 @@ class DataConfig(Section):
     )
     prompt_template: str = Field(
         "{prompt}", description="Format string applied to each prompt ({prompt} is replaced; it is the only "
-        "placeholder; write a literal brace as {{ or }})."
+        "placeholder, with no format spec or conversion; write a literal brace as {{ or }})."
     )
     num_train_prompts: int = Field(512, ge=1, description="Training prompts (task source) / max rows.")
     num_eval_prompts: int = Field(32, ge=1, description="Held-out evaluation prompts.")
@@ -97,10 +97,13 @@ class DataConfig(Section):
     def check_template(cls, template: str) -> str:
         """Only ``{prompt}`` may be used (the rollout workers format with ``prompt=`` alone)."""
         try:
-            fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+            fields = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(template) if f is not None]
         except ValueError as err:
             raise ValueError(f"not a valid format string ({err}); write a literal brace as {{{{ or }}}}") from None
-        for name in fields:
+        for name, spec, conversion in fields:
+            if name == "prompt" and (spec or conversion):  # {prompt:>99999999999} would pad every prompt
+                raise ValueError(f"{{prompt{'!' + conversion if conversion else ''}{':' + spec if spec else ''}}}: "
+                                 "only the plain placeholder {prompt} is allowed (no format spec or conversion)")
             if name != "prompt":
                 raise ValueError(f"unknown placeholder {{{name}}}: the only placeholder is {{prompt}} "
                                  "(write a literal brace as {{ or }})")

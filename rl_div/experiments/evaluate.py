@@ -93,8 +93,22 @@ def eval_config(target: Target, config: str | None, overrides: list[str]) -> Con
     if target.run_dir is not None:
         # The saved config is fully resolved; validate it as a tree so that string values such as a
         # model path are never re-parsed as YAML scalars.
-        return _apply(build_config(yaml.safe_load((target.run_dir / "config.yaml").read_text())), overrides)
+        saved = yaml.safe_load((target.run_dir / "config.yaml").read_text())
+        return _apply(build_config(without_remote_code(saved, target.run_dir, overrides)), overrides)
     return load_config(None, overrides)
+
+
+def without_remote_code(tree: dict[str, Any], run_dir: Path, overrides: list[str]) -> dict[str, Any]:
+    """The evaluated folder's saved config with model.trust_remote_code off: the folder's own word never
+    makes its Python files run. Only the person running rl-div eval trusts them (a command-line
+    override or their own --config); a folder that asks for it without that is refused in one line."""
+    model = tree.get("model") or {}
+    from_command_line = any(o.split("=", 1)[0].strip() == "model.trust_remote_code" for o in overrides)
+    if model.get("trust_remote_code") and not from_command_line:
+        raise ConfigError(f"{run_dir / 'config.yaml'} sets model.trust_remote_code: true, and rl-div eval never "
+                          "trusts remote code because the evaluated folder says so: if you trust the Python files "
+                          "of its model, pass model.trust_remote_code=true on the command line (or --config YOURS)")
+    return {**tree, "model": {**model, "trust_remote_code": False}}
 
 
 def _apply(cfg: Config, overrides: list[str]) -> Config:

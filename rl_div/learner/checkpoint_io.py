@@ -20,12 +20,13 @@ import torch
 def load_dcp(model: torch.nn.Module, optimizer: torch.optim.Optimizer, dcp_dir: Path) -> None:
     """Model and optimizer state from a DCP checkpoint saved with any number of ranks, into an
     unsharded model and its optimizer in this process (no process group needed)."""
-    import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    from rl_div.learner.safe_dcp import safe_dcp_load
 
     model_sd, optim_sd = get_state_dict(model, optimizer)
     state = {"model": model_sd, "optim": optim_sd}
-    dcp.load(state, checkpoint_id=str(dcp_dir))
+    safe_dcp_load(state, dcp_dir)  # a folder from elsewhere cannot run code on load
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
 
 

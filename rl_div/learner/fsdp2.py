@@ -170,13 +170,14 @@ class ShardedLearner(Learner):
     def load(self, ckpt_dir: str) -> None:
         """Resume from a checkpoint that save() wrote with any number of ranks (DCP reshards), or that
         a single learner wrote."""
-        import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import set_state_dict
+
+        from rl_div.learner.safe_dcp import safe_dcp_load
 
         dcp_dir = Path(ckpt_dir) / "dcp"
         if dcp_dir.is_dir():
             state = self._dcp_state()
-            dcp.load(state, checkpoint_id=str(dcp_dir))
+            safe_dcp_load(state, dcp_dir)  # a folder from elsewhere cannot run code on load
             set_state_dict(self.model, self.optimizer, model_state_dict=state["model"],
                            optim_state_dict=state["optim"])
         else:  # written by train.strategy 'single'

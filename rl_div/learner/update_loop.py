@@ -21,6 +21,7 @@ sums (not averages) the gradients, so the update is one process's at any world s
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -104,12 +105,26 @@ def planned_step(learner: Learner, batch: RolloutBatch, plan: MiniBatchPlan, ran
     if not torch.isfinite(torch.tensor(grad_norm)):
         learner.optimizer.zero_grad(set_to_none=True)
         return None
+    before = parameter_norm(learner.model, reducer)
     learner.optimizer.step()
     learner.optimizer.zero_grad(set_to_none=True)  # gradients would otherwise live until the next step
     learner.scheduler.step()
     learner.version += 1
     sums["train/grad_norm"] = grad_norm
+    # how much one step moved the weights' scale: ~1 in healthy training, huge or non-finite when an
+    # update blew the policy up (the driver stops the run on it: rl_div.train.blowup)
+    sums["train/param_norm_ratio_max"] = parameter_norm(learner.model, reducer) / max(before, 1e-30)
     return sums
+
+
+def parameter_norm(model: torch.nn.Module, reducer: LocalReducer) -> float:
+    """The L2 norm of all of the model's parameters (every rank's shards): each tensor's norm on its
+    device (no copy), their squares summed in float64; a blown-up parameter shows as a huge or
+    non-finite norm."""
+    tensors = [(p.to_local() if hasattr(p, "to_local") else p).detach() for p in model.parameters()]
+    norms = [torch.linalg.vector_norm(t).float() for t in tensors if t.numel()]  # a rank may hold no shard
+    local = float(torch.stack(norms).double().pow(2).sum()) if norms else 0.0
+    return math.sqrt(reducer.sum_dict({"sq": local})["sq"])
 
 
 def run_plans(learner: Learner, batch: RolloutBatch, plans: Iterable[MiniBatchPlan], rank: int = 0,

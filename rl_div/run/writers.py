@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,24 @@ def prepare_output_dir(output_dir: str | Path) -> Path:
         raise OutputDirError(f"run.output_dir {path} is not writable by the driver on {socket.gethostname()}: "
                              f"{err.strerror or err}") from err
     return path
+
+
+def check_writable(output_dir: str | Path) -> None:
+    """One-line OutputDirError unless this process can write run.output_dir: a probe file written and
+    removed in it, or in its nearest existing parent when it does not exist yet (which the run would
+    create). Leaves nothing behind; works where permission bits do not tell (root, a read-only mount)."""
+    path = Path(output_dir).expanduser().absolute()
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is None or not existing.is_dir():  # a folder cannot be made below a file, even by root
+        raise OutputDirError(f"run.output_dir {path} is not writable by the driver on {socket.gethostname()}: "
+                             "Not a directory")
+    try:
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=f"{PROBE_PREFIX}check_"):
+            pass
+    except OSError as err:
+        where = "" if existing == path else f" (its parent {existing}, where it would be created)"
+        raise OutputDirError(f"run.output_dir {path} is not writable by the driver on {socket.gethostname()}{where}: "
+                             f"{err.strerror or err}") from None
 
 
 def _write_probe(actor: Any, path: str, text: str) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import functools
 import json
 import logging
 import math
+import pickle
 import time
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ from rl_div.cluster.actors import (
     start_reward_worker,
     wait_started,
 )
-from rl_div.config import Config, save_config
+from rl_div.config import Config, ConfigError, save_config
 from rl_div.config.checks import check_inputs
 from rl_div.data import RolloutBatch
 from rl_div.learner.forward import prompt_logprob_mask
@@ -43,23 +44,25 @@ from rl_div.models.loading import load_tokenizer
 from rl_div.models.lora import check_lora_model
 from rl_div.registry import import_plugins
 from rl_div.rollout import SamplingSpec
+from rl_div.run import lock as output_lock
 from rl_div.run.checkpoint import (
     claim_output_dir,
-    commit_checkpoint,
     latest_checkpoint,
     load_trainer_state,
-    new_checkpoint_dir,
+    resume_checkpoint,
     save_trainer_state,
     trim_to_step,
+    write_checkpoint,
     write_text_atomic,
 )
 from rl_div.run.command import record_command
 from rl_div.run.tracking import Tracker
 from rl_div.run.writers import check_writers, prepare_output_dir
+from rl_div.train.blowup import check_update
 from rl_div.train.console import SLOW_STEP_S, StageTimer, close_logging, progress_label, setup_logging
 from rl_div.train.dynamic_sampling import BatchFiller, write_group_log
 from rl_div.train.guard import CollapseGuard
-from rl_div.train.prompts import PromptStream, check_chat_rendering, load_splits
+from rl_div.train.prompts import PromptStream, check_chat_rendering, load_splits, prompts_that_fit
 from rl_div.train.rollout_pipeline import RolloutPipeline, policy_lag
 from rl_div.train.rollout_shaping import apply_overlong_penalty, scheduled_temperature, shaping_metrics
 from rl_div.train.step_stats import eval_summary, rollout_health, step_diversity
@@ -99,6 +102,7 @@ class Trainer:
         check_lora_model(cfg)  # builds the architecture on the meta device: here, not in config/
         claim_output_dir(cfg.run.output_dir, resume, overwrite)  # a run there needs --resume or --overwrite
         self.out = prepare_output_dir(cfg.run.output_dir)  # absolute, writable; who writes what: rl_div/run/writers.py
+        output_lock.acquire(self.out)  # one run per folder until close() (rl_div/run/lock.py)
         try:
             self._start(resume)
         except BaseException:
@@ -115,10 +119,13 @@ class Trainer:
         train_set, eval_set = load_splits(cfg.data, cfg.run.seed)  # refuses eval prompts seen in training
         self.model_path = resolve_model_path(cfg)
         check_chat_rendering(eval_set.records + train_set.records, self.model_path, cfg)  # before Ray
+        tokenizer = load_tokenizer(self.model_path, trust_remote_code=cfg.model.trust_remote_code)
+        train_set, eval_set = (prompts_that_fit(cfg, tokenizer, self.model_path, s, split)  # room to answer
+                               for s, split in ((train_set, "train"), (eval_set, "eval")))
         self.eval_prompts = eval_set.records
         self.prompts = PromptStream(train_set.records, cfg.run.seed)
         self.counters: dict[str, float] = dict.fromkeys(FAULT_COUNTERS, 0.0)
-        self.counters["data/skipped_rows"] = float(train_set.skipped_rows)
+        self.counters["data/skipped_rows"] = float(train_set.skipped_rows + train_set.too_long + eval_set.too_long)
         self.guard = CollapseGuard(cfg)  # collapse rules and the entropy-coefficient controller (off by default)
         self.reward_state: dict[str, dict[str, Any]] = {}  # stateful rewards' tables (outcome_ucb), checkpointed
         init_ray(cfg)
@@ -129,7 +136,6 @@ class Trainer:
         self.filler = BatchFiller.from_config(cfg)  # rollout.dynamic_sampling: rounds -> one training batch
         # The actors import and load the policy in their own processes meanwhile.
         # Distinct-n and EAD count the policy's own tokens.
-        tokenizer = load_tokenizer(self.model_path, trust_remote_code=cfg.model.trust_remote_code)
         self.vocab_size = len(tokenizer)
         self.tokenize = functools.partial(tokenizer.encode, add_special_tokens=False)
         actors = {"learner": self.learner, **self.pipeline.actors()}
@@ -138,9 +144,7 @@ class Trainer:
         self.fused_forward, why = fuses_policy_forward(cfg, ray.get(self.learner.active_dropout()))
         log.info("separate pi_old forward: %s (%s)", "no" if self.fused_forward else "yes", why)
         self.step, self.last_step_s = 0, math.inf  # the first step announces its stages
-        checkpoint = latest_checkpoint(self.out) if resume else None
-        if resume and checkpoint is None:
-            log.warning("--resume: no checkpoint in %s, starting from step 0", self.out)
+        checkpoint = resume_checkpoint(self.out) if resume else None  # the newest complete one (manifest)
         if checkpoint is not None:
             self.load_checkpoint(checkpoint)
         resume_after = (self.step if checkpoint is not None else -1) if resume else None
@@ -182,6 +186,7 @@ class Trainer:
         batch.advantages, adv_metrics = compute_advantages(batch, cfg)
         with timer("learner_update"):
             update_metrics = self.update(batch, self.guard.loss_overrides())
+        check_update(self.step + 1, update_metrics, cfg.train.lr, self.out)  # a blown-up update stops the run
         self.counters["faults/nonfinite_loss"] += update_metrics.pop("faults/nonfinite_loss")
         self.counters["train/skipped_zero_signal"] += update_metrics.pop("train/skipped_zero_signal")
         with timer("sync"):  # after the generation in flight (if any) finished
@@ -323,18 +328,24 @@ class Trainer:
         return metrics
 
     def save_checkpoint(self) -> Path:
-        tmp, final = new_checkpoint_dir(self.out, self.step)
-        ray.get(self.learner.save(str(tmp)))
-        self.pipeline.save(tmp)  # the batches already generating for the next steps
-        save_trainer_state(tmp, {"step": self.step, "prompts": self.prompts.state(), "counters": self.counters,
-                                 "guard": self.guard.state(), "pipeline": self.pipeline.state(),
-                                 "sampling": self.filler.save(tmp), "reward_state": self.reward_state})
-        return commit_checkpoint(tmp, final, self.cfg.checkpoint.keep)
+        """The checkpoint of this step; a full disk is one line (DiskFull), the temporary folder removed."""
+        def fill(tmp: Path) -> None:
+            ray.get(self.learner.save(str(tmp)))
+            self.pipeline.save(tmp)  # the batches already generating for the next steps
+            save_trainer_state(tmp, {"step": self.step, "prompts": self.prompts.state(), "counters": self.counters,
+                                     "guard": self.guard.state(), "pipeline": self.pipeline.state(),
+                                     "sampling": self.filler.save(tmp), "reward_state": self.reward_state})
+
+        return write_checkpoint(self.out, self.step, fill, self.cfg.checkpoint.keep)
 
     def load_checkpoint(self, checkpoint: Path) -> None:
         """--resume: the learner, the in-flight batches and the trainer's own state from a checkpoint
         ("restore" is reserved for selective layer restoration, rl_div.models.layer_restore)."""
-        ray.get(self.learner.load(str(checkpoint)))
+        try:
+            ray.get(self.learner.load(str(checkpoint)))
+        except pickle.UnpicklingError as err:  # a file that would run code on load (rl_div.learner.safe_dcp)
+            why = str(getattr(err, "cause", None) or err).strip().splitlines()[0]
+            raise ConfigError(f"--resume: {checkpoint} refused: {why}") from None
         self.pipeline.load(checkpoint)
         state = load_trainer_state(checkpoint)
         self.step = state["step"]
@@ -359,6 +370,7 @@ class Trainer:
                     ray.kill(actor)
         with contextlib.suppress(Exception):
             release_placement(getattr(self, "placement", None))
+        output_lock.release(self.out)
 
 
 def compute_advantages(batch: RolloutBatch, cfg: Config) -> tuple[torch.Tensor, dict[str, float]]:

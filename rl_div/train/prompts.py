@@ -14,7 +14,7 @@ import json
 import logging
 import random
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,8 @@ log = logging.getLogger("rl_div")
 @dataclass
 class PromptSet:
     records: list[PromptRecord]
-    skipped_rows: int = 0
+    skipped_rows: int = 0  # malformed rows
+    too_long: int = 0  # prompts leaving no room to answer within the model's context (leave_room_to_answer)
 
 
 def records_from_rows(rows: Iterable[Any], cfg: DataConfig, source: str) -> PromptSet:
@@ -217,6 +218,57 @@ def load_splits(cfg: DataConfig, seed: int) -> tuple[PromptSet, PromptSet]:
                               "data.eval_path (or HF splits), or set data.allow_eval_overlap=true to accept it")
         log.warning("data.allow_eval_overlap: %s", what)
     return train, held_out
+
+
+def model_context(model_path: str, trust_remote_code: bool) -> int | None:
+    """The model's context length in tokens (its config's max_position_embeddings or the like), or None
+    when the config names none."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    config = getattr(config, "text_config", None) or config
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def leave_room_to_answer(prompt_set: PromptSet, prompt_tokens: Callable[[PromptRecord], int], max_new_tokens: int,
+                         context: int | None, split: str) -> PromptSet:
+    """Skip (log and count, in prompt_set.too_long) every prompt whose templated tokens
+    (prompt_tokens(record)) leave fewer than max_new_tokens of the model's context: sampling it would
+    overrun the context (or try to allocate its attention for a megabyte prompt). ValueError when no
+    prompt is left."""
+    if context is None:
+        return prompt_set
+    limit = context - max_new_tokens
+    kept, lengths = [], []
+    for record in prompt_set.records:
+        n = prompt_tokens(record)
+        if n <= limit:
+            kept.append(record)
+        else:
+            lengths.append(n)
+    if lengths:
+        log.warning("%s prompts: skipped %d of %d whose templated prompt has over %d tokens, leaving no room for "
+                    "rollout.max_new_tokens=%d within the model's context of %d tokens", split, len(lengths),
+                    len(prompt_set.records), limit, max_new_tokens, context)
+    if not kept:
+        raise ConfigError(f"no {split} prompt fits: each has over {limit} tokens, leaving no room for "
+                         f"rollout.max_new_tokens={max_new_tokens} within the model's context of {context} tokens")
+    return PromptSet(kept, prompt_set.skipped_rows, prompt_set.too_long + len(lengths))
+
+
+def prompts_that_fit(cfg: Config, tokenizer: Any, model_path: str, prompt_set: PromptSet, split: str) -> PromptSet:
+    """leave_room_to_answer with the policy's tokenizer, template and context (the trainer's call)."""
+    from rl_div.rollout.base import templated_prompt_ids
+
+    def prompt_tokens(record: PromptRecord) -> int:
+        return len(templated_prompt_ids(tokenizer, record, cfg.data.prompt_template, cfg.model.use_chat_template))
+
+    context = model_context(model_path, cfg.model.trust_remote_code)
+    return leave_room_to_answer(prompt_set, prompt_tokens, cfg.rollout.max_new_tokens, context, split)
 
 
 class PromptStream:
