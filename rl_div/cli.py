@@ -131,7 +131,7 @@ def _eval(args: argparse.Namespace) -> int:
 
     overrides = list(args.overrides)
     seeds = _split_seeds(args.seeds, overrides)
-    _check_model_arg(args.model, "MODEL")
+    _check_model_arg(args.model, "MODEL", args.config, overrides)
     if args.reference and args.reference.lower() != "none":
         _check_model_arg(args.reference, "--reference")
     files = run_eval(args.model, n=args.n, config=args.config, reference=args.reference, seeds=seeds,
@@ -141,18 +141,22 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_model_arg(path: str, what: str) -> None:
-    """One line (ConfigError) for a model path that does not exist, is no model, run or checkpoint, or has
-    no loadable tokenizer, before anything starts."""
-    from rl_div.experiments.evaluate import resolve_target
+def _check_model_arg(path: str, what: str, config: str | None = None, overrides: list[str] | None = None) -> None:
+    """One line (ConfigError) for a model path that does not exist, is no model, run or checkpoint, asks
+    for remote code by its own word (a run folder's config.yaml: checked first, since it is the security
+    refusal), or has no loadable tokenizer, before anything starts."""
+    from rl_div.experiments.evaluate import eval_config, resolve_target
     from rl_div.models.loading import tokenizer_problem
 
     if not os.path.exists(path):
         raise ConfigError(f"{what} {path!r} does not exist")
     try:
-        model_dir = resolve_target(path).model_dir
+        target = resolve_target(path)
     except FileNotFoundError as err:
         raise ConfigError(f"{what}: {err}") from None
+    if overrides is not None:
+        eval_config(target, config, overrides)
+    model_dir = target.model_dir
     if (problem := tokenizer_problem(model_dir)) is not None:
         raise ConfigError(f"{what} {path!r}: {problem}")
 
