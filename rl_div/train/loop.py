@@ -30,7 +30,6 @@ from rl_div.cluster.actors import (
     init_ray,
     place_run,
     release_placement,
-    start_learner,
     start_reward_worker,
     wait_started,
 )
@@ -57,7 +56,8 @@ from rl_div.run.tracking import Tracker
 from rl_div.run.writers import check_writers, prepare_output_dir
 from rl_div.train.guard import CollapseGuard
 from rl_div.train.prompts import PromptStream, load_splits
-from rl_div.train.rollout_pipeline import RolloutPipeline, policy_lag
+from rl_div.train.rollout_pipeline import policy_lag
+from rl_div.train.startup import start_policy_actors
 from rl_div.train.step_stats import eval_summary, rollout_health, step_diversity
 
 log = logging.getLogger("rl_div")
@@ -115,8 +115,8 @@ class Trainer:
         self.guard = CollapseGuard(cfg)  # collapse rules and the entropy-coefficient controller (off by default)
         init_ray(cfg)
         self.placement = place_run(cfg)  # fails in seconds when the cluster cannot hold the run
-        self.learner = start_learner(cfg, self.model_path, self.placement)
-        self.pipeline = RolloutPipeline(cfg, self.model_path, self.placement, self.learner, self.counters)
+        # colocated vLLM: the engine starts (and profiles the GPU) before the learner (rl_div.train.startup)
+        self.learner, self.pipeline = start_policy_actors(cfg, self.model_path, self.placement, self.counters)
         self.rewarder = start_reward_worker(cfg)
         # The actors import and load the policy in their own processes meanwhile.
         # Distinct-n and EAD count the policy's own tokens.
