@@ -56,12 +56,12 @@ def test_a_section_past_the_deadline_is_cut_off_and_the_rest_skipped(tmp_path: P
     env = Env(torch.device("cpu"), "", "tiny", {}, {}, tmp_path)
 
     def slow(_: Env) -> list[Row]:
-        time.sleep(30)
+        time.sleep(120)
         return [Row("slow", "done", "", True)]
 
     started = time.monotonic()
     rows = run_sections(env, {"fast": lambda _: [Row("fast", "1", "", True)], "slow": slow,
-                              "after": lambda _: [Row("after", "1", "", True)]}, started + 2)
-    assert time.monotonic() - started < 10
+                              "after": lambda _: [Row("after", "1", "", True)]}, started + 8)
+    assert time.monotonic() - started < 60
     assert [(r.check, r.passed) for r in rows] == [("fast", True), ("slow", False), ("after", False)]
     assert rows[1].details == {"error": "deadline"} and rows[2].details == {"skipped": "deadline"}
