@@ -36,6 +36,7 @@ def _sections(quick: bool) -> dict[str, tuple[Callable[[], dict[str, Any]], Call
     from rl_div.bench import workload as w
     from rl_div.bench.fsdp import bench_fsdp, print_fsdp
     from rl_div.bench.sync import bench_sync, print_sync
+    from rl_div.bench.trim import bench_trim, print_trim
 
     return {
         "entropy": ((lambda: bench_entropy(rows=1024, seq_len=256, vocab=8000, chunk_rows=256, repeats=2))
@@ -57,11 +58,13 @@ def _sections(quick: bool) -> dict[str, tuple[Callable[[], dict[str, Any]], Call
         "sync_50m": (lambda: bench_sync("50m", repeats=1 if quick else 5), print_sync),
         "off_policy": ((lambda: a.bench_off_policy(steps=2, warmup=1, settings=["demo"])) if quick
                        else a.bench_off_policy, a.print_off_policy),
+        "trim": (lambda: bench_trim(repeats=2 if quick else 5), print_trim),
     }
 
 
 SECTIONS = ("entropy", "passk", "train_step", "group_embedding", "lm_head", "rewards", "long_step", "learner_work",
-            "learner_work_20m", "fsdp", "fsdp_50m", "sync", "sync_50m", "off_policy")
+            "learner_work_20m", "fsdp", "fsdp_50m", "sync", "sync_50m", "off_policy",
+            "trim")
 
 
 def run_bench(quick: bool = False, out: str | Path | None = None,
