@@ -239,11 +239,13 @@ class Learner:
             move_optimizer_state(self.optimizer, to_cpu=False)
 
     def release_memory(self) -> None:
-        """After an update: nothing of it stays on the accelerator but the weights (and the
+        """After an update: nothing of it stays allocated on the accelerator but the weights (and the
         optimizer state unless offloaded), so a colocated engine can take the memory back."""
         if self.cfg.train.offload_optimizer:
             move_optimizer_state(self.optimizer, to_cpu=True)
-        if next(self.model.parameters()).is_cuda:
+        # Cached blocks go back to the driver only for a colocated engine (cuda_ipc); with the GPU to
+        # itself the learner keeps them for its next update instead of paying cudaMalloc again.
+        if next(self.model.parameters()).is_cuda and self.cfg.rollout.weight_sync == "cuda_ipc":
             torch.cuda.empty_cache()
 
     def _has_signal(self, advantages: torch.Tensor) -> bool:
