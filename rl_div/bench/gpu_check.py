@@ -77,23 +77,25 @@ def run_sections(env: Env, sections: dict[str, Callable[[Env], list[Row]]], dead
     use_alarm = hasattr(signal, "SIGALRM")
     if use_alarm:
         signal.signal(signal.SIGALRM, alarm)
+    cut_off = False
     for name, section in sections.items():
         left = deadline - time.monotonic()
-        if left <= 0:
+        if cut_off or left <= 0:
             rows.append(Row(name, "not run", "before the deadline", False, {"skipped": "deadline"}))
             continue
         if use_alarm:
-            signal.alarm(max(1, int(left)))
+            signal.setitimer(signal.ITIMER_REAL, left)
         started = time.monotonic()
         try:
             rows += section(env)
         except Deadline:
+            cut_off = True
             rows.append(Row(name, "cut off", "before the deadline", False, {"error": "deadline"}))
         except Exception as err:  # noqa: BLE001 (a failed check is a FAIL row; the others still run)
             rows.append(Row(name, f"{type(err).__name__}: {err}"[:300], "no error", False))
         finally:
             if use_alarm:
-                signal.alarm(0)
+                signal.setitimer(signal.ITIMER_REAL, 0)
             gc.collect()  # the section's learners go before the next one loads its own
             if env.device.type == "cuda":
                 torch.cuda.empty_cache()
