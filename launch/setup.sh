@@ -18,9 +18,10 @@ if [ "$mode" = cpu ]; then
   # The CPU wheel first, then a constraint so nothing upgrades it to a CUDA build.
   pip install -q "torch==2.13.0"
   pip install -q -e ".[${extras}]" -c constraints-cpu.txt
+  # Their PyPI builds are CUDA-linked and break `import transformers` next to a CPU torch. On a GPU
+  # machine (mode keep) they match the CUDA torch and vLLM pins them: they stay.
+  pip uninstall -q -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
 else
   pip install -q -e ".[${extras}]"
 fi
-# Their PyPI builds are CUDA-linked and break `import transformers` next to a CPU torch.
-pip uninstall -q -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
 "$VENV/bin/python" -c "import torch, transformers, rl_div, rewards; print('rl_div ready: torch', torch.__version__)"

@@ -22,6 +22,11 @@ MIN_TRANSFORMERS = "4.56"
 # (vllm.model_executor.model_loader.reload), logprobs_mode="processed_logprobs", wake_up(tags=...)
 # and top_k=0 meaning "off", which older releases lack in one way or another.
 MIN_VLLM = "0.32"
+# The first vLLM release not tested: the abort path of the weight sync (rl_div.rollout.vllm_extension)
+# reaches into the reload module's internals (get_layerwise_info), which vLLM may change in any release.
+MAX_VLLM = "0.33"
+# torch.distributed.fsdp.fully_shard (FSDP2) is public from torch 2.6 (before: torch.distributed._composable).
+MIN_TORCH = "2.6"
 
 
 def too_old(installed: str, minimum: str) -> bool:
@@ -53,6 +58,14 @@ def check_vllm() -> None:
             finalize_layerwise_reload,
             initialize_layerwise_reload,
         )
+        from vllm.model_executor.model_loader.reload.layerwise import get_layerwise_info  # noqa: F401 (abort path)
     except ImportError as err:
         raise RuntimeError(f"vLLM {vllm.__version__} lacks vllm.model_executor.model_loader.reload (layer-wise "
                            f"weight reload), which rl_div's weight sync uses; install vllm >= {MIN_VLLM}") from err
+
+
+def check_torch_fsdp2() -> None:
+    """torch new enough for train.strategy fsdp2 (public fully_shard)."""
+    import torch
+
+    require("torch", torch.__version__, MIN_TORCH, "train.strategy fsdp2: torch.distributed.fsdp.fully_shard")

@@ -105,3 +105,12 @@ def test_config_differences_name_the_filled_keys_not_the_empty_mapping() -> None
     assert config_differences(base, arm, ()) == ["algo.advantage", "algo.advantage_params.alpha",
                                                  "algo.advantage_params.extra.deep"]
     assert config_differences({"a": {}}, {"a": 3}, ()) == ["a"]  # a mapping replaced by a value still shows
+
+
+def test_float16_is_refused_in_one_line_naming_bfloat16() -> None:
+    """The learner has no loss scaling: fp16 autocast gradients would underflow, so fp16 is refused at load."""
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["model.dtype=float16"])
+    message = str(info.value)
+    assert "\n" not in message and "model.dtype" in message and "bfloat16" in message
+    assert load_config(None, ["model.dtype=bfloat16"]).model.dtype == "bfloat16"

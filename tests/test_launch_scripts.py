@@ -78,3 +78,22 @@ def test_waiting_for_nodes_of_a_head_that_never_starts_times_out_with_one_line()
                            "--nodes", "2", "--timeout-s", "1"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     assert done.stderr.startswith(f"rl_div.cluster.nodes: no Ray head listening at 127.0.0.1:{port} after 1 s")
+
+
+@pytest.mark.parametrize(("mode", "uninstalls"), [("cpu", True), ("keep", False)])
+def test_setup_removes_cuda_linked_extras_only_next_to_a_cpu_torch(tmp_path: Path, mode: str,
+                                                                   uninstalls: bool) -> None:
+    """launch/setup.sh: torchvision/torchaudio/torchcodec go only in CPU mode; on a GPU machine (the CUDA
+    torch kept) vLLM pins them. A fake venv python records the pip commands the script runs."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    log = tmp_path / "calls"
+    (venv / "bin" / "python").write_text(f'#!/usr/bin/env bash\necho "$*" >> {log}\n')
+    (venv / "bin" / "python").chmod(0o755)
+    env = {**os.environ, "RL_DIV_VENV": str(venv), "RL_DIV_TORCH": mode}
+    done = subprocess.run(["bash", str(REPO / "launch" / "setup.sh"), "vllm"], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    calls = log.read_text().splitlines()
+    assert any("install -q -e .[dev,vllm]" in c for c in calls), calls
+    assert any("uninstall" in c and "torchvision" in c for c in calls) == uninstalls, calls

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from rl_div.versions import MIN_TRANSFORMERS, MIN_VLLM, check_transformers, require, too_old
+from rl_div.versions import MAX_VLLM, MIN_TORCH, MIN_TRANSFORMERS, MIN_VLLM, check_transformers, require, too_old
 
 PYPROJECT = (Path(__file__).parent.parent / "pyproject.toml").read_text()
 
@@ -29,4 +29,5 @@ def test_an_old_package_fails_naming_the_version_it_needs() -> None:
 
 def test_pyproject_floors_are_the_checked_minimums() -> None:
     assert re.search(rf'"transformers>={re.escape(MIN_TRANSFORMERS)}"', PYPROJECT)
-    assert re.search(rf'"vllm>={re.escape(MIN_VLLM)}"', PYPROJECT)
+    assert re.search(rf'"vllm>={re.escape(MIN_VLLM)},<{re.escape(MAX_VLLM)}"', PYPROJECT)
+    assert re.search(rf'"torch>={re.escape(MIN_TORCH)}"', PYPROJECT)

@@ -39,6 +39,7 @@ def _sections(quick: bool) -> dict[str, tuple[Callable[[], dict[str, Any]], Call
     from rl_div.bench.fsdp import bench_fsdp, print_fsdp
     from rl_div.bench.lora import bench_lora, print_lora
     from rl_div.bench.sync import bench_sync, print_sync
+    from rl_div.bench.trim import bench_trim, print_trim
 
     return {
         "entropy": ((lambda: bench_entropy(rows=1024, seq_len=256, vocab=8000, chunk_rows=256, repeats=2))
@@ -64,6 +65,7 @@ def _sections(quick: bool) -> dict[str, tuple[Callable[[], dict[str, Any]], Call
                              else d.bench_dynamic_sampling, d.print_dynamic_sampling),
         "lora": (lambda: bench_lora("20m", repeats=1 if quick else 3), print_lora),
         "lora_50m": (lambda: bench_lora("50m", repeats=1 if quick else 3), print_lora),
+        "trim": (lambda: bench_trim(repeats=2 if quick else 5), print_trim),
     }
 
 

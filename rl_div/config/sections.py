@@ -40,11 +40,22 @@ class ModelConfig(Section):
         "small Qwen2 with Qwen's real 151k tokenizer and chat template (built offline, cached; sized by "
         "bootstrap.hidden_size/num_heads/seed/cache_dir).",
     )
-    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Parameter dtype.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="Compute dtype of the learner's forwards (autocast over float32 master weights) and "
+        "the rollout engines' weights. float16 is refused: without loss scaling its gradients underflow.")
     trust_remote_code: bool = Field(False, description="Allow model code from the hub (off: safer).")
     use_chat_template: bool | None = Field(
         None, description="Wrap prompts in the tokenizer's chat template; None = when it has one."
     )
+
+
+    @field_validator("dtype")
+    @classmethod
+    def refuse_float16(cls, dtype: str) -> str:
+        if dtype == "float16":
+            raise ValueError("float16 trains under fp16 autocast with no loss scaling (small gradients underflow "
+                             "to 0); use model.dtype: bfloat16 (same memory, float32's range)")
+        return dtype
 
 
 class BootstrapConfig(Section):
@@ -156,8 +167,9 @@ class RolloutConfig(Section, RolloutShapingFields):  # + dynamic sampling (rl_di
     )
     sleep_level: Literal[1, 2] = Field(
         1, description="vLLM sleep level between rollouts when colocated (weight_sync=cuda_ipc): 1 offloads the "
-        "weights to CPU memory and frees the KV cache; 2 discards both (less CPU memory; every rollout follows a "
-        "sync, so nothing is lost).",
+        "weights to CPU memory and frees the KV cache; 2 discards both (no CPU copy of the weights), so every "
+        "rollout needs a sync before it: training rollouts already follow one, and the trainer syncs again after "
+        "each evaluation; an engine asked to sample without one refuses.",
     )
 
     @model_validator(mode="after")
@@ -311,6 +323,12 @@ class EvalConfig(Section):
 class CheckpointConfig(Section):
     every: int = Field(20, ge=0, description="Checkpoint every N steps (0 = only at the end).")
     keep: int = Field(2, ge=1, description="Checkpoints kept (oldest deleted first).")
+    export_policy: bool = Field(
+        True, description="fsdp2: rank 0 also writes policy/ (the full weights in model.dtype, loadable with "
+        "from_pretrained; what `rl-div eval` reads). The run resumes from the sharded dcp/ folder either way; "
+        "false skips the single-rank write of the whole model (minutes for a 7B model). The single learner's "
+        "policy/ is its checkpoint (float32) and is always written.",
+    )
 
 
 class TrackingConfig(Section):

@@ -5,12 +5,34 @@ tensor is built (rl_div.metrics.lm_head)."""
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from rl_div.algos.grouping import distinct_rows
 from rl_div.data import RolloutBatch
 from rl_div.metrics.entropy import logprobs_and_entropy
 from rl_div.metrics.lm_head import head_logprobs_and_entropy, split_lm_head
+
+
+class _Columns(NamedTuple):
+    """The token columns of a batch that policy_forward runs: prompt_ids / prompt_mask [B, P'],
+    response_ids / response_mask [B, T']."""
+
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    response_ids: torch.Tensor
+    response_mask: torch.Tensor
+
+
+def padding_columns(prompt_mask: torch.Tensor, response_mask: torch.Tensor) -> tuple[int, int]:
+    """(lead, keep): the leading prompt columns that are padding in every row ([B, P] mask; at most
+    P - 1 of them), and the response columns up to the last one any row uses ([B, T] mask; at least 1)."""
+    used_p = prompt_mask.bool().any(dim=0).nonzero()
+    lead = int(used_p[0]) if used_p.numel() else prompt_mask.shape[1]
+    used_t = response_mask.bool().any(dim=0).nonzero()
+    keep = int(used_t[-1]) + 1 if used_t.numel() else 1
+    return min(lead, max(prompt_mask.shape[1] - 1, 0)), keep
 
 
 def policy_forward(model: torch.nn.Module, batch: RolloutBatch, chunk_rows: int,
@@ -31,7 +53,27 @@ def policy_forward(model: torch.nn.Module, batch: RolloutBatch, chunk_rows: int,
     with_prompt, for ARM), so no [B, L, V] logits tensor is ever built
     (rl_div.metrics.lm_head). Models whose logits are not a plain linear head fall back to the
     model's full logits.
+
+    A micro-batch costs its own longest row, not the whole batch's padded width: the prompt columns
+    that are padding in every row (left) and the response columns past every row's end (right) are
+    dropped before the model runs, and the outputs padded back with zeros. Positions count real
+    tokens only and padded keys are masked, so the dropped columns change nothing but the cost.
     """
+    lead, keep = padding_columns(batch.prompt_mask, batch.response_mask)
+    columns = _Columns(batch.prompt_ids[:, lead:], batch.prompt_mask[:, lead:], batch.response_ids[:, :keep],
+                       batch.response_mask[:, :keep])
+    logp, entropy, prompt_logp = _forward_columns(model, columns, chunk_rows, with_prompt, temperature)
+    dropped = batch.response_ids.shape[1] - keep
+    if dropped:
+        logp, entropy = (torch.nn.functional.pad(t, (0, dropped)) for t in (logp, entropy))
+    if prompt_logp is not None and lead:
+        prompt_logp = torch.nn.functional.pad(prompt_logp, (lead, 0))
+    return logp, entropy, prompt_logp
+
+
+def _forward_columns(model: torch.nn.Module, batch: _Columns, chunk_rows: int, with_prompt: bool,
+                     temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """policy_forward on the columns it kept."""
     p_len = batch.prompt_ids.shape[1]
     temperature = uniform_or_rows(temperature)
     device = next(model.parameters()).device

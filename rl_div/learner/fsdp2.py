@@ -12,11 +12,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from rl_div.config import Config
 from rl_div.data import RolloutBatch
 from rl_div.learner.forward import batch_temperature
 from rl_div.learner.plan import MiniBatchPlan
@@ -25,8 +24,12 @@ from rl_div.learner.reference import sharded_reference
 from rl_div.learner.sharding import PolicyModule, free_address, new_mesh, shard_policy
 from rl_div.learner.single import LORA_STATE_KEY, Learner
 from rl_div.learner.update_loop import run_plans
+from rl_div.models.loading import DTYPES
 from rl_div.sync.buckets import distinct_state
 from rl_div.sync.payloads import cpu_engine_tensors
+
+if TYPE_CHECKING:
+    from rl_div.config import Config
 
 
 class ShardedLearner(Learner):
@@ -142,30 +145,39 @@ class ShardedLearner(Learner):
         return {"model": model_sd, "optim": optim_sd}
 
     def save(self, ckpt_dir: str) -> None:
-        """Every rank writes its shards to ckpt_dir/dcp (loadable at any world size); rank 0 writes
-        policy/ (HF safetensors, the full weights) and the scheduler / generator / RNG state. The
-        trainer saves into a temporary folder and renames it, so the checkpoint appears atomically."""
-        import torch.distributed as dist
+        """Every rank writes its shards to ckpt_dir/dcp (loadable at any world size); rank 0 writes the
+        scheduler / generator / RNG state and, with checkpoint.export_policy, policy/ (HF safetensors,
+        the full weights in model.dtype, for evaluation and from_pretrained); with LoRA, what
+        train.lora.save asks for (adapter/, the merged policy/) and the adapters in learner_state.pt.
+        The trainer saves into a temporary folder and renames it, so the checkpoint appears atomically.
+
+        No collective follows rank 0's own writes: the export of a 7B model is minutes on shared
+        storage, and a barrier there would wait inside train.dist_init_timeout_s and kill every rank.
+        The driver's ray.get over every rank's save is the join (no rank starts its next collective
+        before the driver's next call)."""
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-        full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        dcp.save(self._dcp_state(), checkpoint_id=str(Path(ckpt_dir) / "dcp"))
+        export = self.cfg.checkpoint.export_policy
+        # a collective (every rank joins the all-gathers); with cpu_offload only rank 0 keeps the values
+        full = (get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+                if export or self.lora is not None else {})
+        dcp.save(self._dcp_state(), checkpoint_id=str(Path(ckpt_dir) / "dcp"))  # collective, all ranks write
         if self.rank == 0:
             extra: dict[str, Any] = {}
             if self.lora is not None:  # adapter/ and/or the merged policy/, and the adapters in learner_state.pt
                 self.lora.save(Path(ckpt_dir), self.tokenizer, full)
                 extra[LORA_STATE_KEY] = self.lora.adapter_state(full)
-            else:
+            elif export:
                 # tied weights once, under the name save_pretrained of the unsharded model uses
                 names = {n for n, _ in self.model.named_parameters()} | {n for n, _ in self.model.named_buffers()}
-                full = {k: v for k, v in full.items() if k in names}
+                export_dtype = DTYPES[self.cfg.model.dtype]
+                full = {k: v.to(export_dtype) for k, v in full.items() if k in names}
                 self.model.save_pretrained(Path(ckpt_dir) / "policy", state_dict=full, safe_serialization=True)
                 self.tokenizer.save_pretrained(Path(ckpt_dir) / "policy")
             torch.save({"scheduler": self.scheduler.state_dict(), "generator": self.generator.get_state(),
                         "torch_rng": torch.get_rng_state(), "version": self.version,
                         "world_size": self.world_size, **extra}, Path(ckpt_dir) / "learner_state.pt")
-        dist.barrier()
 
     def load(self, ckpt_dir: str) -> None:
         """Resume from a checkpoint that save() wrote with any number of ranks (DCP reshards), or that

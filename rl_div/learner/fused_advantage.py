@@ -22,12 +22,16 @@ forward (rl_div.learner.onpolicy).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from rl_div.algos import ADVANTAGES, AdvantageInputs, AdvantageOutput
 from rl_div.algos.row_local import ROW_LOCAL, RowLocalSplit, apply_shaping, full_params
-from rl_div.config import Config
 from rl_div.data import RolloutBatch
+
+if TYPE_CHECKING:
+    from rl_div.config import Config
 
 
 class ShapingLeftNoSignal(Exception):

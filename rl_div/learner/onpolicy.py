@@ -33,11 +33,15 @@ when any of these hold:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from rl_div.algos import ADVANTAGES
-from rl_div.config import Config
 from rl_div.learner.plan import token_weights_over_mini_batch
+
+if TYPE_CHECKING:
+    from rl_div.config import Config
 
 
 def needs_prompt_logprobs(cfg: Config) -> bool:

@@ -13,13 +13,15 @@ the model path, i.e. it stays the model the run started from.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from rl_div.config import Config
 from rl_div.learner.sharding import PolicyModule, shard_policy
 from rl_div.models.loading import load_policy
+
+if TYPE_CHECKING:
+    from rl_div.config import Config
 
 
 def sharded_reference(cfg: Config, model_path: str, mesh: Any, device: torch.device) -> PolicyModule:

@@ -60,6 +60,9 @@ def shard_policy(root: torch.nn.Module, model: torch.nn.Module, mesh: Any, **opt
     set_gradient_divide_factor(1)), so update_loop.planned_step multiplies each rank's loss by the world size."""
     from torch.distributed.fsdp import fully_shard
 
+    from rl_div.versions import check_torch_fsdp2
+
+    check_torch_fsdp2()  # fully_shard is public from torch 2.6
     layers = getattr(getattr(model, "model", None), "layers", None)
     for layer in layers if layers is not None else []:
         fully_shard(layer, mesh=mesh, **options)

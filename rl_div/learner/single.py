@@ -7,14 +7,13 @@ import contextlib
 import copy
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from rl_div.algos import LOSSES, TOKEN_WEIGHTS
 from rl_div.algos.losses import LossInputs, LossOutput
 from rl_div.algos.token_weights import TokenWeightInputs, TokenWeightOutput
-from rl_div.config import Config
 from rl_div.data import RolloutBatch
 from rl_div.learner.forward import batch_temperature, policy_forward, prompt_logprob_mask
 from rl_div.learner.fused_advantage import RowShaper, ShapingLeftNoSignal
@@ -28,19 +27,35 @@ from rl_div.registry import import_plugins
 from rl_div.sync.buckets import BucketPayload, bucket_payload, put_bucket, tied_names
 from rl_div.sync.payloads import cpu_engine_tensors, model_tensors, state_dict_payload
 
+if TYPE_CHECKING:
+    from rl_div.config import Config
+
 
 def move_optimizer_state(optimizer: torch.optim.Optimizer, to_cpu: bool) -> None:
     """Move every state tensor of optimizer (AdamW's moments) to CPU memory (pinned when CUDA is
     there, for asynchronous copies), or back to the device of its parameter. Scalar state such as
-    AdamW's step count stays where the optimizer keeps it."""
+    AdamW's step count stays where the optimizer keeps it.
+
+    The offload always copies (on a CPU-only machine too, where it is a plain copy), so the copy
+    code is the one a GPU runs. Sharded state (FSDP2's AdamW moments are DTensors) moves as each
+    rank's local shard inside its DTensor (``DTensor.to`` runs on the local tensor and keeps mesh
+    and placements, as verl's offload_fsdp_optimizer does): a host buffer of the global shape would
+    be the wrong size, copy_ refuses to mix a torch.Tensor with a DTensor, and DTensor.from_local
+    would move a CPU shard straight back to the mesh's device.
+    """
+    from torch.distributed.tensor import DTensor
+
+    pin = torch.cuda.is_available()
     for param, state in optimizer.state.items():
         for key, value in state.items():
             if not torch.is_tensor(value) or value.dim() == 0:
                 continue
-            if to_cpu and value.device.type != "cpu":
-                host = torch.empty(value.shape, dtype=value.dtype, pin_memory=True)
-                state[key] = host.copy_(value, non_blocking=True)
-            elif not to_cpu and value.device != param.device:
+            if isinstance(value, DTensor):
+                if to_cpu or value.device != param.device:
+                    state[key] = value.to("cpu" if to_cpu else param.device, copy=True)
+            elif to_cpu:
+                state[key] = torch.empty(value.shape, dtype=value.dtype, pin_memory=pin).copy_(value, non_blocking=pin)
+            elif value.device != param.device:
                 state[key] = value.to(param.device, non_blocking=True)
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -238,11 +253,13 @@ class Learner:
             move_optimizer_state(self.optimizer, to_cpu=False)
 
     def release_memory(self) -> None:
-        """After an update: nothing of it stays on the accelerator but the weights (and the
+        """After an update: nothing of it stays allocated on the accelerator but the weights (and the
         optimizer state unless offloaded), so a colocated engine can take the memory back."""
         if self.cfg.train.offload_optimizer:
             move_optimizer_state(self.optimizer, to_cpu=True)
-        if next(self.model.parameters()).is_cuda:
+        # Cached blocks go back to the driver only for a colocated engine (cuda_ipc); with the GPU to
+        # itself the learner keeps them for its next update instead of paying cudaMalloc again.
+        if next(self.model.parameters()).is_cuda and self.cfg.rollout.weight_sync == "cuda_ipc":
             torch.cuda.empty_cache()
 
     def _has_signal(self, advantages: torch.Tensor) -> bool:

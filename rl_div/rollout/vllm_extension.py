@@ -126,23 +126,36 @@ class WeightSyncExtension:
         rank = get_world_group().rank + rank_offset
         self._rl_div_nccl = stateless_nccl_group(master_address, master_port, rank, world_size, self.device, timeout_s)
 
-    def rl_div_receive_nccl(self, metas: list[tuple[str, str, list[int]]], chunk_size: int = 64) -> int:
-        """Receive (name, dtype name, shape) tensors broadcast by rank 0, in this order, and load them."""
+    def rl_div_receive_nccl(self, metas: list[tuple[str, str, list[int]]], timeout_s: float = 300.0,
+                            chunk_size: int = 64) -> int:
+        """Receive (name, dtype name, shape) tensors broadcast by rank 0, in this order, and load them.
+        Every wait on the broadcast ends within timeout_s: past it the communicator is aborted and
+        dropped (rl_div.sync.nccl_wait), and the error names this engine rank."""
+        import time
+
+        from rl_div.sync.nccl_wait import finish_on_stream
+
         group = getattr(self, "_rl_div_nccl", None)
         if group is None:
             raise RuntimeError("NCCL weight sync used before rl_div_init_nccl joined the group")
+        deadline = time.monotonic() + timeout_s
+        stage = f"engine worker on {self.device} (NCCL receive)"
         chunk: list[tuple[str, torch.Tensor]] = []
-        for name, dtype_name, shape in metas:
-            buf = torch.empty(shape, dtype=getattr(torch, dtype_name), device=self.device)
-            group.broadcast(buf, src=0, stream=torch.cuda.current_stream())
-            chunk.append((name, buf))
-            if len(chunk) == chunk_size:
-                torch.cuda.current_stream().synchronize()
+        try:
+            for name, dtype_name, shape in metas:
+                buf = torch.empty(shape, dtype=getattr(torch, dtype_name), device=self.device)
+                group.broadcast(buf, src=0, stream=torch.cuda.current_stream())
+                chunk.append((name, buf))
+                if len(chunk) == chunk_size:
+                    finish_on_stream(group, deadline, stage)
+                    self.rl_div_load_weights(chunk)
+                    chunk = []
+            if chunk:
+                finish_on_stream(group, deadline, stage)
                 self.rl_div_load_weights(chunk)
-                chunk = []
-        if chunk:
-            torch.cuda.current_stream().synchronize()
-            self.rl_div_load_weights(chunk)
+        except Exception:
+            self._rl_div_nccl = None  # aborted or half-received: the next sync joins a new group
+            raise
         return int(self._rl_div_loaded)
 
     # ---- inspection (tests) ------------------------------------------------------------------

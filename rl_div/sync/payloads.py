@@ -20,6 +20,7 @@ rl_div.sync.push.push_weights builds payloads on the learner actor and ships the
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
@@ -31,6 +32,7 @@ from rl_div.sync.buckets import (
     WeightSyncError,
     distinct_state,
 )
+from rl_div.sync.nccl_wait import finish_on_stream
 
 Transport = Literal["object_store", "cuda_ipc", "nccl"]
 TRANSPORTS: tuple[str, ...] = get_args(Transport)
@@ -172,7 +174,10 @@ def stateless_nccl_group(master_address: str, master_port: int, rank: int, world
 
 def nccl_broadcast(model: torch.nn.Module, group: NcclGroup, holder: Any, dtype: torch.dtype | None = None) -> int:
     """nccl, learner side (rank 0): join the group once (kept on holder), broadcast every tensor
-    in the engines' dtype (cast one tensor at a time: the extra memory is one tensor)."""
+    in the engines' dtype (cast one tensor at a time: the extra memory is one tensor). Joining and
+    the broadcast end within group.timeout_s: past it the communicator is aborted and dropped
+    (rl_div.sync.nccl_wait), so the actor answers the driver's next call instead of hanging."""
+    deadline = time.monotonic() + group.timeout_s
     comm = getattr(holder, "_rl_div_nccl", None)
     if comm is None or getattr(holder, "_rl_div_nccl_group", None) != group:
         device = next(model.parameters()).device
@@ -180,10 +185,16 @@ def nccl_broadcast(model: torch.nn.Module, group: NcclGroup, holder: Any, dtype:
                                     group.timeout_s)
         holder._rl_div_nccl, holder._rl_div_nccl_group = comm, group
     count = 0
-    for _, tensor in engine_tensors(model, dtype):
-        comm.broadcast(tensor.contiguous(), src=0, stream=torch.cuda.current_stream())
-        count += 1
-    torch.cuda.current_stream().synchronize()
+    try:
+        for _, tensor in engine_tensors(model, dtype):
+            comm.broadcast(tensor.contiguous(), src=0, stream=torch.cuda.current_stream())
+            count += 1
+            if count % 64 == 0:  # bounds what is queued behind a peer that never comes
+                finish_on_stream(comm, deadline, f"learner (NCCL broadcast, tensor {count})")
+        finish_on_stream(comm, deadline, "learner (NCCL broadcast)")
+    except WeightSyncError:
+        holder._rl_div_nccl = holder._rl_div_nccl_group = None  # aborted: the next sync joins a new group
+        raise
     return count
 
 

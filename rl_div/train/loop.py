@@ -30,7 +30,6 @@ from rl_div.cluster.actors import (
     init_ray,
     place_run,
     release_placement,
-    start_learner,
     start_reward_worker,
     wait_started,
 )
@@ -63,8 +62,9 @@ from rl_div.train.console import SLOW_STEP_S, StageTimer, close_logging, progres
 from rl_div.train.dynamic_sampling import BatchFiller, write_group_log
 from rl_div.train.guard import CollapseGuard
 from rl_div.train.prompts import PromptStream, check_chat_rendering, load_splits, prompts_that_fit
-from rl_div.train.rollout_pipeline import RolloutPipeline, policy_lag
+from rl_div.train.rollout_pipeline import policy_lag
 from rl_div.train.rollout_shaping import apply_overlong_penalty, scheduled_temperature, shaping_metrics
+from rl_div.train.startup import start_policy_actors
 from rl_div.train.step_stats import eval_summary, rollout_health, step_diversity
 
 log = logging.getLogger("rl_div")
@@ -130,8 +130,8 @@ class Trainer:
         self.reward_state: dict[str, dict[str, Any]] = {}  # stateful rewards' tables (outcome_ucb), checkpointed
         init_ray(cfg)
         self.placement = place_run(cfg)  # fails in seconds when the cluster cannot hold the run
-        self.learner = start_learner(cfg, self.model_path, self.placement)
-        self.pipeline = RolloutPipeline(cfg, self.model_path, self.placement, self.learner, self.counters)
+        # colocated vLLM: the engine starts (and profiles the GPU) before the learner (rl_div.train.startup)
+        self.learner, self.pipeline = start_policy_actors(cfg, self.model_path, self.placement, self.counters)
         self.rewarder = start_reward_worker(cfg)
         self.filler = BatchFiller.from_config(cfg)  # rollout.dynamic_sampling: rounds -> one training batch
         # The actors import and load the policy in their own processes meanwhile.

@@ -94,8 +94,13 @@ class RolloutPipeline:
         return self.collect(flight), flight.launch_step
 
     def generate(self, prompts: list[PromptRecord], spec: SamplingSpec, salt: int) -> RolloutBatch:
-        """Launch and collect at once (evaluation)."""
-        return self.collect(self.launch(prompts, spec, salt))
+        """Launch and collect at once (evaluation). Training rollouts are each followed by a sync;
+        an evaluation is not, so where the engines discard their weights on sleep (vLLM sleep level 2)
+        the same version is pushed again before the next rollout can need it."""
+        batch = self.collect(self.launch(prompts, spec, salt))
+        if discards_weights_on_sleep(self.cfg):
+            self.sync_weights()
+        return batch
 
     def launch(self, prompts: list[PromptRecord], spec: SamplingSpec, salt: int) -> InFlight:
         """Shard prompts over the actors and start generating; returns without waiting."""
@@ -147,6 +152,7 @@ class RolloutPipeline:
         try:
             self.push_weights()
         except (ray.exceptions.RayActorError, WeightSyncError) as err:
+            self.nccl_group = None  # a failed NCCL sync aborted its communicators: the retry needs a new group
             dead = self.dead_workers()
             if not dead:
                 if self.queue:
@@ -161,7 +167,11 @@ class RolloutPipeline:
 
     def push_weights(self) -> None:
         r = self.cfg.rollout
-        self.weights_version = ray.get(self.learner.get_version())
+        try:  # bounded: a learner stuck in a failed sync must fail the run, not hang it
+            self.weights_version = ray.get(self.learner.get_version(), timeout=r.weight_sync_timeout_s)
+        except ray.exceptions.GetTimeoutError as err:
+            raise WeightSyncError(f"{r.weight_sync} weight sync: the learner did not answer get_version within "
+                                  f"{r.weight_sync_timeout_s:.0f} s (still inside an earlier sync?)") from err
         if r.weight_sync == "nccl" and self.nccl_group is None:
             self.nccl_group = nccl_group_on(self.learner, len(self.workers), r.tensor_parallel_size)
         push_weights(self.learner, self.workers, r.weight_sync, self.weights_version,
@@ -211,6 +221,13 @@ class RolloutPipeline:
         for actor in self.workers:
             with contextlib.suppress(Exception):  # shutting down: an actor already gone is fine
                 ray.kill(actor)
+
+
+def discards_weights_on_sleep(cfg: Config) -> bool:
+    """Whether the rollout engines drop their weights between rollouts: vLLM colocated (cuda_ipc,
+    the only transport whose engines sleep) at rollout.sleep_level 2."""
+    r = cfg.rollout
+    return r.backend == "vllm" and r.weight_sync == "cuda_ipc" and r.sleep_level == 2
 
 
 def batch_state(batch: RolloutBatch) -> dict[str, Any]:
