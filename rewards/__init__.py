@@ -9,6 +9,7 @@ plugin module (listed in the config's ``plugins``) so the isolated worker regist
 """
 
 from rewards.answers import ANSWER_EXTRACTORS, extract_answer, last_boxed, last_number
+from rewards.benchmark import benchmark_answer, benchmark_verify, tidy_answer
 from rewards.embedding import embed, get_embedder
 from rewards.format import format_reward
 from rewards.isolation import IsolatedPool, IsolatedWorker, Outcome, WorkerStartError
@@ -34,6 +35,8 @@ __all__ = [
     "RewardSpec",
     "TaskVerifier",
     "WorkerStartError",
+    "benchmark_answer",
+    "benchmark_verify",
     "embed",
     "extract_answer",
     "format_reward",
@@ -54,4 +57,5 @@ __all__ = [
     "score_batch",
     "score_group",
     "task_verifier",
+    "tidy_answer",
 ]

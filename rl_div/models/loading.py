@@ -147,21 +147,24 @@ def load_tokenizer(name_or_path: str | os.PathLike[str], *, trust_remote_code: b
     return tokenizer
 
 
-def format_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, use_chat_template: bool | None = None) -> str:
+def format_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, use_chat_template: bool | None = None,
+                  system: str | None = None) -> str:
     """The text the policy sees for ``prompt``.
 
     ``use_chat_template=None`` (the default) applies the tokenizer's chat template when it has one
     (as a single user turn with the generation prompt opened); ``False`` never applies it; ``True``
     requires one. A template's text may already start with the model's BOS; tokenize such text
-    with ``add_special_tokens=False`` or the BOS appears twice.
+    with ``add_special_tokens=False`` or the BOS appears twice. ``system``: a system message before
+    the user turn (None: the template's own default, if any).
     """
     has_template = bool(getattr(tokenizer, "chat_template", None))
     if use_chat_template is False or (use_chat_template is None and not has_template):
         return prompt
     if not has_template:
         raise ValueError("use_chat_template=True but the tokenizer has no chat_template")
+    messages = [{"role": "system", "content": system}] if system is not None else []
     text = tokenizer.apply_chat_template(
-        [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        [*messages, {"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
     )
     return str(text)
 

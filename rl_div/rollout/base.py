@@ -43,8 +43,12 @@ def templated_prompt_ids(tokenizer: PreTrainedTokenizerBase, record: PromptRecor
     Every backend tokenizes prompts here and hands the engine token ids, so hf and vllm sample
     from exactly the same prompt tokens.
     """
-    text = prompt_template.format(prompt=record.prompt)
-    templated = format_prompt(tokenizer, text, use_chat_template)
+    if record.meta.get("prompt_ready"):  # a benchmark record (rl_div.benchmarks.prompting) says how it renders
+        text = record.prompt
+        templated = format_prompt(tokenizer, text, record.meta.get("chat"), system=record.meta.get("system"))
+    else:
+        text = prompt_template.format(prompt=record.prompt)
+        templated = format_prompt(tokenizer, text, use_chat_template)
     # A chat template already places BOS and role markers itself.
     return list(tokenizer(templated, add_special_tokens=templated == text)["input_ids"])
 
