@@ -35,6 +35,7 @@ def _sections(quick: bool) -> dict[str, tuple[Callable[[], dict[str, Any]], Call
     from rl_div.bench import methods as m
     from rl_div.bench import workload as w
     from rl_div.bench.fsdp import bench_fsdp, print_fsdp
+    from rl_div.bench.large_k import bench_large_k, print_large_k
     from rl_div.bench.parity import bench_parity, print_parity
     from rl_div.bench.sync import bench_sync, print_sync
 
@@ -59,11 +60,13 @@ def _sections(quick: bool) -> dict[str, tuple[Callable[[], dict[str, Any]], Call
         "off_policy": ((lambda: a.bench_off_policy(steps=2, warmup=1, settings=["demo"])) if quick
                        else a.bench_off_policy, a.print_off_policy),
         "parity": (lambda: bench_parity(every=8 if quick else 1), print_parity),
+        "large_k": (lambda: bench_large_k(problems=500 if quick else 5000, repeats=2 if quick else 5), print_large_k),
     }
 
 
 SECTIONS = ("entropy", "passk", "train_step", "group_embedding", "lm_head", "rewards", "long_step", "learner_work",
-            "learner_work_20m", "fsdp", "fsdp_50m", "sync", "sync_50m", "off_policy", "parity")
+            "learner_work_20m", "fsdp", "fsdp_50m", "sync", "sync_50m", "off_policy", "parity",
+            "large_k")
 
 
 def run_bench(quick: bool = False, out: str | Path | None = None,
