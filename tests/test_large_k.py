@@ -95,3 +95,15 @@ def test_crossover_with_interval() -> None:
     mixed_ref = np.vstack([np.tile([0.4, 0.6, 0.7, 0.8], (20, 1)), np.tile([0.4, 0.5, 0.6, 0.7], (20, 1))])
     mixed = crossover_k(mixed_model, mixed_ref, ks)
     assert (mixed.k, mixed.lo, mixed.hi) == (8, 4, 8) and mixed.none_fraction < 0.01
+
+
+def test_bootstrap_mean_interval() -> None:
+    from rl_div.metrics.large_k import bootstrap_mean
+
+    same = np.tile([0.25, 1.0], (30, 1))  # every problem alike: the interval is the point
+    mean, lo, hi = bootstrap_mean(same)
+    assert mean.tolist() == lo.tolist() == hi.tolist() == [0.25, 1.0]
+    # half 0, half 1: mean 1/2, the 95% interval ~ 1/2 +- 1.96 sqrt(1/4 / 400) = +- 0.049
+    values = np.repeat([[0.0], [1.0]], 200, axis=0)
+    mean, lo, hi = bootstrap_mean(values, resamples=4000)
+    assert mean[0] == 0.5 and abs(lo[0] - 0.451) < 0.01 and abs(hi[0] - 0.549) < 0.01

@@ -89,7 +89,7 @@ def check_benchmark_settings(cfg: Config, names: list[str] | tuple[str, ...] = (
              ("benchmarks.extractor", "answer extractor", b.extractor, ANSWER_EXTRACTORS)]
     named += [(f"benchmarks.{field}", "benchmark", name, BENCHMARKS)
               for field in ("paths", "sampling") for name in getattr(b, field)]
-    named += [("benchmarks", "benchmark", name, BENCHMARKS) for name in names]
+    named += [("eval.benchmarks", "benchmark", name, BENCHMARKS) for name in [*cfg.eval.benchmarks, *names]]
     for field, kind, name, registry in named:
         if name not in registry:
             raise ConfigError(f"{field}: {unknown_name_message(kind, name, registry.names())}")

@@ -295,6 +295,11 @@ class EvalConfig(Section):
     embedding_metrics: bool = Field(
         True, description="Embedding diversity / Vendi (loads all-MiniLM-L6-v2 locally)."
     )
+    benchmarks: list[str] = Field(
+        default_factory=list, description="Standard benchmarks evaluated too, by name (aime24, math500, ...; "
+        "the benchmarks section says where and how), logged as eval/<benchmark>/<metric>.",
+    )
+    benchmark_limit: int | None = Field(None, ge=1, description="First N problems of each benchmark (None = all).")
 
 
 class CheckpointConfig(Section):

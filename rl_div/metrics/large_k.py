@@ -51,7 +51,7 @@ def pass_at_k_matrix(n: Any, c: Any, ks: Sequence[int]) -> np.ndarray:
                                 np.asarray(ks)[None, :]), dtype=np.float64)
 
 
-def _vote(answers: Sequence[Any], correct: Sequence[bool]) -> float:
+def vote_credit(answers: Sequence[Any], correct: Sequence[bool]) -> float:
     """Majority-vote credit of one block of samples: among the answers with the most votes (None
     does not vote), the fraction that are correct; 0 when nothing voted.
 
@@ -79,7 +79,7 @@ def maj_at_k(answers: Sequence[Sequence[Any]], correct: Any, k: int) -> float:
     answers: P lists of n answers (hashable; None = no answer), correct: [P, n] verdicts. Each
     problem's n samples are cut into floor(n / k) disjoint blocks of k in sample order (samples are
     i.i.d., so every block is an unbiased draw of k); the problem's maj@k is the mean credit of its
-    blocks (:func:`_vote`, ties as fractions), and maj@k is the mean over problems. k = n is maj@n.
+    blocks (:func:`vote_credit`, ties as fractions), and maj@k is the mean over problems. k = n is maj@n.
     """
     flags = np.nan_to_num(np.asarray(correct, dtype=np.float64), nan=0.0) > 0.5
     if len(answers) != flags.shape[0] or len(answers) == 0:
@@ -89,9 +89,14 @@ def maj_at_k(answers: Sequence[Sequence[Any]], correct: Any, k: int) -> float:
         n = len(row)
         if n != flags.shape[1] or not 1 <= k <= n:
             raise ValueError(f"maj_at_k: problem {p} has {n} answers, {flags.shape[1]} verdicts, k = {k}")
-        blocks = [_vote(row[b * k:(b + 1) * k], flags[p, b * k:(b + 1) * k]) for b in range(n // k)]
-        per_problem.append(float(np.mean(blocks)))
+        per_problem.append(maj_credit(row, flags[p], k))
     return float(np.mean(per_problem))
+
+
+def maj_credit(answers: Sequence[Any], correct: Sequence[bool], k: int) -> float:
+    """One problem's maj@k: the mean :func:`vote_credit` of its floor(n / k) disjoint blocks of k."""
+    return float(np.mean([vote_credit(answers[b * k:(b + 1) * k], correct[b * k:(b + 1) * k])
+                          for b in range(len(answers) // k)]))
 
 
 @dataclass(frozen=True)
@@ -104,6 +109,24 @@ class Crossover:
     lo: int | None
     hi: int | None
     none_fraction: float
+
+
+def resample_weights(problems: int, resamples: int, seed: int) -> np.ndarray:
+    """Bootstrap weights over problems: [B, P], each row the counts of a resample with replacement / P."""
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, problems, size=(resamples, problems)) + np.arange(resamples)[:, None] * problems
+    return np.bincount(picks.ravel(), minlength=resamples * problems).reshape(resamples, problems) / problems
+
+
+def bootstrap_mean(values: np.ndarray, *, resamples: int = 2000, level: float = 0.95,
+                   seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean over problems with a percentile bootstrap interval: values [P, K] -> (mean, lo, hi), each [K].
+
+    For a paired difference pass ``model - reference`` per problem: the same resample for both.
+    """
+    boot = resample_weights(values.shape[0], resamples, seed) @ values  # [B, K]
+    alpha = (1.0 - level) / 2
+    return values.mean(axis=0), np.quantile(boot, alpha, axis=0), np.quantile(boot, 1 - alpha, axis=0)
 
 
 def first_crossing(diff: np.ndarray, ks: Sequence[int]) -> np.ndarray:
@@ -127,11 +150,7 @@ def crossover_k(model: np.ndarray, reference: np.ndarray, ks: Sequence[int], *, 
         raise ValueError(f"crossover_k: shapes {model.shape} and {reference.shape} for {len(ks)} values of k")
     diff = model - reference  # [P, K]
     point = first_crossing(diff.mean(axis=0, keepdims=True), ks)[0]
-    rng = np.random.default_rng(seed)
-    p = diff.shape[0]
-    picks = rng.integers(0, p, size=(resamples, p)) + np.arange(resamples)[:, None] * p  # [B, P] row-offset draws
-    weights = np.bincount(picks.ravel(), minlength=resamples * p).reshape(resamples, p) / p  # [B, P] counts / P
-    boot = first_crossing(weights @ diff, ks)  # [B]
+    boot = first_crossing(resample_weights(diff.shape[0], resamples, seed) @ diff, ks)  # [B]
     alpha = (1.0 - level) / 2
     lo = np.quantile(boot, alpha, method="lower")
     hi = np.quantile(boot, 1 - alpha, method="higher")

@@ -55,6 +55,7 @@ from rl_div.run.checkpoint import (
 )
 from rl_div.run.tracking import Tracker
 from rl_div.run.writers import check_writers, prepare_output_dir
+from rl_div.train.benchmark_eval import evaluate_benchmarks, load_benchmark_prompts
 from rl_div.train.guard import CollapseGuard
 from rl_div.train.prompts import PromptStream, load_splits
 from rl_div.train.rollout_pipeline import RolloutPipeline, policy_lag
@@ -109,6 +110,7 @@ class Trainer:
         train_set, eval_set = load_splits(cfg.data, cfg.run.seed)  # refuses eval prompts seen in training
         self.model_path = resolve_model_path(cfg)
         self.eval_prompts = eval_set.records
+        self.benchmarks = load_benchmark_prompts(cfg)  # eval.benchmarks (rl_div/train/benchmark_eval.py)
         self.prompts = PromptStream(train_set.records, cfg.run.seed)
         self.counters: dict[str, float] = dict.fromkeys(FAULT_COUNTERS, 0.0)
         self.counters["data/skipped_rows"] = float(train_set.skipped_rows)
@@ -191,11 +193,12 @@ class Trainer:
         return SamplingSpec(n=r.group_size, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
                             max_new_tokens=r.max_new_tokens, stop=list(r.stop), seed=self.cfg.run.seed)
 
-    def score(self, batch: RolloutBatch, counter_prefix: str = "faults/") -> RolloutBatch:
+    def score(self, batch: RolloutBatch, counter_prefix: str = "faults/", method: str = "score") -> RolloutBatch:
         """Rewards, correctness and extracted answers; failures are NaN and counted, never 0
-        (training batches in the cumulative faults/ counters, evaluations under eval/)."""
+        (training batches in the cumulative faults/ counters, evaluations under eval/). ``method``:
+        the reward actor's score (the run's rewards) or score_verified (each record's own verifier)."""
         args = (batch.response_texts, batch.prompts, batch.group_index.tolist())
-        result = self.call_reward_actor("score", args)
+        result = self.call_reward_actor(method, args)
         if result is None:  # the call timed out: every response's reward failed
             nan = [math.nan] * batch.size
             result = RewardResult(total=nan, components={}, correct=nan, answers=[None] * batch.size,
@@ -283,6 +286,7 @@ class Trainer:
             with timer("eval_embed"):  # None (metrics left out, eval/embed_timeouts counted) past the timeout
                 embeddings = self.call_reward_actor("embed", (batch.response_texts,), "eval/embed_timeouts")
         metrics, problems = eval_summary(batch, embeddings, self.vocab_size, self.tokenize)
+        metrics.update(evaluate_benchmarks(self, self.step))
         metrics.update({k: v for k, v in self.counters.items() if k.startswith("eval/")})
         metrics.update(timer.durations)
         metrics.update(self.guard.observe_eval(self.step, metrics, problems))
