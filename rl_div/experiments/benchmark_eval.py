@@ -19,19 +19,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from rl_div.experiments.evaluate import default_reference, eval_config, evaluate_model, resolve_target
-from rl_div.metrics.large_k import bootstrap_mean, crossover_k, pass_at_k_matrix, pass_hat_k
+from rl_div.metrics.large_k import bootstrap_mean, crossover_k, per_problem_values
 from rl_div.metrics.passk import default_ks
-
-
-def per_problem_values(problems: list[dict[str, Any]], ks: list[int]) -> dict[str, np.ndarray]:
-    """metric -> [P, K] (or [P, 1] for avg@n) per-problem values from a benchmark's problem rows."""
-    n = np.array([p["n"] for p in problems])
-    c = np.array([p["c"] for p in problems])
-    return {"pass@k": pass_at_k_matrix(n, c, ks), "pass^k": np.stack([pass_hat_k(n, c, k) for k in ks], axis=1),
-            "maj@k": np.array([[p["maj"][str(k)] for k in ks] for p in problems]), "avg@n": (c / n)[:, None]}
 
 
 def compare_benchmark(model: dict[str, Any], reference: dict[str, Any] | None, resamples: int = 2000,

@@ -159,3 +159,12 @@ def crossover_k(model: np.ndarray, reference: np.ndarray, ks: Sequence[int], *, 
         return None if np.isinf(x) else int(x)
 
     return Crossover(as_k(point), as_k(lo), as_k(hi), float(np.isinf(boot).mean()))
+
+
+def per_problem_values(problems: Sequence[dict[str, Any]], ks: Sequence[int]) -> dict[str, np.ndarray]:
+    """Per-problem values from benchmark problem rows (each with n, c and maj: {str(k): credit}):
+    {"pass@k": [P, K], "pass^k": [P, K], "maj@k": [P, K], "avg@n": [P, 1]}."""
+    n = np.array([p["n"] for p in problems])
+    c = np.array([p["c"] for p in problems])
+    return {"pass@k": pass_at_k_matrix(n, c, ks), "pass^k": np.stack([pass_hat_k(n, c, k) for k in ks], axis=1),
+            "maj@k": np.array([[p["maj"][str(k)] for k in ks] for p in problems]), "avg@n": (c / n)[:, None]}
