@@ -101,6 +101,9 @@ def _eval(args: argparse.Namespace) -> int:
     if args.benchmarks:
         from rl_div.experiments.benchmark_eval import print_benchmarks, run_benchmark_eval
 
+        if args.strategy:
+            overrides.append(f"benchmarks.strategy={args.strategy}")
+
         print_benchmarks(run_benchmark_eval(args.model, args.benchmarks.split(","), n=args.n, limit=args.limit,
                                             config=args.config, reference=args.reference,
                                             seed=int(seeds[0]) if seeds else None, out=args.out, overrides=overrides))
@@ -228,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "CSV/JSON, pass@k panels and paired differences vs --reference under OUT/benchmarks/; --n then "
                    "overrides each benchmark's own n (README, Benchmarks).")
     p.add_argument("--limit", type=int, help="With --benchmarks: the first L problems of each.")
+    p.add_argument("--strategy", choices=["direct", "vs"], help="With --benchmarks: direct sampling (default) or "
+                   "Verbalized Sampling (benchmarks.vs_candidates answers per generation, read back as samples).")
     p.set_defaults(func=_eval)
 
     p = sub.add_parser("report", help="Regenerate CSV/JSON, plots and report.md/html from existing outputs.")

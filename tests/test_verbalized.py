@@ -45,3 +45,31 @@ def test_truncated_and_empty_outputs() -> None:
     assert got.texts == ["\\boxed{7}", "", ""] and (got.malformed, got.missing, got.extra) == (0, 2, 0)
     nothing = parse_vs("I think the answer is 42.", 2)
     assert nothing.texts == ["", ""] and (nothing.malformed, nothing.missing) == (0, 2)
+
+
+def test_vs_outputs_become_scored_samples() -> None:
+    """Two problems, one generation each, k = 3: the candidates are scored by benchmark_verify in the
+    isolated worker as three samples per problem; malformed and missing candidates are counted."""
+    from rewards import RewardScorer, RewardSpec
+    from rl_div.benchmarks import BenchmarkRow, BenchmarkSet, SamplingDefaults, benchmark_records
+    from rl_div.train.benchmark_eval import expand_vs, large_k_summary, vs_problems
+
+    bench = BenchmarkSet("hand", [BenchmarkRow("What is 6*7?", ("42",), 1), BenchmarkRow("What is 2+2?", ("4",), 2)],
+                         [], "inline", SamplingDefaults())
+    records = benchmark_records(bench, vs_candidates=3)
+    assert records[0].meta["vs_candidates"] == 3 and records[0].prompt.startswith("Generate 3 different responses")
+    outputs = [block("6*7 = \\boxed{42}", "0.6") + block("\\boxed{48}", "0.3") + block("\\boxed{42}", "bad"),
+               block("\\boxed{5}", "0.9")]  # problem 2: one candidate written, two missing
+    texts, expanded, groups, counts = expand_vs(outputs, records, [0, 1], 3)
+    assert len(texts) == 6 and groups == [0, 0, 0, 1, 1, 1] and expanded[3] is records[1]
+    assert counts == {"vs/malformed": 1.0, "vs/missing": 2.0, "vs/extra": 0.0}
+    with RewardScorer([RewardSpec("task_verifier")], timeout_s=10.0) as scorer:
+        result = scorer.score(texts, expanded, groups)
+    problems = vs_problems(expanded, groups, list(result.correct), list(result.answers))
+    # problem 1: 42 (right), 48, 42 (its probability is malformed, its answer still a sample) -> c = 2 of 3
+    # problem 2: 5 (wrong) and two empty candidates -> c = 0 of 3
+    assert [(p["uid"], p["n"], p["c"]) for p in problems] == [("hand:1", 3, 2), ("hand:2", 3, 0)]
+    metrics, small = large_k_summary(problems)
+    assert metrics["avg@n"] == pytest.approx((2 / 3 + 0) / 2, abs=1e-15)
+    assert metrics["maj@3"] == pytest.approx(0.5, abs=1e-15)  # 42 wins problem 1; 5 alone wins problem 2
+    assert small[0]["answer_counts"] == {"42": [2, 2], "48": [1, 0]}

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from rl_div.benchmarks.spec import BenchmarkSet
+from rl_div.benchmarks.verbalized import vs_prompt
 from rl_div.data import PromptRecord
 from rl_div.registry import Registry
 
@@ -54,20 +55,28 @@ def plain_style(problem: str, instruction: str) -> PromptStyle:
 
 
 def benchmark_records(bench: BenchmarkSet, style: str = "boxed", instruction: str = PROMPT_INSTRUCTION,
-                      extractor: str = "math", chat: bool | None = None) -> list[PromptRecord]:
+                      extractor: str = "math", chat: bool | None = None,
+                      vs_candidates: int | None = None) -> list[PromptRecord]:
     """One PromptRecord per row, scored by ``benchmark_verify`` against every gold.
 
     ``chat`` overrides the style's choice of chat template when not None. ``extractor``: the answer
     extractor used when a completion has no ``\\boxed{}`` (and for the diversity metrics' answers).
+    ``vs_candidates``: a Verbalized Sampling request for that many candidates instead (its own
+    instruction replaces ``instruction``; ``meta["vs_candidates"]`` says how to read the output).
     """
     render = PROMPT_STYLES.get(style)
     records = []
     for row in bench.rows:
-        rendered = render(row.problem, instruction)
+        if vs_candidates is not None:
+            rendered = render(vs_prompt(row.problem, vs_candidates), "")
+            rendered = PromptStyle(rendered.text.rstrip("\n"), rendered.chat, rendered.system or None)
+        else:
+            rendered = render(row.problem, instruction)
         records.append(PromptRecord(
             prompt=rendered.text, answer=row.golds[0], uid=f"{bench.name}:{row.line}",
             meta={"benchmark": bench.name, "golds": list(row.golds), "verifier": "benchmark_verify",
                   "extractor": extractor, "prompt_ready": True,
-                  "chat": rendered.chat if chat is None else chat, "system": rendered.system},
+                  "chat": rendered.chat if chat is None else chat, "system": rendered.system,
+                  **({"vs_candidates": vs_candidates} if vs_candidates is not None else {})},
         ))
     return records

@@ -3,6 +3,8 @@ and per-benchmark sampling (rl_div.benchmarks reads it)."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from rl_div.config.sections import Section
@@ -48,6 +50,12 @@ class BenchmarksConfig(Section):
     extractor: str = Field(
         "math", description="Answer extractor when a response has no \\boxed{} (math: the last number).",
     )
+    strategy: Literal["direct", "vs"] = Field(
+        "direct", description="direct: n independent samples per problem; vs: Verbalized Sampling, each generation "
+        "asked for vs_candidates answers with their probabilities, read back as that many samples "
+        "(rl_div/benchmarks/verbalized.py).",
+    )
+    vs_candidates: int = Field(5, ge=1, description="Candidates per generation with strategy vs.")
     sampling: dict[str, BenchmarkSampling] = Field(
         default_factory=dict, description="Per-benchmark sampling overrides, e.g. {aime24: {n: 256}}.",
     )

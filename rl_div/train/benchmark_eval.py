@@ -17,10 +17,11 @@ from typing import Any
 import numpy as np
 
 from rl_div.benchmarks import benchmark_records, load_benchmark
+from rl_div.benchmarks.verbalized import parse_vs
 from rl_div.config import Config
 from rl_div.data import PromptRecord
 from rl_div.metrics.large_k import maj_credit, pass_hat_k
-from rl_div.metrics.passk import default_ks
+from rl_div.metrics.passk import default_ks, pass_at_k_curve
 from rl_div.rollout.base import SamplingSpec
 from rl_div.run.checkpoint import write_text_atomic
 from rl_div.train.step_stats import eval_summary
@@ -51,12 +52,68 @@ def benchmark_sampling(cfg: Config, name: str, defaults: Any) -> SamplingSpec:
 def load_benchmark_prompts(cfg: Config) -> list[BenchmarkPrompts]:
     """Every benchmark of ``eval.benchmarks`` (the first eval.benchmark_limit problems of each)."""
     b = cfg.benchmarks
+    vs = b.vs_candidates if b.strategy == "vs" else None
     out = []
     for name in cfg.eval.benchmarks:
         bench = load_benchmark(name, b.root, path=b.paths.get(name), hub=b.hub, limit=cfg.eval.benchmark_limit)
-        records = benchmark_records(bench, b.prompt_style, b.instruction, b.extractor, b.chat)
-        out.append(BenchmarkPrompts(name, records, benchmark_sampling(cfg, name, bench.sampling), len(bench.skipped)))
+        records = benchmark_records(bench, b.prompt_style, b.instruction, b.extractor, b.chat, vs_candidates=vs)
+        spec = benchmark_sampling(cfg, name, bench.sampling)
+        if vs is not None:  # n samples = n // k generations of k candidates each
+            spec = dataclasses.replace(spec, n=max(1, spec.n // vs))
+        out.append(BenchmarkPrompts(name, records, spec, len(bench.skipped)))
     return out
+
+
+def expand_vs(texts: list[str], records: list[PromptRecord], group_index: list[int],
+              k: int) -> tuple[list[str], list[PromptRecord], list[int], dict[str, float]]:
+    """Each Verbalized Sampling generation as its k candidates (rows [B] -> [B * k], groups kept), and
+    the counts of malformed, missing and extra candidates (rl_div.benchmarks.verbalized.parse_vs)."""
+    out_texts: list[str] = []
+    counts = {"vs/malformed": 0.0, "vs/missing": 0.0, "vs/extra": 0.0}
+    for text in texts:
+        parsed = parse_vs(text, k)
+        out_texts += parsed.texts
+        counts["vs/malformed"] += parsed.malformed
+        counts["vs/missing"] += parsed.missing
+        counts["vs/extra"] += parsed.extra
+    return (out_texts, [r for r in records for _ in range(k)], [g for g in group_index for _ in range(k)], counts)
+
+
+def vs_problems(records: list[PromptRecord], group_index: list[int], correct: list[float],
+                answers: list[str | None]) -> list[dict[str, Any]]:
+    """eval_summary-style problem rows (uid, n, c, answers, correct) of expanded VS samples; a
+    candidate whose verifier failed (NaN) is left out of n and c, as eval_summary does."""
+    rows: dict[int, dict[str, Any]] = {}
+    for record, g, ok, answer in zip(records, group_index, correct, answers, strict=True):
+        row = rows.setdefault(g, {"uid": record.uid, "n": 0, "c": 0, "answers": [], "correct": []})
+        if ok != ok:  # NaN: unscored
+            continue
+        row["n"] += 1
+        row["c"] += int(ok == 1.0)
+        row["answers"].append(answer)
+        row["correct"].append(ok == 1.0)
+    return [rows[g] for g in sorted(rows) if rows[g]["n"]]
+
+
+def vs_metrics(trainer: Any, bench: BenchmarkPrompts) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Sample VS generations, read their candidates as samples, score them; pass@k, the large-k metrics,
+    distinct answers and the parse counts (no token-level metrics: candidates share one generation)."""
+    k = int(bench.records[0].meta["vs_candidates"])
+    batch = trainer.pipeline.generate(bench.records, bench.spec, salt=0)
+    texts, records, groups, counts = expand_vs(batch.response_texts, batch.prompts, batch.group_index.tolist(), k)
+    result = trainer.call_reward_actor("score_verified", (texts, records, groups))
+    if result is None:
+        return {"eval/unscored": float(len(texts)), **counts}, []
+    problems = vs_problems(records, groups, list(result.correct), list(result.answers))
+    if not problems:
+        return {"eval/unscored": float(len(texts)), **counts}, []
+    n, c = np.array([p["n"] for p in problems]), np.array([p["c"] for p in problems])
+    metrics: dict[str, float] = {f"pass@{kk}": v for kk, v in pass_at_k_curve(n, c).items()}
+    metrics["div/distinct_answers"] = float(np.mean([len({a for a in p["answers"] if a}) for p in problems]))
+    metrics["div/distinct_correct_answers"] = float(np.mean(
+        [len({a for a, ok in zip(p["answers"], p["correct"], strict=True) if ok and a}) for p in problems]))
+    metrics["eval/unscored"] = float(sum(1 for x in result.correct if x != x))
+    return {**metrics, **counts}, problems
 
 
 def large_k_summary(problems: list[dict[str, Any]]) -> tuple[dict[str, float], list[dict[str, Any]]]:
@@ -89,10 +146,13 @@ def evaluate_benchmarks(trainer: Any, step: int) -> dict[str, float]:
     writes eval/<benchmark>/step_<step>.json and returns ``eval/<benchmark>/<metric>`` values."""
     out: dict[str, float] = {}
     for bench in trainer.benchmarks:
-        batch = trainer.pipeline.generate(bench.records, bench.spec, salt=0)
-        batch = trainer.score(batch, counter_prefix="eval/", method="score_verified")
-        batch = trainer.policy_stats(batch, temperature=bench.spec.temperature)
-        metrics, problems = eval_summary(batch, None, trainer.vocab_size, trainer.tokenize)
+        if bench.records and "vs_candidates" in bench.records[0].meta:
+            metrics, problems = vs_metrics(trainer, bench)
+        else:
+            batch = trainer.pipeline.generate(bench.records, bench.spec, salt=0)
+            batch = trainer.score(batch, counter_prefix="eval/", method="score_verified")
+            batch = trainer.policy_stats(batch, temperature=bench.spec.temperature)
+            metrics, problems = eval_summary(batch, None, trainer.vocab_size, trainer.tokenize)
         if problems:
             large, problems = large_k_summary(problems)
             metrics.update(large)
