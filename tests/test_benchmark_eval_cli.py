@@ -58,3 +58,6 @@ def test_eval_two_benchmarks_against_a_reference(tmp_path: Path, tiny_qwen_dir: 
         assert len(table) == 10 and {"metric", "k", "model", "model_lo", "diff", "diff_excludes_0"} <= set(table[0])
     with Image.open(out / "benchmarks" / "passk.png") as png:
         assert png.size[0] > png.size[1] > 300  # two panels side by side, the difference below
+    report = (out / "report" / "report.md").read_text()  # the report rl-div report builds, benchmarks included
+    assert "## Benchmark: aime24" in report and "## Benchmark: math500" in report
+    assert f"| {tiny_qwen_dir.name} − reference ({tiny_qwen_dir.name}) |" in report

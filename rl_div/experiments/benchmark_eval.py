@@ -6,7 +6,8 @@ standard benchmarks, same problems and sampling seeds, and per benchmark:
   (model - reference, the same resample of problems) with its interval; the crossover k at which the
   reference's pass@k overtakes the model's ("none up to n" when it does not);
 - ``OUT/benchmarks/passk.png``: one panel per benchmark, pass@k on a log-k axis (reference dashed),
-  the paired difference with its band below.
+  the paired difference with its band below;
+- ``OUT/report/``: the report ``rl-div report`` builds (held-out split and the benchmark tables).
 
 Sampling and scoring are the Trainer's own evaluation (rl_div/train/benchmark_eval.py), run through
 rl_div.experiments.evaluate.evaluate_model with train.steps = 0.
@@ -22,6 +23,7 @@ from typing import Any
 from rl_div.experiments.evaluate import default_reference, eval_config, evaluate_model, resolve_target
 from rl_div.metrics.large_k import bootstrap_mean, crossover_k, per_problem_values
 from rl_div.metrics.passk import default_ks
+from rl_div.report.results import RunRef, write_manifest
 
 
 def compare_benchmark(model: dict[str, Any], reference: dict[str, Any] | None, resamples: int = 2000,
@@ -132,8 +134,15 @@ def run_benchmark_eval(model: str | Path, benchmarks: list[str], n: int | None =
         theirs = json.loads((ref_run / "eval" / name / "step_000000.json").read_text()) if ref_run else None
         results[name] = compare_benchmark(mine, theirs, seed=seed)
         write_benchmark_files(results[name], out / "benchmarks")
-    passk_panels(list(results.values()), out / "benchmarks" / "passk.png", target.label,
-                 f"reference ({ref_dir.name})" if ref_dir else None)
+    ref_label = f"reference ({ref_dir.name})" if ref_dir else None
+    passk_panels(list(results.values()), out / "benchmarks" / "passk.png", target.label, ref_label)
+    refs = [RunRef(target.label, seed, model_run)] + ([RunRef(ref_label, seed, ref_run, role="reference")]
+                                                       if ref_run is not None and ref_label else [])
+    write_manifest(out, "eval", refs, {"model": str(target.model_dir), "reference": str(ref_dir) if ref_dir else None,
+                                       "benchmarks": benchmarks, "seeds": [seed]})
+    from rl_div.report import build_report
+
+    build_report([out], out / "report", title=f"Benchmarks of {target.label}")  # report.md/.html as rl-div report
     return results
 
 

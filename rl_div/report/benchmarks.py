@@ -5,7 +5,8 @@ Each variant's numbers are at its final evaluation: per problem, the mean over s
 by uid), then the mean over problems with a 95% bootstrap interval over problems. The paired
 difference against the baseline resamples the same problems for both; a ``*`` marks an interval
 that excludes 0. The base model (the baseline's step-0 evaluation, when the runs evaluated at start)
-is drawn dashed, as in Yue et al. (2025).
+is drawn dashed, as in Yue et al. (2025). In an ``rl-div eval`` folder the reference model is the
+baseline.
 """
 
 from __future__ import annotations
@@ -51,9 +52,7 @@ def benchmark_summary(runs: list[RunData], name: str, baseline: str | None) -> d
     """{variant: {metric: (mean, lo, hi)}}, the same for differences vs the baseline, ks and the base."""
     variants: dict[str, list[dict[str, Any]]] = {}
     base_evals = []
-    for run in runs:
-        if run.ref.role != "variant":
-            continue
+    for run in runs:  # variants, and the reference model of an `rl-div eval`
         evaluation = _evaluation(run, name, final=True)
         if evaluation is not None:
             variants.setdefault(run.ref.variant, []).append(evaluation)
@@ -143,6 +142,8 @@ def benchmark_report(runs: list[RunData], baseline: str | None, out: Path) -> tu
     names = benchmark_names(runs)
     if not names:
         return {}, []
+    # `rl-div eval`: differences are the model's against its reference
+    baseline = baseline or next((r.ref.variant for r in runs if r.ref.role == "reference"), None)
     summaries = [benchmark_summary(runs, name, baseline) for name in names]
     files = {"benchmarks_json": out / "benchmarks.json"}
     files["benchmarks_json"].write_text(json.dumps(summaries, indent=1))
