@@ -177,3 +177,25 @@ def test_benchmark_names_are_checked_before_any_work(override: str, message: str
 
     with pytest.raises(ConfigError, match=re.escape(message)):
         check_registry_names(load_config(None, [override]))
+
+
+def test_guard_watches_the_configured_benchmark() -> None:
+    """guard.benchmark feeds that benchmark's metrics and problems to the collapse guard: its pass@4
+    falling below the base model's lower bound fires the passk rule while the held-out split is fine."""
+    from rl_div.config import ConfigError
+    from rl_div.config.checks import check_registry_names
+    from rl_div.train.benchmark_eval import guard_view
+    from rl_div.train.guard import CollapseGuard
+
+    overrides = ["guard.enabled=true", "guard.rules=[passk]", "eval.benchmarks=[aime24]", "guard.benchmark=aime24"]
+    cfg = load_config(None, overrides)
+    held_out = ({"pass@1": 0.5, "pass@4": 0.9}, [{"n": 4, "c": 2}] * 20)
+    base = ({"pass@1": 0.5, "pass@4": 0.9}, [{"n": 4, "c": 2}] * 20)  # each problem: pass@4 = 1
+    collapsed = ({"pass@1": 0.0, "pass@4": 0.0}, [{"n": 4, "c": 0}] * 20)
+    assert guard_view(cfg, held_out, {"aime24": base}) is base
+    assert guard_view(load_config(None, overrides[:3]), held_out, {"aime24": base}) is held_out
+    guard = CollapseGuard(cfg)
+    guard.observe_eval(0, *guard_view(cfg, held_out, {"aime24": base}))
+    assert guard.observe_eval(2, *guard_view(cfg, held_out, {"aime24": collapsed}))["guard/fired_passk"] == 1.0
+    with pytest.raises(ConfigError, match="guard.benchmark: 'math500' is not in eval.benchmarks"):
+        check_registry_names(load_config(None, [*overrides[:3], "guard.benchmark=math500"]))

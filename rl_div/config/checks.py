@@ -93,6 +93,9 @@ def check_benchmark_settings(cfg: Config, names: list[str] | tuple[str, ...] = (
     for field, kind, name, registry in named:
         if name not in registry:
             raise ConfigError(f"{field}: {unknown_name_message(kind, name, registry.names())}")
+    if cfg.guard.benchmark is not None and cfg.guard.benchmark not in cfg.eval.benchmarks:
+        raise ConfigError(f"guard.benchmark: {cfg.guard.benchmark!r} is not in eval.benchmarks "
+                          f"({cfg.eval.benchmarks}); the guard can only watch an evaluated benchmark")
 
 
 def check_capabilities(cfg: Config) -> None:

@@ -363,6 +363,10 @@ class GuardConfig(Section):
         False, description="Watch for diversity collapse while training (rules below; guard/* metrics every step, "
         "a warning line in train.log when a rule fires). Off: the run is unchanged."
     )
+    benchmark: str | None = Field(
+        None, description="Watch this benchmark of eval.benchmarks (its pass@k and distinct correct answers) "
+        "instead of the held-out split.",
+    )
     rules: list[Literal["entropy_rate", "distinct_correct", "passk"]] = Field(
         default_factory=lambda: ["entropy_rate", "distinct_correct", "passk"],
         description="Rules that may fire: entropy_rate (training entropy falling too fast), distinct_correct "

@@ -141,10 +141,21 @@ def large_k_summary(problems: list[dict[str, Any]]) -> tuple[dict[str, float], l
     return metrics, small
 
 
-def evaluate_benchmarks(trainer: Any, step: int) -> dict[str, float]:
+Evaluation = tuple[dict[str, Any], list[dict[str, Any]]]  # (metrics, per-problem rows with n and c)
+
+
+def guard_view(cfg: Config, held_out: Evaluation, each_benchmark: dict[str, Evaluation]) -> Evaluation:
+    """What the collapse guard watches: the held-out split, or with guard.benchmark that benchmark's
+    own metrics (pass@k, distinct correct answers) and problems."""
+    return each_benchmark[cfg.guard.benchmark] if cfg.guard.benchmark else held_out
+
+
+def evaluate_benchmarks(trainer: Any, step: int) -> tuple[dict[str, float], dict[str, Evaluation]]:
     """Sample, score (benchmark_verify, through the record's verifier) and summarise every benchmark;
-    writes eval/<benchmark>/step_<step>.json and returns ``eval/<benchmark>/<metric>`` values."""
+    writes eval/<benchmark>/step_<step>.json and returns the ``eval/<benchmark>/<metric>`` values and
+    each benchmark's own (metrics, problems)."""
     out: dict[str, float] = {}
+    each: dict[str, Evaluation] = {}
     for bench in trainer.benchmarks:
         if bench.records and "vs_candidates" in bench.records[0].meta:
             metrics, problems = vs_metrics(trainer, bench)
@@ -164,4 +175,5 @@ def evaluate_benchmarks(trainer: Any, step: int) -> dict[str, float]:
              "metrics": metrics, "problems": problems}))
         out.update({f"eval/{bench.name}/{k.removeprefix('eval/')}": float(v) for k, v in metrics.items()
                     if isinstance(v, (int, float))})
-    return out
+        each[bench.name] = (metrics, problems)
+    return out, each

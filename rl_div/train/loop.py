@@ -55,7 +55,7 @@ from rl_div.run.checkpoint import (
 )
 from rl_div.run.tracking import Tracker
 from rl_div.run.writers import check_writers, prepare_output_dir
-from rl_div.train.benchmark_eval import evaluate_benchmarks, load_benchmark_prompts
+from rl_div.train.benchmark_eval import evaluate_benchmarks, guard_view, load_benchmark_prompts
 from rl_div.train.guard import CollapseGuard
 from rl_div.train.prompts import PromptStream, load_splits
 from rl_div.train.rollout_pipeline import RolloutPipeline, policy_lag
@@ -286,10 +286,11 @@ class Trainer:
             with timer("eval_embed"):  # None (metrics left out, eval/embed_timeouts counted) past the timeout
                 embeddings = self.call_reward_actor("embed", (batch.response_texts,), "eval/embed_timeouts")
         metrics, problems = eval_summary(batch, embeddings, self.vocab_size, self.tokenize)
-        metrics.update(evaluate_benchmarks(self, self.step))
+        bench_metrics, each_benchmark = evaluate_benchmarks(self, self.step)
+        metrics.update(bench_metrics)
         metrics.update({k: v for k, v in self.counters.items() if k.startswith("eval/")})
         metrics.update(timer.durations)
-        metrics.update(self.guard.observe_eval(self.step, metrics, problems))
+        metrics.update(self.guard.observe_eval(self.step, *guard_view(cfg, (metrics, problems), each_benchmark)))
         metrics["eval/policy_version"] = float(self.pipeline.weights_version)
         eval_dir = self.out / "eval"
         eval_dir.mkdir(exist_ok=True)
