@@ -10,6 +10,7 @@ plugin module (listed in the config's ``plugins``) so the isolated worker regist
 """
 
 from rewards.answers import ANSWER_EXTRACTORS, extract_answer, last_boxed, last_number
+from rewards.benchmark import benchmark_answer, benchmark_verify, tidy_answer
 from rewards.dra import dra_reward, redundancy_weights
 from rewards.embedding import embed, get_embedder
 from rewards.format import format_reward
@@ -38,6 +39,8 @@ __all__ = [
     "TaskVerifier",
     "WorkerStartError",
     "dra_reward",
+    "benchmark_answer",
+    "benchmark_verify",
     "embed",
     "extract_answer",
     "format_reward",
@@ -61,4 +64,5 @@ __all__ = [
     "score_batch",
     "score_group",
     "task_verifier",
+    "tidy_answer",
 ]

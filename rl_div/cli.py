@@ -134,7 +134,17 @@ def _eval(args: argparse.Namespace) -> int:
     _check_model_arg(args.model, "MODEL", args.config, overrides)
     if args.reference and args.reference.lower() != "none":
         _check_model_arg(args.reference, "--reference")
-    files = run_eval(args.model, n=args.n, config=args.config, reference=args.reference, seeds=seeds,
+    if args.benchmarks:
+        from rl_div.experiments.benchmark_eval import print_benchmarks, run_benchmark_eval
+
+        if args.strategy:
+            overrides.append(f"benchmarks.strategy={args.strategy}")
+
+        print_benchmarks(run_benchmark_eval(args.model, args.benchmarks.split(","), n=args.n, limit=args.limit,
+                                            config=args.config, reference=args.reference,
+                                            seed=int(seeds[0]) if seeds else None, out=args.out, overrides=overrides))
+        return 0
+    files = run_eval(args.model, n=args.n or 64, config=args.config, reference=args.reference, seeds=seeds,
                      out=args.out, overrides=overrides)
     print_summary(files["summary_json"])
     print(f"\nreport: {files['report_md']} and {files['report_html']}; data: {files['metrics_tidy_csv']}")
@@ -274,12 +284,19 @@ def build_parser() -> argparse.ArgumentParser:
         "checkpoint). Uses the Trainer's evaluation; writes OUT/report like rl-div report.")
     p.add_argument("model", metavar="MODEL_OR_CHECKPOINT")
     p.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. data.num_eval_prompts=64")
-    p.add_argument("--n", type=int, default=64, help="Samples per held-out problem (default 64).")
+    p.add_argument("--n", type=int, help="Samples per held-out problem (default 64; with --benchmarks each "
+                   "benchmark's own n).")
     p.add_argument("--config", help="Config (data, sampling); default: the run's config.yaml, else defaults.")
     p.add_argument("--reference", help="Reference model for the collapse decomposition (default: the run's base "
                    "model; 'none' to skip).")
     p.add_argument("--seeds", nargs="+", help="Eval seeds (default: the config's run.seed).")
     p.add_argument("--out", help="Output folder (default: RUN/evals/<name>_n<N>, or ./evals/<name>_n<N>).")
+    p.add_argument("--benchmarks", help="Comma-separated standard benchmarks (aime24,math500,...): per benchmark "
+                   "CSV/JSON, pass@k panels and paired differences vs --reference under OUT/benchmarks/; --n then "
+                   "overrides each benchmark's own n (README, Benchmarks).")
+    p.add_argument("--limit", type=int, help="With --benchmarks: the first L problems of each.")
+    p.add_argument("--strategy", choices=["direct", "vs"], help="With --benchmarks: direct sampling (default) or "
+                   "Verbalized Sampling (benchmarks.vs_candidates answers per generation, read back as samples).")
     p.set_defaults(func=_eval)
 
     p = sub.add_parser("report", help="Regenerate CSV/JSON, plots and report.md/html from existing outputs.")

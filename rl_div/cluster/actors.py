@@ -156,6 +156,7 @@ class RewardHost:
         self.scorer = RewardScorer(specs, timeout_s=r.timeout_s, isolated=r.isolated, plugins=list(cfg.run.plugins),
                                    workers=r.num_workers or min(usable_cpus(), 16),
                                    items_per_call=r.items_per_call, group_timeout_s=r.group_timeout_s)
+        self.verified: Any = None  # the scorer of score_verified, made on its first use
         from rewards.embedding import warm_up_in_background
         from rewards.registry import REWARDS, uses_embedder
 
@@ -166,6 +167,17 @@ class RewardHost:
         """RewardScorer.score; state: the stateful rewards' tables for this batch's prompts (the driver keeps
         them: a restarted reward actor loses nothing)."""
         return self.scorer.score(completions, records, group_index, state)
+
+    def score_verified(self, completions: list[str], records: list, group_index: list[int]) -> Any:
+        """Correctness by each record's own verifier (benchmark records name benchmark_verify), on the
+        same isolated workers as the run's rewards."""
+        if self.verified is None:
+            from rewards import RewardScorer, RewardSpec
+
+            self.verified = RewardScorer([RewardSpec("task_verifier")], timeout_s=self.scorer.timeout_s,
+                                         isolated=self.scorer.isolated, worker=self.scorer.worker,
+                                         items_per_call=self.scorer.items_per_call)
+        return self.verified.score(completions, records, group_index)
 
     def embed(self, texts: list[str]) -> Any:
         from rewards.embedding import embed

@@ -73,6 +73,32 @@ def check_registry_names(cfg: Config) -> None:
             check_params(params_field, f"{kind} {name!r}", registry[name], dict(params), positional, supplied)
     check_capabilities(cfg)
     check_rollout_backend(cfg)
+    check_benchmark_settings(cfg)
+
+
+def check_benchmark_settings(cfg: Config, names: list[str] | tuple[str, ...] = ()) -> None:
+    """The benchmarks section's names exist (after its user files are registered): prompt style,
+    extractor, the benchmarks named by paths and sampling, and ``names`` (the ones to evaluate)."""
+    from rewards import ANSWER_EXTRACTORS
+    from rl_div.benchmarks import BENCHMARKS, PROMPT_STYLES, load_user_benchmarks
+
+    b = cfg.benchmarks
+    for i, path in enumerate(b.user_files):
+        try:
+            load_user_benchmarks(path)
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"benchmarks.user_files[{i}]: {err}") from err
+    named = [("benchmarks.prompt_style", "benchmark prompt style", b.prompt_style, PROMPT_STYLES),
+             ("benchmarks.extractor", "answer extractor", b.extractor, ANSWER_EXTRACTORS)]
+    named += [(f"benchmarks.{field}", "benchmark", name, BENCHMARKS)
+              for field in ("paths", "sampling") for name in getattr(b, field)]
+    named += [("eval.benchmarks", "benchmark", name, BENCHMARKS) for name in [*cfg.eval.benchmarks, *names]]
+    for field, kind, name, registry in named:
+        if name not in registry:
+            raise ConfigError(f"{field}: {unknown_name_message(kind, name, registry.names())}")
+    if cfg.guard.benchmark is not None and cfg.guard.benchmark not in cfg.eval.benchmarks:
+        raise ConfigError(f"guard.benchmark: {cfg.guard.benchmark!r} is not in eval.benchmarks "
+                          f"({cfg.eval.benchmarks}); the guard can only watch an evaluated benchmark")
 
 
 def check_capabilities(cfg: Config) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
+from rl_div.config.benchmarks import BenchmarksConfig
 from rl_div.config.lora import lora_problems
 from rl_div.config.sections import (
     AlgoConfig,
@@ -62,6 +63,7 @@ class Config(Section):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="Metric sinks.")
     cluster: ClusterConfig = Field(default_factory=ClusterConfig, description="Ray.")
     guard: GuardConfig = Field(default_factory=GuardConfig, description="Collapse guard (rl_div/train/guard.py).")
+    benchmarks: BenchmarksConfig = Field(default_factory=BenchmarksConfig, description="Standard test sets.")
 
     @model_validator(mode="after")
     def check_placement(self) -> Config:

@@ -318,6 +318,11 @@ class EvalConfig(Section):
     embedding_metrics: bool = Field(
         True, description="Embedding diversity / Vendi (loads all-MiniLM-L6-v2 locally)."
     )
+    benchmarks: list[str] = Field(
+        default_factory=list, description="Standard benchmarks evaluated too, by name (aime24, math500, ...; "
+        "the benchmarks section says where and how), logged as eval/<benchmark>/<metric>.",
+    )
+    benchmark_limit: int | None = Field(None, ge=1, description="First N problems of each benchmark (None = all).")
 
 
 class CheckpointConfig(Section):
@@ -386,6 +391,10 @@ class GuardConfig(Section):
     enabled: bool = Field(
         False, description="Watch for diversity collapse while training (rules below; guard/* metrics every step, "
         "a warning line in train.log when a rule fires). Off: the run is unchanged."
+    )
+    benchmark: str | None = Field(
+        None, description="Watch this benchmark of eval.benchmarks (its pass@k and distinct correct answers) "
+        "instead of the held-out split.",
     )
     rules: list[Literal["entropy_rate", "distinct_correct", "passk"]] = Field(
         default_factory=lambda: ["entropy_rate", "distinct_correct", "passk"],

@@ -165,20 +165,23 @@ def tokenizer_problem(model_dir: str | os.PathLike[str]) -> str | None:
     return None
 
 
-def format_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, use_chat_template: bool | None = None) -> str:
+def format_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, use_chat_template: bool | None = None,
+                  system: str | None = None) -> str:
     """The text the policy sees for ``prompt``.
 
     ``use_chat_template=None`` (the default) applies the tokenizer's chat template when it has one
     (as a single user turn with the generation prompt opened); ``False`` never applies it; ``True``
     requires one. A template's text may already start with the model's BOS; tokenize such text
-    with ``add_special_tokens=False`` or the BOS appears twice.
+    with ``add_special_tokens=False`` or the BOS appears twice. ``system``: a system message before
+    the user turn (None: the template's own default, if any).
     """
     has_template = bool(getattr(tokenizer, "chat_template", None))
     if use_chat_template is False or (use_chat_template is None and not has_template):
         return prompt
     if not has_template:
         raise ValueError("use_chat_template=True but the tokenizer has no chat_template")
-    return format_chat(tokenizer, [{"role": "user", "content": prompt}])
+    system_turn = [{"role": "system", "content": system}] if system is not None else []
+    return format_chat(tokenizer, [*system_turn, {"role": "user", "content": prompt}])
 
 
 def format_chat(tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict[str, str]],

@@ -8,6 +8,7 @@
     training_curves.png      pass@1, pass@K, entropy and distinct correct answers over steps
     diversity_curves.png     the held-out diversity metrics over steps
     report.md, report.html   one page: setup, results table, pass@k table, collapse table, figures
+    benchmarks.json, benchmarks_passk.png   per benchmark of eval.benchmarks (rl_div.report.benchmarks)
 Everything is regenerated from files, so ``rl-div report DIR`` after a crash or on a copied folder
 gives the same page.
 """
@@ -22,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from rl_div.report.benchmarks import benchmark_report
 from rl_div.report.comparison import Comparison, _ks, build_comparison
 from rl_div.report.page import document, render_html, render_markdown, table_rows
 from rl_div.report.plots import Curve, curves_figure, passk_figure, save_figure
@@ -184,13 +186,15 @@ def build_report(paths: list[str | Path], out: str | Path | None = None, title: 
     comp = build_comparison(runs, kind, baseline)
     files["summary_csv"], files["summary_json"] = write_summary(comp, out_dir)
     files.update(figures(comp, runs, out_dir))
+    bench_files, bench_blocks = benchmark_report(runs, comp.baseline, out_dir)  # eval.benchmarks, if any
+    files.update(bench_files)
     default_title = ("Evaluation report" if kind == "eval" else f"{comp.variants[0]}: single run"
                      if len(comp.variants) == 1 else "GRPO vs re-weighted variants: pass@k and diversity")
     groups = {v: [r for r in runs if r.ref.variant == v and r.ref.role == "variant"] for v in comp.variants}
     trained_with = next((extra["code"] for p in paths if (Path(p) / MANIFEST).exists()
                          and "code" in (extra := read_manifest(Path(p))[2])), None)
     blocks = document(comp, files, title or default_title,
-                      provenance_blocks(groups, comp.baseline, out_dir, trained_with))
+                      bench_blocks + provenance_blocks(groups, comp.baseline, out_dir, trained_with))
     files["report_md"] = out_dir / "report.md"
     files["report_md"].write_text(render_markdown(blocks), encoding="utf-8")
     files["report_html"] = out_dir / "report.html"

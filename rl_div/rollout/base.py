@@ -43,7 +43,10 @@ def templated_prompt_ids(tokenizer: PreTrainedTokenizerBase, record: PromptRecor
     Every backend tokenizes prompts here and hands the engine token ids, so hf and vllm sample
     from exactly the same prompt tokens.
     """
-    if record.messages is not None:  # chat format: the template fills the last (user) turn
+    if record.meta.get("prompt_ready"):  # a benchmark record (rl_div.benchmarks.prompting) says how it renders
+        text = record.prompt
+        templated = format_prompt(tokenizer, text, record.meta.get("chat"), system=record.meta.get("system"))
+    elif record.messages is not None:  # chat format: the template fills the last (user) turn
         *history, last = record.messages
         turn = {"role": last["role"], "content": prompt_template.format(prompt=last["content"])}
         templated, text = format_chat(tokenizer, [*history, turn], use_chat_template), None

@@ -57,6 +57,7 @@ from rl_div.run.checkpoint import (
 from rl_div.run.command import record_command
 from rl_div.run.tracking import Tracker
 from rl_div.run.writers import check_writers, prepare_output_dir
+from rl_div.train.benchmark_eval import evaluate_benchmarks, guard_view, load_benchmark_prompts
 from rl_div.train.blowup import check_update
 from rl_div.train.console import SLOW_STEP_S, StageTimer, close_logging, progress_label, setup_logging
 from rl_div.train.dynamic_sampling import BatchFiller, write_group_log
@@ -123,6 +124,7 @@ class Trainer:
         train_set, eval_set = (prompts_that_fit(cfg, tokenizer, self.model_path, s, split)  # room to answer
                                for s, split in ((train_set, "train"), (eval_set, "eval")))
         self.eval_prompts = eval_set.records
+        self.benchmarks = load_benchmark_prompts(cfg)  # eval.benchmarks (rl_div/train/benchmark_eval.py)
         self.prompts = PromptStream(train_set.records, cfg.run.seed)
         self.counters: dict[str, float] = dict.fromkeys(FAULT_COUNTERS, 0.0)
         self.counters["data/skipped_rows"] = float(train_set.skipped_rows + train_set.too_long + eval_set.too_long)
@@ -218,13 +220,16 @@ class Trainer:
         return SamplingSpec(n=r.group_size, temperature=temperature, top_p=r.top_p, top_k=r.top_k,
                             max_new_tokens=r.max_new_tokens, stop=list(r.stop), seed=self.cfg.run.seed)
 
-    def score(self, batch: RolloutBatch, counter_prefix: str = "faults/") -> RolloutBatch:
+    def score(self, batch: RolloutBatch, counter_prefix: str = "faults/", method: str = "score") -> RolloutBatch:
         """Rewards, correctness and extracted answers; failures are NaN and counted, never 0
-        (training batches in the cumulative faults/ counters, evaluations under eval/)."""
-        training = counter_prefix == "faults/"  # an evaluation neither reads nor updates stateful rewards' tables
-        state = state_for(self.reward_state, [p.prompt for p in batch.prompts]) if training else None
-        result = self.call_reward_actor("score", (batch.response_texts, batch.prompts, batch.group_index.tolist(),
-                                                  state))
+        (training batches in the cumulative faults/ counters, evaluations under eval/). ``method``:
+        the reward actor's score (the run's rewards) or score_verified (each record's own verifier)."""
+        args: tuple[Any, ...] = (batch.response_texts, batch.prompts, batch.group_index.tolist())
+        # an evaluation neither reads nor updates stateful rewards' tables (outcome_ucb)
+        training = counter_prefix == "faults/" and method == "score"
+        if method == "score":
+            args = (*args, state_for(self.reward_state, [p.prompt for p in batch.prompts]) if training else None)
+        result = self.call_reward_actor(method, args)
         if result is None:  # the call timed out: every response's reward failed
             nan = [math.nan] * batch.size
             result = RewardResult(total=nan, components={}, correct=nan, answers=[None] * batch.size,
@@ -314,9 +319,11 @@ class Trainer:
             with timer("eval_embed"):  # None (metrics left out, eval/embed_timeouts counted) past the timeout
                 embeddings = self.call_reward_actor("embed", (batch.response_texts,), "eval/embed_timeouts")
         metrics, problems = eval_summary(batch, embeddings, self.vocab_size, self.tokenize)
+        bench_metrics, each_benchmark = evaluate_benchmarks(self, self.step)
+        metrics.update(bench_metrics)
         metrics.update({k: v for k, v in self.counters.items() if k.startswith("eval/")})
         metrics.update(timer.durations)
-        metrics.update(self.guard.observe_eval(self.step, metrics, problems))
+        metrics.update(self.guard.observe_eval(self.step, *guard_view(cfg, (metrics, problems), each_benchmark)))
         metrics["eval/policy_version"] = float(self.pipeline.weights_version)
         eval_dir = self.out / "eval"
         eval_dir.mkdir(exist_ok=True)
