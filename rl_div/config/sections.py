@@ -226,6 +226,8 @@ ALGO_PRESETS: dict[str, dict[str, Any]] = {
     "clip_cov": {"advantage": "grpo", "token_weight": "clip_cov"},
     "kl_cov": {"advantage": "grpo", "token_weight": "kl_cov"},
     "high_entropy": {"advantage": "grpo", "token_weight": "high_entropy_mask"},
+    # issue 23's advantages (rl_div/algos/advantages_outcome.py, advantages_passk.py)
+    **{name: {"advantage": name} for name in ("w_reinforce", "nsr", "psr", "maxrl", "qae", "best_of_group", "pkpo")},
 }
 
 

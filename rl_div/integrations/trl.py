@@ -229,7 +229,8 @@ class RLDivGRPOTrainer(GRPOTrainer):
                 rewards=total[rows], group_index=group_index[rows], correct=self._correct(per_func)[rows],
                 response_logprobs=pick.get("logprobs"), behavior_logprobs=pick.get("logprobs"),
                 response_mask=mask[rows], prompt_logprobs=pick.get("prompt_logprobs"),
-                prompt_mask=prompt_logprob_mask(out["prompt_mask"][rows]).float()), **self.rl_div_advantage_params)
+                prompt_mask=prompt_logprob_mask(out["prompt_mask"][rows]).float(), step=self.state.global_step),
+                **self.rl_div_advantage_params)
             advantages[rows] = adv_out.advantages.to(advantages.dtype)
             metrics = dict(adv_out.metrics)
         if not TOKEN_WEIGHTS.needs(self.rl_div_token_weight).reweights:
