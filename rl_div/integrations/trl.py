@@ -135,10 +135,11 @@ _LINEAR_LOSSES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo")
 class RLDivGRPOTrainer(GRPOTrainer):
     """TRL's GRPOTrainer with rl_div's advantage estimator and token weights.
 
-    advantage: a name in ``rl_div.algos.ADVANTAGES`` (grpo, arm, passk, unlikeliness, or your own);
-    advantage_params: its keyword params. token_weight: a name in ``TOKEN_WEIGHTS`` (none, steer,
+    advantage: a name in ``rl_div.algos.ADVANTAGES`` (grpo, arm, passk, unlikeliness, w_reinforce, nsr, psr,
+    maxrl, qae, best_of_group, pkpo, or your own); advantage_params: its keyword params (a schedule reads
+    TRL's ``state.global_step`` as ``AdvantageInputs.step``). token_weight: a name in ``TOKEN_WEIGHTS`` (none, steer,
     high_entropy_mask, clip_cov; not kl_cov, whose KL term TRL's loss has no place for).
-    correct_reward: where arm and passk read correctness: the reward function (index into
+    correct_reward: where arm, passk and w_reinforce / nsr / psr read correctness: the reward function (index into
     ``reward_funcs`` or its name) whose value > 0.5 means correct, or, for a :func:`trl_reward`
     adapter with a verifier, that verifier's verdicts. None (default): the first such adapter, else
     reward function 0.
