@@ -81,6 +81,13 @@ def psr(inputs: AdvantageInputs) -> AdvantageOutput:
     return _signed(inputs, "psr", positive=1.0, negative=0.0)
 
 
+def mean_per_row(values: torch.Tensor, group_index: torch.Tensor) -> torch.Tensor:
+    """The mean of the row's group. [B], [B] -> [B] float64."""
+    inverse, n = compact_groups(group_index)
+    v = values.double()
+    return (group_sum(v, inverse, n) / group_sum(torch.ones_like(v), inverse, n))[inverse]
+
+
 def maxrl_advantages(rewards: torch.Tensor, group_index: torch.Tensor, *, eps: float = 1e-6) -> torch.Tensor:
     """A_i = (r_i - mean_g r) / (mean_g r + eps) per group; a group with mean <= 0 gets A = 0.
 
@@ -90,10 +97,8 @@ def maxrl_advantages(rewards: torch.Tensor, group_index: torch.Tensor, *, eps: f
     Returns:
         [B] float64.
     """
-    inverse, n = compact_groups(group_index)
-    r = rewards.double()
-    mean = (group_sum(r, inverse, n) / group_sum(torch.ones_like(r), inverse, n))[inverse]
-    adv = (r - mean) / (mean + eps)
+    mean = mean_per_row(rewards, group_index)
+    adv = (rewards.double() - mean) / (mean + eps)
     return torch.where(mean > 0, adv, torch.zeros_like(adv))
 
 
@@ -111,11 +116,9 @@ def maxrl(inputs: AdvantageInputs, *, eps: float = 1e-6) -> AdvantageOutput:
     Shapes: rewards [B], group_index [B] -> [B].
     """
     adv = maxrl_advantages(inputs.rewards, inputs.group_index, eps=eps).to(inputs.rewards.dtype)
-    inverse, n = compact_groups(inputs.group_index)
-    r = inputs.rewards.double()
-    mean = group_sum(r, inverse, n) / group_sum(torch.ones_like(r), inverse, n)
-    zero = fraction_of_groups(group_all_equal(inputs.rewards, inputs.group_index) | (mean[inverse] <= 0),
-                              inputs.group_index)
+    rewards, index = inputs.rewards, inputs.group_index
+    no_signal = group_all_equal(rewards, index) | (mean_per_row(rewards, index) <= 0)
+    zero = fraction_of_groups(no_signal, inputs.group_index)
     return AdvantageOutput(adv, {"adv/zero_signal_frac": zero, **_summary(adv)})
 
 
@@ -136,8 +139,7 @@ def std_per_row(values: torch.Tensor, group_index: torch.Tensor, *, unbiased: bo
     inverse, n = compact_groups(group_index)
     v = values.double()
     count = group_sum(torch.ones_like(v), inverse, n)
-    mean = group_sum(v, inverse, n) / count
-    sq = group_sum((v - mean[inverse]) ** 2, inverse, n)
+    sq = group_sum((v - mean_per_row(values, group_index)) ** 2, inverse, n)
     denom = (count - 1).clamp(min=1) if unbiased else count
     return (sq / denom).sqrt()[inverse]
 

@@ -18,7 +18,10 @@ from typing import Any
 from rl_div.bench.vs_trl import RLDIV_STAGES, _spread, demo_model, llama_20m, run_rl_div
 
 METHOD_CONFIGS = {"grpo": "demo_grpo.yaml", "arm": "demo_arm.yaml", "steer": "demo_steer.yaml",
-                  "novelty": "demo_novelty.yaml"}
+                  "novelty": "demo_novelty.yaml",
+                  # issue 23's advantages (goal <= 1.05x grpo: reward-only, no extra forward)
+                  **{m: f"demo_{m}.yaml" for m in ("w_reinforce", "nsr", "psr", "maxrl", "qae", "best_of_group",
+                                                   "pkpo")}}
 
 
 def bench_methods(methods: tuple[str, ...] = ("grpo", "arm", "steer", "novelty"), rounds: int = 2,
