@@ -41,6 +41,9 @@ def test_typed_params_across_registries() -> None:
         load_config(None, ["algo.loss_params={clip_high: high}"])
     with pytest.raises(ConfigError, match=r"algo\.token_weight_params\.lambda_min: token weight 'steer'"):
         load_config(None, ["algo=steer", "algo.token_weight_params={lambda_min: [0.8]}"])
+    with pytest.raises(ConfigError, match=r"reward\.rewards\[0\]\.params\.strict: reward 'math_verify' parameter "
+                                          r"'strict' takes bool, got str 'yes_please'"):
+        load_config(None, ["reward.rewards=[{name: math_verify, params: {strict: yes_please}}]"])
     # right types pass: an int where a float belongs, a YAML list of lists, None for an optional
     cfg = load_config(None, ["algo=pkpo", "algo.advantage_params={k: 2, k_schedule: [[0, 4], [10, 1]]}",
                              "algo.loss_params={clip_high: 1, norm_constant: null}"])
@@ -57,6 +60,7 @@ def test_config_help_lists_each_methods_parameters() -> None:
     assert "  nsr: (none)" in out
     loss_line = next(line for line in out.splitlines() if line.startswith("  ppo_clip:"))
     assert "clip_low: float = 0.2" in loss_line and "token_denominator" not in loss_line  # the learner passes it
+    assert "  math_verify: float_rounding: int = 6, strict: bool = True" in out  # hints behind TYPE_CHECKING too
     assert "  train.lr = 0.001" in out  # the config fields are still there
 
 

@@ -20,12 +20,23 @@ LEARNER_LOSS_KEYWORDS = ("token_denominator", "seq_denominator", "norm_constant"
 
 
 def parameter_hints(fn: Callable[..., Any]) -> dict[str, Any]:
-    """The resolved type hints of fn's parameters; {} when they cannot be resolved (a plugin's forward
-    reference), in which case only the names are checked."""
+    """The resolved type hints of fn's parameters. When the whole set cannot be resolved (an annotation
+    names a type imported only for type checking), each parameter's is tried alone and the ones that
+    resolve are kept; the rest are checked by name only."""
     try:
         hints = typing.get_type_hints(fn)
-    except Exception:  # an unresolvable annotation is the plugin author's, not a config error
-        return {}
+    except Exception:  # an unresolvable annotation is the author's, not a config error
+        target = inspect.unwrap(fn)
+        namespace = dict(getattr(target, "__globals__", {}))
+        hints = {}
+        for name, p in inspect.signature(target).parameters.items():
+            if p.annotation is p.empty:
+                continue
+            try:
+                hints[name] = (eval(p.annotation, namespace) if isinstance(p.annotation, str)  # noqa: S307
+                               else p.annotation)
+            except Exception:  # this one stays unchecked
+                continue
     hints.pop("return", None)
     return hints
 
