@@ -193,6 +193,14 @@ def test_bad_settings_fail_before_training(tmp_path: Path) -> None:
 
     with pytest.raises(UnknownNameError, match="advantage"):
         RLDivGRPOTrainer(model=None, advantage="armm")
+    from rl_div.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"advantage_params: unknown advantage 'pkpo' parameter 'kk'; did you mean"):
+        RLDivGRPOTrainer(model=None, advantage="pkpo", advantage_params={"kk": 2})
+    with pytest.raises(ConfigError, match=r"advantage_params\.lam: advantage 'w_reinforce' parameter 'lam' takes"):
+        RLDivGRPOTrainer(model=None, advantage="w_reinforce", advantage_params={"lam": "0.1"})
+    with pytest.raises(ConfigError, match=r"token_weight_params\.lambda_min: token weight 'steer'"):
+        RLDivGRPOTrainer(model=None, token_weight="steer", token_weight_params={"lambda_min": "low"})
 
 
 def by_group(rewards: list[float], per_group: Any) -> list[float]:

@@ -40,6 +40,7 @@ from rewards.registry import REWARDS, is_verifier, reward_scope
 from rl_div.algos import ADVANTAGES, TOKEN_WEIGHTS
 from rl_div.algos.advantage_base import AdvantageInputs
 from rl_div.algos.token_weights import TokenWeightInputs
+from rl_div.config.checks import check_params
 from rl_div.data import PromptRecord
 from rl_div.learner.forward import prompt_logprob_mask
 
@@ -160,8 +161,12 @@ class RLDivGRPOTrainer(GRPOTrainer):
     def __init__(self, *args: Any, advantage: str = "grpo", advantage_params: dict[str, Any] | None = None,
                  token_weight: str = "none", token_weight_params: dict[str, Any] | None = None,
                  correct_reward: int | str | None = None, **kwargs: Any) -> None:
-        ADVANTAGES.get(advantage)  # unknown names fail before the model loads
+        ADVANTAGES.get(advantage)  # unknown names, parameters and parameter types fail before the model loads
         TOKEN_WEIGHTS.get(token_weight)
+        check_params("advantage_params", f"advantage {advantage!r}", ADVANTAGES[advantage],
+                     dict(advantage_params or {}), 1)
+        check_params("token_weight_params", f"token weight {token_weight!r}", TOKEN_WEIGHTS[token_weight],
+                     dict(token_weight_params or {}), 1)
         super().__init__(*args, **kwargs)
         self.rl_div_advantage, self.rl_div_advantage_params = advantage, dict(advantage_params or {})
         self.rl_div_token_weight, self.rl_div_token_weight_params = token_weight, dict(token_weight_params or {})
