@@ -241,3 +241,22 @@ def test_pkpo_k_schedule_and_small_groups() -> None:
     assert late.metrics["pkpo/k"] == 1.0 and late.advantages[4:].tolist() == pytest.approx([1.0, -1.0])
     with pytest.raises(ValueError, match="k >= 1"):
         ADVANTAGES["pkpo"](AdvantageInputs(rewards=rewards, group_index=index), k=0)
+
+
+def test_the_learner_entry_point_passes_the_step_to_the_k_schedule() -> None:
+    """rl_div.train.loop.compute_advantages hands the trainer's step to AdvantageInputs.step."""
+    from rl_div.config import load_config
+    from rl_div.data import PromptRecord
+    from rl_div.rollout.base import build_rollout_batch
+    from rl_div.train.loop import compute_advantages
+
+    batch = build_rollout_batch([PromptRecord("p", "a")], [[1, 2]], [[5], [5, 6], [7], [8, 9, 9], [4]],
+                                [[-0.5], [-0.5, -0.5], [-0.5], [-0.5] * 3, [-0.5]], ["x"] * 5, [False] * 5, 5,
+                                behavior_version=0)
+    batch.rewards = torch.tensor([0.0, 1.0, 0.5, 0.25, 1.0])
+    cfg = load_config(None, ["algo=pkpo", "algo.advantage_params={k_schedule: [[0, 5], [3, 2]]}"])
+    for step, k in [(0, 5), (2, 5), (3, 2), (7, 2)]:
+        got, metrics = compute_advantages(batch, cfg, step)
+        assert metrics["pkpo/k"] == k
+        want = sloo_minus_one(batch.rewards.double().numpy().copy(), k) * 5
+        assert got.tolist() == pytest.approx(want.tolist(), abs=1e-6)
