@@ -36,6 +36,9 @@ def test_typed_params_across_registries() -> None:
         load_config(None, ["algo=pkpo", "algo.advantage_params={k: 2.5}"])
     with pytest.raises(ConfigError, match=r"algo\.advantage_params\.k_schedule: .*takes list\[list\[int\]\] \| None"):
         load_config(None, ["algo=pkpo", "algo.advantage_params={k_schedule: [[0, 'eight']]}"])
+    with pytest.raises(ConfigError, match=r"algo\.advantage_params\.interpolation: advantage 'qae' parameter "
+                                          r"'interpolation' takes Literal\['linear', 'lower'"):
+        load_config(None, ["algo=qae", "algo.advantage_params={interpolation: cubic}"])
     with pytest.raises(ConfigError, match=r"algo\.loss_params\.clip_high: loss 'ppo_clip' parameter 'clip_high' "
                                           r"takes float"):
         load_config(None, ["algo.loss_params={clip_high: high}"])
@@ -56,7 +59,7 @@ def test_config_help_lists_each_methods_parameters() -> None:
     assert "algo.advantage_params:" in out and "algo.token_weight_params:" in out
     assert "  w_reinforce: lam: float = 0.1" in out
     assert "  pkpo: k: int = 4, k_schedule: list[list[int]] | None = None, times_group_size: bool = True" in out
-    assert "  qae: quantile: float = 0.4, interpolation: str = 'linear'" in out
+    assert "  qae: quantile: float = 0.4, interpolation: Literal['linear', 'lower', 'higher', 'midpoint', " in out
     assert "  nsr: (none)" in out
     loss_line = next(line for line in out.splitlines() if line.startswith("  ppo_clip:"))
     assert "clip_low: float = 0.2" in loss_line and "token_denominator" not in loss_line  # the learner passes it

@@ -8,6 +8,8 @@ tests/test_advantages_outcome.py.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 
 from rl_div.algos.advantage_base import (
@@ -149,8 +151,8 @@ def qae(
     inputs: AdvantageInputs,
     *,
     quantile: float = 0.4,
-    interpolation: str = "linear",
-    scale: str = "group",
+    interpolation: Literal["linear", "lower", "higher", "midpoint", "nearest"] = "linear",
+    scale: Literal["group", "none"] = "group",
     eps: float = 1e-6,
     unbiased_std: bool = True,
 ) -> AdvantageOutput:

@@ -7,6 +7,7 @@ the PKPO paper's Listing 1 in tests/test_advantages_passk.py.
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 
@@ -17,7 +18,8 @@ from rl_div.algos.grouping import compact_groups
 
 @ADVANTAGES.register("best_of_group", needs=AdvantageNeeds(response_logprobs=False))
 def best_of_group(
-    inputs: AdvantageInputs, *, scale: str = "group", eps: float = 1e-6, unbiased_std: bool = True
+    inputs: AdvantageInputs, *, scale: Literal["group", "none"] = "group", eps: float = 1e-6,
+    unbiased_std: bool = True
 ) -> AdvantageOutput:
     """Best-of-group pass@k (Tang et al. 2025, "Optimizing Language Models for Inference Time Objectives
     using Reinforcement Learning"): per group only the best response gets r_max - r_second_max (divided
