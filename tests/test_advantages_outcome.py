@@ -155,6 +155,7 @@ def test_signed_by_hand_and_nan_verdict() -> None:
     assert ADVANTAGES["w_reinforce"](inputs).advantages.tolist() == pytest.approx([0.1, -1.0, 0.0, 0.1])
     assert ADVANTAGES["w_reinforce"](inputs, lam=0.0).advantages.tolist() == [0.0, -1.0, 0.0, 0.0]
     assert ADVANTAGES["nsr"](inputs).advantages.tolist() == [0.0, -1.0, 0.0, 0.0]
+    assert ADVANTAGES["nsr"](inputs).metrics["adv/zero_signal_frac"] == 0.5  # group 1: unscored and correct
     assert ADVANTAGES["psr"](inputs).advantages.tolist() == [1.0, 0.0, 0.0, 1.0]
     with pytest.raises(ValueError, match="correct"):
         ADVANTAGES["nsr"](AdvantageInputs(rewards=torch.zeros(2), group_index=torch.tensor([0, 0])))

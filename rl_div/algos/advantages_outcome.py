@@ -20,7 +20,14 @@ from rl_div.algos.advantage_base import (
     _require,
     _summary,
 )
-from rl_div.algos.grouping import compact_groups, fraction_of_groups, group_all_equal, group_sizes, group_sum
+from rl_div.algos.grouping import (
+    compact_groups,
+    fraction_of_groups,
+    group_all,
+    group_all_equal,
+    group_sizes,
+    group_sum,
+)
 
 REWARD_ONLY = AdvantageNeeds(response_logprobs=False)
 
@@ -43,7 +50,8 @@ def _signed(inputs: AdvantageInputs, who: str, positive: float, negative: float)
     assert inputs.correct is not None
     adv = signed_outcome_advantages(inputs.correct, positive=positive, negative=negative).to(inputs.rewards.dtype)
     scored = ~torch.isnan(inputs.correct)
-    metrics = {"adv/zero_signal_frac": float((adv == 0).double().mean().item()) if adv.numel() else 0.0,
+    silent = group_all(adv == 0, inputs.group_index)  # e.g. nsr on an all-correct group
+    metrics = {"adv/zero_signal_frac": fraction_of_groups(silent, inputs.group_index),
                f"{who}/correct_frac": float((inputs.correct[scored] > 0.5).double().mean().item())
                if bool(scored.any()) else 0.0, **_summary(adv)}
     return AdvantageOutput(adv, metrics)
