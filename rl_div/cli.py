@@ -232,7 +232,9 @@ def _write_bench(result: dict, show: Callable[[dict], None], out: str, default_o
 
 
 def _config_help(args: argparse.Namespace) -> int:
-    print("\n".join(config_help()))
+    from rl_div.config.method_params import method_parameters_help
+
+    print("\n".join([*config_help(), *method_parameters_help()]))
     return 0
 
 

@@ -5,6 +5,7 @@ equal values recomputed here from the initial model by hand-written formulas."""
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -223,3 +224,62 @@ def test_bad_settings_fail_before_training(tmp_path: Path) -> None:
 
     with pytest.raises(UnknownNameError, match="advantage"):
         RLDivGRPOTrainer(model=None, advantage="armm")
+    from rl_div.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"advantage_params: unknown advantage 'pkpo' parameter 'kk'; did you mean"):
+        RLDivGRPOTrainer(model=None, advantage="pkpo", advantage_params={"kk": 2})
+    with pytest.raises(ConfigError, match=r"advantage_params\.lam: advantage 'w_reinforce' parameter 'lam' takes"):
+        RLDivGRPOTrainer(model=None, advantage="w_reinforce", advantage_params={"lam": "0.1"})
+    with pytest.raises(ConfigError, match=r"token_weight_params\.lambda_min: token weight 'steer'"):
+        RLDivGRPOTrainer(model=None, token_weight="steer", token_weight_params={"lambda_min": "low"})
+
+
+def by_group(rewards: list[float], per_group: Any) -> list[float]:
+    """per_group(list of G rewards) -> G advantages, applied to each consecutive group."""
+    return [a for g in range(0, len(rewards), G) for a in per_group(rewards[g:g + G])]
+
+
+def maxrl_by_hand(r: list[float]) -> list[float]:
+    mean = sum(r) / len(r)
+    return [0.0 if mean <= 0 else (x - mean) / (mean + 1e-6) for x in r]
+
+
+def qae_by_hand(r: list[float]) -> list[float]:
+    ordered, mean = sorted(r), sum(r) / len(r)
+    pos = 0.4 * (len(r) - 1)  # linear interpolation between order statistics (torch.quantile's default)
+    q = ordered[math.floor(pos)] + (pos - math.floor(pos)) * (ordered[math.ceil(pos)] - ordered[math.floor(pos)])
+    std = math.sqrt(sum((x - mean) ** 2 for x in r) / (len(r) - 1))
+    return [0.0 if max(r) == min(r) else (x - q) / (std + 1e-6) for x in r]
+
+
+def best_of_group_by_hand(r: list[float]) -> list[float]:
+    top = max(range(len(r)), key=lambda i: r[i])
+    gap = r[top] - sorted(r)[-2]
+    return [gap if i == top else 0.0 for i in range(len(r))]
+
+
+def pkpo_by_hand(r: list[float], k: int) -> list[float]:
+    """n times (1/C(n,k)) sum over k-subsets holding i of max(subset) - max(subset without i)."""
+    out = [0.0] * len(r)
+    for subset in itertools.combinations(range(len(r)), k):
+        for i in subset:
+            out[i] += max(r[j] for j in subset) - max(r[j] for j in subset if j != i)
+    return [len(r) * o / math.comb(len(r), k) for o in out]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("advantage", "params", "want_of"), [
+    ("w_reinforce", {"lam": 0.1}, lambda r, step: [0.1 if x > 0.5 else -1.0 for x in r]),
+    ("maxrl", {}, lambda r, step: by_group(r, maxrl_by_hand)),
+    ("qae", {}, lambda r, step: by_group(r, qae_by_hand)),
+    ("best_of_group", {"scale": "none"}, lambda r, step: by_group(r, best_of_group_by_hand)),
+    # the k schedule reads TRL's global step: k = 2 on the first batch, k = 4 = G on the second
+    ("pkpo", {"k_schedule": [[0, 2], [1, 4]]}, lambda r, step: by_group(r, lambda g: pkpo_by_hand(g, 2 + 2 * step))),
+])
+def test_issue23_advantages_in_trl(tmp_path: Path, advantage: str, params: dict, want_of: Any) -> None:
+    generated, trained, _, _ = run_trl(tmp_path, advantage=advantage, advantage_params=params)
+    assert_logged_is_trained(generated, trained)
+    for step, gen in enumerate(generated):
+        assert gen["logged"] == pytest.approx(want_of(gen["rewards"], step), abs=1e-5)
+    if advantage != "best_of_group":  # with 0/1 rewards it acts only on groups with exactly one success
+        assert any(a != 0 for gen in generated for a in gen["logged"])  # the batches carried some signal

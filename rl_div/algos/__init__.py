@@ -1,6 +1,7 @@
 """Name -> function registries of the learner's algorithms; importing registers the built-ins.
 
-``ADVANTAGES``: per-response advantages (grpo, arm, passk, unlikeliness, repo).
+``ADVANTAGES``: per-response advantages (grpo, arm, passk, unlikeliness, repo; w_reinforce, nsr, psr,
+maxrl, qae; best_of_group, pkpo).
 ``TOKEN_WEIGHTS``: per-token loss weights / entropy interventions (none, steer, clip_cov, kl_cov,
 high_entropy_mask, entropy_advantage). ``LOSSES``: policy losses (ppo_clip, pg). Add your own with
 ``@ADVANTAGES.register("name", needs=AdvantageNeeds(...))`` in a module listed in the config's
@@ -8,6 +9,8 @@ high_entropy_mask, entropy_advantage). ``LOSSES``: policy losses (ppo_clip, pg).
 """
 
 from rl_div.algos import advantages as _advantages  # noqa: F401  (registers the built-in estimators)
+from rl_div.algos import advantages_outcome as _advantages_outcome  # noqa: F401  (w_reinforce, maxrl, qae, ...)
+from rl_div.algos import advantages_passk as _advantages_passk  # noqa: F401  (best_of_group, pkpo)
 from rl_div.algos import entropy_advantage as _entropy_advantage  # noqa: F401  (registers entropy_advantage)
 from rl_div.algos import repo as _repo  # noqa: F401  (registers repo)
 from rl_div.algos.advantage_base import (

@@ -32,6 +32,7 @@ class AdvantageInputs:
     response_mask: torch.Tensor | None = None  # [B, T] 1 = real token
     prompt_logprobs: torch.Tensor | None = None  # [B, P] log p of prompt tokens under pi_theta
     prompt_mask: torch.Tensor | None = None  # [B, P] 1 = prompt token that has a log-prob
+    step: int = 0  # training steps done before this batch (for an estimator's schedule, e.g. pkpo's k)
 
 
 @dataclass

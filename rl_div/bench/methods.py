@@ -22,7 +22,10 @@ METHOD_CONFIGS = {"grpo": "demo_grpo.yaml", "arm": "demo_arm.yaml", "steer": "de
                   # issue 23
                   "entropy_advantage": "demo_entropy_advantage.yaml", "repo": "demo_repo.yaml",
                   "target_entropy": "demo_target_entropy.yaml", "entropic": "demo_entropic.yaml",
-                  "outcome_ucb": "demo_outcome_ucb.yaml", "dra": "demo_dra.yaml"}
+                  "outcome_ucb": "demo_outcome_ucb.yaml", "dra": "demo_dra.yaml",
+                  # issue 23's advantages (goal <= 1.05x grpo: reward-only, no extra forward)
+                  **{m: f"demo_{m}.yaml" for m in ("w_reinforce", "nsr", "psr", "maxrl", "qae", "best_of_group",
+                                                   "pkpo")}}
 
 
 def bench_methods(methods: tuple[str, ...] = ("grpo", "arm", "steer", "novelty"), rounds: int = 2,

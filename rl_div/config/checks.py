@@ -20,12 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from rl_div.config.lora import check_lora
+from rl_div.config.method_params import LEARNER_LOSS_KEYWORDS, param_type_problem
 from rl_div.config.rollout_backends import ROLLOUT_BACKENDS, backends_taking
 from rl_div.config.schema import Config, ConfigError
 from rl_div.registry import Registry, import_plugins, unknown_name_message
 
-# Keywords the learner passes to every loss itself (a loss must take them; a user may also set them).
-LEARNER_LOSS_KEYWORDS = ("token_denominator", "seq_denominator", "norm_constant")
 # How a Hugging Face hub id looks: 'name' or 'namespace/name'. Anything else is a local path.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 
@@ -104,7 +103,8 @@ def check_benchmark_settings(cfg: Config, names: list[str] | tuple[str, ...] = (
 def check_capabilities(cfg: Config) -> None:
     """What the configured entries declare (``Registry.needs``) against the rest of the config: a
     sharded learner computes a reweighting token weight over the whole mini-batch only, since its
-    micro-batches differ with the world size. Run after the names are known to exist."""
+    micro-batches differ with the world size; a token weight with a KL term (kl_cov) needs more than one
+    optimizer step per batch to act. Run after the names are known to exist."""
     from rl_div.algos import TOKEN_WEIGHTS
 
     t, token_weight = cfg.train, cfg.algo.token_weight
@@ -112,6 +112,14 @@ def check_capabilities(cfg: Config) -> None:
     if t.strategy == "fsdp2" and needs.reweights and not needs.token_local and t.token_weight_scope != "mini":
         raise ConfigError("train.strategy='fsdp2' needs train.token_weight_scope='mini' for token weight "
                           f"{token_weight!r} (micro-batches differ with the world size)")
+    rows = cfg.rollout.group_size * cfg.rollout.prompts_per_step
+    one_step = t.ppo_epochs == 1 and (t.mini_batch_size is None or t.mini_batch_size >= rows)
+    if TOKEN_WEIGHTS.needs(token_weight).kl_term and one_step:
+        # its term is c * |log(pi_theta / pi_old)|: with one optimizer step per batch the ratio is 1 at the
+        # only step, so the term and its gradient are 0 (PRIME-RL/Entropy-Mechanism-of-RL issue 1)
+        raise ConfigError(f"algo.token_weight={token_weight!r} does nothing with one optimizer step per batch "
+                          f"(train.ppo_epochs=1, train.mini_batch_size unset or >= the {rows} rows): its |log ratio| "
+                          "term is 0 at ratio 1; set train.ppo_epochs>=2 or a smaller train.mini_batch_size")
 
 
 def check_rollout_backend(cfg: Config) -> None:
@@ -152,15 +160,19 @@ def accepted_keywords(fn: Callable[..., Any], positional: int) -> tuple[list[str
 
 def check_params(field: str, what: str, fn: Callable[..., Any], params: dict[str, Any], positional: int,
                  supplied: tuple[str, ...] = ()) -> None:
-    """Every key of ``params`` must be a keyword ``fn`` takes, and every keyword it requires must be
-    given (by ``params`` or by the caller: ``supplied``)."""
+    """Every key of ``params`` must be a keyword ``fn`` takes, with a value its type hint accepts
+    (rl_div.config.method_params), and every keyword it requires must be given (by ``params`` or by the
+    caller: ``supplied``)."""
     keywords = accepted_keywords(fn, positional)
     if keywords is None:
         return
     accepted, required = keywords
-    for key in params:
+    for key, value in params.items():
         if key not in accepted:
             raise ConfigError(f"{field}: {unknown_name_message(f'{what} parameter', key, accepted)}")
+        problem = param_type_problem(fn, key, value)
+        if problem is not None:
+            raise ConfigError(f"{field}.{key}: {what} parameter {key!r} {problem}")
     missing = [k for k in required if k not in params and k not in supplied]
     if missing:
         raise ConfigError(f"{field}: {what} needs parameter(s) {', '.join(missing)}")

@@ -247,6 +247,8 @@ ALGO_PRESETS: dict[str, dict[str, Any]] = {
     # issue 23: entropy-shaped advantage (Cheng et al. 2025) and REPO (Petrenko et al. 2026)
     "entropy_advantage": {"advantage": "grpo", "token_weight": "entropy_advantage"},
     "repo": {"advantage": "repo"},
+    # issue 23's advantages (rl_div/algos/advantages_outcome.py, advantages_passk.py)
+    **{name: {"advantage": name} for name in ("w_reinforce", "nsr", "psr", "maxrl", "qae", "best_of_group", "pkpo")},
 }
 
 

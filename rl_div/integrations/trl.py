@@ -40,6 +40,7 @@ from rewards.registry import REWARDS, is_verifier, reward_scope
 from rl_div.algos import ADVANTAGES, TOKEN_WEIGHTS
 from rl_div.algos.advantage_base import AdvantageInputs
 from rl_div.algos.token_weights import TokenWeightInputs
+from rl_div.config.checks import check_params
 from rl_div.data import PromptRecord
 from rl_div.learner.forward import prompt_logprob_mask
 
@@ -138,10 +139,12 @@ _LINEAR_LOSSES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo")
 class RLDivGRPOTrainer(GRPOTrainer):
     """TRL's GRPOTrainer with rl_div's advantage estimator and token weights.
 
-    advantage: a name in ``rl_div.algos.ADVANTAGES`` (grpo, arm, passk, unlikeliness, repo, or your own);
-    advantage_params: its keyword params. token_weight: a name in ``TOKEN_WEIGHTS`` (none, steer,
-    high_entropy_mask, clip_cov, entropy_advantage; not kl_cov, whose KL term TRL's loss has no place for).
-    correct_reward: where arm and passk read correctness: the reward function (index into
+    advantage: a name in ``rl_div.algos.ADVANTAGES`` (grpo, arm, passk, unlikeliness, repo, w_reinforce, nsr,
+    psr, maxrl, qae, best_of_group, pkpo, or your own); advantage_params: its keyword params (a schedule
+    reads TRL's ``state.global_step`` as ``AdvantageInputs.step``). token_weight: a name in
+    ``TOKEN_WEIGHTS`` (none, steer, high_entropy_mask, clip_cov, entropy_advantage; not kl_cov, whose KL
+    term TRL's loss has no place for).
+    correct_reward: where arm, passk and w_reinforce / nsr / psr read correctness: the reward function (index into
     ``reward_funcs`` or its name) whose value > 0.5 means correct, or, for a :func:`trl_reward`
     adapter with a verifier, that verifier's verdicts. None (default): the first such adapter, else
     reward function 0.
@@ -162,8 +165,12 @@ class RLDivGRPOTrainer(GRPOTrainer):
     def __init__(self, *args: Any, advantage: str = "grpo", advantage_params: dict[str, Any] | None = None,
                  token_weight: str = "none", token_weight_params: dict[str, Any] | None = None,
                  correct_reward: int | str | None = None, **kwargs: Any) -> None:
-        ADVANTAGES.get(advantage)  # unknown names fail before the model loads
+        ADVANTAGES.get(advantage)  # unknown names, parameters and parameter types fail before the model loads
         TOKEN_WEIGHTS.get(token_weight)
+        check_params("advantage_params", f"advantage {advantage!r}", ADVANTAGES[advantage],
+                     dict(advantage_params or {}), 1)
+        check_params("token_weight_params", f"token weight {token_weight!r}", TOKEN_WEIGHTS[token_weight],
+                     dict(token_weight_params or {}), 1)
         super().__init__(*args, **kwargs)
         self.rl_div_advantage, self.rl_div_advantage_params = advantage, dict(advantage_params or {})
         self.rl_div_token_weight, self.rl_div_token_weight_params = token_weight, dict(token_weight_params or {})
@@ -232,7 +239,8 @@ class RLDivGRPOTrainer(GRPOTrainer):
                 rewards=total[rows], group_index=group_index[rows], correct=self._correct(per_func)[rows],
                 response_logprobs=pick.get("logprobs"), behavior_logprobs=pick.get("logprobs"),
                 response_mask=mask[rows], prompt_logprobs=pick.get("prompt_logprobs"),
-                prompt_mask=prompt_logprob_mask(out["prompt_mask"][rows]).float()), **self.rl_div_advantage_params)
+                prompt_mask=prompt_logprob_mask(out["prompt_mask"][rows]).float(), step=self.state.global_step),
+                **self.rl_div_advantage_params)
             advantages[rows] = adv_out.advantages.to(advantages.dtype)
             metrics = dict(adv_out.metrics)
         if not TOKEN_WEIGHTS.needs(self.rl_div_token_weight).reweights:

@@ -185,7 +185,7 @@ class Trainer:
                 batch = self.policy_stats(batch, with_prompt=needs_prompt_logprobs(cfg))
         # Without the separate forward, ARM's advantages here are their reward part; the update
         # finishes them (rl_div.learner.fused_advantage) and its metrics carry the final adv/* and arm/*.
-        batch.advantages, adv_metrics = compute_advantages(batch, cfg)
+        batch.advantages, adv_metrics = compute_advantages(batch, cfg, self.step)
         with timer("learner_update"):
             update_metrics = self.update(batch, self.guard.loss_overrides())
         check_update(self.step + 1, update_metrics, cfg.train.lr, self.out)  # a blown-up update stops the run
@@ -380,8 +380,9 @@ class Trainer:
         output_lock.release(self.out)
 
 
-def compute_advantages(batch: RolloutBatch, cfg: Config) -> tuple[torch.Tensor, dict[str, float]]:
-    """The configured advantage over rows with a finite reward; unscored rows get advantage 0.
+def compute_advantages(batch: RolloutBatch, cfg: Config, step: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
+    """The configured advantage over rows with a finite reward; unscored rows get advantage 0. step: training
+    steps done before this batch (an estimator's schedule reads it, AdvantageInputs.step).
 
     Returns advantages [B] and the estimator's metrics.
     """
@@ -396,7 +397,7 @@ def compute_advantages(batch: RolloutBatch, cfg: Config) -> tuple[torch.Tensor, 
         rewards=sub.rewards, group_index=sub.group_index, correct=correct,
         response_logprobs=sub.old_logprobs, behavior_logprobs=sub.behavior_logprobs,
         response_mask=sub.response_mask.float(), prompt_logprobs=sub.prompt_logprobs,
-        prompt_mask=prompt_logprob_mask(sub.prompt_mask).float(),
+        prompt_mask=prompt_logprob_mask(sub.prompt_mask).float(), step=step,
     )
     out = advantage_before_update(inputs, cfg)  # a row-local one's reward part when the update finishes it
     advantages = torch.zeros(batch.size)
