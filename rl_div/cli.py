@@ -85,7 +85,7 @@ def _print_results(run_dir: Path) -> None:
 
 def _bootstrap(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, list(args.overrides))
-    from rl_div.train.loop import resolve_model_path
+    from rl_div.train.model_path import resolve_model_path
 
     if cfg.model.path not in ("bootstrap", "tiny_qwen"):
         print(f"model.path is {cfg.model.path!r}: nothing to bootstrap")

@@ -1,6 +1,6 @@
 """W-REINFORCE / NSR / PSR, MaxRL and QAE against their authors' (or a named peer's) code, transcribed
 below with source and commit, on shared random inputs; hand-worked values; NaN rewards through the
-learner's entry point (rl_div.train.loop.compute_advantages) with uneven response lengths."""
+learner's entry point (rl_div.train.advantage_stage.compute_advantages) with uneven response lengths."""
 
 from __future__ import annotations
 
@@ -228,7 +228,7 @@ def test_nan_rewards_are_left_out_then_the_rest_estimated(name: str) -> None:
     from rl_div.config import load_config
     from rl_div.data import PromptRecord
     from rl_div.rollout.base import build_rollout_batch
-    from rl_div.train.loop import compute_advantages
+    from rl_div.train.advantage_stage import compute_advantages
 
     g = 4
     prompts = [PromptRecord("p0", "a0"), PromptRecord("p1", "a1")]

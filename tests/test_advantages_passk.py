@@ -244,11 +244,11 @@ def test_pkpo_k_schedule_and_small_groups() -> None:
 
 
 def test_the_learner_entry_point_passes_the_step_to_the_k_schedule() -> None:
-    """rl_div.train.loop.compute_advantages hands the trainer's step to AdvantageInputs.step."""
+    """rl_div.train.advantage_stage.compute_advantages hands the trainer's step to AdvantageInputs.step."""
     from rl_div.config import load_config
     from rl_div.data import PromptRecord
     from rl_div.rollout.base import build_rollout_batch
-    from rl_div.train.loop import compute_advantages
+    from rl_div.train.advantage_stage import compute_advantages
 
     batch = build_rollout_batch([PromptRecord("p", "a")], [[1, 2]], [[5], [5, 6], [7], [8, 9, 9], [4]],
                                 [[-0.5], [-0.5, -0.5], [-0.5], [-0.5] * 3, [-0.5]], ["x"] * 5, [False] * 5, 5,

@@ -27,7 +27,7 @@ from rl_div.models.loading import build_char_tokenizer, make_tiny_llama, save_po
 from rl_div.rollout.base import SamplingSpec
 from rl_div.rollout.hf import HFRolloutWorker
 from rl_div.tasks import TASKS
-from rl_div.train.loop import compute_advantages
+from rl_div.train.advantage_stage import compute_advantages
 from rl_div.train.step_stats import rollout_health, step_diversity
 
 BASE = ["rollout.prompts_per_step=4", "rollout.group_size=4", "train.micro_batch_size=8", "train.lr=1e-2",

@@ -19,7 +19,7 @@ from rl_div.models.loading import build_char_tokenizer, make_tiny_llama, save_po
 from rl_div.rollout.base import SamplingSpec
 from rl_div.rollout.hf import HFRolloutWorker
 from rl_div.tasks import TASKS
-from rl_div.train.loop import compute_advantages
+from rl_div.train.advantage_stage import compute_advantages
 from rl_div.train.rollout_shaping import apply_overlong_penalty, scheduled_temperature, shaping_metrics
 
 

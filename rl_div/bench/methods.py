@@ -71,7 +71,7 @@ def print_methods(r: dict[str, Any]) -> None:
 def _learner_step(learner: Any, batch: Any, cfg: Any, fused: bool) -> None:
     """One step of learner work as the trainer runs it (rl_div.learner.onpolicy decides which path)."""
     from rl_div.learner.onpolicy import needs_prompt_logprobs
-    from rl_div.train.loop import compute_advantages
+    from rl_div.train.advantage_stage import compute_advantages
 
     if not fused:
         stats = learner.policy_stats(batch, with_prompt=needs_prompt_logprobs(cfg))

@@ -36,7 +36,7 @@ RLDIV_STAGES = ("rollout", "reward", "learner_forward", "learner_update", "sync"
 def demo_model() -> str:
     """The demo's bootstrapped model (trained and cached on first use)."""
     from rl_div.config import load_config
-    from rl_div.train.loop import resolve_model_path
+    from rl_div.train.model_path import resolve_model_path
 
     return resolve_model_path(load_config(REPO / "configs" / "demo.yaml", []))
 

@@ -215,7 +215,7 @@ def bench_long_step(new_tokens: int = 256, prompts: int = 4, group_size: int = 4
     from rl_div.models.tiny_qwen import tiny_qwen_model
     from rl_div.rollout.base import SamplingSpec
     from rl_div.rollout.hf import HFRolloutWorker
-    from rl_div.train.loop import compute_advantages
+    from rl_div.train.advantage_stage import compute_advantages
 
     path = str(tiny_qwen_model(cache_dir))
     cfg = load_config(None, [f"model.path={path}", f"rollout.max_new_tokens={new_tokens}",

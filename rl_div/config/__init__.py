@@ -3,6 +3,7 @@ the run's config files (tree), and the checks that refuse a bad run before any w
 
 ``rl_div.config`` is the one import for all of it."""
 
+from rl_div.config.guard import GuardConfig
 from rl_div.config.load import (
     apply_override,
     build_config,
@@ -26,7 +27,6 @@ from rl_div.config.sections import (
     ClusterConfig,
     DataConfig,
     EvalConfig,
-    GuardConfig,
     ModelConfig,
     RewardConfig,
     RewardItem,

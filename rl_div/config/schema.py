@@ -7,6 +7,7 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 
 from rl_div.config.benchmarks import BenchmarksConfig
+from rl_div.config.guard import GuardConfig
 from rl_div.config.lora import lora_problems
 from rl_div.config.sections import (
     AlgoConfig,
@@ -15,7 +16,6 @@ from rl_div.config.sections import (
     ClusterConfig,
     DataConfig,
     EvalConfig,
-    GuardConfig,
     ModelConfig,
     RewardConfig,
     RolloutConfig,

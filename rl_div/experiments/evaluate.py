@@ -125,7 +125,7 @@ def default_reference(target: Target, cfg: Config, explicit: str | None, config:
     """See the module docstring; None = no reference."""
     if explicit is not None:
         return None if explicit.lower() == "none" else resolve_target(explicit).model_dir
-    from rl_div.train.loop import resolve_model_path
+    from rl_div.train.model_path import resolve_model_path
 
     if target.run_dir is not None:
         run_cfg = build_config(yaml.safe_load((target.run_dir / "config.yaml").read_text()))

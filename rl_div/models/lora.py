@@ -166,7 +166,7 @@ def check_wrappable(config: PretrainedConfig, spec: LoraSpec, trust_remote_code:
                          f"{first}") from None
 
 
-# The models a run builds itself, by name (rl_div.train.loop.resolve_model_path): their architecture,
+# The models a run builds itself, by name (rl_div.train.model_path.resolve_model_path): their architecture,
 # at a size that only has to carry the module names.
 BUILT_MODEL_TYPES = {"bootstrap": "llama", "tiny_qwen": "qwen2"}
 

@@ -1,7 +1,7 @@
 """Entropy controllers: the collapse guard's modes that steer the loss's entropy coefficient toward a
 target entropy instead of reacting to the guard's rules (``guard.controller``; rl_div/train/guard.py
 calls them after every training step with the step's ``policy/entropy``; configured by
-``guard.controller``, rl_div/config/guard_control.py).
+``guard.controller``, rl_div/config/guard.py).
 
 * ``target_entropy``, Skywork-OR1's adaptive entropy control (He et al. 2025, "Skywork Open Reasoner 1
   Technical Report"), as TRL implements it (``GRPOConfig.use_adaptive_entropy``; trl 1.16.0,

@@ -25,7 +25,6 @@ import ray
 import torch
 
 from rewards.runner import RewardResult, merge_state, state_for
-from rl_div.algos.advantage_base import AdvantageInputs
 from rl_div.cluster.actors import (
     init_ray,
     place_run,
@@ -36,8 +35,6 @@ from rl_div.cluster.actors import (
 from rl_div.config import Config, ConfigError, save_config
 from rl_div.config.checks import check_inputs
 from rl_div.data import RolloutBatch
-from rl_div.learner.forward import prompt_logprob_mask
-from rl_div.learner.fused_advantage import advantage_before_update
 from rl_div.learner.onpolicy import fuses_policy_forward, needs_prompt_logprobs, separate_forward
 from rl_div.models.loading import load_tokenizer
 from rl_div.models.lora import check_lora_model
@@ -57,11 +54,13 @@ from rl_div.run.checkpoint import (
 from rl_div.run.command import record_command
 from rl_div.run.tracking import Tracker
 from rl_div.run.writers import check_writers, prepare_output_dir
+from rl_div.train.advantage_stage import compute_advantages, scored_rows
 from rl_div.train.benchmark_eval import evaluate_benchmarks, guard_view, load_benchmark_prompts
 from rl_div.train.blowup import check_update
 from rl_div.train.console import SLOW_STEP_S, StageTimer, close_logging, progress_label, setup_logging
 from rl_div.train.dynamic_sampling import BatchFiller, write_group_log
 from rl_div.train.guard import CollapseGuard
+from rl_div.train.model_path import resolve_model_path
 from rl_div.train.prompts import PromptStream, check_chat_rendering, load_splits, prompts_that_fit
 from rl_div.train.rollout_pipeline import policy_lag
 from rl_div.train.rollout_shaping import apply_overlong_penalty, scheduled_temperature, shaping_metrics
@@ -378,52 +377,3 @@ class Trainer:
         with contextlib.suppress(Exception):
             release_placement(getattr(self, "placement", None))
         output_lock.release(self.out)
-
-
-def compute_advantages(batch: RolloutBatch, cfg: Config, step: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
-    """The configured advantage over rows with a finite reward; unscored rows get advantage 0. step: training
-    steps done before this batch (an estimator's schedule reads it, AdvantageInputs.step).
-
-    Returns advantages [B] and the estimator's metrics.
-    """
-    assert batch.rewards is not None
-    valid = torch.isfinite(batch.rewards)
-    rows = valid.nonzero().squeeze(1)
-    if rows.numel() == 0:  # every reward failed: no signal, and the learner skips the step
-        return torch.zeros(batch.size), {"adv/zero_signal_frac": 1.0}
-    sub = batch if bool(valid.all()) else batch.select(rows)
-    correct = sub.correct if sub.correct is not None and bool(torch.isfinite(sub.correct).all()) else None
-    inputs = AdvantageInputs(
-        rewards=sub.rewards, group_index=sub.group_index, correct=correct,
-        response_logprobs=sub.old_logprobs, behavior_logprobs=sub.behavior_logprobs,
-        response_mask=sub.response_mask.float(), prompt_logprobs=sub.prompt_logprobs,
-        prompt_mask=prompt_logprob_mask(sub.prompt_mask).float(), step=step,
-    )
-    out = advantage_before_update(inputs, cfg)  # a row-local one's reward part when the update finishes it
-    advantages = torch.zeros(batch.size)
-    advantages[rows] = out.advantages.float()
-    return advantages, out.metrics
-
-
-def scored_rows(batch: RolloutBatch) -> RolloutBatch:
-    """The rows whose reward was computed: a failed reward is no signal, and its tokens must not
-    dilute the token-mean or feed the KL / entropy terms."""
-    assert batch.rewards is not None
-    valid = torch.isfinite(batch.rewards)
-    return batch if bool(valid.all()) else batch.select(valid.nonzero().squeeze(1))
-
-
-def resolve_model_path(cfg: Config) -> str:
-    """The policy's location; 'bootstrap' pretrains (or reuses the cached) tiny demo model, 'tiny_qwen'
-    builds (or reuses) the small random-initialised Qwen2 with Qwen's real tokenizer."""
-    b = cfg.bootstrap
-    if cfg.model.path == "tiny_qwen":
-        from rl_div.models.tiny_qwen import tiny_qwen_model
-
-        return str(tiny_qwen_model(b.cache_dir, hidden_size=b.hidden_size, num_heads=b.num_heads, seed=b.seed))
-    if cfg.model.path != "bootstrap":
-        return cfg.model.path
-    from rl_div.models.bootstrap import bootstrap_base_model
-
-    return str(bootstrap_base_model(cfg.data.task, Path(b.cache_dir).expanduser(), steps=b.steps, seed=b.seed,
-                                    hidden_size=b.hidden_size, num_heads=b.num_heads))
