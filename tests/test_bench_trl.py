@@ -29,4 +29,5 @@ def test_the_method_bench_runs_each_method_on_the_same_work(tmp_path: Path) -> N
         cfg = load_config(REPO / "configs" / config, overrides)
         assert (cfg.rollout.prompts_per_step, cfg.rollout.group_size, cfg.rollout.max_new_tokens) == (16, 8, 4)
         assert cfg.train.micro_batch_size >= PROMPTS * GROUP and cfg.run.torch_threads == 1
-        assert method in (cfg.algo.advantage, cfg.algo.token_weight, *[r.name for r in cfg.reward.rewards])
+        assert method in (cfg.algo.advantage, cfg.algo.token_weight, cfg.guard.controller.mode,
+                          *[r.name for r in cfg.reward.rewards])
