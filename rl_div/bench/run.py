@@ -53,6 +53,8 @@ def _sections(quick: bool) -> dict[str, tuple[Callable[[], dict[str, Any]], Call
                     else w.bench_lm_head, w.print_lm_head),
         "rewards": ((lambda: w.bench_rewards(n_items=200, repeats=2)) if quick else w.bench_rewards,
                     w.print_rewards),
+        "scoring": ((lambda: w.bench_benchmark_scoring(every=8, repeats=2)) if quick else w.bench_benchmark_scoring,
+                    w.print_rewards),
         "long_step": ((lambda: w.bench_long_step(new_tokens=256, prompts=2, group_size=2, repeats=1)) if quick
                       else w.bench_long_step, w.print_long_step),
         "learner_work": (lambda: m.bench_learner_work("demo", repeats=1 if quick else 3), m.print_learner_work),

@@ -167,23 +167,43 @@ def gsm8k_completions(n: int, data_dir: Path = GSM8K_DIR, seed: int = 0) -> list
 
 def bench_rewards(n_items: int = 800, workers: tuple[int, ...] = (1, 2), items_per_call: int = 16,
                   repeats: int = 3) -> dict[str, Any]:
-    """math_verify items/s: in-process (one core) vs the isolated pool with 1 and 2 workers."""
+    """math_verify items/s on GSM8K-style completions: in-process (one core) vs the isolated pool."""
+    return scorer_throughput("math_verify", gsm8k_completions(n_items), workers, items_per_call, repeats)
+
+
+def bench_benchmark_scoring(every: int = 1, workers: tuple[int, ...] = (1, 2), items_per_call: int = 64,
+                            repeats: int = 3) -> dict[str, Any]:
+    """benchmark_verify items/s on MATH-500's parity cases (reference solutions, golds, equivalent and
+    wrong forms: what `rl-div eval --benchmarks` scores at n = 256-1024), in-process vs the isolated pool
+    (reward.num_workers = 1, 2). Needs the benchmark folder (rl_div.bench.parity.benchmarks_root)."""
+    from rl_div.bench.parity import benchmarks_root
+    from rl_div.benchmarks.parity import parity_cases
+
+    cases = parity_cases("math500", benchmarks_root(), every=every)
+    return scorer_throughput("benchmark_verify", [(c.completion, c.record) for c in cases], workers,
+                             items_per_call, repeats)
+
+
+def scorer_throughput(reward: str, items: list[tuple[Any, ...]], workers: tuple[int, ...], items_per_call: int,
+                      repeats: int) -> dict[str, Any]:
+    """``reward`` items/s in this process (one core) and through the isolated pool of each size, with
+    the per-worker ratio to in-process (the goal: >= 0.8). The pool's scores must equal in-process."""
     from rewards import IsolatedPool
     from rewards.registry import REWARDS
 
-    items = gsm8k_completions(n_items)
-    fn = REWARDS.get("math_verify")
-    expected = [fn(c, r) for c, r in items]  # also warms the gold-parse cache of this process
-    in_process = timed(lambda: [fn(c, r) for c, r in items], repeats)
-    out: dict[str, Any] = {"items": n_items, "items_per_call": items_per_call, "repeats": repeats,
+    fn = REWARDS.get(reward)
+    expected = [fn(*item) for item in items]  # also warms the gold-parse cache of this process
+    in_process = timed(lambda: [fn(*item) for item in items], repeats)
+    n_items = len(items)
+    out: dict[str, Any] = {"reward": reward, "items": n_items, "items_per_call": items_per_call, "repeats": repeats,
                            "correct_fraction": sum(expected) / n_items,
                            "in_process_items_per_s": rates(n_items, in_process)}
     for size in workers:
         with IsolatedPool(size=size) as pool:
-            got = pool.map("math_verify", items, timeout_s=30, items_per_call=items_per_call)  # warm-up
+            got = pool.map(reward, items, timeout_s=30, items_per_call=items_per_call)  # warm-up
             assert [o.value for o in got] == expected, "isolated and in-process scores differ"
-            t = timed(lambda pool=pool: pool.map("math_verify", items, timeout_s=30,
-                                                 items_per_call=items_per_call), repeats)
+            t = timed(lambda pool=pool: pool.map(reward, items, timeout_s=30, items_per_call=items_per_call),
+                      repeats)
         rate = rates(n_items, t)
         out[f"isolated_{size}_items_per_s"] = rate
         out[f"ratio_isolated_{size}_per_worker_over_in_process"] = \
@@ -192,7 +212,8 @@ def bench_rewards(n_items: int = 800, workers: tuple[int, ...] = (1, 2), items_p
 
 
 def print_rewards(r: dict[str, Any]) -> None:
-    print(f"\n5. math_verify on {r['items']} GSM8K-style completions ({r['correct_fraction']:.0%} correct), "
+    what = "GSM8K-style completions" if r["reward"] == "math_verify" else "MATH-500 parity cases"
+    print(f"\n{r['reward']} on {r['items']} {what} ({r['correct_fraction']:.0%} correct), "
           f"{r['items_per_call']} items per round trip (min/median/max of {r['repeats']})")
     rows = [["in-process", *[r["in_process_items_per_s"][k] for k in ("min", "median", "max")], ""]]
     for key in sorted(k for k in r if k.startswith("isolated_") and k.endswith("_items_per_s")):
