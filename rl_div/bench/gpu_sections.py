@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import socket
 import time
-import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,10 +64,25 @@ def build_config(model_path: str, device: torch.device, overrides: dict[str, Any
         data[section][name] = value
     try:
         from rl_div.config import Config
-    except ImportError:  # no pydantic on this machine: a namespace of the same values
-        return types.SimpleNamespace(**{k: types.SimpleNamespace(**v) if isinstance(v, dict) else v
-                                        for k, v in data.items()})
+    except ImportError:  # no pydantic on this machine: the same values, read as attributes
+        return AttrDict.wrap(data)
     return Config.model_validate(data)
+
+
+class AttrDict(dict):
+    """A config section without pydantic: ``cfg.train.lora.enabled`` as attributes, at every depth (nested
+    sections such as train.lora and guard.controller), while dict-valued fields (``algo.loss_params``)
+    still work as the dicts the learner reads with ``.get`` and ``**``."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    @classmethod
+    def wrap(cls, value: Any) -> Any:
+        return cls({k: cls.wrap(v) for k, v in value.items()}) if isinstance(value, dict) else value
 
 
 def config_snapshot() -> dict[str, Any]:

@@ -18,12 +18,10 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from rl_div.config import Config
-from rl_div.config.lora import lora_sync_mode
 from rl_div.models.lora import (
     LoraSpec,
     adapter_tensors,
@@ -35,6 +33,9 @@ from rl_div.models.lora import (
 )
 from rl_div.sync.buckets import distinct_state, tied_names
 
+if TYPE_CHECKING:  # the learner imports without pydantic (the GPU check's machine has none)
+    from rl_div.config import Config
+
 LEARNER_STATE_KEY = "lora_adapter"  # learner_state.pt: {name: float32 tensor} of every adapter weight
 
 
@@ -45,6 +46,8 @@ class LoraPolicy:
         self.wrapped = wrap_lora(base, LoraSpec(**cfg.train.lora.spec_fields()), base_dtype)
         self.model = injected_model(self.wrapped)
         self.scalings = lora_scalings(self.model)
+        from rl_div.config.lora import lora_sync_mode  # here: rl_div.config needs pydantic
+
         self.sync_mode = lora_sync_mode(cfg)
         self.save_what = cfg.train.lora.save
 
