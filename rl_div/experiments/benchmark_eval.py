@@ -92,6 +92,7 @@ def passk_panels(results: list[dict[str, Any]], path: Path, model_label: str, re
         bottom.axhline(0.0, color="black", lw=0.8)
         top.set_title(f"{result['benchmark']} ({result['problems']} problems)")
         top.set_ylabel("pass@k")
+        top.set_ylim(-0.02, 1.02)  # a probability: the same scale in every panel
         bottom.set_ylabel("model - reference")
         bottom.set_xlabel("k")
         bottom.set_xscale("log", base=2)

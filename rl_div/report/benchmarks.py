@@ -130,6 +130,7 @@ def benchmark_figure(summaries: list[dict[str, Any]], path: Path) -> Path:
         ax.set_title(s["benchmark"])
         ax.set_xlabel("k")
         ax.set_ylabel("pass@k")
+        ax.set_ylim(-0.02, 1.02)  # a probability: the same scale in every panel
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
