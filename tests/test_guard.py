@@ -249,3 +249,33 @@ def test_report_provenance_counts_an_absent_guard_section_as_its_defaults(tmp_pa
               "demo_guard": [RunData(RunRef("demo_guard", 0, tmp_path / "b"), guard)]}
     _, body = variant_rows(groups, "demo_grpo", tmp_path)
     assert body[1][1] == "guard.adapt: False → True; guard.enabled: False → True"
+
+
+def test_zero_variance_fires_on_the_smoothed_share_of_groups_without_signal(caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 24 item 2: the guard may read sampling/zero_variance_frac. Smoothed over 2 steps that had a
+    round (NaN: a batch filled from carried groups, passed over), fires above 0.5."""
+    g = guard_for("guard.rules=[zero_variance]", "guard.smooth_steps=2", "guard.zero_variance_max=0.5")
+    fracs = [0.2, 0.4, math.nan, 0.9, 0.9, 0.1, 0.0]
+    # smoothed: step 1 undefined; 2: 0.3; 3: NaN skipped, still 0.3; 4: (0.4 + 0.9) / 2 = 0.65 > 0.5 fires;
+    # 5: 0.9 fires; 6: 0.5 (not > 0.5) clears; 7: 0.05
+    with caplog.at_level(logging.INFO, logger="rl_div"):
+        seen = [g.observe_train(s, {"sampling/zero_variance_frac": f}) for s, f in enumerate(fracs, start=1)]
+    assert [m["guard/fired_zero_variance"] for m in seen] == [0, 0, 0, 1, 1, 0, 0]
+    assert "guard/zero_variance_frac" not in seen[0]
+    assert [m["guard/zero_variance_frac"] for m in seen[1:]] == pytest.approx([0.3, 0.3, 0.65, 0.9, 0.5, 0.05])
+    messages = [r.getMessage() for r in caplog.records if r.getMessage().startswith("guard: zero_variance")]
+    assert messages == ["guard: zero_variance fired at step 4: 0.65 > 0.5",
+                        "guard: zero_variance cleared at step 6: 0.5 <= 0.5"]
+    restored = guard_for("guard.rules=[zero_variance]", "guard.smooth_steps=2", "guard.zero_variance_max=0.5")
+    restored.load_state(json.loads(json.dumps(g.state())))
+    assert restored.observe_train(8, {"sampling/zero_variance_frac": 1.0}) == g.observe_train(
+        8, {"sampling/zero_variance_frac": 1.0})
+
+
+def test_a_guard_state_from_before_the_zero_variance_rule_loads() -> None:
+    g = guard_for()
+    old = json.loads(json.dumps(g.state()))
+    old["fired"].pop("zero_variance")
+    old.pop("zero_variance")
+    g.load_state(old)
+    assert g.observe_train(1, {"policy/entropy": 1.0})["guard/fired_zero_variance"] == 0.0

@@ -47,11 +47,17 @@ class GuardConfig(Section):
         None, description="Watch this benchmark of eval.benchmarks (its pass@k and distinct correct answers) "
         "instead of the held-out split.",
     )
-    rules: list[Literal["entropy_rate", "distinct_correct", "passk"]] = Field(
+    rules: list[Literal["entropy_rate", "distinct_correct", "passk", "zero_variance"]] = Field(
         default_factory=lambda: ["entropy_rate", "distinct_correct", "passk"],
         description="Rules that may fire: entropy_rate (training entropy falling too fast), distinct_correct "
         "(distinct correct answers per prompt below distinct_fraction of the base model's), passk (held-out "
-        "pass@k at the largest k below the base model's interval). See rl_div/train/guard.py.",
+        "pass@k at the largest k below the base model's interval), zero_variance (opt-in: the smoothed share of "
+        "generated groups with no reward variance, sampling/zero_variance_frac, above zero_variance_max). See "
+        "rl_div/train/guard.py.",
+    )
+    zero_variance_max: float = Field(
+        0.8, gt=0, le=1, description="zero_variance fires when the smoothed sampling/zero_variance_frac (groups "
+        "whose rewards do not vary, before any filtering) exceeds this."
     )
     smooth_steps: int = Field(
         10, ge=1, description="Training metrics are smoothed as the mean of the last smooth_steps steps; the "

@@ -17,9 +17,14 @@ Rules (names as in ``guard.rules``), each a 0/1 flag ``guard/fired_<rule>``:
 * ``passk``: held-out pass@k at the largest k below the base model's interval: the lower end of
   mean - z * sd / sqrt(P) over the P problems' unbiased pass@k estimates at step 0 (z = ``passk_z``;
   needs eval.at_start). Checked at every later evaluation.
+* ``zero_variance`` (opt-in): the share of the step's generated groups whose rewards (or verdicts) do
+  not vary, ``sampling/zero_variance_frac`` (before dynamic sampling filters them: the collapse signal
+  of an all-correct or all-wrong policy), smoothed as above, exceeds ``zero_variance_max``. Steps that
+  generated no group (a batch filled from carried groups) are passed over.
 
 A rule that starts firing writes one warning line to train.log:
-``guard: <rule> fired at step S: <value> < <threshold>``; one that stops, an info line.
+``guard: <rule> fired at step S: <value> < <threshold>`` (``>`` for zero_variance); one that stops, an
+info line.
 
 Controller (``guard.adapt``): the entropy coefficient c starts at c_min = algo.loss_params.entropy_coef
 (0 if unset). After each training step, while any rule fires: c <- min(coef_max, c + coef_step); while
@@ -49,7 +54,7 @@ from rl_div.train.entropy_control import controller_state, entropy_controller, l
 
 log = logging.getLogger("rl_div")
 
-RULES = ("entropy_rate", "distinct_correct", "passk")
+RULES = ("entropy_rate", "distinct_correct", "passk", "zero_variance")
 
 
 def trailing_mean(values: list[float], length: int, end: int | None = None) -> float | None:
@@ -107,6 +112,8 @@ class CollapseGuard:
             self.coef = self.controller.applied()
         self.entropy: list[float] = []  # training entropy, last smooth_steps + entropy_window steps
         self.distinct: list[float] = []  # training distinct correct answers, last smooth_steps (no eval base)
+        self.zero_variance: list[float] = []  # sampling/zero_variance_frac, last smooth_steps steps that had one
+        self.zero_variance_smoothed: float | None = None
         self.entropy_ref: float | None = None
         self.distinct_ref: float | None = None  # base distinct correct answers (eval or training)
         self.distinct_ratio: float | None = None
@@ -164,12 +171,23 @@ class CollapseGuard:
                 self.distinct_ratio = value / self.distinct_ref
                 threshold = c.distinct_fraction * self.distinct_ref
                 self._set("distinct_correct", step, value < threshold, value, threshold)
+        self._observe_zero_variance(step, metrics.get("sampling/zero_variance_frac"))
         out = {**self.metrics(), "guard/entropy_coef": self.coef}
         if c.adapt:
             self._control(step, metrics)
         if self.controller is not None:
             out.update(self.controller.metrics())
         return out
+
+    def _observe_zero_variance(self, step: int, value: Any) -> None:
+        if value is None or not math.isfinite(float(value)):  # no group generated this step
+            return
+        c = self.cfg
+        self.zero_variance = [*self.zero_variance, float(value)][-c.smooth_steps:]
+        self.zero_variance_smoothed = trailing_mean(self.zero_variance, c.smooth_steps)
+        if self.zero_variance_smoothed is not None:
+            self._set("zero_variance", step, self.zero_variance_smoothed > c.zero_variance_max,
+                      self.zero_variance_smoothed, c.zero_variance_max, above=True)
 
     def loss_overrides(self) -> dict[str, float] | None:
         """Loss parameters for the next update (merged over algo.loss_params); None when not adapting."""
@@ -201,20 +219,22 @@ class CollapseGuard:
             log.info("guard: entropy_coef %.6g -> %.6g after step %d (%s)", old, new, step,
                      "firing: " + ", ".join(firing) if firing else "no rule firing: decay")
 
-    def _set(self, rule: str, step: int, fired: bool, value: float, threshold: float) -> None:
+    def _set(self, rule: str, step: int, fired: bool, value: float, threshold: float, above: bool = False) -> None:
+        """above: the rule fires when value > threshold (else when value < threshold)."""
         if rule not in self.cfg.rules:
             return
+        fire_op, clear_op = (">", "<=") if above else ("<", ">=")
         if fired and not self.fired[rule]:
-            log.warning("guard: %s fired at step %d: %.5g < %.5g", rule, step, value, threshold)
+            log.warning("guard: %s fired at step %d: %.5g %s %.5g", rule, step, value, fire_op, threshold)
         elif self.fired[rule] and not fired:
-            log.info("guard: %s cleared at step %d: %.5g >= %.5g", rule, step, value, threshold)
+            log.info("guard: %s cleared at step %d: %.5g %s %.5g", rule, step, value, clear_op, threshold)
         self.fired[rule] = fired
 
     def metrics(self) -> dict[str, float]:
         """guard/* values known so far (an undefined one is left out) and every rule's 0/1 flag."""
         values = {"guard/entropy_smoothed": self.entropy_smoothed, "guard/entropy_drop": self.entropy_drop,
                   "guard/distinct_correct_ratio": self.distinct_ratio, "guard/passk": self.passk_value,
-                  "guard/passk_lower": self.passk_lower}
+                  "guard/passk_lower": self.passk_lower, "guard/zero_variance_frac": self.zero_variance_smoothed}
         out = {k: float(v) for k, v in values.items() if v is not None}
         out.update({f"guard/fired_{r}": float(self.fired[r]) for r in RULES})
         out["guard/fired"] = float(any(self.fired.values()))
@@ -222,7 +242,8 @@ class CollapseGuard:
 
     # ---- checkpoint state --------------------------------------------------------------------
     STATE = ("coef", "entropy", "distinct", "entropy_ref", "distinct_ref", "distinct_ratio", "passk_lower",
-             "passk_k", "passk_value", "entropy_drop", "entropy_smoothed", "fired")
+             "passk_k", "passk_value", "entropy_drop", "entropy_smoothed", "fired", "zero_variance",
+             "zero_variance_smoothed")
 
     def state(self) -> dict[str, Any]:
         """JSON-able state for trainer_state.json (floats round-trip exactly)."""
@@ -235,5 +256,6 @@ class CollapseGuard:
         for name in self.STATE:
             if name in state:
                 setattr(self, name, state[name])
+        self.fired = {**dict.fromkeys(RULES, False), **self.fired}  # a checkpoint from before a rule existed
         if self.controller is not None and "controller" in state:
             load_controller_state(self.controller, state["controller"])
