@@ -9,19 +9,20 @@ full logits, sync bytes from the tensors' shapes.
 from __future__ import annotations
 
 import gc
+import json
 from pathlib import Path
 
 import pytest
 import ray
 import torch
-from helpers import run_config
+from helpers import run_config, tiny_prime_gap_llama
 
 from rl_div.config import ConfigError, load_config
 from rl_div.config.checks import check_inputs
 from rl_div.data import RolloutBatch
 from rl_div.experiments.evaluate import resolve_target
 from rl_div.learner.single import Learner
-from rl_div.models.loading import build_char_tokenizer, count_parameters, load_policy, make_tiny_llama, save_policy
+from rl_div.models.loading import build_char_tokenizer, count_parameters, load_policy, make_tiny_llama
 from rl_div.models.lora import check_lora_model
 from rl_div.rollout.base import SamplingSpec
 from rl_div.rollout.hf import HFRolloutWorker
@@ -33,8 +34,7 @@ LORA = ["train.lora.enabled=true", "train.lora.rank=4", "train.lora.alpha=8"]
 
 @pytest.fixture(scope="module")
 def llama_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
-    tok = build_char_tokenizer(TASKS["prime_gap"].alphabet)
-    return str(save_policy(make_tiny_llama(tok, seed=5), tok, tmp_path_factory.mktemp("m") / "tiny"))
+    return tiny_prime_gap_llama(tmp_path_factory.mktemp("m"), seed=5)
 
 
 def lora_params_by_shapes(cfg: dict, rank: int, layers_targets: tuple[str, ...]) -> int:
@@ -143,14 +143,19 @@ def storages_shaped(shape: torch.Size) -> int:
 @pytest.mark.parametrize("lora", [True, False])
 def test_no_second_copy_of_the_base_weights(lora: bool, llama_dir: str, tmp_path: Path) -> None:
     """The one down_proj shape [hidden, intermediate] (no other weight has it): with LoRA and the KL
-    reference the process holds one storage per layer; a reference copy (full fine-tuning) holds two."""
+    reference the learner adds one storage per layer to the process; a reference copy (full fine-tuning)
+    adds two. Counted as the increase over what the process held before, so tensors of that shape left
+    alive by other test modules in the same process do not count."""
+    config = json.loads((Path(llama_dir) / "config.json").read_text())
+    shape = torch.Size([config["hidden_size"], config["intermediate_size"]])
     gc.collect()
+    before = storages_shaped(shape)
     learner = Learner(run_config(llama_dir, tmp_path, *(LORA if lora else []), "train.use_ref_model=true"),
                       llama_dir)
     gc.collect()
     layers = learner.model.config.num_hidden_layers
-    shape = learner.model.get_submodule("model.layers.0.mlp.down_proj").weight.shape
-    assert storages_shaped(shape) == layers * (1 if lora else 2)
+    assert learner.model.get_submodule("model.layers.0.mlp.down_proj").weight.shape == shape
+    assert storages_shaped(shape) - before == layers * (1 if lora else 2)
     assert learner.has_reference
 
 
