@@ -72,6 +72,15 @@ N, P, STEPS = 8, 6, (0, 2, 4)
 VARIANTS = {"grpo": 0.25, "arm": 0.45}  # variant -> probability of a correct sample after training
 
 
+def tiny_prime_gap_llama(folder: Path, seed: int) -> str:
+    """A tiny random Llama with the prime_gap task's character tokenizer, saved under folder/tiny."""
+    from rl_div.models.loading import build_char_tokenizer, make_tiny_llama, save_policy
+    from rl_div.tasks import TASKS
+
+    tok = build_char_tokenizer(TASKS["prime_gap"].alphabet)
+    return str(save_policy(make_tiny_llama(tok, seed=seed), tok, folder / "tiny"))
+
+
 def chen_pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 if n - c < k else 1.0 - comb(n - c, k) / comb(n, k)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import tiny_prime_gap_llama
 
 from rl_div.algos import ADVANTAGES
 from rl_div.algos.advantage_base import AdvantageInputs
@@ -23,7 +24,7 @@ from rl_div.learner.onpolicy import (
     separate_forward,
 )
 from rl_div.learner.single import Learner
-from rl_div.models.loading import build_char_tokenizer, make_tiny_llama, save_policy
+from rl_div.models.loading import build_char_tokenizer, make_tiny_llama
 from rl_div.rollout.base import SamplingSpec
 from rl_div.rollout.hf import HFRolloutWorker
 from rl_div.tasks import TASKS
@@ -103,8 +104,7 @@ def test_estimators_declared_free_of_policy_logprobs_run_without_them(name: str)
 # ---- the same step, both ways -----------------------------------------------------------------
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory: pytest.TempPathFactory) -> str:
-    tok = build_char_tokenizer(TASKS["prime_gap"].alphabet)
-    return str(save_policy(make_tiny_llama(tok, seed=5), tok, tmp_path_factory.mktemp("m") / "tiny"))
+    return tiny_prime_gap_llama(tmp_path_factory.mktemp("m"), seed=5)
 
 
 @pytest.fixture(scope="module")

@@ -9,13 +9,13 @@ import math
 
 import pytest
 import torch
+from helpers import tiny_prime_gap_llama
 
 from rl_div.algos.overlong import loss_token_mask, overlong_penalty
 from rl_div.config import ConfigError, load_config
 from rl_div.data import RolloutBatch
 from rl_div.learner.forward import policy_forward
 from rl_div.learner.single import Learner
-from rl_div.models.loading import build_char_tokenizer, make_tiny_llama, save_policy
 from rl_div.rollout.base import SamplingSpec
 from rl_div.rollout.hf import HFRolloutWorker
 from rl_div.tasks import TASKS
@@ -94,8 +94,7 @@ def test_bad_shaping_configs_are_refused_in_one_line(overrides: list[str], messa
 # ---- on a real model ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory: pytest.TempPathFactory) -> str:
-    tok = build_char_tokenizer(TASKS["prime_gap"].alphabet)
-    return str(save_policy(make_tiny_llama(tok, seed=5), tok, tmp_path_factory.mktemp("m") / "tiny"))
+    return tiny_prime_gap_llama(tmp_path_factory.mktemp("m"), seed=5)
 
 
 @pytest.fixture(scope="module")
