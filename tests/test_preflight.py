@@ -70,9 +70,32 @@ def test_gpu_weight_sync_needs_gpus_in_the_config() -> None:
 def test_gpus_asked_for_on_a_machine_without_cuda_fail_before_ray() -> None:
     cfg = load_config(None, ["rollout.backend=vllm", "rollout.weight_sync=cuda_ipc", "train.num_gpus=1",
                              "rollout.num_gpus_per_worker=1"])
-    with pytest.raises(ConfigError, match=r"= 2 GPUs, but this machine has 0 CUDA GPU"):
+    with pytest.raises(ConfigError, match=r"share one GPU\) = 1 GPUs, but this machine has 0 CUDA GPU"):
         check_inputs(cfg)
     check_inputs(load_config(None, ["train.num_gpus=1", "cluster.address=auto"]))  # a cluster's GPUs: Ray's job
+
+
+def _one_cuda_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A machine with one CUDA GPU as check_devices sees it (torch.cuda's documented answers)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+
+
+def test_colocated_cuda_ipc_fits_one_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """weight_sync=cuda_ipc puts learner and engine in one GPU bundle (plan_placement), so one GPU holds
+    the run; the check once added the two and refused every one-GPU colocated run."""
+    _one_cuda_device(monkeypatch)
+    check_inputs(load_config(None, ["rollout.backend=vllm", "rollout.weight_sync=cuda_ipc", "train.num_gpus=1",
+                                    "rollout.num_gpus_per_worker=1"]))
+
+
+def test_every_learner_rank_counts_its_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two FSDP2 ranks with a GPU each need two GPUs (plan_placement gives each rank its own bundle);
+    the check once counted train.num_gpus once."""
+    _one_cuda_device(monkeypatch)
+    cfg = load_config(None, ["train.strategy=fsdp2", "train.num_learners=2", "train.num_gpus=1"])
+    with pytest.raises(ConfigError, match=r"train.num_learners .* = 2 GPUs, but this machine has 1 CUDA GPU"):
+        check_inputs(cfg)
 
 
 # ---- item 6: prompt template placeholders --------------------------------------------------------

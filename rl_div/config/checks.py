@@ -231,12 +231,23 @@ def check_devices(cfg: Config) -> None:
     visible from the driver and are left to Ray."""
     if cfg.cluster.address or os.environ.get("RAY_ADDRESS"):
         return
-    wanted = cfg.train.num_gpus + cfg.rollout.num_gpus_per_worker * cfg.rollout.num_workers
+    wanted, how = gpus_wanted(cfg)
     if wanted <= 0:
         return
     import torch
 
     have = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if wanted > have:
-        raise ConfigError(f"train.num_gpus + rollout.num_gpus_per_worker * rollout.num_workers = {wanted:g} GPUs, "
+        raise ConfigError(f"{how} = {wanted:g} GPUs, "
                           f"but this machine has {have} CUDA GPU(s) and no cluster.address / RAY_ADDRESS is set")
+
+
+def gpus_wanted(cfg: Config) -> tuple[float, str]:
+    """The GPUs a run holds, and how they were counted: every learner rank and every engine on its own
+    GPUs, or with weight_sync=cuda_ipc one GPU that the learner and the one engine share (the single
+    bundle of cluster.placement.plan_placement)."""
+    t, r = cfg.train, cfg.rollout
+    if r.weight_sync == "cuda_ipc":
+        return 1.0, "rollout.weight_sync=cuda_ipc (learner and engine share one GPU)"
+    return (t.num_gpus * t.num_learners + r.num_gpus_per_worker * r.num_workers,
+            "train.num_gpus * train.num_learners + rollout.num_gpus_per_worker * rollout.num_workers")
