@@ -9,6 +9,7 @@ killable worker process of rewards.isolation (the runner does this by default).
 from __future__ import annotations
 
 import logging
+import re
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +25,9 @@ if TYPE_CHECKING:
 # wrapped in \boxed{} when it has no LaTeX delimiters of its own, so that a bare "\frac{1}{2}",
 # "[1, 2)" or "x^2+1" parses as LaTeX (the plain-expression extractor alone reads "[1, 2)" as 2).
 EXTRACTION_CONFIG = (LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig())
-_DELIMITERS = ("$", "\\boxed", "\\(", "\\[")
+# A gold already in math mode is parsed as written; an escaped dollar ("\\$5", a currency sign in
+# MATH's golds) is text, not a delimiter.
+_DELIMITER = re.compile(r"(?<!\\)\$|\\boxed|\\\(|\\\[")
 
 
 class GoldParseError(ValueError):
@@ -50,7 +53,7 @@ def _parse_gold_cached(gold: str) -> tuple[Any, ...]:
     text = gold.strip()
     if not text:
         raise GoldParseError("gold answer is empty")
-    wrapped = text if any(d in text for d in _DELIMITERS) else f"\\boxed{{{text}}}"
+    wrapped = text if _DELIMITER.search(text) else f"\\boxed{{{text}}}"
     # no_fallback: a gold whose LaTeX does not parse yields nothing (instead of its raw string,
     # which would silently turn the check into string equality).
     parsed = parse(wrapped, extraction_config=EXTRACTION_CONFIG, fallback_mode="no_fallback", parsing_timeout=None)

@@ -62,6 +62,11 @@ CASES: list[tuple[str, str, float]] = [
     ("2", r"\boxed{2}\boxed{3}", 0.0),
     ("12", "$12$", 1.0),
     ("12", "Final answer: 12", 1.0),
+    # a currency sign in the gold (MATH writes "\$18.90"): an escaped dollar is text, not math mode
+    (r"\$18.90", r"\boxed{18.90}", 1.0),
+    (r"\$32,\!348", r"\boxed{32348}", 1.0),
+    (r"\$5", r"\boxed{6}", 0.0),
+    ("$5$", r"\boxed{5}", 1.0),
     # wrong, garbage, empty
     ("7", r"\boxed{8}", 0.0),
     ("7", "I don't know.", 0.0),
