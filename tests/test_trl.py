@@ -30,6 +30,21 @@ def test_adapter_scores_like_the_verifier_and_reports_failures_as_none() -> None
     assert got[2] is None  # a gold that does not parse is an error, not reward 0
 
 
+def test_conversational_prompts_keep_their_turns() -> None:
+    """TRL's conversational format reaches rewards as chat turns (record.messages and their text), as
+    rl-div train's chat datasets do; the adapter once passed the list's repr as a one-turn prompt."""
+    import plugins.my_rewards  # noqa: F401  (registers test_chat_turns)
+
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}]
+    reward = trl_reward("test_chat_turns", isolated=False)
+    try:
+        assert reward(prompts=[chat, chat, "plain"], completions=["4", "5", "4"], answer=["4"] * 3) == [2.0, 2.0, 0.0]
+        with pytest.raises(ValueError, match="message 0 has role 'robot'"):
+            reward(prompts=[[{"role": "robot", "content": "hi"}]], completions=["x"], answer=["1"])
+    finally:
+        reward.close()
+
+
 def test_a_group_reward_alone_is_refused_with_the_fix_in_the_message() -> None:
     with pytest.raises(ValueError, match=r"trl_reward\(\['math_verify', 'novelty'\]\)"):
         trl_reward("novelty")

@@ -43,6 +43,7 @@ from rl_div.algos.token_weights import TokenWeightInputs
 from rl_div.config.checks import check_params
 from rl_div.data import PromptRecord
 from rl_div.learner.forward import prompt_logprob_mask
+from rl_div.train.prompts import message_list_problem, prompt_fields
 
 
 def completion_text(completion: Any) -> str:
@@ -83,6 +84,17 @@ def _specs(rewards: str | RewardSpec | Sequence[str | RewardSpec], params: dict[
     return specs
 
 
+def _record(prompt: Any, answer: Any, uid: str, meta: dict[str, Any]) -> PromptRecord:
+    """One TRL row as a PromptRecord: a conversational prompt (a list of {role, content} messages) keeps
+    its turns in ``messages`` as rl-div train's datasets do, instead of becoming the list's repr."""
+    if isinstance(prompt, (list, tuple)):
+        problem = message_list_problem(prompt)
+        if problem is not None:
+            raise ValueError(f"a TRL prompt is a string or a list of {{role, content}} messages: {problem}")
+    text, messages = prompt_fields(prompt if isinstance(prompt, (list, tuple)) else str(prompt))
+    return PromptRecord(prompt=text, answer=str(answer), uid=uid, meta=meta, messages=messages)
+
+
 def trl_reward(rewards: str | RewardSpec | Sequence[str | RewardSpec], *, answer_column: str = "answer",
                meta_column: str = "meta", record_meta: dict[str, Any] | None = None,
                timeout_s: float = 5.0, isolated: bool = True, plugins: list[str] | None = None,
@@ -109,7 +121,7 @@ def trl_reward(rewards: str | RewardSpec | Sequence[str | RewardSpec], *, answer
                            f"columns: {sorted(columns)}")
         golds = columns[answer_column]
         row_meta = columns.get(meta_column) or [{}] * len(prompts)
-        records = [PromptRecord(prompt=str(p), answer=str(a), uid=str(i), meta={**meta, **(m or {})})
+        records = [_record(p, a, str(i), {**meta, **(m or {})})
                    for i, (p, a, m) in enumerate(zip(prompts, golds, row_meta, strict=True))]
         texts = [completion_text(c) for c in completions]
         result = scorer.score(texts, records, consecutive_groups([str(p) for p in prompts]), state)

@@ -47,10 +47,7 @@ def records_from_rows(rows: Iterable[Any], cfg: DataConfig, source: str) -> Prom
         answer = str(row[cfg.answer_field])
         if pattern is not None:
             answer = pattern.search(answer).group(1).strip()  # type: ignore[union-attr]
-        value = row[cfg.prompt_field]
-        messages = None if isinstance(value, str) else tuple({"role": m["role"], "content": m["content"]}
-                                                             for m in value)
-        prompt = value if messages is None else chat_text(messages)
+        prompt, messages = prompt_fields(row[cfg.prompt_field])
         records.append(PromptRecord(prompt=prompt, answer=answer, uid=f"{source}:{i}", meta={"extractor": "math"},
                                     messages=messages))
     if skipped:
@@ -99,6 +96,16 @@ def message_list_problem(messages: Any) -> str | None:
     if messages[-1]["role"] != "user":
         return f"the last message is a {messages[-1]['role']} turn; a prompt ends with a user turn"
     return None
+
+
+def prompt_fields(value: str | Iterable[dict[str, str]]) -> tuple[str, tuple[dict[str, str], ...] | None]:
+    """A prompt field (a string, or a well-formed message list: see message_list_problem) as
+    PromptRecord's ``prompt`` and ``messages``: a string as it is with no messages, a conversation as
+    its 'role: content' text and its turns."""
+    if isinstance(value, str):
+        return value, None
+    messages = tuple({"role": m["role"], "content": m["content"]} for m in value)
+    return chat_text(messages), messages
 
 
 def chat_text(messages: Iterable[dict[str, str]]) -> str:

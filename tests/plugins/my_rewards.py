@@ -79,3 +79,13 @@ def group_sleep(completions: list[str], answers: list[str | None], correct: list
     if any("hang" in c for c in completions):
         time.sleep(seconds)
     return [1.0] * len(completions)
+
+
+@register_reward("test_chat_turns", scope="sample")
+def chat_turns_reward(completion: str, record: Any) -> float:
+    """The number of chat turns the record kept (0 for a plain-text prompt); -1 when the prompt text is
+    not the 'role: content' rendering of those turns."""
+    if record.messages is None:
+        return 0.0
+    text = "\n".join(f"{m['role']}: {m['content']}" for m in record.messages)
+    return float(len(record.messages)) if record.prompt == text else -1.0
