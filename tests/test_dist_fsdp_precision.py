@@ -27,10 +27,10 @@ from typing import Any
 import dist_precision_jobs as jobs
 import pytest
 import torch
-from helpers import rank_job_config
+from helpers import rank_job_config, tiny_prime_gap_llama
 
 from rl_div.learner.single import Learner
-from rl_div.models.loading import build_char_tokenizer, load_policy, make_tiny_llama, save_policy
+from rl_div.models.loading import load_policy
 from rl_div.rollout.base import SamplingSpec
 from rl_div.rollout.hf import HFRolloutWorker
 from rl_div.tasks import TASKS
@@ -50,8 +50,7 @@ def pools() -> Iterator[list[ProcessPoolExecutor]]:
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory: pytest.TempPathFactory) -> str:
-    tok = build_char_tokenizer(TASKS["prime_gap"].alphabet)
-    return str(save_policy(make_tiny_llama(tok, seed=4), tok, tmp_path_factory.mktemp("m") / "tiny"))
+    return tiny_prime_gap_llama(tmp_path_factory.mktemp("m"), seed=4)
 
 
 @pytest.fixture(scope="module")

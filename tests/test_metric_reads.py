@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import tiny_prime_gap_llama
 
 import rl_div.learner.metric_sums as metric_sums
 import rl_div.learner.update_loop as update_loop
 from rl_div.config import load_config
 from rl_div.learner.single import Learner
-from rl_div.models.loading import build_char_tokenizer, make_tiny_llama, save_policy
 from rl_div.rollout.base import SamplingSpec
 from rl_div.rollout.hf import HFRolloutWorker
 from rl_div.tasks import TASKS
@@ -53,8 +53,7 @@ def test_tensor_values_sum_and_max_exactly_as_floats(key: str) -> None:
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory: pytest.TempPathFactory) -> str:
-    tok = build_char_tokenizer(TASKS["prime_gap"].alphabet)
-    return str(save_policy(make_tiny_llama(tok, seed=4), tok, tmp_path_factory.mktemp("m") / "tiny"))
+    return tiny_prime_gap_llama(tmp_path_factory.mktemp("m"), seed=4)
 
 
 def update_metrics(model_path: str, out: Path) -> dict[str, float]:
