@@ -45,7 +45,7 @@ def test_gpu_check_runs_on_cpu_without_pydantic_ray_or_vllm(tmp_path: Path) -> N
     assert all(r["passed"] is not False for r in rows.values()), rows
     for check in ("bf16 vs fp32 log-prob error", "chunked head vs full logits (V=4096, 64 rows)",
                   "update throughput", "optimizer offload: 2 updates vs no offload",
-                  "FSDP2 world 1 (gloo) vs single learner"):
+                  "FSDP2 world 1 (gloo) vs single learner", "bf16 vs fp32 chunked head (V=4096, 64 rows)"):
         assert rows[check]["passed"] is True, check
     assert rows["CUDA IPC round trip"]["passed"] is None  # CUDA only
     assert rows["bf16 vs fp32 log-prob error"]["details"]["fp32_entropy_mean"] < 3.0  # sharpened

@@ -108,11 +108,12 @@ def test_minus_inf_logits_give_finite_values_and_gradients() -> None:
 
 
 def test_bf16_is_cast_to_float32_before_the_temperature() -> None:
-    """bf16 logits / 0.7 in bf16 loses ~3 significant digits; the cast must come first."""
+    """bf16 logits / 0.7 in bf16 loses ~3 significant digits; the cast must come first. The bf16
+    operands' product itself comes out in float32 (float32 accumulation, no bf16 rounding of the logits)."""
     hidden, weight, _, ids = case(n=64, d=16, v=300, seed=5, bias=False)
     hidden, weight = hidden.bfloat16(), weight.bfloat16()
     logp, ent = head_logprobs_and_entropy(hidden, weight, ids, temperature=0.7, chunk_rows=16)
-    z = (hidden @ weight.T).double() / 0.7  # the bf16 matmul's output, tempered exactly
+    z = (hidden.double() @ weight.double().T) / 0.7  # the bf16 operands' exact product, tempered exactly
     logq = torch.log_softmax(z, -1)
     torch.testing.assert_close(logp.double(), logq.gather(1, ids[:, None]).squeeze(1), rtol=0, atol=1e-4)
     torch.testing.assert_close(ent.double(), -(logq.exp() * logq).sum(-1), rtol=0, atol=1e-4)

@@ -37,7 +37,7 @@ class LossInputs:
 @dataclass
 class LossOutput:
     loss: torch.Tensor  # scalar with grad
-    metrics: dict[str, float]
+    metrics: dict[str, float | torch.Tensor]  # a 0-dim tensor is read at the end of the update
 
 
 LossFn = Callable[..., LossOutput]
@@ -56,9 +56,11 @@ def count_denominators(mask: torch.Tensor) -> tuple[float, float]:
     return float(valid.sum().item()), float(valid.any(dim=1).sum().item())
 
 
-def _own_or(given: float | None, own: float) -> float:
+def _own_or(given: float | None, own: torch.Tensor) -> float | torch.Tensor:
+    """The given denominator, else the micro-batch's own count (a 0-dim tensor, at least 1: an empty
+    micro-batch sums to 0; avoid 0 / 0). The count stays on the device: no host read per loss."""
     if given is None:
-        return max(own, 1.0)  # an empty micro-batch sums to 0; avoid 0 / 0
+        return own.clamp(min=1)
     if given <= 0:
         raise ValueError(f"a loss denominator must be positive, got {given}")
     return float(given)
@@ -68,7 +70,7 @@ def _token_mean(
     x: torch.Tensor, m: torch.Tensor, norm_constant: float | None, tok: float | None, seq: float | None
 ) -> torch.Tensor:
     """Sum over all valid tokens / number of valid tokens (or tok)."""
-    return (x * m).sum() / _own_or(tok, float(m.sum().item()))
+    return (x * m).sum() / _own_or(tok, m.sum())
 
 
 def _seq_mean_token_mean(
@@ -76,7 +78,7 @@ def _seq_mean_token_mean(
 ) -> torch.Tensor:
     """Mean over sequences (or / seq) of each sequence's token mean; empty rows contribute 0."""
     per_seq = (x * m).sum(dim=1) / m.sum(dim=1).clamp(min=1)
-    return per_seq.sum() / _own_or(seq, float((m.sum(dim=1) > 0).sum().item()))
+    return per_seq.sum() / _own_or(seq, (m.sum(dim=1) > 0).sum().to(per_seq.dtype))
 
 
 def _seq_mean_token_sum_norm(
@@ -90,7 +92,7 @@ def _seq_mean_token_sum_norm(
     if norm_constant is None or norm_constant <= 0:
         raise ValueError("agg 'seq-mean-token-sum-norm' needs a positive norm_constant (e.g. max length)")
     per_seq = (x * m).sum(dim=1) / norm_constant
-    return per_seq.sum() / _own_or(seq, float((m.sum(dim=1) > 0).sum().item()))
+    return per_seq.sum() / _own_or(seq, (m.sum(dim=1) > 0).sum().to(per_seq.dtype))
 
 
 AGGREGATIONS: dict[str, Callable[..., torch.Tensor]] = {
@@ -140,9 +142,12 @@ def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
     return torch.exp(d) - d - 1.0
 
 
-def _masked_mean(x: torch.Tensor, valid: torch.Tensor) -> float:
-    n = int(valid.sum().item())
-    return float(x.detach().masked_fill(~valid, 0.0).sum().item()) / n if n else 0.0
+def _masked_mean(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """0-dim float64 mean of x over valid (0 when none), left on the device: the update loop reads its
+    metrics once (rl_div.learner.metric_sums.resolve). The same float64 division as Python floats."""
+    n = valid.sum()
+    total = x.detach().masked_fill(~valid, 0.0).sum().double()
+    return torch.where(n > 0, total / n.clamp(min=1), torch.zeros((), dtype=torch.float64, device=total.device))
 
 
 def _policy_loss(
@@ -199,7 +204,7 @@ def _policy_loss(
 
     loss = agg_(pg)
     metrics = {
-        "loss/pg": float(agg_(pg.detach(), own=True).item()),
+        "loss/pg": agg_(pg.detach(), own=True),
         "loss/ratio_mean": _masked_mean(ratio, valid),
         "loss/log_ratio_abs_mean": _masked_mean(log_ratio.abs(), valid),
         **tis_metrics,
@@ -212,14 +217,14 @@ def _policy_loss(
         kl = k3_kl(inputs.logprobs, inputs.ref_logprobs)
         if kl_coef != 0.0:
             loss = loss + kl_coef * agg_(kl)
-        metrics["loss/kl"] = float(agg_(kl.detach(), own=True).item())
+        metrics["loss/kl"] = agg_(kl.detach(), own=True)
     if inputs.entropy is not None:
         if entropy_coef != 0.0:
             loss = loss - entropy_coef * agg_(inputs.entropy)
-        metrics["loss/entropy"] = float(agg_(inputs.entropy.detach(), own=True).item())
+        metrics["loss/entropy"] = agg_(inputs.entropy.detach(), own=True)
     if inputs.kl_penalty_coef is not None:
         metrics["loss/kl_cov_frac"] = _masked_mean((inputs.kl_penalty_coef != 0).double(), valid)
-    metrics["loss/total"] = float(loss.detach().item())
+    metrics["loss/total"] = loss.detach()
     return LossOutput(loss, metrics)
 
 

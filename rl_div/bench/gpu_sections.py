@@ -218,6 +218,40 @@ def check_chunked_head(env: Env) -> list[Row]:
     return rows
 
 
+def check_head_precision(env: Env) -> list[Row]:
+    """The chunked head with model.dtype bfloat16 (bf16 operands, float32 accumulation and softmax
+    statistics, rl_div.metrics.lm_head "Precision") against the float32 head: log-prob, entropy and
+    gradient error, and forward + backward time of each, at the model's vocabulary."""
+    from rl_div.metrics.lm_head import head_logprobs_and_entropy
+
+    g = torch.Generator(device=env.device).manual_seed(0)
+    n, d, v = env.work["head_rows"], env.dims["hidden_size"], env.dims["vocab_size"]
+    hidden0 = torch.randn(n, d, device=env.device, generator=g).bfloat16()  # the decoder's bf16 output
+    weight = torch.randn(v, d, device=env.device, generator=g) * d ** -0.5 * 4  # float32 master weights
+    ids = torch.randint(0, v, (n,), device=env.device, generator=g)
+
+    def head(bf16: bool) -> tuple[torch.Tensor, ...]:
+        hidden, w = hidden0.float().requires_grad_(True), weight.clone().requires_grad_(True)
+        with torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=bf16):
+            logp, ent = head_logprobs_and_entropy(hidden, w, ids, chunk_rows=256)
+        (logp.sum() + 0.1 * ent.sum()).backward()
+        return logp.detach(), ent.detach(), hidden.grad, w.grad
+
+    head(True), head(False)  # warm-up (kernels, allocator)
+    low, t_low, _ = _timed_peak(env, lambda: head(True))
+    ref, t_ref, _ = _timed_peak(env, lambda: head(False))
+    logp_err, ent_err = ((low[i] - ref[i]).abs() for i in (0, 1))
+    grad_err = max(float((a - b).norm() / b.norm()) for a, b in zip(low[2:], ref[2:], strict=True))
+    details = {"bf16_s": t_low, "fp32_s": t_ref, "speedup": t_ref / t_low, "grad_rel_err": grad_err}
+    return [Row(f"bf16 vs fp32 chunked head (V={v}, {n} rows)", f"logp mean {logp_err.mean():.2e} max "
+                f"{logp_err.max():.2e}, entropy mean {ent_err.mean():.2e}, grad rel {grad_err:.2e}",
+                "logp, entropy mean < 0.02, grad < 0.02",
+                bool(logp_err.mean() < 0.02 and ent_err.mean() < 0.02 and grad_err < 0.02), details),
+            Row("bf16 vs fp32 chunked head time (fwd + bwd)", f"{t_low:.3f} s vs {t_ref:.3f} s "
+                f"({t_ref / t_low:.1f}x)", "bf16 faster (CUDA)", t_low < t_ref if env.device.type == "cuda" else None,
+                details)]
+
+
 # ---- one update: throughput, MFU, kernel profile, memory after the release ---------------------------
 def check_update(env: Env) -> list[Row]:
     from torch.profiler import ProfilerActivity, profile
@@ -342,6 +376,7 @@ def check_cuda_ipc(env: Env) -> list[Row]:
 SECTIONS: dict[str, Callable[[Env], list[Row]]] = {
     "precision": check_bf16_vs_fp32,
     "chunked_head": check_chunked_head,
+    "head_precision": check_head_precision,
     "update": check_update,
     "offload": check_offload,
     "fsdp2_world1": check_fsdp2_world1,

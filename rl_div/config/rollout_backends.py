@@ -136,7 +136,8 @@ def vllm_worker_args(cfg: Config, num_gpus: float) -> dict[str, Any]:
     r = cfg.rollout
     return {"tensor_parallel_size": r.tensor_parallel_size, "gpu_memory_utilization": r.gpu_memory_utilization,
             "seed": cfg.run.seed, "weight_sync": r.weight_sync, "sync_chunk_mb": r.weight_sync_chunk_mb,
-            "sync_timeout_s": r.weight_sync_timeout_s, "sleep_level": r.sleep_level}
+            "sync_timeout_s": r.weight_sync_timeout_s, "sleep_level": r.sleep_level,
+            "seed_mode": r.seed_mode}
 
 
 VLLM = register_rollout_backend(RolloutBackend(

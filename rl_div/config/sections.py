@@ -170,6 +170,13 @@ class RolloutConfig(Section, RolloutShapingFields):  # + dynamic sampling (rl_di
         "rollout needs a sync before it: training rollouts already follow one, and the trainer syncs again after "
         "each evaluation; an engine asked to sample without one refuses.",
     )
+    seed_mode: Literal["per_row", "per_batch", "none"] = Field(
+        "per_row", description="vLLM sampling seeds (rl_div.rollout.seed_plan): 'per_row' seeds each request, so "
+        "row i of prompt g is the sample with seed seed+g*n+i whatever the batch or engine count, on vLLM's slower "
+        "per-request sampler (15-40% slower decode on a GPU); 'per_batch' resets the engine's RNG to the call's seed "
+        "and seeds no request (the fast path; the same call on the same engine repeats, a row depends on its batch, "
+        "as with the hf backend); 'none' seeds nothing per call. The hf backend always seeds per call.",
+    )
 
     @model_validator(mode="after")
     def check_weight_sync(self) -> RolloutConfig:

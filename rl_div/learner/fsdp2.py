@@ -9,6 +9,7 @@ metrics are one process's at any world size. ``run_plans`` is re-exported here f
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -21,7 +22,8 @@ from rl_div.learner.forward import batch_temperature
 from rl_div.learner.plan import MiniBatchPlan
 from rl_div.learner.reducers import LOCAL, GroupReducer, LocalReducer
 from rl_div.learner.reference import sharded_reference
-from rl_div.learner.sharding import PolicyModule, free_address, new_mesh, shard_policy
+from rl_div.learner.shard_load import is_meta, load_into_shards, meta_policy
+from rl_div.learner.sharding import PolicyModule, free_address, mixed_precision, new_mesh, shard_policy
 from rl_div.learner.single import LORA_STATE_KEY, Learner
 from rl_div.learner.update_loop import run_plans
 from rl_div.models.loading import DTYPES
@@ -35,14 +37,34 @@ if TYPE_CHECKING:
 class ShardedLearner(Learner):
     """A Learner whose model, gradients and AdamW state are sharded across `world_size` ranks.
 
-    Built in two steps: the constructor loads the model (every rank the same weights, seed and
-    generator); setup() joins the process group, shards the model and rebuilds the optimizer.
+    Built in two steps: the constructor builds the model on the meta device (no memory; with LoRA
+    every rank loads it, PEFT's adapters need real weights); setup() joins the process group, shards
+    the model, fills the shards from rank 0's load (rl_div.learner.shard_load) and rebuilds the optimizer.
+
+    Mixed precision (model.dtype bfloat16, without LoRA): FSDP2's MixedPrecisionPolicy instead of
+    autocast: float32 sharded master weights and optimizer state, bf16 all-gathers and compute, and
+    gradients reduced in float32 (rl_div.learner.sharding.mixed_precision). With LoRA: autocast, as
+    the single learner.
     """
 
     def __init__(self, cfg: Config, model_path: str, rank: int, world_size: int) -> None:
         super().__init__(cfg, model_path)
         self.rank, self.world_size, self.model_path = rank, world_size, model_path
         self.reducer: LocalReducer = LOCAL
+
+    def load_model(self, model_path: str) -> tuple[torch.nn.Module, Any]:
+        """The policy on the meta device (setup() loads it into the shards), or with LoRA every rank's own load."""
+        if self.cfg.train.lora.enabled:
+            return super().load_model(model_path)
+        return meta_policy(model_path, self.cfg.model.trust_remote_code)
+
+    def mixed_precision(self) -> dict[str, Any]:
+        """fully_shard's mp_policy for model.dtype (none for float32, and with LoRA, which runs under autocast)."""
+        return {} if self.lora is not None else mixed_precision(self.compute_dtype)
+
+    def autocast(self) -> Any:
+        """Autocast only where FSDP2's MixedPrecisionPolicy does not set the compute dtype (LoRA)."""
+        return contextlib.nullcontext() if self.mixed_precision() else super().autocast()
 
     def reference_model(self) -> torch.nn.Module | None:
         """None until setup() builds the sharded reference (rl_div.learner.reference), not a
@@ -56,15 +78,18 @@ class ShardedLearner(Learner):
         """Join the process group at rank 0's (host, port) (within train.dist_init_timeout_s), shard."""
         host, port = address
         import torch.distributed as dist
-        device = next(self.model.parameters()).device
+        device = self.device
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method=f"tcp://{host}:{port}",
                                 rank=self.rank, world_size=self.world_size,
                                 timeout=timedelta(seconds=self.cfg.train.dist_init_timeout_s))
         mesh = new_mesh(device.type, self.world_size)
         self.root = PolicyModule(self.model, self.cfg.train.logit_chunk_rows)
-        shard_policy(self.root, self.model, mesh)
+        shard_policy(self.root, self.model, mesh, **self.mixed_precision())
+        if is_meta(self.model):
+            load_into_shards(self.model, self.model_path, self.rank, device, self.cfg.model.trust_remote_code)
         if self.cfg.train.use_ref_model and self.lora is None:  # LoRA: the policy with its adapters disabled
-            self.ref_model = sharded_reference(self.cfg, self.model_path, mesh, device)
+            self.ref_model = sharded_reference(self.cfg, self.model_path, mesh, device, self.rank,
+                                               self.mixed_precision())
         self.reducer = GroupReducer(self.world_size, device)
         self.build_optimizer()
         return self.rank

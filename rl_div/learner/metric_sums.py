@@ -16,11 +16,20 @@ mean, is not). Which unit a metric averages over:
 - every other metric (ratios, clip fractions, entropies, token-weight statistics) is over TOKENS.
 
 Over an update's optimizer steps a metric is the mean of its steps' values (maxima stay).
+
+Host reads. A metric may arrive as a 0-dim tensor (on the learner's device): it is then summed on the
+device in float64 (the same float64 arithmetic as Python floats, so the values are those of reading
+it at once), and :func:`resolve` reads every such sum in one transfer at the end of the update (one
+host sync for the metrics instead of one per metric per micro-batch; rl_div.learner.update_loop).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import torch
+
+Metric = float | torch.Tensor  # a Python number, or a 0-dim tensor read once by resolve()
 
 TOKENS, RESPONSES, SUMMED, MAXIMUM = "tokens", "responses", "summed", "maximum"
 AGG_METRICS = ("loss/pg", "loss/kl", "loss/entropy")  # the loss's own aggregate (its `agg` mode)
@@ -61,17 +70,33 @@ def micro_weight(unit: str, micro: Units, mini: Units) -> float:
     return micro.of(unit) / whole if whole > 0 else 0.0
 
 
-def add_metric(sums: dict[str, float], key: str, value: float, weight: float = 1.0) -> None:
-    """sums[key] += weight * value, or the max of the two for a ``*_max`` key (weight ignored).
-    A zero weight adds 0, not value * 0: a mean over no units is NaN, and its share is nothing."""
-    value = float(value)
+def add_metric(sums: dict[str, Metric], key: str, value: Metric, weight: float = 1.0) -> None:
+    """sums[key] += weight * value, or the max of the two for a ``*_max`` key (weight ignored; the
+    earlier value is kept unless the new one is larger, as Python's max). A zero weight adds 0, not
+    value * 0: a mean over no units is NaN, and its share is nothing. A tensor value stays on its
+    device, in float64 (read by resolve)."""
+    value = value.detach().double() if isinstance(value, torch.Tensor) else float(value)
     if key.endswith("_max"):
-        sums[key] = max(sums.get(key, value), value)
+        prev = sums.get(key, value)
+        if isinstance(prev, torch.Tensor) or isinstance(value, torch.Tensor):
+            sums[key] = torch.where(torch.as_tensor(value) > prev, value, prev)
+        else:
+            sums[key] = max(prev, value)
     else:
         sums[key] = sums.get(key, 0.0) + (value * weight if weight else 0.0)
 
 
-def add_micro_metrics(sums: dict[str, float], metrics: dict[str, float], micro: Units, mini: Units,
+def resolve(sums: dict[str, Metric]) -> dict[str, float]:
+    """The sums as Python floats: every tensor sum read in one host transfer (per device)."""
+    keys = [k for k, v in sums.items() if isinstance(v, torch.Tensor)]
+    out = {k: float(v) for k, v in sums.items() if not isinstance(v, torch.Tensor)}
+    if keys:
+        values = torch.stack([torch.as_tensor(sums[k]).reshape(()) for k in keys]).tolist()
+        out.update(zip(keys, values, strict=True))
+    return {k: out[k] for k in sums}
+
+
+def add_micro_metrics(sums: dict[str, Metric], metrics: dict[str, Metric], micro: Units, mini: Units,
                       agg: str = TOKEN_AGG, tis: str = "token") -> None:
     """Add one micro-batch's metrics into the mini-batch's sums, each weighted by the rule above."""
     for key, value in metrics.items():

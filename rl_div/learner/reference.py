@@ -1,9 +1,9 @@
 """The frozen reference policy of the KL term, sharded forward-only across the learner ranks.
 
 One learner keeps a float32 deepcopy of the starting policy (Learner.reference_model). With
-train.strategy=fsdp2 a deepcopy would put the whole model on every rank again, so each rank loads
+train.strategy=fsdp2 a deepcopy would put the whole model on every rank again, so rank 0 loads
 the starting weights from the model path (the same weights the policy started from, float32 as
-the policy) after the policy is sharded, and FSDP2 shards them on the same mesh: forward-only
+the policy) into every rank's shards, and FSDP2 shards them on the same mesh: forward-only
 (no gradients, eval mode, parameters freed again after every forward). Its root's forward is
 policy_forward (the chunked LM head), as for the policy (rl_div.learner.sharding.PolicyModule).
 
@@ -17,26 +17,26 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from rl_div.learner.shard_load import load_into_shards, meta_policy
 from rl_div.learner.sharding import PolicyModule, shard_policy
-from rl_div.models.loading import load_policy
 
 if TYPE_CHECKING:
     from rl_div.config import Config
 
 
-def sharded_reference(cfg: Config, model_path: str, mesh: Any, device: torch.device) -> PolicyModule:
-    """The starting policy at model_path, fully_shard'ed on `mesh` for forward passes only.
+def sharded_reference(cfg: Config, model_path: str, mesh: Any, device: torch.device, rank: int,
+                      options: dict[str, Any] | None = None) -> PolicyModule:
+    """The starting policy at model_path, fully_shard'ed on `mesh` (with fully_shard's `options`: the
+    policy's mixed precision) for forward passes only, loaded once by rank 0 into every rank's shards
+    (rl_div.learner.shard_load).
 
     Every rank must call the returned module's forward equally often (it all-gathers each unit's
     parameters), which the learner's policy_stats does: padding micro-batches run it too.
     """
-    # Loading must not move the global RNG the learner's own state (and checkpoints) carry.
-    with torch.random.fork_rng(devices=[]):
-        model, _ = load_policy(model_path, dtype="float32", trust_remote_code=cfg.model.trust_remote_code,
-                               device=str(device))
+    model, _ = meta_policy(model_path, cfg.model.trust_remote_code)
     model.eval().requires_grad_(False)
     root = PolicyModule(model, cfg.train.logit_chunk_rows).eval()
     # Free the gathered parameters after each forward, the root's too (no backward re-uses them).
-    shard_policy(root, model, mesh, reshard_after_forward=True)
+    shard_policy(root, model, mesh, reshard_after_forward=True, **(options or {}))
+    load_into_shards(model, model_path, rank, device, cfg.model.trust_remote_code)
     return root
-

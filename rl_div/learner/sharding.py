@@ -54,6 +54,21 @@ class PolicyModule(torch.nn.Module):
         return policy_forward(self.policy, micro, self.chunk_rows, with_prompt, temperature)
 
 
+def mixed_precision(compute_dtype: torch.dtype) -> dict[str, Any]:
+    """fully_shard's options for a compute dtype: none for float32; for bf16 (fp16)
+    ``MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=float32)``: parameters all-gathered
+    and computed in bf16, gradients reduce-scattered (and accumulated) in float32, the sharded
+    parameters and AdamW state float32. Forward inputs are not cast (cast_forward_inputs=False): the
+    root's are the batch and the sampling temperatures, which must stay exact; each layer's are
+    already in bf16, the dtype of the bf16 embedding's output."""
+    if compute_dtype == torch.float32:
+        return {}
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    return {"mp_policy": MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32,
+                                              cast_forward_inputs=False)}
+
+
 def shard_policy(root: torch.nn.Module, model: torch.nn.Module, mesh: Any, **options: Any) -> None:
     """fully_shard every decoder layer of model, then root (the rest of the model), with fully_shard's
     options. FSDP2 averages gradients over ranks (gloo has no pre-multiplied sum for

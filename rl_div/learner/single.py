@@ -88,9 +88,8 @@ class Learner:
         torch.set_num_threads(cfg.run.torch_threads)
         torch.manual_seed(cfg.run.seed)
         self.cfg = cfg
-        device = "cuda" if torch.cuda.is_available() and cfg.train.num_gpus > 0 else "cpu"
-        self.model, self.tokenizer = load_policy(model_path, dtype="float32",
-                                                 trust_remote_code=cfg.model.trust_remote_code, device=device)
+        self.device = torch.device("cuda" if torch.cuda.is_available() and cfg.train.num_gpus > 0 else "cpu")
+        self.model, self.tokenizer = self.load_model(model_path)
         if cfg.train.activation_checkpointing:
             enable_activation_checkpointing(self.model)
         self.compute_dtype = DTYPES[cfg.model.dtype]
@@ -110,6 +109,11 @@ class Learner:
         # Filled by the update's forwards while update_on_policy runs (old_logprobs, old_entropy).
         self._on_policy_stats: dict[str, list[torch.Tensor]] | None = None
         self._shaper: RowShaper | None = None  # finishes a row-local advantage there (rl_div.learner.fused_advantage)
+
+    def load_model(self, model_path: str) -> tuple[torch.nn.Module, Any]:
+        """(policy in float32 on self.device, tokenizer); the sharded learner loads once and shards instead."""
+        return load_policy(model_path, dtype="float32", trust_remote_code=self.cfg.model.trust_remote_code,
+                           device=str(self.device))
 
     def reference_model(self) -> torch.nn.Module | None:
         """The frozen reference of the KL term (train.use_ref_model): a copy of the starting policy,
@@ -132,8 +136,7 @@ class Learner:
         """Forward passes in model.dtype on float32 parameters (a no-op for float32)."""
         if self.compute_dtype == torch.float32:
             return contextlib.nullcontext()
-        device_type = next(self.model.parameters()).device.type
-        return torch.autocast(device_type=device_type, dtype=self.compute_dtype)
+        return torch.autocast(device_type=self.device.type, dtype=self.compute_dtype)
 
     def active_dropout(self) -> list[str]:
         """The policy's dropout settings above 0 (rl_div.learner.onpolicy.active_dropout)."""

@@ -15,7 +15,9 @@ sums (not averages) the gradients, so the update is one process's at any world s
   ranks every rank runs all its passes first, so no rank waits in a collective the others never
   join; one process stops at the first non-finite loss.
 - Metrics: each micro-batch's metric weighted by its share of what the metric averages over,
-  summed over ranks (reducer.sum_dict), then the mean over the update's optimizer steps.
+  summed over ranks (reducer.sum_dict), then the mean over the update's optimizer steps. Metrics that
+  arrive as device tensors are summed on the device and read once, at the end of the update (one
+  process) or of the step (several ranks, before their sum is exchanged) (metric_sums.resolve).
 """
 
 from __future__ import annotations
@@ -29,8 +31,8 @@ import torch
 
 from rl_div.algos import LOSSES
 from rl_div.learner.fused_advantage import ShapingLeftNoSignal
-from rl_div.learner.metric_sums import TOKEN_AGG, Units, add_metric, add_micro_metrics, mean_over_steps
-from rl_div.learner.plan import MiniBatchPlan, token_weights_over_mini_batch
+from rl_div.learner.metric_sums import TOKEN_AGG, Metric, Units, add_metric, add_micro_metrics, mean_over_steps, resolve
+from rl_div.learner.plan import MiniBatchPlan, loss_mask, token_weights_over_mini_batch
 from rl_div.learner.reducers import LOCAL, LocalReducer, mini_batch_token_weights
 from rl_div.metrics.entropy import masked_mean
 
@@ -55,7 +57,7 @@ def loss_param(learner: Learner, name: str, default: Any) -> Any:
 
 
 def planned_step(learner: Learner, batch: RolloutBatch, plan: MiniBatchPlan, rank: int = 0,
-                 reducer: LocalReducer = LOCAL) -> dict[str, float] | None:
+                 reducer: LocalReducer = LOCAL) -> dict[str, Metric] | None:
     """One optimizer step of a planned mini-batch on `rank`; None (and no step, on every rank) if a
     loss or the gradient norm was not finite anywhere; raises ShapingLeftNoSignal (no step) when a
     fused row-local advantage finished all zero. Returns the step's metrics, combined over the
@@ -73,7 +75,7 @@ def planned_step(learner: Learner, batch: RolloutBatch, plan: MiniBatchPlan, ran
     agg, tis = loss_param(learner, "agg", TOKEN_AGG), loss_param(learner, "tis", "token")
     learner.optimizer.zero_grad(set_to_none=True)
     mini_token_weights = None
-    sums: dict[str, float] = {}
+    sums: dict[str, Metric] = {}
     if token_weights_over_mini_batch(cfg):
         mini_token_weights = mini_batch_token_weights(learner, mini, positions, rank, reducer)
     bad = 0.0
@@ -90,9 +92,10 @@ def planned_step(learner: Learner, batch: RolloutBatch, plan: MiniBatchPlan, ran
         if not pos:
             continue
         parts = {**out.metrics, **(token_weight_out.metrics if given is None else {})}
-        parts["policy/entropy_train"] = float(masked_mean(entropy.detach(), mask))
-        add_micro_metrics(sums, parts, mask_units(mask), whole, agg, tis)
-    sums = reducer.sum_dict(sums)
+        parts["policy/entropy_train"] = masked_mean(entropy.detach(), mask)  # read at the end (resolve)
+        # units from the CPU copy of the loss mask (the same values): no device read per micro-batch
+        add_micro_metrics(sums, parts, mask_units(loss_mask(micro, cfg)), whole, agg, tis)
+    sums = reducer.sum_dict(resolve(sums)) if reducer.world_size > 1 else sums
     if mini_token_weights is not None:
         sums.update(mini_token_weights.metrics)
     any_bad = float(reducer.max(torch.tensor(bad))) > 0
@@ -137,7 +140,7 @@ def run_plans(learner: Learner, batch: RolloutBatch, plans: Iterable[MiniBatchPl
     learner.loss_params = {**learner.cfg.algo.loss_params, **(loss_overrides or {})}
     learner.model.train()
     learner.claim_memory()
-    sums: dict[str, float] = {}
+    sums: dict[str, Metric] = {}
     counts = {"train/optimizer_steps": 0, "train/skipped_zero_signal": int(batch.size == 0),
               "faults/nonfinite_loss": 0}
     for plan in plans:
@@ -156,7 +159,7 @@ def run_plans(learner: Learner, batch: RolloutBatch, plans: Iterable[MiniBatchPl
         for k, v in step.items():
             add_metric(sums, k, v)
     learner.release_memory()
-    metrics = mean_over_steps(sums, counts["train/optimizer_steps"])
+    metrics = mean_over_steps(resolve(sums), counts["train/optimizer_steps"])  # the update's one metric read
     metrics.update({k: float(v) for k, v in counts.items()})
     metrics["train/lr"] = learner.scheduler.get_last_lr()[0]
     return metrics

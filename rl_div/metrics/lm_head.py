@@ -16,25 +16,74 @@ bf16 model is tempered in float32), lse = logsumexp(z), log q = z - lse, p = exp
 
 and d/d(logits) = d/dz / temperature. Entries with a -inf logit (a masked vocabulary entry) have
 p = 0 and contribute 0 to H and to both gradients (never 0 * -inf = NaN).
+
+Precision. The head's matmuls run in the dtype the model computes in (``compute_dtype``: the autocast
+dtype where the call runs under autocast, else the weight's dtype). For float32 (and float64) that is
+the weight's own dtype, as before. For bfloat16 (or float16) the four matmuls per chunk (logits,
+their recomputation in backward, d hidden, d weight) take bf16 operands and accumulate in float32
+(cuBLAS does; on CPU the operands are widened, the same arithmetic), and the logits and weight-gradient
+products come out in float32 (``torch.mm(..., out_dtype=float32)`` on CUDA). Softmax
+statistics (lse, log q, p, H) and the weight-gradient sum over chunks are float32 in every case.
+Forward and the recomputing backward call the same function on the same values, so the backward's
+logits are the forward's bit for bit.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
 
 DEFAULT_CHUNK_ROWS = 256
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+def head_compute_dtype(device_type: str, weight_dtype: torch.dtype) -> torch.dtype:
+    """The dtype the head's matmuls run in: the autocast dtype when the caller runs under autocast
+    (the learner's bf16 forwards over float32 master weights), else the weight's own dtype (float32;
+    bf16 under FSDP2's MixedPrecisionPolicy, whose unsharded parameters are bf16)."""
+    if torch.is_autocast_enabled(device_type) and torch.get_autocast_dtype(device_type) in LOW_PRECISION:
+        return torch.get_autocast_dtype(device_type)
+    return weight_dtype
+
+
+def _mm_float32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """[m, k] @ [k, n] of low-precision operands -> float32 [m, n] with float32 accumulation. CUDA: one
+    bf16 tensor-core GEMM writing float32 (``torch.mm(..., out_dtype=float32)``). Elsewhere the operands
+    are widened first: a bf16 x bf16 product is exact in float32, so that is the same arithmetic (up to
+    the summation order) at float32 speed, which is what lets a CPU test measure the GPU's error."""
+    if a.is_cuda and _cuda_mm_out_dtype():
+        return torch.mm(a, b, out_dtype=torch.float32)
+    if a.is_cuda:  # a torch without the overload: bf16 output (one more rounding, 2^-9 of |logit|)
+        return torch.mm(a, b).float()
+    return torch.mm(a.float(), b.float())
+
+
+@functools.cache
+def _cuda_mm_out_dtype() -> bool:
+    """Whether this torch has the CUDA bf16 -> float32 ``mm`` overload (asked once, on a 1 x 1 product)."""
+    one = torch.ones(1, 1, dtype=torch.bfloat16, device="cuda")
+    try:
+        return torch.mm(one, one, out_dtype=torch.float32).dtype == torch.float32
+    except (RuntimeError, TypeError, NotImplementedError):
+        return False
 
 
 def _chunk_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                  temperature: float) -> torch.Tensor:
+                  temperature: float, compute_dtype: torch.dtype) -> torch.Tensor:
     """[c, D] hidden, [V, D] weight, [V] bias -> [c, V] tempered logits in float32 (float64 stays
-    float64): the cast comes first, then the division."""
-    # In the weight's dtype with autocast off: forward and the recomputing backward (which runs
-    # outside any autocast region) then agree; with fp32 master weights the head runs in fp32.
+    float64): the cast comes first, then the division. weight is already in compute_dtype when that
+    is a low-precision dtype (cast once per call, not per chunk)."""
+    # Autocast off: forward and the recomputing backward (which runs outside any autocast region)
+    # then run the same kernels on the same operands.
     with torch.autocast(device_type=hidden.device.type, enabled=False):
-        z = torch.nn.functional.linear(hidden.to(weight.dtype), weight, bias)
+        if compute_dtype in LOW_PRECISION:
+            z = _mm_float32(hidden.to(compute_dtype), weight.t())
+            if bias is not None:
+                z = z + bias.float()
+        else:
+            z = torch.nn.functional.linear(hidden.to(weight.dtype), weight, bias)
     z = z.to(_acc_dtype(z.dtype))
     return z / temperature if temperature != 1.0 else z
 
@@ -55,13 +104,15 @@ class _HeadLogpEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                ids: torch.Tensor, temperature: float, chunk_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+                ids: torch.Tensor, temperature: float, chunk_rows: int,
+                compute_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         n = hidden.shape[0]
         logp = torch.empty(n, dtype=_acc_dtype(hidden.dtype), device=hidden.device)
         entropy = torch.empty_like(logp)
         lse = torch.empty_like(logp)
+        w = weight.to(compute_dtype) if compute_dtype in LOW_PRECISION else weight
         for s in range(0, n, chunk_rows):
-            z = _chunk_logits(hidden[s : s + chunk_rows], weight, bias, temperature)
+            z = _chunk_logits(hidden[s : s + chunk_rows], w, bias, temperature, compute_dtype)
             chunk_lse = torch.logsumexp(z, dim=-1)
             logq = _safe_logq(z, chunk_lse)
             lse[s : s + chunk_rows] = chunk_lse
@@ -69,13 +120,15 @@ class _HeadLogpEntropy(torch.autograd.Function):
             entropy[s : s + chunk_rows] = -(logq.exp() * logq).sum(-1)
             del z, logq
         ctx.save_for_backward(hidden, weight, bias, ids, lse, entropy)
-        ctx.temperature, ctx.chunk_rows = temperature, chunk_rows
+        ctx.temperature, ctx.chunk_rows, ctx.compute_dtype = temperature, chunk_rows, compute_dtype
         return logp, entropy
 
     @staticmethod
     def backward(ctx: Any, g_logp: torch.Tensor | None, g_ent: torch.Tensor | None) -> tuple[Any, ...]:
         hidden, weight, bias, ids, lse, entropy = ctx.saved_tensors
-        temperature, chunk_rows = ctx.temperature, ctx.chunk_rows
+        temperature, chunk_rows, compute_dtype = ctx.temperature, ctx.chunk_rows, ctx.compute_dtype
+        low = compute_dtype in LOW_PRECISION
+        w = weight.to(compute_dtype) if low else weight  # the forward's operand again (a cast is exact to repeat)
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         n = hidden.shape[0]
         acc = lse.dtype
@@ -89,7 +142,7 @@ class _HeadLogpEntropy(torch.autograd.Function):
         for s in range(0, n, chunk_rows):
             e = min(s + chunk_rows, n)
             h = hidden[s:e]
-            z = _chunk_logits(h, weight, bias, temperature)
+            z = _chunk_logits(h, w, bias, temperature, compute_dtype)
             logq = _safe_logq(z, lse[s:e])
             p = logq.exp().masked_fill_(torch.isneginf(z), 0.0)
             del z
@@ -99,20 +152,23 @@ class _HeadLogpEntropy(torch.autograd.Function):
             grad_z.scatter_add_(1, ids[s:e, None], g_logp[s:e, None])
             if temperature != 1.0:
                 grad_z.div_(temperature)
-            if grad_w is not None:
+            if grad_w is not None and low:  # bf16 operands, float32 sum over chunks
+                grad_w += _mm_float32(grad_z.t().to(compute_dtype), h.to(compute_dtype))
+            elif grad_w is not None:
                 grad_w.addmm_(grad_z.t(), h.to(acc))
             if grad_b is not None:
                 grad_b += grad_z.sum(0)
             if grad_h is not None:
-                grad_h[s:e] = (grad_z.to(weight.dtype) @ weight).to(hidden.dtype)
+                grad_h[s:e] = (grad_z.to(w.dtype) @ w).to(hidden.dtype)
             del grad_z
         return (grad_h, None if grad_w is None else grad_w.to(weight.dtype),
-                None if grad_b is None else grad_b.to(bias.dtype), None, None, None)
+                None if grad_b is None else grad_b.to(bias.dtype), None, None, None, None)
 
 
 def head_logprobs_and_entropy(hidden: torch.Tensor, weight: torch.Tensor, token_ids: torch.Tensor,
                               bias: torch.Tensor | None = None, *, temperature: float = 1.0,
-                              chunk_rows: int = DEFAULT_CHUNK_ROWS) -> tuple[torch.Tensor, torch.Tensor]:
+                              chunk_rows: int = DEFAULT_CHUNK_ROWS, compute_dtype: torch.dtype | None = None,
+                              ) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-prob of each given token and the entropy of its full next-token distribution.
 
     hidden: [N, D] final hidden states (any float dtype) of the positions that predict token_ids.
@@ -120,7 +176,8 @@ def head_logprobs_and_entropy(hidden: torch.Tensor, weight: torch.Tensor, token_
     temperature: logits are cast to float32, then divided by it (the sampling distribution).
     Returns (logp [N], entropy [N]), float32 (float64 for float64 inputs), differentiable w.r.t.
     hidden, weight and bias. At most ``chunk_rows`` x V float32 values exist at a time, in forward
-    and in backward.
+    and in backward. compute_dtype: the matmuls' operand dtype (module docstring, "Precision");
+    default :func:`head_compute_dtype` at the call (autocast's dtype, else the weight's).
     """
     if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
         raise ValueError(f"hidden must be [N, D] and weight [V, D], got {tuple(hidden.shape)} and "
@@ -131,7 +188,10 @@ def head_logprobs_and_entropy(hidden: torch.Tensor, weight: torch.Tensor, token_
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    out = _HeadLogpEntropy.apply(hidden, weight, bias, token_ids.long(), float(temperature), int(chunk_rows))
+    if compute_dtype is None:
+        compute_dtype = head_compute_dtype(hidden.device.type, weight.dtype)
+    out = _HeadLogpEntropy.apply(hidden, weight, bias, token_ids.long(), float(temperature), int(chunk_rows),
+                                 compute_dtype)
     return out[0], out[1]
 
 

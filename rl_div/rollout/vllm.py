@@ -27,6 +27,7 @@ from rl_div.data import PromptRecord, RolloutBatch
 from rl_div.models.loading import load_tokenizer
 from rl_div.rollout.base import SamplingSpec, build_rollout_batch, templated_prompt_ids
 from rl_div.rollout.engine_sync import EXTENSION_CLS, EngineWeightSync
+from rl_div.rollout.seed_plan import engine_reseed, request_seeds
 from rl_div.sync.buckets import WeightSyncError
 from rl_div.sync.payloads import Transport
 from rl_div.versions import check_vllm
@@ -56,7 +57,7 @@ class VLLMRolloutWorker:
                  use_chat_template: bool | None = None, prompt_template: str = "{prompt}",
                  tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.5, seed: int = 0,
                  weight_sync: Transport = "object_store", sync_chunk_mb: float = 64.0,
-                 sync_timeout_s: float = 300.0, sleep_level: int = 1,
+                 sync_timeout_s: float = 300.0, sleep_level: int = 1, seed_mode: str = "per_row",
                  engine_kwargs: dict[str, Any] | None = None) -> None:
         try:
             import vllm
@@ -74,6 +75,7 @@ class VLLMRolloutWorker:
         # (weights offloaded, KV cache freed) whenever it is not sampling.
         self.sleep_mode = weight_sync == "cuda_ipc" and on_gpu
         self.sleep_level = sleep_level
+        self.seed_mode = seed_mode  # rollout.seed_mode (rl_div.rollout.seed_plan)
         # In-process engine on every platform: the actor is already its own process, and with
         # vLLM's multiprocessing the collective_rpc arguments (tensors, IPC handles) would be
         # msgpack-encoded, which they do not survive.
@@ -110,8 +112,8 @@ class VLLMRolloutWorker:
     def prompt_token_ids(self, record: PromptRecord) -> list[int]:
         return templated_prompt_ids(self.tokenizer, record, self.prompt_template, self.use_chat_template)
 
-    def sampling_params(self, spec: SamplingSpec, seed: int) -> Any:
-        """SamplingParams for one prompt; vLLM seeds its n samples seed, seed+1, ..., seed+n-1."""
+    def sampling_params(self, spec: SamplingSpec, seed: int | None) -> Any:
+        """SamplingParams for one prompt; vLLM seeds its n samples seed, seed+1, ..., seed+n-1 (None: unseeded)."""
         from vllm import SamplingParams
 
         return SamplingParams(
@@ -138,8 +140,12 @@ class VLLMRolloutWorker:
                                   " and before a weight sync loaded new ones (it would sample uninitialised memory)")
         self._wake(["weights", "kv_cache"])
         prompt_ids = [self.prompt_token_ids(r) for r in prompts]
-        # Distinct seeds for every row of the batch: prompt g's samples use seed + g*n + i.
-        params = [self.sampling_params(spec, spec.seed + g * spec.n) for g in range(len(prompts))]
+        # rollout.seed_mode (rl_div.rollout.seed_plan): per_row seeds prompt g's samples seed + g*n + i
+        # (vLLM's slow per-request sampler); per_batch resets the engine's RNG instead (its fast path).
+        reseed = engine_reseed(self.seed_mode, spec.seed)
+        if reseed is not None:
+            self.llm.collective_rpc("rl_div_reseed", args=(reseed,))
+        params = [self.sampling_params(spec, s) for s in request_seeds(self.seed_mode, spec.seed, len(prompts), spec.n)]
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids], params,
                                     use_tqdm=False)
         responses, logprobs, texts, truncated = [], [], [], []

@@ -158,6 +158,11 @@ class WeightSyncExtension:
             raise
         return int(self._rl_div_loaded)
 
+    def rl_div_reseed(self, seed: int) -> None:
+        """Reset this worker's torch RNG (CPU and every CUDA device) to seed: rollout.seed_mode per_batch,
+        whose unseeded requests draw from it (rl_div.rollout.seed_plan)."""
+        torch.manual_seed(seed)
+
     # ---- inspection (tests) ------------------------------------------------------------------
     def rl_div_param_checksum(self) -> float:
         """Sum of every parameter of the running model, float64 (cheap evidence that weights moved)."""

@@ -103,6 +103,23 @@ def test_each_row_has_its_own_reproducible_seed(worker: VLLMRolloutWorker, learn
             assert int(alone.response_mask[0].sum()) == length
 
 
+def test_per_batch_seed_mode_repeats_a_call_without_request_seeds(worker: VLLMRolloutWorker,
+                                                                  learner_model: torch.nn.Module) -> None:
+    """rollout.seed_mode per_batch: no request carries a seed (vLLM's batched sampler), the engine's RNG
+    is reset to the call's seed, so the same call repeats and another seed samples otherwise."""
+    worker.set_weights(state_of(learner_model), 0)
+    records, spec = prompts(2), SamplingSpec(n=3, temperature=1.0, max_new_tokens=10, seed=11)
+    worker.seed_mode = "per_batch"
+    try:
+        first = worker.generate(records, spec)
+        again = worker.generate(records, spec)
+        other = worker.generate(records, SamplingSpec(n=3, temperature=1.0, max_new_tokens=10, seed=12))
+    finally:
+        worker.seed_mode = "per_row"
+    assert torch.equal(first.response_ids, again.response_ids)
+    assert not torch.equal(first.response_ids, other.response_ids)
+
+
 def test_stop_strings_end_the_response_and_stay_in_the_text(worker: VLLMRolloutWorker,
                                                             learner_model: torch.nn.Module) -> None:
     worker.set_weights(state_of(learner_model), 0)
