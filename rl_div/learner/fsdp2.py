@@ -61,7 +61,7 @@ class ShardedLearner(Learner):
                                 rank=self.rank, world_size=self.world_size,
                                 timeout=timedelta(seconds=self.cfg.train.dist_init_timeout_s))
         mesh = new_mesh(device.type, self.world_size)
-        self.root = PolicyModule(self.model, self.cfg.train.logit_chunk_rows)
+        self.root = PolicyModule(self.model, self.cfg.train.logit_chunk_rows, self.packing)
         shard_policy(self.root, self.model, mesh)
         if self.cfg.train.use_ref_model and self.lora is None:  # LoRA: the policy with its adapters disabled
             self.ref_model = sharded_reference(self.cfg, self.model_path, mesh, device)

@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from rl_div.learner.packing import prepare_packing
 from rl_div.learner.sharding import PolicyModule, shard_policy
-from rl_div.models.loading import load_policy
+from rl_div.models.loading import DTYPES, load_policy
 
 if TYPE_CHECKING:
     from rl_div.config import Config
@@ -35,7 +36,8 @@ def sharded_reference(cfg: Config, model_path: str, mesh: Any, device: torch.dev
         model, _ = load_policy(model_path, dtype="float32", trust_remote_code=cfg.model.trust_remote_code,
                                device=str(device))
     model.eval().requires_grad_(False)
-    root = PolicyModule(model, cfg.train.logit_chunk_rows).eval()
+    packing = prepare_packing(model, DTYPES[cfg.model.dtype], cfg.train.packing, cfg.train.packing_tokens)
+    root = PolicyModule(model, cfg.train.logit_chunk_rows, packing).eval()
     # Free the gathered parameters after each forward, the root's too (no backward re-uses them).
     shard_policy(root, model, mesh, reshard_after_forward=True)
     return root
