@@ -3,16 +3,17 @@
 
 The tiny Qwen-shaped model (rl_div.models.tiny_qwen: Qwen2 with grouped-query attention, tied
 embeddings and Qwen's 151,936-entry vocabulary) is updated by two Learners built from the same
-weights, one per variant, on one scored batch: 2 prompts of 40-160 tokens x 8 samples, responses
-drawn uniformly from 20 to 512 tokens, micro-batches of 8 rows (each padded to its own longest row
-without packing). Rounds are interleaved (padded, packed, padded, ...), each timing one
-``Learner.update`` and sampling the peak RSS above the round's start (rl_div.bench.common);
-min/median/max over rounds. "At equal results": before timing, both variants' log-probs / entropies
-of the batch and the first update's loss and gradient norm are compared (max differences reported).
-The decoder alone (forward + backward of the hidden states, where packing saves the padding) is
-timed the same way, to show where the update's time goes: the chunked LM head costs the same both
-ways (it runs on the real response tokens only in either), and at width 64 with a 151k vocabulary it
-is most of the update.
+weights, one per variant, on one scored batch: 1 prompt of 40-160 tokens x 8 samples (the 151k-way
+head makes each CPU update tens of seconds), responses drawn uniformly from 20 to 512 tokens, one
+micro-batch of the 8 rows (padded to its longest row without packing). Rounds are interleaved
+(padded, packed, padded, ...), each timing one ``Learner.update`` and sampling the peak RSS above the
+round's start (rl_div.bench.common); min/median/max over rounds. "At equal results": both variants'
+log-probs / entropies of the batch and the first update's loss and gradient norm are reported with
+their largest differences. The decoder alone (forward + backward of the hidden states, where packing
+saves the padding) is timed per attention layout (padded; packed into sequences as long as the
+longest row, the CPU default; every row in one sequence), to show which layout is fastest on CPU and
+where the update's time goes: the chunked LM head costs the same both ways (it runs on the real
+response tokens only in either), and at width 64 with a 151k vocabulary it is most of the update.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def _spread(values: list[float]) -> dict[str, float]:
     return {"min": min(values), "median": statistics.median(values), "max": max(values)}
 
 
-def bench_packing(rounds: int = 3, prompts: int = 2, micro: int = 8) -> dict[str, Any]:
+def bench_packing(rounds: int = 3, prompts: int = 1, micro: int = 8) -> dict[str, Any]:
     from rl_div.config import load_config
     from rl_div.learner.single import Learner
     from rl_div.models.tiny_qwen import tiny_qwen_model

@@ -116,7 +116,7 @@ def _padded_or_packed(run: Callable[..., torch.Tensor], model: torch.nn.Module, 
                       attention: torch.Tensor, position_ids: torch.Tensor, packing: Packing | None) -> torch.Tensor:
     """run(**model inputs) -> [b, l, *] on the padded rows (input_ids / attention / position_ids [B, L]), or on
     their real tokens packed (packing; rl_div.learner.packing) with the output scattered back to [B, L, *]."""
-    if packing is None:
+    if packing is None or not bool(attention.any()):  # no real token: nothing to pack
         return run(input_ids=input_ids, attention_mask=attention, position_ids=position_ids, use_cache=False)
     return run_packed(lambda ids, pos: run(input_ids=ids, position_ids=pos, use_cache=False), input_ids, attention,
                       position_ids, sequence_tokens_for(model, packing.sequence_tokens))
