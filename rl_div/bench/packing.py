@@ -7,7 +7,9 @@ weights, one per variant, on one scored batch: 1 prompt of 40-160 tokens x 8 sam
 head makes each CPU update tens of seconds), responses drawn uniformly from 20 to 512 tokens, one
 micro-batch of the 8 rows (padded to its longest row without packing). Rounds are interleaved
 (padded, packed, padded, ...), each timing one ``Learner.update`` and sampling the peak RSS above the
-round's start (rl_div.bench.common); min/median/max over rounds. "At equal results": both variants'
+round's start (rl_div.bench.common); min/median/max over rounds. Times are the timing thread's CPU
+seconds (torch runs one thread: the work done, which a shared machine's load changes far less than
+the wall clock; wall seconds are reported too). "At equal results": both variants'
 log-probs / entropies of the batch and the first update's loss and gradient norm are reported with
 their largest differences. The decoder alone (forward + backward of the hidden states, where packing
 saves the padding) is timed per attention layout (padded; packed into sequences as long as the
@@ -77,7 +79,8 @@ def bench_packing(rounds: int = 3, prompts: int = 1, micro: int = 8) -> dict[str
     stats = {v: learners[v].policy_stats(batch) for v in VARIANTS}
     batch.old_logprobs, batch.old_entropy = stats["padded"]["old_logprobs"], stats["padded"]["old_entropy"]
     micros = [batch.select(list(range(i, min(i + micro, batch.size)))) for i in range(0, batch.size, micro)]
-    times: dict[str, dict[str, list[float]]] = {v: {"update_s": [], "peak_mb": []} for v in VARIANTS}
+    times: dict[str, dict[str, list[float]]] = {v: {"update_cpu_s": [], "update_s": [], "peak_mb": []}
+                                                for v in VARIANTS}
     decoder: dict[str, list[float]] = {v: [] for v in DECODER_LAYOUTS}
     first: dict[str, dict[str, float]] = {}
     load_before = list(os.getloadavg())
@@ -85,16 +88,17 @@ def bench_packing(rounds: int = 3, prompts: int = 1, micro: int = 8) -> dict[str
         for v in VARIANTS:
             learner = learners[v]
             with peak_rss_delta() as mem:
-                start = time.perf_counter()
+                start, cpu = time.perf_counter(), time.thread_time()
                 metrics = learner.update(batch)
+                times[v]["update_cpu_s"].append(time.thread_time() - cpu)
                 times[v]["update_s"].append(time.perf_counter() - start)
             times[v]["peak_mb"].append(mem["peak_private_delta"] / 2**20)
             first.setdefault(v, metrics)
         for name, layout in DECODER_LAYOUTS.items():
-            start = time.perf_counter()
+            cpu = time.thread_time()
             for m in micros:  # the decoder's share: hidden states only, summed, backpropagated
                 decoder_pass(learners["padded"].model, m, layout)
-            decoder[name].append(time.perf_counter() - start)
+            decoder[name].append(time.thread_time() - cpu)
     real = int(batch.prompt_mask.sum() + batch.response_mask.sum())
     padded = sum(m.size * (int(m.prompt_mask.any(0).sum()) + int(m.response_mask.any(0).sum())) for m in micros)
     out: dict[str, Any] = {
@@ -106,11 +110,11 @@ def bench_packing(rounds: int = 3, prompts: int = 1, micro: int = 8) -> dict[str
     }
     for v in VARIANTS:
         out[v] = {k: _spread(vals) for k, vals in times[v].items()}
-    out["decoder_s"] = {name: _spread(vals) for name, vals in decoder.items()}
-    for k in ("update_s", "peak_mb"):
+    out["decoder_cpu_s"] = {name: _spread(vals) for name, vals in decoder.items()}
+    for k in ("update_cpu_s", "update_s", "peak_mb"):
         out[f"median_{k}_packed_vs_padded"] = out["packed"][k]["median"] / max(out["padded"][k]["median"], 1e-12)
     for name in DECODER_LAYOUTS:
-        ratio = out["decoder_s"][name]["median"] / out["decoder_s"]["padded"]["median"]
+        ratio = out["decoder_cpu_s"][name]["median"] / out["decoder_cpu_s"]["padded"]["median"]
         out[f"median_decoder_{name}_vs_padded"] = ratio
     return out
 
@@ -139,12 +143,13 @@ def print_packing(r: dict[str, Any]) -> None:
           f"{r['parameters'] / 1e6:.1f}M parameters, {r['real_tokens']} real tokens, {r['padded_tokens']} computed "
           f"padded; {r['rounds']} interleaved rounds (load average {r['loadavg_before'][0]:.1f} -> "
           f"{r['loadavg_after'][0]:.1f})")
-    rows = [[v, k, r[v][k]["min"], r[v][k]["median"], r[v][k]["max"]] for k in ("update_s", "peak_mb")
-            for v in VARIANTS]
-    rows += [[name, "decoder_s", d["min"], d["median"], d["max"]] for name, d in r["decoder_s"].items()]
+    rows = [[v, k, r[v][k]["min"], r[v][k]["median"], r[v][k]["max"]]
+            for k in ("update_cpu_s", "update_s", "peak_mb") for v in VARIANTS]
+    rows += [[name, "decoder_cpu_s", d["min"], d["median"], d["max"]] for name, d in r["decoder_cpu_s"].items()]
     print(table(["variant", "measure", "min", "median", "max"], rows))
     one = r["median_decoder_packed_one_sequence_vs_padded"]
-    print(f"packed / padded (median): update x{r['median_update_s_packed_vs_padded']:.2f}, decoder "
+    print(f"packed / padded (median): update CPU x{r['median_update_cpu_s_packed_vs_padded']:.2f} (wall "
+          f"x{r['median_update_s_packed_vs_padded']:.2f}), decoder CPU "
           f"x{r['median_decoder_packed_vs_padded']:.2f} (one sequence x{one:.2f}), "
           f"peak memory x{r['median_peak_mb_packed_vs_padded']:.2f}; "
           f"max |logp diff| {r['max_logprob_diff']:.2g}, max |entropy diff| {r['max_entropy_diff']:.2g}; "
