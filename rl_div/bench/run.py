@@ -39,6 +39,7 @@ def _sections(quick: bool) -> dict[str, tuple[Callable[[], dict[str, Any]], Call
     from rl_div.bench.fsdp import bench_fsdp, print_fsdp
     from rl_div.bench.large_k import bench_large_k, print_large_k
     from rl_div.bench.lora import bench_lora, print_lora
+    from rl_div.bench.packing import bench_packing, print_packing
     from rl_div.bench.parity import bench_parity, print_parity
     from rl_div.bench.sync import bench_sync, print_sync
     from rl_div.bench.trim import bench_trim, print_trim
@@ -70,6 +71,7 @@ def _sections(quick: bool) -> dict[str, tuple[Callable[[], dict[str, Any]], Call
         "lora": (lambda: bench_lora("20m", repeats=1 if quick else 3), print_lora),
         "lora_50m": (lambda: bench_lora("50m", repeats=1 if quick else 3), print_lora),
         "trim": (lambda: bench_trim(repeats=2 if quick else 5), print_trim),
+        "packing": (lambda: bench_packing(rounds=1 if quick else 3), print_packing),
         "parity": (lambda: bench_parity(every=8 if quick else 1), print_parity),
         "large_k": (lambda: bench_large_k(problems=500 if quick else 5000, repeats=2 if quick else 5), print_large_k),
     }

@@ -99,6 +99,9 @@ class Config(Section):
         if t.strategy == "fsdp2" and self.rollout.weight_sync != "object_store":
             raise ValueError(f"train.strategy='fsdp2' supports rollout.weight_sync='object_store' only, "
                              f"got {self.rollout.weight_sync!r}")
+        if t.packing_tokens is not None and not t.packing:
+            raise ValueError(f"train.packing_tokens={t.packing_tokens} sizes packed sequences: it needs "
+                             "train.packing=true")
         if lora_problems(self):
             raise ValueError("; ".join(lora_problems(self)))
         # which token weights need token_weight_scope='mini' is their declaration's to say: checked

@@ -313,6 +313,15 @@ class TrainConfig(Section):
         300.0, gt=0, description="fsdp2: max seconds for torch.distributed to connect the learner ranks, "
         "and for any one collective (a dead rank fails the run within it).",
     )
+    packing: bool = Field(
+        False, description="Padding-free learner forwards: each micro-batch's real tokens packed end to end into "
+        "token-budget sequences, every row with its own position ids and attention that never crosses rows "
+        "(rl_div/learner/packing.py; varlen flash-attention on a GPU with flash-attn, a block-diagonal SDPA mask "
+        "on CPU). Same log-probs, entropies, loss and gradients as the padded forward; less compute on uneven rows.")
+    packing_tokens: int | None = Field(
+        None, ge=1, description="train.packing: tokens per packed sequence (a longer row gets one of its own); "
+        "None = the micro-batch's longest row (dense-mask attention costs the square of the sequence), or one "
+        "sequence of all its tokens under varlen flash-attention.")
     lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA adapters on a frozen base "
                              "(rl_div/config/lora.py); off by default.")
 

@@ -5,12 +5,14 @@ tensor is built (rl_div.metrics.lm_head)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
 
 from rl_div.algos.grouping import distinct_rows
 from rl_div.data import RolloutBatch
+from rl_div.learner.packing import Packing, run_packed, sequence_tokens_for
 from rl_div.metrics.entropy import logprobs_and_entropy
 from rl_div.metrics.lm_head import head_logprobs_and_entropy, split_lm_head
 
@@ -37,7 +39,7 @@ def padding_columns(prompt_mask: torch.Tensor, response_mask: torch.Tensor) -> t
 
 def policy_forward(model: torch.nn.Module, batch: RolloutBatch, chunk_rows: int,
                    with_prompt: bool = False, temperature: float | torch.Tensor = 1.0,
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+                   packing: Packing | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Log-probs and full-distribution entropies of the sampled response tokens.
 
     Returns logp [B, T], entropy [B, T] (float32, grad flows if enabled; 0 at padded positions) and,
@@ -58,11 +60,13 @@ def policy_forward(model: torch.nn.Module, batch: RolloutBatch, chunk_rows: int,
     that are padding in every row (left) and the response columns past every row's end (right) are
     dropped before the model runs, and the outputs padded back with zeros. Positions count real
     tokens only and padded keys are masked, so the dropped columns change nothing but the cost.
+    With packing (train.packing) the model runs on the rows' real tokens only, packed end to end
+    (rl_div.learner.packing): the same outputs, without the padding inside the kept columns.
     """
     lead, keep = padding_columns(batch.prompt_mask, batch.response_mask)
     columns = _Columns(batch.prompt_ids[:, lead:], batch.prompt_mask[:, lead:], batch.response_ids[:, :keep],
                        batch.response_mask[:, :keep])
-    logp, entropy, prompt_logp = _forward_columns(model, columns, chunk_rows, with_prompt, temperature)
+    logp, entropy, prompt_logp = _forward_columns(model, columns, chunk_rows, with_prompt, temperature, packing)
     dropped = batch.response_ids.shape[1] - keep
     if dropped:
         logp, entropy = (torch.nn.functional.pad(t, (0, dropped)) for t in (logp, entropy))
@@ -72,7 +76,8 @@ def policy_forward(model: torch.nn.Module, batch: RolloutBatch, chunk_rows: int,
 
 
 def _forward_columns(model: torch.nn.Module, batch: _Columns, chunk_rows: int, with_prompt: bool,
-                     temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+                     temperature: float, packing: Packing | None = None,
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """policy_forward on the columns it kept."""
     p_len = batch.prompt_ids.shape[1]
     temperature = uniform_or_rows(temperature)
@@ -85,11 +90,13 @@ def _forward_columns(model: torch.nn.Module, batch: _Columns, chunk_rows: int, w
     prompt_mask = prompt_logprob_mask(batch.prompt_mask).to(device).bool()
     parts = split_lm_head(model)
     if parts is None:
-        return _full_logits_forward(model, input_ids, attention, position_ids, p_len, response_ids,
-                                    prompt_mask if with_prompt else None, chunk_rows, temperature)
+        logits = _padded_or_packed(lambda **kw: model(**kw).logits, model, input_ids, attention, position_ids,
+                                   packing)
+        return _full_logits_forward(logits, input_ids, p_len, response_ids, prompt_mask if with_prompt else None,
+                                    chunk_rows, temperature)
     decoder, head = parts
-    hidden = decoder(input_ids=input_ids, attention_mask=attention, position_ids=position_ids,
-                     use_cache=False).last_hidden_state
+    hidden = _padded_or_packed(lambda **kw: decoder(**kw).last_hidden_state, model, input_ids, attention,
+                               position_ids, packing)
     # Hidden state at position i predicts token i+1.
     logp, entropy = _head_by_temperature(hidden[:, p_len - 1 : -1], head, response_ids, response_mask, chunk_rows,
                                          temperature)
@@ -103,6 +110,16 @@ def _forward_columns(model: torch.nn.Module, batch: _Columns, chunk_rows: int, w
                                                   prompt_mask[first, 1:], chunk_rows, first_temperature)
         prompt_logp = torch.nn.functional.pad(prompt_logp[inverse], (1, 0))
     return logp, entropy, prompt_logp
+
+
+def _padded_or_packed(run: Callable[..., torch.Tensor], model: torch.nn.Module, input_ids: torch.Tensor,
+                      attention: torch.Tensor, position_ids: torch.Tensor, packing: Packing | None) -> torch.Tensor:
+    """run(**model inputs) -> [b, l, *] on the padded rows (input_ids / attention / position_ids [B, L]), or on
+    their real tokens packed (packing; rl_div.learner.packing) with the output scattered back to [B, L, *]."""
+    if packing is None or not bool(attention.any()):  # no real token: nothing to pack
+        return run(input_ids=input_ids, attention_mask=attention, position_ids=position_ids, use_cache=False)
+    return run_packed(lambda ids, pos: run(input_ids=ids, position_ids=pos, use_cache=False), input_ids, attention,
+                      position_ids, sequence_tokens_for(model, packing.sequence_tokens))
 
 
 def batch_temperature(batch: RolloutBatch, given: float | None, default: float) -> float | torch.Tensor:
@@ -146,13 +163,10 @@ def _masked_head(hidden: torch.Tensor, head: torch.nn.Linear, ids: torch.Tensor,
     return zeros.masked_scatter(mask, logp), zeros.masked_scatter(mask, entropy)
 
 
-def _full_logits_forward(model: torch.nn.Module, input_ids: torch.Tensor, attention: torch.Tensor,
-                         position_ids: torch.Tensor, p_len: int, response_ids: torch.Tensor,
+def _full_logits_forward(logits: torch.Tensor, input_ids: torch.Tensor, p_len: int, response_ids: torch.Tensor,
                          prompt_mask: torch.Tensor | None, chunk_rows: int, temperature: float | torch.Tensor,
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """policy_forward for models without a plain linear head: the model's own [B, L, V] logits."""
-    logits = model(input_ids=input_ids, attention_mask=attention, position_ids=position_ids,
-                   use_cache=False).logits
+    """policy_forward for models without a plain linear head, from the model's own [B, L, V] logits."""
     if isinstance(temperature, torch.Tensor):
         logits = logits.float() / temperature.to(logits.device, torch.float32)[:, None, None]
     elif temperature != 1.0:

@@ -83,7 +83,7 @@ class ShardedLearner(Learner):
                                 rank=self.rank, world_size=self.world_size,
                                 timeout=timedelta(seconds=self.cfg.train.dist_init_timeout_s))
         mesh = new_mesh(device.type, self.world_size)
-        self.root = PolicyModule(self.model, self.cfg.train.logit_chunk_rows)
+        self.root = PolicyModule(self.model, self.cfg.train.logit_chunk_rows, self.packing)
         shard_policy(self.root, self.model, mesh, **self.mixed_precision())
         if is_meta(self.model):
             load_into_shards(self.model, self.model_path, self.rank, device, self.cfg.model.trust_remote_code)

@@ -17,8 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from rl_div.learner.packing import prepare_packing
 from rl_div.learner.shard_load import load_into_shards, meta_policy
 from rl_div.learner.sharding import PolicyModule, shard_policy
+from rl_div.models.loading import DTYPES
 
 if TYPE_CHECKING:
     from rl_div.config import Config
@@ -35,7 +37,8 @@ def sharded_reference(cfg: Config, model_path: str, mesh: Any, device: torch.dev
     """
     model, _ = meta_policy(model_path, cfg.model.trust_remote_code)
     model.eval().requires_grad_(False)
-    root = PolicyModule(model, cfg.train.logit_chunk_rows).eval()
+    packing = prepare_packing(model, DTYPES[cfg.model.dtype], cfg.train.packing, cfg.train.packing_tokens)
+    root = PolicyModule(model, cfg.train.logit_chunk_rows, packing).eval()
     # Free the gathered parameters after each forward, the root's too (no backward re-uses them).
     shard_policy(root, model, mesh, reshard_after_forward=True, **(options or {}))
     load_into_shards(model, model_path, rank, device, cfg.model.trust_remote_code)

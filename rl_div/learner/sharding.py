@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from rl_div.data import RolloutBatch
+from rl_div.learner.packing import Packing
 
 
 def free_address() -> tuple[str, int]:
@@ -43,15 +44,15 @@ class PolicyModule(torch.nn.Module):
     parameters (embeddings, final norm, LM head) around the chunked head, which reads the head's
     weight directly rather than calling the head module."""
 
-    def __init__(self, policy: torch.nn.Module, chunk_rows: int) -> None:
+    def __init__(self, policy: torch.nn.Module, chunk_rows: int, packing: Packing | None = None) -> None:
         super().__init__()
-        self.policy, self.chunk_rows = policy, chunk_rows
+        self.policy, self.chunk_rows, self.packing = policy, chunk_rows, packing
 
     def forward(self, micro: RolloutBatch, with_prompt: bool, temperature: float | torch.Tensor,
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         from rl_div.learner.forward import policy_forward
 
-        return policy_forward(self.policy, micro, self.chunk_rows, with_prompt, temperature)
+        return policy_forward(self.policy, micro, self.chunk_rows, with_prompt, temperature, self.packing)
 
 
 def mixed_precision(compute_dtype: torch.dtype) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from rl_div.learner.fused_advantage import RowShaper, ShapingLeftNoSignal
 from rl_div.learner.lora import LEARNER_STATE_KEY as LORA_STATE_KEY
 from rl_div.learner.lora import LoraPolicy
 from rl_div.learner.onpolicy import active_dropout, fuses_policy_forward
+from rl_div.learner.packing import prepare_packing
 from rl_div.learner.plan import MiniBatchPlan, loss_mask, other_loss_terms, row_chunk_plan
 from rl_div.learner.update_loop import run_plans
 from rl_div.models.loading import DTYPES, load_policy, save_policy
@@ -93,6 +94,7 @@ class Learner:
         if cfg.train.activation_checkpointing:
             enable_activation_checkpointing(self.model)
         self.compute_dtype = DTYPES[cfg.model.dtype]
+        self.packing = prepare_packing(self.model, self.compute_dtype, cfg.train.packing, cfg.train.packing_tokens)
         # train.lora: adapters on the frozen base (in model.dtype); self.model is then PEFT's injected model
         self.lora = LoraPolicy(cfg, self.model, self.compute_dtype) if cfg.train.lora.enabled else None
         if self.lora is not None:
@@ -169,10 +171,10 @@ class Learner:
         temps = batch_temperature(micro, temperature, self.cfg.rollout.temperature)
         if self.lora is not None:
             with self.autocast(), self.lora.reference():
-                return policy_forward(self.model, micro, chunk_rows, temperature=temps)[0]
+                return policy_forward(self.model, micro, chunk_rows, temperature=temps, packing=self.packing)[0]
         assert self.ref_model is not None
         with self.autocast():
-            return policy_forward(self.ref_model, micro, chunk_rows, temperature=temps)[0]
+            return policy_forward(self.ref_model, micro, chunk_rows, temperature=temps, packing=self.packing)[0]
 
     # ---- the update ----------------------------------------------------------------------------
     def update_on_policy(self, batch: RolloutBatch, loss_overrides: dict[str, Any] | None = None,
@@ -277,7 +279,7 @@ class Learner:
         sharded learner runs it through its FSDP root module instead)."""
         with self.autocast():
             return policy_forward(self.model, micro, self.cfg.train.logit_chunk_rows, with_prompt,
-                                  batch_temperature(micro, temperature, self.cfg.rollout.temperature))
+                                  batch_temperature(micro, temperature, self.cfg.rollout.temperature), self.packing)
 
     def micro_loss(self, micro: RolloutBatch, token_total: float, seq_total: float,
                    token_weight_out: TokenWeightOutput | None = None,
