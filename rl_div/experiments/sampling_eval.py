@@ -46,7 +46,8 @@ class EvalActors:
         self.rollout_key = self.reward_key = ""  # the config parts the running actors were built from
 
     def rollout_workers(self, cfg: Config, model_path: str, counters: dict[str, float]) -> RolloutPipeline:
-        """The rollout workers holding ``model_path`` (no learner: the weights are the ones they load)."""
+        """The rollout workers holding ``model_path`` (no learner: the weights are the ones they load);
+        started, not waited for (:meth:`wait_started`)."""
         key = model_path + cfg.model_dump_json(include={"model", "rollout", "data", "train", "run"},
                                                exclude={"run": {"seed", "name", "output_dir"}})
         if self.pipeline is None or self.rollout_key != key:
@@ -54,7 +55,6 @@ class EvalActors:
             # each worker reserves its own resources (no placement group: no learner shares its device)
             self.pipeline = RolloutPipeline(cfg, model_path, None, None, counters)
             self.rollout_key = key
-            wait_started(self.pipeline.actors(), cfg.cluster.startup_timeout_s)
         self.pipeline.counters = counters  # faults/rollout_restarts of the evaluation using them
         return self.pipeline
 
@@ -64,8 +64,12 @@ class EvalActors:
             self.close_reward()
             self.rewarder = start_reward_worker(cfg)
             self.reward_key = key
-            wait_started({"reward worker": self.rewarder}, cfg.cluster.startup_timeout_s)
         return self.rewarder
+
+    def wait_started(self, timeout_s: float) -> None:
+        """Until every actor's constructor has finished (those already up answer at once)."""
+        assert self.pipeline is not None
+        wait_started({"reward worker": self.rewarder, **self.pipeline.actors()}, timeout_s)
 
     def close_rollout(self) -> None:
         if self.pipeline is not None:
@@ -96,8 +100,9 @@ class SamplingEvaluation(Trainer):
         self._load_inputs()
         init_ray(cfg)
         self.learner = None
+        self.rewarder = self.actors.reward_worker(cfg)  # both start at once and load meanwhile
         self.pipeline = self.actors.rollout_workers(cfg, self.model_path, self.counters)
-        self.rewarder = self.actors.reward_worker(cfg)
+        self.actors.wait_started(cfg.cluster.startup_timeout_s)
         self.step = 0
         self.tracker = Tracker(self.out, cfg.tracking, cfg.run.name, cfg.model_dump(mode="json"), 0)
 
