@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import ray
 from compare_run import compare_run
 from PIL import Image
 
@@ -33,6 +34,11 @@ def read_eval(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def actors_of_class(name: str) -> int:
+    """Actors of that class this Ray cluster has created, alive or dead (Ray's actor table in the GCS)."""
+    return sum(a["ActorClassName"] == name for a in ray.state.actors().values())
+
+
 def test_resolve_checkpoint_policy_run_and_model_dirs(run_dir: Path) -> None:
     ckpt = run_dir / "checkpoints" / "step_000002"
     for given in (ckpt, ckpt / "policy", run_dir):
@@ -47,12 +53,22 @@ def test_resolve_checkpoint_policy_run_and_model_dirs(run_dir: Path) -> None:
 
 def test_eval_checkpoint_reproduces_the_runs_evaluations(run_dir: Path, tmp_path: Path,
                                                          capsys: pytest.CaptureFixture,
+                                                         caplog: pytest.LogCaptureFixture,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "ev"
     ckpt = run_dir / "checkpoints" / "step_000002"
+    learners_before, rollouts_before = actors_of_class("Learner"), actors_of_class("RolloutHost")
     assert main(["eval", str(ckpt), "--n", "4", "--seeds", "0", "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert "pass@4" in printed and "collapse of grpo@step2" in printed
+    # sampling and scoring only: no learner actor started, once for the model and once for the reference
+    assert actors_of_class("Learner") == learners_before
+    assert actors_of_class("RolloutHost") - rollouts_before == 2  # one worker per model
+    console = captured.out + captured.err + caplog.text  # the rl_div log lines go to the console too
+    assert "[eval] grpo@step2 seed 0: sampling n=4 per problem" in console
+    for training_line in ("separate pi_old forward", "learner: node", "step 1/", "run finished", "resumed from"):
+        assert training_line not in console, training_line
 
     model = read_eval(out / "model" / "seed0" / "eval" / "step_000000.json")
     reference = read_eval(out / "reference" / "seed0" / "eval" / "step_000000.json")
@@ -60,7 +76,15 @@ def test_eval_checkpoint_reproduces_the_runs_evaluations(run_dir: Path, tmp_path
     for ours, theirs in ((model, final), (reference, start)):
         assert [p["uid"] for p in ours["problems"]] == [p["uid"] for p in theirs["problems"]]
         assert [p["answers"] for p in ours["problems"]] == [p["answers"] for p in theirs["problems"]]
-        assert ours["metrics"]["pass@1"] == theirs["metrics"]["pass@1"]
+        # every number the run's own evaluation (its learner's forward) gave: the samples' exactly, the
+        # entropies (the rollout worker's copy instead of the learner's) to float32 round-off
+        sampled = [k for k in theirs["metrics"] if k.startswith(("pass@", "mean@", "maj@", "div/", "reward/"))
+                   or k in ("rollout/response_len", "rollout/truncation_rate", "n")]
+        assert len(sampled) > 10
+        for key in sampled:
+            assert ours["metrics"][key] == pytest.approx(theirs["metrics"][key], rel=1e-12, nan_ok=True), key
+        assert ours["metrics"]["policy/entropy"] == pytest.approx(theirs["metrics"]["policy/entropy"], rel=1e-5)
+        assert ours["metrics"]["sync/logprob_gap_max"] < 1e-4  # the worker's forward = its own sampling
 
     summary = json.loads((out / "report" / "summary.json").read_text())
     assert summary["kind"] == "eval" and summary["variants"] == ["grpo@step2"]

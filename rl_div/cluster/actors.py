@@ -135,6 +135,13 @@ class RolloutHost:
     def policy_version(self) -> int:
         return self.worker.policy_version()
 
+    def policy_stats(self, batch: Any, temperature: float, micro_batch_size: int, chunk_rows: int) -> dict[str, Any]:
+        """old_logprobs / old_entropy [B, T] of the batch under this worker's own copy of the policy (a
+        backend declaring holds_policy_module): rl-div eval's entropies without a learner."""
+        from rl_div.learner.forward import response_stats
+
+        return response_stats(self.worker.model, batch, temperature, micro_batch_size, chunk_rows)
+
     def pid(self) -> int:
         return os.getpid()
 

@@ -72,6 +72,9 @@ class RolloutBackend:
     worker_args: WorkerArgs = no_worker_args
     description: str = ""
     lora_adapters: bool = False  # takes train.lora's adapter tensors alone (its worker runs the PEFT model)
+    # its worker keeps the policy as a torch module in ``.model`` (a transformers causal LM), so rl-div eval
+    # computes the samples' log-probs and entropies there (rl_div.learner.forward) and starts no learner
+    holds_policy_module: bool = False
 
     def __call__(self, **kwargs: Any) -> RolloutWorker:
         """Import the worker class and build it from the keywords."""
@@ -113,7 +116,8 @@ def hf_worker_args(cfg: Config, num_gpus: float) -> dict[str, Any]:
 
 HF = register_rollout_backend(RolloutBackend(
     "hf", "rl_div.rollout.hf:HFRolloutWorker", transports=("object_store",), gpu_problems=hf_gpu_problems,
-    worker_args=hf_worker_args, description="transformers generate; one device per worker", lora_adapters=True))
+    worker_args=hf_worker_args, description="transformers generate; one device per worker", lora_adapters=True,
+    holds_policy_module=True))
 
 
 # ---- vllm: an offline vllm.LLM engine per worker ---------------------------------------------------

@@ -10,7 +10,7 @@ standard benchmarks, same problems and sampling seeds, and per benchmark:
 - ``OUT/report/``: the report ``rl-div report`` builds (held-out split and the benchmark tables).
 
 Sampling and scoring are the Trainer's own evaluation (rl_div/train/benchmark_eval.py), run through
-rl_div.experiments.evaluate.evaluate_model with train.steps = 0.
+rl_div.experiments.evaluate.evaluate_model on rollout workers and the reward worker alone (no learner).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from rl_div.experiments.evaluate import default_reference, eval_config, evaluate_model, resolve_target
+from rl_div.experiments.sampling_eval import EvalActors
 from rl_div.metrics.large_k import bootstrap_mean, crossover_k, per_problem_values
 from rl_div.metrics.passk import default_ks
 from rl_div.report.results import RunRef, write_manifest
@@ -124,11 +125,15 @@ def run_benchmark_eval(model: str | Path, benchmarks: list[str], n: int | None =
     out = Path(out) if out is not None else Path("evals") / f"{target.label.replace('@', '_')}_benchmarks"
     held_out_n = n or cfg.eval.n
     model_run = out / "model" / f"seed{seed}"
-    evaluate_model(target.model_dir, cfg, seed, held_out_n, model_run, target.label)
     ref_run = None
-    if ref_dir is not None:
-        ref_run = out / "reference" / f"seed{seed}"
-        evaluate_model(ref_dir, cfg, seed, held_out_n, ref_run, f"reference ({ref_dir.name})")
+    actors = EvalActors()  # rollout workers and the reward worker only (rl_div.experiments.sampling_eval)
+    try:
+        evaluate_model(target.model_dir, cfg, seed, held_out_n, model_run, target.label, actors)
+        if ref_dir is not None:
+            ref_run = out / "reference" / f"seed{seed}"
+            evaluate_model(ref_dir, cfg, seed, held_out_n, ref_run, f"reference ({ref_dir.name})", actors)
+    finally:
+        actors.close()
     results = {}
     for name in benchmarks:
         mine = json.loads((model_run / "eval" / name / "step_000000.json").read_text())

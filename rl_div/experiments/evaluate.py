@@ -3,10 +3,12 @@ metric and the collapse decomposition of one model against a reference, over one
 
 The model may be a base model directory, a checkpoint of a run (``checkpoints/step_X`` or its
 ``policy/``), a run directory (its latest checkpoint) or any from_pretrained directory (a final or
-layer-restored model). Sampling and scoring are the Trainer's own: for each seed and model a Trainer
-is built with model.path = the model, train.steps = 0, and ``Trainer.evaluate()`` writes
-OUT/<role>/seed<k>/eval/step_000000.json exactly as in training, so these numbers are comparable with
-a run's own evaluations. Then the report (rl_div.report) is built from those files into OUT/report.
+layer-restored model). Sampling and scoring are the Trainer's own: for each seed and model
+``Trainer.evaluate()`` runs with model.path = the model and writes OUT/<role>/seed<k>/eval/step_000000.json
+exactly as in training, so these numbers are comparable with a run's own evaluations. Only rollout
+workers and the reward worker start (rl_div.experiments.sampling_eval: no learner, no optimizer, no
+checkpoints), the rollout workers once per model. Then the report (rl_div.report) is built from those
+files into OUT/report.
 
 Config: --config, else the run's config.yaml for a checkpoint of a run, else the defaults. The
 evaluation set is the config's held-out split drawn with data.eval_seed, i.e. the one the run
@@ -24,7 +26,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -41,6 +43,9 @@ from rl_div.config.tree import config_differences, saved_config_tree, set_fields
 from rl_div.models.lora import MERGED_DIR, merge_adapter_dir
 from rl_div.report.results import RunRef, write_manifest
 from rl_div.run.checkpoint import latest_checkpoint
+
+if TYPE_CHECKING:  # imported where used: the one-line checks before any work stay light
+    from rl_div.experiments.sampling_eval import EvalActors
 
 log = logging.getLogger("rl_div")
 
@@ -138,8 +143,11 @@ def default_reference(target: Target, cfg: Config, explicit: str | None, config:
     return None
 
 
-def evaluate_model(model_dir: Path, cfg: Config, seed: int, n: int, out_dir: Path, label: str) -> Path:
-    """One Trainer evaluation of ``model_dir`` (n samples per held-out prompt); reuses a finished one."""
+def evaluate_model(model_dir: Path, cfg: Config, seed: int, n: int, out_dir: Path, label: str,
+                   actors: EvalActors | None = None) -> Path:
+    """One Trainer evaluation of ``model_dir`` (n samples per held-out prompt); reuses a finished one.
+    With ``actors`` and a backend that holds its policy module, on those actors alone (no learner:
+    rl_div.experiments.sampling_eval); else a full Trainer."""
     run_cfg = set_fields(cfg, {
         "model.path": str(model_dir), "run.seed": seed, "run.name": label, "run.output_dir": str(out_dir),
         "train.steps": 0, "train.use_ref_model": False, "eval.n": n, "eval.at_start": True,
@@ -153,10 +161,16 @@ def evaluate_model(model_dir: Path, cfg: Config, seed: int, n: int, out_dir: Pat
         return result
     for stale in (out_dir / "metrics.jsonl", result):
         stale.unlink(missing_ok=True)
+    from rl_div.experiments.sampling_eval import SamplingEvaluation, samples_without_learner
     from rl_div.train.loop import Trainer
 
     print(f"[eval] {label} seed {seed}: sampling n={n} per problem")
-    trainer = Trainer(run_cfg)
+    if actors is not None and samples_without_learner(run_cfg):
+        trainer: Trainer = SamplingEvaluation(run_cfg, actors)
+    else:
+        log.info("rollout backend %r computes no entropies on its workers: the evaluation starts a learner",
+                 run_cfg.rollout.backend)
+        trainer = Trainer(run_cfg)
     try:
         trainer.evaluate()
     finally:
@@ -177,14 +191,21 @@ def run_eval(model: str | Path, n: int = 64, config: str | None = None, referenc
         out = base / f"{target.label.replace('@', '_')}_n{n}"
     out = Path(out)
     refs: list[RunRef] = []
-    for seed in seeds:
-        path = out / "model" / f"seed{seed}"
-        evaluate_model(target.model_dir, cfg, seed, n, path, target.label)
-        refs.append(RunRef(target.label, seed, path))
-        if ref_dir is not None:
+    ref_label = f"reference ({ref_dir.name})" if ref_dir is not None else ""
+    from rl_div.experiments.sampling_eval import EvalActors
+
+    actors = EvalActors()  # the reward worker once; rollout workers once per model, every seed on them
+    try:
+        for seed in seeds:
+            path = out / "model" / f"seed{seed}"
+            evaluate_model(target.model_dir, cfg, seed, n, path, target.label, actors)
+            refs.append(RunRef(target.label, seed, path))
+        for seed in seeds if ref_dir is not None else []:
             path = out / "reference" / f"seed{seed}"
-            evaluate_model(ref_dir, cfg, seed, n, path, f"reference ({ref_dir.name})")
-            refs.append(RunRef(f"reference ({ref_dir.name})", seed, path, role="reference"))
+            evaluate_model(ref_dir, cfg, seed, n, path, ref_label, actors)
+            refs.append(RunRef(ref_label, seed, path, role="reference"))
+    finally:
+        actors.close()
     write_manifest(out, "eval", refs, {"model": str(target.model_dir), "reference": str(ref_dir) if ref_dir else None,
                                        "n": n, "seeds": seeds})
     from rl_div.report import build_report

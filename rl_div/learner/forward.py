@@ -75,6 +75,19 @@ def policy_forward(model: torch.nn.Module, batch: RolloutBatch, chunk_rows: int,
     return logp, entropy, prompt_logp
 
 
+@torch.no_grad()
+def response_stats(model: torch.nn.Module, batch: RolloutBatch, temperature: float, micro_batch_size: int,
+                   chunk_rows: int) -> dict[str, torch.Tensor]:
+    """{old_logprobs, old_entropy}: [B, T] float32 on CPU, :func:`policy_forward` of the batch's responses
+    at ``temperature``, ``micro_batch_size`` rows at a time, without gradient, on the module as it is (no
+    autocast, no reference): a forward-only scorer such as rl-div eval's rollout workers."""
+    model.eval()
+    parts = [policy_forward(model, micro, chunk_rows, temperature=temperature)
+             for micro in batch.micro_batches(micro_batch_size)]
+    return {"old_logprobs": torch.cat([p[0].float().cpu() for p in parts]),
+            "old_entropy": torch.cat([p[1].float().cpu() for p in parts])}
+
+
 def _forward_columns(model: torch.nn.Module, batch: _Columns, chunk_rows: int, with_prompt: bool,
                      temperature: float, packing: Packing | None = None,
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:

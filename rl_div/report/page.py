@@ -45,7 +45,7 @@ def fmt_diff(band: Band | None) -> str:
     if band is None or math.isnan(band.mean):
         return "–"
     lo, hi = band.interval()
-    if math.isnan(lo):
+    if math.isnan(lo) or (not band.has_ci and band.n_seeds < 2):  # one pair: no interval, no '*'
         return f"{band.mean:+.3f}"
     beyond = "*" if lo > 0 or hi < 0 else ""
     return f"{band.mean:+.3f} [{lo:+.3f}, {hi:+.3f}]{beyond}"

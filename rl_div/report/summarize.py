@@ -184,7 +184,9 @@ def paired_differences(variant: Sequence[EvalPoint], baseline: Sequence[EvalPoin
 def _diff_band(diff: np.ndarray) -> Band:
     """Band of a [S, P] difference table: mean, per-seed means' range, paired-bootstrap CI."""
     per_seed = diff.mean(axis=1)
-    lo, hi = paired_bootstrap(diff)
+    # one seed and one value (entropy of a single run): nothing to resample, so no interval (a bootstrap
+    # would give [d, d] and claim that it excludes 0)
+    lo, hi = paired_bootstrap(diff) if diff.size > 1 else (math.nan, math.nan)
     return Band(float(diff.mean()), float(per_seed.min()), float(per_seed.max()), int(diff.shape[0]), lo, hi)
 
 

@@ -112,23 +112,7 @@ class Trainer:
     def _start(self, resume: bool) -> None:
         """Prompts, model, Ray actors, and (with resume) the latest checkpoint's state."""
         cfg = self.cfg
-        setup_logging(self.out / "train.log")
-        import_plugins(cfg.run.plugins)
-        save_config(cfg, self.out / "config.yaml")
-        record_command(self.out)  # the command line and package versions, for the report's provenance
-        train_set, eval_set = load_splits(cfg.data, cfg.run.seed)  # refuses eval prompts seen in training
-        self.model_path = resolve_model_path(cfg)
-        check_chat_rendering(eval_set.records + train_set.records, self.model_path, cfg)  # before Ray
-        tokenizer = load_tokenizer(self.model_path, trust_remote_code=cfg.model.trust_remote_code)
-        train_set, eval_set = (prompts_that_fit(cfg, tokenizer, self.model_path, s, split)  # room to answer
-                               for s, split in ((train_set, "train"), (eval_set, "eval")))
-        self.eval_prompts = eval_set.records
-        self.benchmarks = load_benchmark_prompts(cfg)  # eval.benchmarks (rl_div/train/benchmark_eval.py)
-        self.prompts = PromptStream(train_set.records, cfg.run.seed)
-        self.counters: dict[str, float] = dict.fromkeys(FAULT_COUNTERS, 0.0)
-        self.counters["data/skipped_rows"] = float(train_set.skipped_rows + train_set.too_long + eval_set.too_long)
-        self.guard = CollapseGuard(cfg)  # collapse rules and the entropy-coefficient controller (off by default)
-        self.reward_state: dict[str, dict[str, Any]] = {}  # stateful rewards' tables (outcome_ucb), checkpointed
+        self._load_inputs()
         init_ray(cfg)
         self.placement = place_run(cfg)  # fails in seconds when the cluster cannot hold the run
         # colocated vLLM: the engine starts (and profiles the GPU) before the learner (rl_div.train.startup)
@@ -136,9 +120,6 @@ class Trainer:
         self.rewarder = start_reward_worker(cfg)
         self.filler = BatchFiller.from_config(cfg)  # rollout.dynamic_sampling: rounds -> one training batch
         # The actors import and load the policy in their own processes meanwhile.
-        # Distinct-n and EAD count the policy's own tokens.
-        self.vocab_size = len(tokenizer)
-        self.tokenize = functools.partial(tokenizer.encode, add_special_tokens=False)
         actors = {"learner": self.learner, **self.pipeline.actors()}
         wait_started(actors, cfg.cluster.startup_timeout_s)  # start-up has its own timeout, not the sync's
         check_writers(self.out, self.learner.writers())  # each rank writes its checkpoint part into the run dir
@@ -156,6 +137,32 @@ class Trainer:
         self.pipeline.sync_weights()
         self.tracker = Tracker(self.out, cfg.tracking, cfg.run.name, cfg.model_dump(mode="json"), cfg.train.steps,
                                resume_after=resume_after, bar_label=progress_label(cfg))
+
+    def _load_inputs(self) -> None:
+        """What the run reads before any actor starts (rl-div eval's sampling-only start shares it): the log
+        file, plugins, config.yaml, prompts (refused before Ray when unusable), tokenizer, benchmarks,
+        counters, the collapse guard."""
+        cfg = self.cfg
+        setup_logging(self.out / "train.log")
+        import_plugins(cfg.run.plugins)
+        save_config(cfg, self.out / "config.yaml")
+        record_command(self.out)  # the command line and package versions, for the report's provenance
+        train_set, eval_set = load_splits(cfg.data, cfg.run.seed)  # refuses eval prompts seen in training
+        self.model_path = resolve_model_path(cfg)
+        check_chat_rendering(eval_set.records + train_set.records, self.model_path, cfg)  # before Ray
+        tokenizer = load_tokenizer(self.model_path, trust_remote_code=cfg.model.trust_remote_code)
+        train_set, eval_set = (prompts_that_fit(cfg, tokenizer, self.model_path, s, split)  # room to answer
+                               for s, split in ((train_set, "train"), (eval_set, "eval")))
+        self.eval_prompts = eval_set.records
+        self.benchmarks = load_benchmark_prompts(cfg)  # eval.benchmarks (rl_div/train/benchmark_eval.py)
+        self.prompts = PromptStream(train_set.records, cfg.run.seed)
+        self.counters: dict[str, float] = dict.fromkeys(FAULT_COUNTERS, 0.0)
+        self.counters["data/skipped_rows"] = float(train_set.skipped_rows + train_set.too_long + eval_set.too_long)
+        self.guard = CollapseGuard(cfg)  # collapse rules and the entropy-coefficient controller (off by default)
+        self.reward_state: dict[str, dict[str, Any]] = {}  # stateful rewards' tables (outcome_ucb), checkpointed
+        # Distinct-n and EAD count the policy's own tokens.
+        self.vocab_size = len(tokenizer)
+        self.tokenize = functools.partial(tokenizer.encode, add_special_tokens=False)
 
     # ---- the loop ------------------------------------------------------------------------------
     def run(self) -> None:

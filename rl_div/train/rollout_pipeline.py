@@ -146,6 +146,8 @@ class RolloutPipeline:
         CUDA IPC or NCCL broadcast), after the generations in flight have finished. A rollout actor
         that died since the last sync is restarted and the push repeated once (its in-flight shard is
         regenerated at collect); a sync that still fails or times out raises."""
+        if self.learner is None:  # rl-div eval: the workers hold the model they loaded, nothing to push
+            return
         pending = [f for flight in self.queue for f in flight.futures if f is not None]
         if pending:  # queued behind the in-flight generation: wait for it here, not inside the sync's timeout
             ray.wait(pending, num_returns=len(pending), timeout=self.cfg.rollout.generate_timeout_s)
