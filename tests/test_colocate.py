@@ -27,7 +27,7 @@ from tests.helpers import NO_EVAL, QUIET, run_config, tiny_prime_gap_llama
 pytestmark = pytest.mark.slow
 
 # 3 steps at a learning rate that moves the policy; evaluation before and after (it samples colocated too)
-SMALL = ("train.steps=3", "train.lr=0.01", "rollout.prompts_per_step=4", "rollout.group_size=8",
+SMALL = ("train.steps=3", "train.lr=0.003", "rollout.prompts_per_step=4", "rollout.group_size=8",
          "data.num_eval_prompts=4", "eval.n=8", "eval.every=0", "eval.at_start=true", "eval.at_end=true",
          "eval.embedding_metrics=false", "cluster.num_cpus=2", *QUIET)
 
@@ -84,7 +84,8 @@ def test_colocated_run_matches_a_separate_rollout_actor(tmp_path: Path, base_mod
     a = comparable(read_metrics(separate / "metrics.jsonl", kind="train"))
     b = comparable(read_metrics(colocated / "metrics.jsonl", kind="train"))
     assert a.keys() == b.keys() == {1, 2, 3} and a[3].keys() == b[3].keys()
-    assert b[3]["policy/version"] == 3 and b[3]["offpolicy/policy_lag"] == 0
+    # the policy moved (a step whose groups all carry no signal is skipped: fewer versions than steps)
+    assert b[3]["policy/version"] == a[3]["policy/version"] >= 1 and b[3]["offpolicy/policy_lag"] == 0
     # the same tokens were drawn (rewards, lengths and distinct-n are counts of them) ...
     for step in (1, 2, 3):
         for key in ("reward/mean", "train/pass@1", "rollout/response_len", "rollout/truncation_rate"):
@@ -118,7 +119,7 @@ def test_colocated_resume_2_plus_2_equals_4(tmp_path: Path, base_model: str) -> 
         torch.testing.assert_close(wb[k], wa[k], rtol=0, atol=1e-6)
     ra = comparable(read_metrics(full / "metrics.jsonl", kind="train"))
     rb = comparable(read_metrics(resumed / "metrics.jsonl", kind="train"))
-    assert rb.keys() == {1, 2, 3, 4} and ra[4]["policy/version"] == 4
+    assert rb.keys() == {1, 2, 3, 4} and ra[4]["policy/version"] >= 1
     for step in (3, 4):
         assert rb[step] == pytest.approx(ra[step], rel=1e-6, abs=1e-7, nan_ok=True)
 
