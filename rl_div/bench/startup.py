@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -80,7 +81,9 @@ def run_once(mode: str, work: Path, repo: Path = REPO) -> dict[str, Any]:
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     eval0 = next(r for r in rows if r.get("kind") == "eval" and r["step"] == 0)
     step1 = next(r for r in rows if r.get("kind", "train") == "train" and r["step"] == 1)
-    phases = {"trainer_start": first - launch, "actors_ready": max(actors.values()) - launch,
+    # a checkout from before the per-actor log lines (a baseline) has none: its actors_ready is NaN
+    ready = max(actors.values()) - launch if actors else math.nan
+    phases = {"trainer_start": first - launch, "actors_ready": ready,
               "eval_step0_done": eval0["time"] - launch, "first_step_done": step1["time"] - launch, "exit": exit_s}
     return {"mode": mode, "load": load, "phases": phases, "actors": {k: v - launch for k, v in actors.items()},
             "eval_rollout_s": eval0.get("time/eval_rollout"), "first_step_s": sum(
@@ -112,6 +115,8 @@ def bench_startup(repeats: int = 3, baseline: str | Path | None = None,
 
 
 def spread(values: list[float]) -> dict[str, float]:
+    """min/median/max of the values that were measured (NaN: not measured)."""
+    values = [v for v in values if not math.isnan(v)] or [math.nan]
     return {"min": min(values), "median": statistics.median(values), "max": max(values)}
 
 
