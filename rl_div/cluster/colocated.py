@@ -8,7 +8,7 @@ copy, no sync, no second process loading torch and the model. The rollout pipeli
 Ray runs one actor's calls in submission order, so a rollout always samples the weights of the update
 before it. The rows carry the learner's version as their behaviour version (the policy lag is 0), and
 ``sync/logprob_gap`` compares the sampler's cached, token-by-token forward with the learner's full
-forward of the same weights: no sync error can enter it, only float order (~1e-6 in float32).
+forward of the same weights: no sync error can enter it, only float order (below 1e-5 in tests/test_colocate.py).
 
 It lives in cluster/ (the actor hosts) because it joins learner/ and rollout/, which import neither
 each other.
