@@ -211,11 +211,12 @@ def _bench(args: argparse.Namespace) -> int:
         from rl_div.bench.vs_trl import bench_vs_trl, print_vs_trl
 
         return _write_bench(bench_vs_trl(models=tuple(args.models.split(",")), pairs=args.pairs, steps=args.steps,
-                                         steps_20m=args.steps_20m, baseline=args.baseline),
+                                         steps_20m=args.steps_20m, baseline=args.baseline,
+                                         micro_batches=tuple(int(k) for k in args.micro_batches.split(","))),
                             print_vs_trl, args.out, "runs/bench_vs_trl.json")
     from rl_div.bench.run import run_bench
 
-    run_bench(quick=args.quick, out=args.out, sections=args.sections)
+    run_bench(quick=args.quick, out=args.out, sections=args.sections, baseline=args.baseline)
     return 0
 
 
@@ -335,18 +336,21 @@ def build_parser() -> argparse.ArgumentParser:
                    "grpo,arm,steer,novelty (rl_div/bench/methods.py; --pairs rounds, --steps-20m steps, "
                    "--models 20m or demo); JSON to runs/bench_methods.json unless --out is given.")
     p.add_argument("--baseline", metavar="DIR",
-                   help="--vs-trl: also run rl_div from this checkout (e.g. main's) in every pair, for "
-                   "before/after ratios side by side.")
+                   help="--vs-trl and the startup section: also run rl_div from this checkout (e.g. main's) "
+                   "in every pair / round, for before/after side by side.")
     p.add_argument("--models", default="demo,20m", help="--vs-trl: models, from demo,20m (default both).")
     p.add_argument("--pairs", type=int, default=3, help="--vs-trl: interleaved run pairs per model.")
     p.add_argument("--steps", type=int, default=40, help="--vs-trl: steps per run on the demo model.")
     p.add_argument("--steps-20m", type=int, default=12, help="--vs-trl: steps per run on the 20M model.")
+    p.add_argument("--micro-batches", default="1,2", help="--vs-trl: settings, the step's 128 rows in this many "
+                   "micro-batches on both sides (default 1,2: one of 128, two of 64).")
     p.add_argument("--sections", nargs="+", metavar="SECTION",
                    help=f"Sections to run (default: all): {' '.join(BENCH_SECTIONS)}. "
                    "lm_head, rewards and long_step use V=151,936 (tiny_qwen), GSM8K-style rewards and "
                    "256-token generations; learner_work* time the learner's work per method in one process, "
                    "fsdp* the sharded update (demo / 50M model), sync* one weight sync to the rollout workers "
-                   "(demo / 50M model), off_policy lag 0 vs 1.")
+                   "(demo / 50M model), off_policy lag 0 vs 1, startup the demo's launch -> first step "
+                   "(separate rollout actor vs rollout.colocate; --baseline DIR adds that checkout's).")
     p.set_defaults(func=_bench)
 
     p = sub.add_parser("config-help", help="Every config field with its default and help text.")

@@ -31,3 +31,15 @@ def test_the_method_bench_runs_each_method_on_the_same_work(tmp_path: Path) -> N
         assert cfg.train.micro_batch_size >= PROMPTS * GROUP and cfg.run.torch_threads == 1
         assert method in (cfg.algo.advantage, cfg.algo.token_weight, cfg.guard.controller.mode,
                           *[r.name for r in cfg.reward.rewards])
+
+
+def test_both_vs_trl_settings_and_the_colocated_mode_are_valid_config(tmp_path: Path) -> None:
+    """The two settings of issue 27 (one micro-batch of 128 rows, two of 64) and rl_div's colocated mode."""
+    from rl_div.bench.vs_trl import SIDES
+
+    for micro_batches in (1, 2):
+        rows = PROMPTS * GROUP // micro_batches
+        overrides = _overrides("some/model", 7, 1e-3, str(tmp_path), rows)
+        cfg = load_config(REPO / "configs" / "demo.yaml", [*overrides, "rollout.colocate=true"])
+        assert cfg.train.micro_batch_size == rows and cfg.rollout.colocate and cfg.train.mini_batch_size is None
+    assert SIDES["colocated"] == {"colocate": True} and SIDES["trl"] is None

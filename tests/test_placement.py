@@ -59,6 +59,8 @@ def test_transport_plans() -> None:
     assert [s.bundle for s in nccl.rollout] == [1, 2]
     cpu = plan_placement(load_config(None, ["rollout.num_workers=2", "rollout.num_cpus_per_worker=0"]))
     assert cpu.bundles == [{"CPU": 1.0}] and [s.bundle for s in cpu.rollout] == [None, None]  # nothing to reserve
+    colocated = plan_placement(load_config(None, ["rollout.colocate=true", "train.num_gpus=1"]))
+    assert colocated.bundles == [{"CPU": 1.0, "GPU": 1.0}] and colocated.rollout == []  # the learner samples
 
 
 def test_cluster_shortfalls_are_named() -> None:

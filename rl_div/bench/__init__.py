@@ -6,4 +6,4 @@ side by side in one run."""
 SECTIONS = ("entropy", "passk", "train_step", "group_embedding", "lm_head", "rewards", "scoring", "long_step",
             "learner_work",
             "learner_work_20m", "fsdp", "fsdp_50m", "sync", "sync_50m", "off_policy", "dynamic_sampling",
-            "lora", "lora_50m", "trim", "packing", "parity", "large_k")
+            "lora", "lora_50m", "trim", "packing", "parity", "large_k", "startup")

@@ -30,8 +30,10 @@ from rl_div.bench.micro import (
 )
 
 
-def _sections(quick: bool) -> dict[str, tuple[Callable[[], dict[str, Any]], Callable[[dict[str, Any]], None]]]:
-    """Section name -> (run, print). The realistic-workload sections live in rl_div.bench.workload."""
+def _sections(quick: bool, baseline: str | None = None,
+              ) -> dict[str, tuple[Callable[[], dict[str, Any]], Callable[[dict[str, Any]], None]]]:
+    """Section name -> (run, print). The realistic-workload sections live in rl_div.bench.workload;
+    baseline: another checkout that the sections comparing before/after (startup) also run."""
     from rl_div.bench import async_rollout as a
     from rl_div.bench import dynamic_sampling as d
     from rl_div.bench import methods as m
@@ -41,6 +43,7 @@ def _sections(quick: bool) -> dict[str, tuple[Callable[[], dict[str, Any]], Call
     from rl_div.bench.lora import bench_lora, print_lora
     from rl_div.bench.packing import bench_packing, print_packing
     from rl_div.bench.parity import bench_parity, print_parity
+    from rl_div.bench.startup import bench_startup, print_startup
     from rl_div.bench.sync import bench_sync, print_sync
     from rl_div.bench.trim import bench_trim, print_trim
 
@@ -74,16 +77,17 @@ def _sections(quick: bool) -> dict[str, tuple[Callable[[], dict[str, Any]], Call
         "packing": (lambda: bench_packing(rounds=1 if quick else 3), print_packing),
         "parity": (lambda: bench_parity(every=8 if quick else 1), print_parity),
         "large_k": (lambda: bench_large_k(problems=500 if quick else 5000, repeats=2 if quick else 5), print_large_k),
+        "startup": (lambda: bench_startup(repeats=1 if quick else 3, baseline=baseline), print_startup),
     }
 
 
 
 
 def run_bench(quick: bool = False, out: str | Path | None = None,
-              sections: list[str] | None = None) -> dict[str, Any]:
+              sections: list[str] | None = None, baseline: str | None = None) -> dict[str, Any]:
     """The selected benchmarks (default: all; smaller in quick mode), printed as tables and written
-    to ``out`` as JSON."""
-    table = _sections(quick)
+    to ``out`` as JSON (baseline: see _sections)."""
+    table = _sections(quick, baseline)
     chosen = list(sections or SECTIONS)
     unknown = [s for s in chosen if s not in table]
     if unknown:

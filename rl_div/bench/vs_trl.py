@@ -3,11 +3,17 @@
 Both sides get the same policy (the demo's bootstrapped model, or a ~20M-parameter Llama on the same
 tokenizer), the same prompts in the same order (rl_div's seeded PromptStream; TRL with
 shuffle_dataset=False), 16 prompts x 8 samples per step, 4 new tokens at temperature 1, AdamW at a
-constant lr, one optimizer step per batch (one forward of all 128 rows), token-mean loss, no KL,
+constant lr, one optimizer step per batch, token-mean loss, no KL,
 float32, one torch thread per process, and the same verifier (the task's, in rl_div's killable
 worker: TRL calls it through ``trl_reward``). Each run is a fresh process, launched as ``rl-div
 train`` / a TRL script would be; runs are paired and interleaved (ABBA), and every pair reports the
 load average, since other work on the machine moves both numbers.
+
+Settings (``micro_batches``): the 128 rows of a step in one forward (micro-batch 128, one TRL
+micro-step) or in two micro-batches of 64 (TRL: per_device_train_batch_size 64, gradient accumulation
+and steps_per_generation 2; one optimizer step per 128 rows on both sides). rl_div runs twice per
+pair: with a separate rollout actor (the default) and with ``rollout.colocate`` (the learner samples
+with its own module, as TRL does).
 
 Measured per run: steady-state step time (median over the steps after the first two), whole-run
 wall time (launch to exit) and the per-stage split. The ratios are rl_div / TRL (below 1 = rl_div
@@ -54,8 +60,9 @@ def llama_20m(out_dir: Path) -> str:
     return str(path)
 
 
-def _overrides(model_path: str, steps: int, lr: float, out: str) -> list[str]:
-    return [f"model.path={model_path}", f"train.steps={steps}", f"train.lr={lr}", "train.micro_batch_size=128",
+def _overrides(model_path: str, steps: int, lr: float, out: str, micro_rows: int = PROMPTS * GROUP) -> list[str]:
+    return [f"model.path={model_path}", f"train.steps={steps}", f"train.lr={lr}",
+            f"train.micro_batch_size={micro_rows}",
             f"rollout.prompts_per_step={PROMPTS}", f"rollout.group_size={GROUP}",
             f"rollout.max_new_tokens={NEW_TOKENS}", "rollout.temperature=1.0", "model.dtype=float32",
             "run.torch_threads=1", "algo=grpo", "eval.at_start=false", "eval.at_end=false", "eval.every=0",
@@ -89,11 +96,12 @@ def _steady(values: list[float], skip: int = 2) -> float:
 
 
 def run_rl_div(model_path: str, steps: int, lr: float, work: Path, config: str = "demo.yaml",
-               repo: Path = REPO) -> dict[str, Any]:
+               repo: Path = REPO, micro_rows: int = PROMPTS * GROUP, colocate: bool = False) -> dict[str, Any]:
     """One fresh ``rl-div train`` of configs/<config> (GRPO unless another config names its method)
-    from the checkout ``repo`` (default this one)."""
+    from the checkout ``repo`` (default this one), micro-batches of micro_rows rows, colocated or not."""
     out = work / f"rl_div_{time.time_ns()}"
-    overrides = [o for o in _overrides(model_path, steps, lr, str(out)) if config == "demo.yaml" or o != "algo=grpo"]
+    overrides = [o for o in _overrides(model_path, steps, lr, str(out), micro_rows)
+                 if config == "demo.yaml" or o != "algo=grpo"] + (["rollout.colocate=true"] if colocate else [])
     wall, load = _launch([sys.executable, "-m", "rl_div.cli", "train", str(repo / "configs" / config), *overrides],
                          work / "rl_div.log", repo)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -105,9 +113,9 @@ def run_rl_div(model_path: str, steps: int, lr: float, work: Path, config: str =
             "steps_timed": len(step_s)}
 
 
-def run_trl(model_path: str, steps: int, lr: float, work: Path) -> dict[str, Any]:
+def run_trl(model_path: str, steps: int, lr: float, work: Path, micro_rows: int = PROMPTS * GROUP) -> dict[str, Any]:
     result = work / f"trl_{time.time_ns()}.json"
-    args = {"model_path": model_path, "steps": steps, "lr": lr, "out": str(result)}
+    args = {"model_path": model_path, "steps": steps, "lr": lr, "out": str(result), "micro_rows": micro_rows}
     wall, load = _launch([sys.executable, "-m", "rl_div.bench.vs_trl", json.dumps(args)], work / "trl.log")
     r = json.loads(result.read_text())
     stages = {s: _steady(r["stages"][s]) for s in TRL_STAGES}
@@ -115,47 +123,52 @@ def run_trl(model_path: str, steps: int, lr: float, work: Path) -> dict[str, Any
             "steps_timed": len(r["step_seconds"])}
 
 
+SIDES = {"rl_div": {}, "colocated": {"colocate": True}, "trl": None}  # rl_div's runs' keywords; TRL's own
+
+
 def bench_vs_trl(models: tuple[str, ...] = ("demo", "20m"), pairs: int = 3, steps: int = 40,
                  steps_20m: int = 12, work_dir: str | Path | None = None,
-                 baseline: str | Path | None = None) -> dict[str, Any]:
-    """Interleaved fresh-process runs (ABBA order) per model; ratios rl_div / TRL per pair. With
-    ``baseline`` (another checkout, e.g. main's), its rl_div runs in every pair too (order rotated),
-    for before/after ratios in the same run."""
+                 baseline: str | Path | None = None, micro_batches: tuple[int, ...] = (1, 2)) -> dict[str, Any]:
+    """Interleaved fresh-process runs per model and setting (micro_batches: the step's rows in 1 or 2
+    micro-batches); in every pair rl_div separate, rl_div colocated and TRL, order rotated per pair.
+    Ratios per pair: each rl_div mode over TRL, colocated over separate. With ``baseline`` (another
+    checkout, e.g. main's), its rl_div (separate) runs in every pair too, for before/after ratios."""
     work = Path(work_dir or tempfile.mkdtemp(prefix="rl_div_vs_trl_"))
     work.mkdir(parents=True, exist_ok=True)
     # lr 1e-3 trains the demo model as the demo does; the random 20M model gets 1e-8 so that both
     # sides keep generating the same lengths (a trained policy's lengths would differ run to run).
     setups = {"demo": (demo_model, 1e-3, steps), "20m": (lambda: llama_20m(work), 1e-8, steps_20m)}
     out: dict[str, Any] = {"work_dir": str(work), "cpus": os.cpu_count(), "models": {}}
+    sides = (*SIDES, "baseline") if baseline else tuple(SIDES)
     for name in models:
         make, lr, n = setups[name]
         path = make()
-        runs: list[dict[str, Any]] = []
-        sides = ("rl_div", "trl", "baseline") if baseline else ("rl_div", "trl")
-        for pair in range(pairs):
-            order = sides[pair % len(sides):] + sides[: pair % len(sides)] if baseline else \
-                (sides if pair % 2 == 0 else sides[::-1])
-            done = {side: run_trl(path, n, lr, work) if side == "trl" else
-                    run_rl_div(path, n, lr, work, repo=Path(baseline) if side == "baseline" else REPO)
-                    for side in order}
-            runs.append(done)
-            print(f"[{name} pair {pair + 1}/{pairs}] step rl_div {done['rl_div']['step_seconds']:.3f}s "
-                  f"trl {done['trl']['step_seconds']:.3f}s; wall {done['rl_div']['wall_seconds']:.1f}s vs "
-                  f"{done['trl']['wall_seconds']:.1f}s; load {done['rl_div']['load']} / {done['trl']['load']}"
-                  + (f"; baseline step {done['baseline']['step_seconds']:.3f}s wall "
-                     f"{done['baseline']['wall_seconds']:.1f}s load {done['baseline']['load']}" if baseline else ""),
-                  flush=True)
-        out["models"][name] = {"model_path": path, "lr": lr, "steps": n, "runs": runs,
-                               "step_ratio": _spread([r["rl_div"]["step_seconds"] / r["trl"]["step_seconds"]
-                                                      for r in runs]),
-                               "wall_ratio": _spread([r["rl_div"]["wall_seconds"] / r["trl"]["wall_seconds"]
-                                                      for r in runs])}
-        if baseline:
-            out["models"][name].update({f"{kind}_ratio_{a}_over_{b}": _spread(
-                [r[a][f"{kind}_seconds"] / r[b][f"{kind}_seconds"] for r in runs])
-                for kind in ("step", "wall") for a, b in (("baseline", "trl"), ("rl_div", "baseline"))})
+        for k in micro_batches:
+            rows = PROMPTS * GROUP // k
+            runs: list[dict[str, Any]] = []
+            for pair in range(pairs):
+                order = sides[pair % len(sides):] + sides[: pair % len(sides)]
+                done = {side: run_trl(path, n, lr, work, rows) if side == "trl" else
+                        run_rl_div(path, n, lr, work, repo=Path(baseline) if side == "baseline" else REPO,
+                                   micro_rows=rows, **(SIDES.get(side) or {}))
+                        for side in order}
+                runs.append(done)
+                print(f"[{name}, {k} micro-batch(es) of {rows}, pair {pair + 1}/{pairs}] steady step / whole run: "
+                      + "; ".join(f"{side} {done[side]['step_seconds']:.3f}s / {done[side]['wall_seconds']:.1f}s "
+                                  f"(load {done[side]['load']})" for side in sides), flush=True)
+            ratios = {f"{kind} {a}/{b}": _spread([r[a][f"{kind}_seconds"] / r[b][f"{kind}_seconds"] for r in runs])
+                      for kind in ("step", "wall") for a, b in _ratio_pairs(sides)}
+            out["models"][f"{name}, {k}x{rows} rows"] = {"model_path": path, "lr": lr, "steps": n,
+                                                         "micro_batches": k, "runs": runs, "ratios": ratios}
     out["baseline"] = str(baseline) if baseline else None
     return out
+
+
+def _ratio_pairs(sides: tuple[str, ...]) -> list[tuple[str, str]]:
+    """Which ratios a pair gives: every rl_div run over TRL, colocated over separate, and (with a
+    baseline) this checkout over it."""
+    pairs = [(a, "trl") for a in sides if a != "trl"] + [("colocated", "rl_div")]
+    return pairs + ([("rl_div", "baseline"), ("colocated", "baseline")] if "baseline" in sides else [])
 
 
 def _spread(values: list[float]) -> dict[str, float]:
@@ -166,17 +179,11 @@ def print_vs_trl(r: dict[str, Any]) -> None:
     from rl_div.bench.common import table
 
     for name, m in r["models"].items():
-        print(f"\nrl_div vs TRL, {name} model ({m['steps']} steps, lr {m['lr']}, {len(m['runs'])} interleaved pairs)")
-        s, w = m["step_ratio"], m["wall_ratio"]
-        rows = [["steady step rl_div/TRL", s["min"], s["median"], s["max"]],
-                ["whole run rl_div/TRL", w["min"], w["median"], w["max"]]]
-        rows += [[k.replace("_ratio_", " ").replace("_over_", "/"), v["min"], v["median"], v["max"]]
-                 for k, v in m.items() if "_ratio_" in k]
-        print(table(["ratio", "min", "median", "max"], rows))
-        sides = [("rl_div", RLDIV_STAGES), ("trl", TRL_STAGES)]
-        if r.get("baseline"):
-            sides.append(("baseline", RLDIV_STAGES))
-        for side, stages in sides:
+        print(f"\nrl_div vs TRL, {name} ({m['steps']} steps, lr {m['lr']}, {len(m['runs'])} interleaved pairs)")
+        print(table(["ratio", "min", "median", "max"],
+                    [[k, v["min"], v["median"], v["max"]] for k, v in m["ratios"].items()]))
+        for side in m["runs"][0]:
+            stages = TRL_STAGES if side == "trl" else RLDIV_STAGES
             rows = [[st, statistics.median(run[side]["stages"].get(st, 0.0) for run in m["runs"])] for st in stages]
             rows.append(["step", statistics.median(run[side]["step_seconds"] for run in m["runs"])])
             rows.append(["wall", statistics.median(run[side]["wall_seconds"] for run in m["runs"])])
@@ -198,7 +205,10 @@ def _trl_main(args: dict[str, Any]) -> None:
     from rl_div.models.loading import load_policy
     from rl_div.train.prompts import PromptStream, load_prompts
 
-    cfg = load_config(REPO / "configs" / "demo.yaml", _overrides(args["model_path"], args["steps"], args["lr"], "x"))
+    micro_rows = args.get("micro_rows", PROMPTS * GROUP)
+    micro_steps = PROMPTS * GROUP // micro_rows  # micro-steps per optimizer step (one generation feeds them all)
+    cfg = load_config(REPO / "configs" / "demo.yaml",
+                      _overrides(args["model_path"], args["steps"], args["lr"], "x", micro_rows))
     stream = PromptStream(load_prompts(cfg.data, "train", cfg.run.seed).records, cfg.run.seed)
     records = [r for _ in range(args["steps"]) for r in stream.next_batch(PROMPTS)]  # rl_div's order
     data = Dataset.from_list([{"prompt": cfg.data.prompt_template.format(prompt=r.prompt), "answer": r.answer,
@@ -241,8 +251,9 @@ def _trl_main(args: dict[str, Any]) -> None:
     reward = trl_reward("task_verifier", timeout_s=cfg.reward.timeout_s)
     r = cfg.rollout
     config = GRPOConfig(
-        output_dir=tempfile.mkdtemp(prefix="trl_bench_"), per_device_train_batch_size=PROMPTS * GROUP,
-        num_generations=GROUP, steps_per_generation=1, gradient_accumulation_steps=1, num_iterations=1,
+        output_dir=tempfile.mkdtemp(prefix="trl_bench_"), per_device_train_batch_size=micro_rows,
+        num_generations=GROUP, steps_per_generation=micro_steps, gradient_accumulation_steps=micro_steps,
+        num_iterations=1,
         max_completion_length=NEW_TOKENS, max_steps=args["steps"], learning_rate=args["lr"],
         lr_scheduler_type="constant", warmup_steps=0, weight_decay=cfg.train.weight_decay,
         adam_beta1=cfg.train.betas[0], adam_beta2=cfg.train.betas[1], max_grad_norm=cfg.train.max_grad_norm,
@@ -256,9 +267,14 @@ def _trl_main(args: dict[str, Any]) -> None:
         reward.close()
     n = len(times["step"])
     prep = [s - g - w for s, g, w in zip(times["score"], times["rollout"], times["reward"], strict=True)]
-    stages = {"rollout": times["rollout"][:n], "reward": times["reward"][:n], "prep": prep[:n],
-              "fwd_bwd": [t - p for t, p in zip(times["train_step"], times["prepare"], strict=True)][:n],
-              "other": [st - t for st, t in zip(times["step"], times["train_step"], strict=True)]}
+
+    def per_step(values: list[float]) -> list[float]:
+        """Micro-step entries summed per optimizer step."""
+        return [sum(values[i * micro_steps:(i + 1) * micro_steps]) for i in range(n)]
+
+    fwd_bwd = per_step([t - p for t, p in zip(times["train_step"], times["prepare"], strict=True)])
+    stages = {"rollout": times["rollout"][:n], "reward": times["reward"][:n], "prep": prep[:n], "fwd_bwd": fwd_bwd,
+              "other": [st - t for st, t in zip(times["step"], per_step(times["train_step"]), strict=True)]}
     Path(args["out"]).write_text(json.dumps({"step_seconds": times["step"], "stages": stages}))
 
 

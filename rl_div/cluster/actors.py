@@ -313,7 +313,12 @@ def wait_started(actors: dict[str, Any], timeout_s: float) -> None:
     """
     start = time.monotonic()
     refs = {name: started_ref(actor) for name, actor in actors.items()}
-    _, pending = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout_s)
+    pending = list(refs.values())
+    while pending:  # one at a time, so each actor's start-up (process, imports, model load) is logged
+        ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, timeout_s - (time.monotonic() - start)))
+        if not ready:
+            break
+        log.info("%s started after %.1f s", next(n for n, r in refs.items() if r == ready[0]), time.monotonic() - start)
     if pending:
         waiting = [name for name, ref in refs.items() if ref in pending]
         raise StartupError(f"{', '.join(waiting)} did not start within cluster.startup_timeout_s={timeout_s:g} s "

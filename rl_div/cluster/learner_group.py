@@ -206,6 +206,13 @@ class LearnerGroup:
         (each joins the gathers); rank 0's is the one that ships, the others' are empty."""
         return self.on_every_rank("get_weight_buckets")
 
+    def colocated_sampler(self) -> Any:
+        """rollout.colocate: the handle the rollout pipeline sends generate to, as to a rollout actor
+        (the one learner actor, rl_div.cluster.colocated.ColocatedLearner; the config allows no ranks)."""
+        if self.sharded:
+            raise ValueError("rollout.colocate runs with train.strategy='single' only")
+        return self.actors[0]
+
     def writers(self) -> dict[str, Any]:
         """The actors that write into run.output_dir, by name: every rank writes its own checkpoint
         shards, so each is checked apart (rl_div.run.writers.check_writers); probing through the group
@@ -218,12 +225,14 @@ class LearnerGroup:
 def start_learner_group(cfg: Config, model_path: str, placement: RunPlacement) -> LearnerGroup:
     """The run's learner actors, one per learner bundle of the placement plan. Returns at once: the
     ranks load the model and then join the process group in their own processes."""
+    from rl_div.cluster.colocated import ColocatedLearner
     from rl_div.learner.fsdp2 import ShardedLearner
     from rl_div.learner.single import Learner
 
     slots = placement.plan.learners or [placement.plan.learner]
-    if cfg.train.strategy == "single":
-        actor = ray.remote(Learner).options(**placement.options(slots[0])).remote(cfg, model_path)
+    if cfg.train.strategy == "single":  # rollout.colocate: the learner samples too (config: strategy single only)
+        cls = ColocatedLearner if cfg.rollout.colocate else Learner
+        actor = ray.remote(cls).options(**placement.options(slots[0])).remote(cfg, model_path)
         return LearnerGroup(cfg, [actor], sharded=False)
     cls = ray.remote(ShardedLearner)
     actors = [cls.options(max_restarts=0, **placement.options(slot)).remote(cfg, model_path, rank, len(slots))

@@ -73,7 +73,7 @@ def plan_placement(cfg: Config) -> PlacementPlan:
     rollout = [ActorSlot(f"rollout worker {i}", bundle(f"rollout worker {i}", r.num_cpus_per_worker,
                                                        r.num_gpus_per_worker, rollout_res), r.num_cpus_per_worker,
                          r.num_gpus_per_worker, rollout_res)
-               for i in range(r.num_workers)]
+               for i in range(0 if r.colocate else r.num_workers)]  # colocated: the learner samples
     return PlacementPlan(bundles, owners, learners[0], rollout, learners)
 
 

@@ -124,7 +124,8 @@ def check_capabilities(cfg: Config) -> None:
 
 def check_rollout_backend(cfg: Config) -> None:
     """rollout.backend is registered (after the run's plugins import), takes rollout.weight_sync, and
-    its own GPU rules (rl_div.config.rollout_backends.RolloutBackend) accept the config's layout."""
+    its own GPU rules (rl_div.config.rollout_backends.RolloutBackend) accept the config's layout; with
+    rollout.colocate, it declares a colocated sampler."""
     check_plugins(cfg.run.plugins)
     r = cfg.rollout
     if r.backend not in ROLLOUT_BACKENDS:
@@ -135,6 +136,10 @@ def check_rollout_backend(cfg: Config) -> None:
         takers = ", ".join(backends_taking(r.weight_sync)) or "none"
         raise ConfigError(f"rollout.weight_sync: the {r.backend} backend takes {', '.join(backend.transports)} only, "
                           f"not {r.weight_sync!r} (backends that take it: {takers})")
+    if r.colocate and not backend.colocated:
+        takers = ", ".join(n for n in ROLLOUT_BACKENDS.names() if ROLLOUT_BACKENDS[n].colocated) or "none"
+        raise ConfigError(f"rollout.colocate: the {r.backend} backend has no colocated sampler (backends that have "
+                          f"one: {takers})" + (f"; {backend.colocate_hint}" if backend.colocate_hint else ""))
     problems = backend.gpu_problems(r, cfg.train)
     if problems:
         raise ConfigError("; ".join(problems))

@@ -75,6 +75,8 @@ class RolloutBackend:
     # its worker keeps the policy as a torch module in ``.model`` (a transformers causal LM), so rl-div eval
     # computes the samples' log-probs and entropies there (rl_div.learner.forward) and starts no learner
     holds_policy_module: bool = False
+    colocated: bool = False  # rollout.colocate: the learner samples with its own module (rl_div.cluster.colocated)
+    colocate_hint: str = ""  # without one: what to use instead (the refusal's second half)
 
     def __call__(self, **kwargs: Any) -> RolloutWorker:
         """Import the worker class and build it from the keywords."""
@@ -117,7 +119,7 @@ def hf_worker_args(cfg: Config, num_gpus: float) -> dict[str, Any]:
 HF = register_rollout_backend(RolloutBackend(
     "hf", "rl_div.rollout.hf:HFRolloutWorker", transports=("object_store",), gpu_problems=hf_gpu_problems,
     worker_args=hf_worker_args, description="transformers generate; one device per worker", lora_adapters=True,
-    holds_policy_module=True))
+    holds_policy_module=True, colocated=True))
 
 
 # ---- vllm: an offline vllm.LLM engine per worker ---------------------------------------------------
@@ -147,4 +149,6 @@ def vllm_worker_args(cfg: Config, num_gpus: float) -> dict[str, Any]:
 VLLM = register_rollout_backend(RolloutBackend(
     "vllm", "rl_div.rollout.vllm:VLLMRolloutWorker", transports=("object_store", "cuda_ipc", "nccl"),
     gpu_problems=vllm_gpu_problems, cluster_problems=vllm_cluster_problems, worker_args=vllm_worker_args,
-    description="a vLLM engine; weights through the worker extension (docs/vllm.md)"))
+    description="a vLLM engine; weights through the worker extension (docs/vllm.md)",
+    colocate_hint="vLLM's colocated form is rollout.weight_sync=cuda_ipc with rollout.num_gpus_per_worker=1 and "
+    "train.num_gpus=1 (learner and engine share one GPU, the engine sleeps while the learner trains; docs/vllm.md)"))

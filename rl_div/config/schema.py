@@ -7,6 +7,7 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 
 from rl_div.config.benchmarks import BenchmarksConfig
+from rl_div.config.colocate import colocate_problems
 from rl_div.config.guard import GuardConfig
 from rl_div.config.lora import lora_problems
 from rl_div.config.sections import (
@@ -104,6 +105,8 @@ class Config(Section):
                              "train.packing=true")
         if lora_problems(self):
             raise ValueError("; ".join(lora_problems(self)))
+        if colocate_problems(self):  # rollout.colocate (rl_div.config.colocate)
+            raise ValueError("; ".join(colocate_problems(self)))
         # which token weights need token_weight_scope='mini' is their declaration's to say: checked
         # with the registries, after the plugins import (rl_div.config.checks.check_capabilities)
         return self

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from rl_div.config.colocate import ColocateFields
 from rl_div.config.lora import LoraConfig
 from rl_div.config.rollout_shaping import RolloutShapingFields
 from rl_div.registry import unknown_name_message
@@ -126,7 +127,7 @@ class DataConfig(Section):
         return self
 
 
-class RolloutConfig(Section, RolloutShapingFields):  # + dynamic sampling (rl_div.config.rollout_shaping)
+class RolloutConfig(Section, RolloutShapingFields, ColocateFields):  # + rl_div.config.rollout_shaping, .colocate
     backend: str = Field(
         "hf", description="A backend of rl_div.config.rollout_backends.ROLLOUT_BACKENDS: 'hf' = transformers "
         "generate; 'vllm'; a run.plugins module may register more. Its transports and GPU rules are checked at load.",

@@ -1,8 +1,11 @@
-"""The ``hf`` rollout backend: transformers ``generate`` on the policy, one process per actor."""
+"""The ``hf`` rollout backend: transformers ``generate`` on the policy, one process per actor (or, with
+``rollout.colocate``, inside the learner actor on its own module: rl_div.cluster.colocated)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -15,51 +18,41 @@ from rl_div.rollout.base import SamplingSpec, build_rollout_batch, templated_pro
 from rl_div.sync.buckets import BucketPayload, WeightSyncError, copy_into, distinct_state, load_buckets
 
 
-class HFRolloutWorker:
-    """Holds a copy of the policy; samples with transformers and takes new weights by state dict."""
+class HFSampler:
+    """Samples from a transformers causal LM it is handed, without loading or owning its weights: the
+    hf rollout worker's own copy (HFRolloutWorker, below) or, with ``rollout.colocate``, the learner's
+    policy module itself (rl_div.cluster.colocated). One sampling code path for both, so a colocated
+    run draws the very tokens a separate hf worker with the same weights draws."""
 
-    def __init__(self, model_path: str, *, dtype: str = "float32", trust_remote_code: bool = False,
-                 use_chat_template: bool | None = None, prompt_template: str = "{prompt}",
-                 device: str | None = None, max_batch_rows: int = 4096, lora: dict[str, Any] | None = None) -> None:
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.model, self.tokenizer = load_policy(model_path, dtype=dtype, trust_remote_code=trust_remote_code,
-                                                 device=device)
-        # lora (rl_div.models.lora.LoraSpec's fields): the learner's adapters on this copy, as the learner
-        # wraps its own (same tensor names); weight sync then ships the adapter tensors alone
-        self.lora = lora is not None
-        if lora is not None:
-            self.model = injected_model(wrap_lora(self.model, LoraSpec(**lora), DTYPES[dtype]))
-        self.model.eval()
-        # generate() fills every field left unset from the checkpoint's generation_config (Qwen:
-        # repetition_penalty 1.1, top_k 20, top_p 0.8) and then from transformers' defaults
-        # (top_k 50): the samples would not come from the distribution whose log-probs we report.
-        # Only the token ids survive from the checkpoint; sampling follows the SamplingSpec alone.
-        self.model.generation_config = plain_generation_config(self.model.generation_config)
-        self.device = device
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, *, device: str, use_chat_template: bool | None,
+                 prompt_template: str, max_batch_rows: int) -> None:
+        self.model, self.tokenizer, self.device = model, tokenizer, device
         self.use_chat_template = use_chat_template
         self.prompt_template = prompt_template
         self.max_batch_rows = max_batch_rows
-        self.version = 0
 
     def prompt_token_ids(self, record: PromptRecord) -> list[int]:
         """Token ids of a prompt as the policy sees it (template and chat template applied)."""
         return templated_prompt_ids(self.tokenizer, record, self.prompt_template, self.use_chat_template)
 
-    def generate(self, prompts: list[PromptRecord], spec: SamplingSpec) -> RolloutBatch:
+    def sample(self, prompts: list[PromptRecord], spec: SamplingSpec, version: int) -> RolloutBatch:
         """Sample spec.n responses for each prompt, at most max_batch_rows sequences per generate()
-        call (chunk c samples with seed spec.seed + c), so a large evaluation fits in memory."""
+        call (chunk c samples with seed spec.seed + c), so a large evaluation fits in memory. Rows carry
+        ``version`` as their behaviour version."""
         per_chunk = max(1, self.max_batch_rows // spec.n)
-        parts = [self._generate_chunk(prompts[i : i + per_chunk], dataclasses.replace(spec, seed=spec.seed + c))
+        parts = [self._sample_chunk(prompts[i : i + per_chunk], dataclasses.replace(spec, seed=spec.seed + c), version)
                  for c, i in enumerate(range(0, len(prompts), per_chunk))]
         return parts[0] if len(parts) == 1 else RolloutBatch.concat(parts)
 
     @torch.no_grad()
-    def _generate_chunk(self, prompts: list[PromptRecord], spec: SamplingSpec) -> RolloutBatch:
+    def _sample_chunk(self, prompts: list[PromptRecord], spec: SamplingSpec, version: int) -> RolloutBatch:
         """Sample spec.n responses for each prompt. Rows g*n..g*n+n-1 answer prompt g.
 
         behavior_logprobs are the log-softmax of the logits divided by the temperature at each
         sampled token (top-p / top-k truncation not applied), the same quantity the learner
-        computes, so the two compare directly.
+        computes, so the two compare directly. The process's torch RNG is put back afterwards: a
+        colocated learner's own random stream (dropout, its checkpointed RNG state) is the one it
+        would have without sampling.
         """
         tok = self.tokenizer
         prompt_ids = [self.prompt_token_ids(r) for r in prompts]
@@ -69,15 +62,17 @@ class HFRolloutWorker:
         for i, ids in enumerate(prompt_ids):
             input_ids[i, width - len(ids):] = torch.tensor(ids)
             attention[i, width - len(ids):] = 1
-        torch.manual_seed(spec.seed)
         recorder = SampledLogprobs(spec.temperature)
-        out = self.model.generate(
-            input_ids=input_ids.to(self.device),
-            attention_mask=attention.to(self.device),
-            generation_config=sampling_config(spec, tok.pad_token_id, tok.eos_token_id),
-            tokenizer=tok if spec.stop else None,
-            logits_processor=LogitsProcessorList([recorder]),  # log-probs one step at a time: [rows, V] held
-        )
+        cuda = [torch.device(self.device)] if torch.device(self.device).type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            torch.manual_seed(spec.seed)
+            out = self.model.generate(
+                input_ids=input_ids.to(self.device),
+                attention_mask=attention.to(self.device),
+                generation_config=sampling_config(spec, tok.pad_token_id, tok.eos_token_id),
+                tokenizer=tok if spec.stop else None,
+                logits_processor=LogitsProcessorList([recorder]),  # log-probs one step at a time: [rows, V] held
+            )
         new_tokens = out.sequences[:, width:].cpu()
         step_logprobs = recorder.finish(new_tokens)
         responses, logprobs, texts, truncated = [], [], [], []
@@ -91,7 +86,33 @@ class HFRolloutWorker:
             logprobs.append(step_logprobs[row, :length].tolist())
             texts.append(text)
             truncated.append(not (stopped or hit_stop))
-        return build_rollout_batch(prompts, prompt_ids, responses, logprobs, texts, truncated, spec.n, self.version)
+        return build_rollout_batch(prompts, prompt_ids, responses, logprobs, texts, truncated, spec.n, version)
+
+
+class HFRolloutWorker(HFSampler):
+    """Holds a copy of the policy; samples with transformers (HFSampler) and takes new weights by state dict."""
+
+    def __init__(self, model_path: str, *, dtype: str = "float32", trust_remote_code: bool = False,
+                 use_chat_template: bool | None = None, prompt_template: str = "{prompt}",
+                 device: str | None = None, max_batch_rows: int = 4096, lora: dict[str, Any] | None = None) -> None:
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        model, tokenizer = load_policy(model_path, dtype=dtype, trust_remote_code=trust_remote_code, device=device)
+        # lora (rl_div.models.lora.LoraSpec's fields): the learner's adapters on this copy, as the learner
+        # wraps its own (same tensor names); weight sync then ships the adapter tensors alone
+        self.lora = lora is not None
+        if lora is not None:
+            model = injected_model(wrap_lora(model, LoraSpec(**lora), DTYPES[dtype]))
+        model.eval()
+        # generate() would take unset sampling fields from the checkpoint (plain_generation_config says
+        # which): only the token ids survive on this copy, so sampling follows the SamplingSpec alone.
+        model.generation_config = plain_generation_config(model.generation_config)
+        super().__init__(model, tokenizer, device=device, use_chat_template=use_chat_template,
+                         prompt_template=prompt_template, max_batch_rows=max_batch_rows)
+        self.version = 0
+
+    def generate(self, prompts: list[PromptRecord], spec: SamplingSpec) -> RolloutBatch:
+        """HFSampler.sample with the version of the weights this copy holds."""
+        return self.sample(prompts, spec, self.version)
 
     def set_weights(self, weights: dict[str, torch.Tensor] | BucketPayload, version: int) -> None:
         """Load the learner's weights: a state dict (strict: a missing or extra tensor is an error)
@@ -116,8 +137,24 @@ class HFRolloutWorker:
         return self.version
 
 
+@contextlib.contextmanager
+def plain_generation(model: torch.nn.Module) -> Iterator[None]:
+    """Inside this block the model's generation_config holds only the checkpoint's token ids
+    (plain_generation_config), and its own is put back afterwards: the colocated learner samples with its
+    policy module, whose config its checkpoints save unchanged."""
+    saved = model.generation_config
+    model.generation_config = plain_generation_config(saved)
+    try:
+        yield
+    finally:
+        model.generation_config = saved
+
+
 def plain_generation_config(checkpoint: GenerationConfig) -> GenerationConfig:
-    """A generation config that keeps only the checkpoint's special token ids."""
+    """A generation config that keeps only the checkpoint's special token ids. generate() fills every
+    field left unset from the model's generation_config (Qwen's checkpoint: repetition_penalty 1.1,
+    top_k 20, top_p 0.8) and then from transformers' defaults (top_k 50): with the checkpoint's there,
+    the samples would not come from the distribution whose log-probs we report."""
     ids = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
     kept = {k: getattr(checkpoint, k, None) for k in ids}
     return GenerationConfig(**{k: v for k, v in kept.items() if v is not None})

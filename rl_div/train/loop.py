@@ -144,6 +144,7 @@ class Trainer:
         counters, the collapse guard."""
         cfg = self.cfg
         setup_logging(self.out / "train.log")
+        log.info("starting the run in %s", self.out)  # the startup bench's first mark (rl_div/bench/startup.py)
         import_plugins(cfg.run.plugins)
         save_config(cfg, self.out / "config.yaml")
         record_command(self.out)  # the command line and package versions, for the report's provenance

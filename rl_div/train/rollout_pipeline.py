@@ -17,6 +17,10 @@ weights) and the shard regenerated, counted in ``faults/rollout_restarts``; the 
 carry their own ``behavior_version``, so the importance correction stays exact. A sync that fails
 while rollout actors are alive raises (WeightSyncError) naming the batches in flight.
 
+Colocated (``rollout.colocate``): the one worker is the learner actor itself
+(rl_div.cluster.colocated); a sync only reads the learner's version, nothing is pushed, and a failed
+generation is the learner's failure (nothing to restart).
+
 Checkpoints: the batches in flight are part of the run's state. :meth:`save` collects them (they
 are finished: the step's sync waited for them) into ``in_flight.pt``, and :meth:`load` queues them
 again, so a resumed run trains on the very batches (same prompts, tokens and behaviour log-probs) an
@@ -69,14 +73,18 @@ class RolloutPipeline:
     def __init__(self, cfg: Config, model_path: str, placement: Any, learner: Any, counters: dict[str, float]) -> None:
         self.cfg, self.model_path, self.placement, self.learner = cfg, model_path, placement, learner
         self.counters = counters  # the trainer's fault counters (faults/rollout_restarts)
-        self.workers = [start_rollout_worker(cfg, model_path, placement, i) for i in range(cfg.rollout.num_workers)]
+        # rollout.colocate: the learner actor is the one worker (rl_div.cluster.colocated): nothing to start or push
+        self.colocated = cfg.rollout.colocate
+        self.workers = ([learner.colocated_sampler()] if self.colocated else
+                        [start_rollout_worker(cfg, model_path, placement, i) for i in range(cfg.rollout.num_workers)])
         self.queue: deque[InFlight] = deque()
         self.nccl_group: NcclGroup | None = None
         self.weights_version = 0
         self.launched = 0  # training batches (rounds) launched so far; round i samples with seed salt i
 
     def actors(self) -> dict[str, Any]:
-        return {f"rollout worker {i}": w for i, w in enumerate(self.workers)}
+        """The rollout actors this pipeline started (none when colocated: the learner samples)."""
+        return {} if self.colocated else {f"rollout worker {i}": w for i, w in enumerate(self.workers)}
 
     # ---- generation ----------------------------------------------------------------------------
     def next_round(self, index: int, fetch: Callable[[], list[PromptRecord]], spec: SamplingSpec,
@@ -126,6 +134,8 @@ class RolloutPipeline:
             try:
                 parts.append(ray.get(future, timeout=timeout))
             except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as err:
+                if self.colocated:  # the learner itself failed: nothing to restart, the run fails
+                    raise
                 if self.workers[i] is flight.workers[i]:  # not yet replaced (by a sync since the launch)
                     log.warning("rollout worker %d failed (%s); restarting it", i, type(err).__name__)
                     self.counters["faults/rollout_restarts"] += 1
@@ -151,6 +161,9 @@ class RolloutPipeline:
         pending = [f for flight in self.queue for f in flight.futures if f is not None]
         if pending:  # queued behind the in-flight generation: wait for it here, not inside the sync's timeout
             ray.wait(pending, num_returns=len(pending), timeout=self.cfg.rollout.generate_timeout_s)
+        if self.colocated:  # the sampler is the learner's module: the version alone, nothing to push
+            self.weights_version = ray.get(self.learner.get_version(), timeout=self.cfg.rollout.weight_sync_timeout_s)
+            return
         try:
             self.push_weights()
         except (ray.exceptions.RayActorError, WeightSyncError) as err:
@@ -220,7 +233,8 @@ class RolloutPipeline:
         self.launched = int(state.get("launched", step + len(self.queue)))
 
     def close(self) -> None:
-        for actor in self.workers:
+        """Stop the rollout actors (colocated: none of its own; the trainer stops the learner)."""
+        for actor in self.actors().values():
             with contextlib.suppress(Exception):  # shutting down: an actor already gone is fine
                 ray.kill(actor)
 
