@@ -142,7 +142,7 @@ def test_plots_hold_every_series_and_render(compare_dir: Path, report: dict[str,
 
 def test_html_is_self_contained_and_has_the_same_table(report: dict[str, Path]) -> None:
     page = report["report_html"].read_text()
-    assert page.count("data:image/png;base64,") == 3
+    assert page.count("data:image/png;base64,") == 4  # pass@k, training curves, pass@k over steps, diversity
     for row in markdown_table(report["report_md"].read_text(), "variant"):
         # a number or one-word cell is kept on one line (class "n" / "w", issue 30 item 8)
         assert all(any(f"<td{c}>{cell}</td>" in page for c in ("", ' class="n"', ' class="w"'))

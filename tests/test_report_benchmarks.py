@@ -49,10 +49,12 @@ def test_benchmark_tables_and_appendix(tmp_path: Path) -> None:
     assert appendix["grpo"]["aime24 pass@4"].startswith("0.833 [")
     assert appendix["grpo"]["aime24 maj@4"].startswith("0.583 [")
     assert appendix["arm"]["aime24 avg@n"] == "1.000 [1.000, 1.000]"
-    # arm - grpo per problem: 0.75, 0.5, 0 (avg@n) -> +0.417, never below 0 and 0 only if a resample
-    # draws the third group alone: the interval excludes 0, marked
+    # arm - grpo per seed and problem (avg@n): seed 0 (1, 0.5, 0), seed 1 (0.5, 0.5, 0), ten copies each;
+    # mean +0.417. Seed means 1/2 and 1/3 -> var (1/72) / 2 = 1/144; problem means 0.75, 0.5, 0 ->
+    # var 0.10057 / 30 = 0.0033525; residuals +-1/6, -+1/12, -+1/12: MSE = (5/6) / 29 -> / 60 = 0.00047893;
+    # V = 0.0098180, t_1 = 12.706: [-0.842, +1.676]. Two seeds cannot support a mark (issue 28).
     diff = appendix["arm − grpo"]["aime24 avg@n"]
-    assert diff.startswith("+0.417 [+") and diff.endswith(" *")
+    assert diff == "+0.417 [-0.842, +1.676]"
     per_bench = markdown_table(md.split("## Benchmark: aime24", 1)[1], "variant")
     base = next(r for r in per_bench if r["variant"] == "base (step 0)")
     assert base["avg@n"] == "0.250 [0.250, 0.250]" and base["pass@4"] == "1.000 [1.000, 1.000]"

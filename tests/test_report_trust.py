@@ -5,20 +5,20 @@ from __future__ import annotations
 
 import json
 import shutil
-from math import comb
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 from helpers import VARIANTS, markdown_table, write_compare_dir
+from scipy import stats
 
 import rl_div
 from rl_div.cli import main
 from rl_div.report import build_report
 from rl_div.report.comparison import MixedEvalSets
 from rl_div.report.plots import Curve, passk_figure
-from rl_div.report.summarize import moving_average, paired_bootstrap
+from rl_div.report.summarize import moving_average
 
 
 @pytest.fixture(scope="module")
@@ -62,26 +62,16 @@ def test_runs_with_different_evaluation_sets_are_refused(compare_dir: Path, tmp_
         build_report([compare_dir / "grpo", tmp_path / "hot"], tmp_path / "report2")
 
 
-def binomial_quantile(n: int, q: float) -> int:
-    """Smallest x with P(Binomial(n, 1/2) <= x) >= q, from math.comb."""
-    total = 0.0
-    for x in range(n + 1):
-        total += comb(n, x) / 2**n
-        if total >= q:
-            return x
-    return n
-
-
-def test_paired_bootstrap_against_hand_computations() -> None:
-    # A constant shift on every problem and seed: no uncertainty at all, however spread the problems.
-    assert paired_bootstrap(np.full((3, 20), 0.25)) == pytest.approx((0.25, 0.25))
-    # One seed, 40 problems, half with difference 1 and half 0: the resampled mean is Binomial(40, 1/2) / 40.
-    diff = np.array([[0.0, 1.0] * 20])
-    lo, hi = paired_bootstrap(diff, n_boot=20_000)
-    assert (lo, hi) == (binomial_quantile(40, 0.025) / 40, binomial_quantile(40, 0.975) / 40) == (0.35, 0.65)
-    # Two seeds that disagree completely (all 0 vs all 1): seeds are resampled too, so the mean is
-    # 0, 1/2 or 1 with probabilities 1/4, 1/2, 1/4 and the 95% interval spans [0, 1].
-    assert paired_bootstrap(np.array([[0.0] * 5, [1.0] * 5])) == (0.0, 1.0)
+def two_way_by_hand(table: list[list[float]]) -> tuple[float, float]:
+    """The seeds x problems t interval (rl_div.report.intervals), written out here from its formula."""
+    d = np.array(table)
+    s, p = d.shape
+    v_seed, v_prob = d.mean(axis=1).var(ddof=1) / s, d.mean(axis=0).var(ddof=1) / p
+    mse = sum((d[i, j] - d[i].mean() - d[:, j].mean() + d.mean()) ** 2 for i in range(s) for j in range(p)) / (
+        (s - 1) * (p - 1))
+    v = max(v_seed + v_prob - mse / (s * p), v_seed, v_prob, mse / (s * p))
+    half = stats.t.ppf(0.975, s - 1) * np.sqrt(v)
+    return d.mean() - half, d.mean() + half
 
 
 def test_paired_differences_in_tables_and_plot(compare_dir: Path, tmp_path: Path) -> None:
@@ -102,7 +92,7 @@ def test_paired_differences_in_tables_and_plot(compare_dir: Path, tmp_path: Path
     for metric, table in diffs.items():
         got = summary["differences"]["grpo"]["arm"][metric]
         assert got["mean"] == pytest.approx(np.mean(table))
-        assert (got["ci_lo"], got["ci_hi"]) == pytest.approx(paired_bootstrap(np.array(table)))
+        assert (got["ci_lo"], got["ci_hi"]) == pytest.approx(two_way_by_hand(table))
         assert got["seed_min"] == pytest.approx(min(np.mean(table, axis=1)))
     page = files["report_md"].read_text()
     assert "## Paired differences against grpo" in page and "## Paired differences against base (step 0)" in page

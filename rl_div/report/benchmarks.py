@@ -3,8 +3,9 @@ pass@k panel, and the appendix table across benchmarks.
 
 Each variant's numbers are at its final evaluation: per problem, the mean over seeds (problems matched
 by uid), then the mean over problems with a 95% bootstrap interval over problems. The paired
-difference against the baseline resamples the same problems for both; a ``*`` marks an interval
-that excludes 0. The base model (the baseline's step-0 evaluation, when the runs evaluated at start)
+difference against the baseline pairs seeds and problems and takes the t interval of
+rl_div.report.intervals (none with one seed); a ``*`` marks an interval that excludes 0. The base
+model (the baseline's step-0 evaluation, when the runs evaluated at start)
 is drawn dashed, as in Yue et al. (2025). In an ``rl-div eval`` folder the reference model is the
 baseline.
 """
@@ -12,6 +13,7 @@ baseline.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ import numpy as np
 
 from rl_div.metrics.large_k import bootstrap_mean, per_problem_values
 from rl_div.metrics.passk import default_ks
+from rl_div.report.intervals import two_way_interval
 from rl_div.report.results import RunData
 
 HEADLINE = ("avg@n", "pass@K", "maj@K")  # the appendix columns per benchmark
@@ -51,11 +54,13 @@ def seed_mean_values(evaluations: list[dict[str, Any]]) -> tuple[list[str], list
 def benchmark_summary(runs: list[RunData], name: str, baseline: str | None) -> dict[str, Any]:
     """{variant: {metric: (mean, lo, hi)}}, the same for differences vs the baseline, ks and the base."""
     variants: dict[str, list[dict[str, Any]]] = {}
+    seeds: dict[str, list[int]] = {}
     base_evals = []
     for run in runs:  # variants, and the reference model of an `rl-div eval`
         evaluation = _evaluation(run, name, final=True)
         if evaluation is not None:
             variants.setdefault(run.ref.variant, []).append(evaluation)
+            seeds.setdefault(run.ref.variant, []).append(run.ref.seed)
         start = _evaluation(run, name, final=False) if run.ref.variant == baseline else None
         if start is not None and start is not evaluation and start["step"] != (evaluation or {}).get("step"):
             base_evals.append(start)
@@ -74,14 +79,35 @@ def benchmark_summary(runs: list[RunData], name: str, baseline: str | None) -> d
     for v, (_, kk, vals) in values.items():
         out["variants"][v] = bands(vals, kk)
     if baseline in values:
-        b_uids, b_ks, b_vals = values[baseline]
-        for v, (uids, kk, vals) in values.items():
+        b_uids, b_ks, _ = values[baseline]
+        for v, (uids, kk, _) in values.items():
             if v == baseline or uids != b_uids or kk != b_ks:
                 continue  # a paired difference needs the same problems and ks
-            out["diffs"][v] = bands({m: vals[m] - b_vals[m] for m in vals}, kk)
+            out["diffs"][v] = paired_bands(dict(zip(seeds[v], variants[v], strict=True)),
+                                           dict(zip(seeds[baseline], variants[baseline], strict=True)), uids, kk)
     if base_evals:
         _, kk, vals = seed_mean_values(base_evals)
         out["base"] = bands(vals, kk)
+    return out
+
+
+def paired_bands(variant: dict[int, dict[str, Any]], baseline: dict[int, dict[str, Any]], uids: list[str],
+                 ks: list[int]) -> dict[str, tuple[float, float, float]]:
+    """variant - baseline per metric on the seeds both evaluated: the mean of the [S, P] table of per-seed,
+    per-problem differences and its interval (rl_div.report.intervals.two_way_interval; NaN with one seed)."""
+    shared = sorted(set(variant) & set(baseline))
+    tables = []
+    for s in shared:
+        v_rows, b_rows = ({p["uid"]: p for p in e["problems"]} for e in (variant[s], baseline[s]))
+        pv, pb = per_problem_values([v_rows[u] for u in uids], ks), per_problem_values([b_rows[u] for u in uids], ks)
+        tables.append({m: pv[m] - pb[m] for m in pv})
+    out = {}
+    for metric in tables[0] if tables else {}:
+        stack = np.stack([t[metric] for t in tables])  # [S, P, K]
+        labels = ["avg@n"] if metric == "avg@n" else [metric.replace("k", str(k)) for k in ks]
+        for j, label in enumerate(labels):
+            lo, hi = two_way_interval(stack[:, :, j])
+            out[label] = (float(stack[:, :, j].mean()), lo, hi)
     return out
 
 
@@ -89,7 +115,9 @@ def cell(band: tuple[float, float, float] | None, diff: bool = False) -> str:
     if band is None:
         return "-"
     mean, lo, hi = band
-    if diff:
+    if diff:  # the interval is NaN with one seed (nothing measures the seed effect): no interval, no mark
+        if math.isnan(lo):
+            return f"{mean:+.3f}"
         mark = " *" if lo > 0 or hi < 0 else ""
         return f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}]{mark}"
     return f"{mean:.3f} [{lo:.3f}, {hi:.3f}]"
@@ -151,8 +179,9 @@ def benchmark_report(runs: list[RunData], baseline: str | None, out: Path) -> tu
     files["benchmarks_passk"] = benchmark_figure(summaries, out / "benchmarks_passk.png")
     blocks: list[tuple] = [("h2", "Benchmarks"), ("table", *appendix_table(summaries, baseline)),
                            ("p", "Final evaluation; per problem the mean over seeds, then the mean over problems "
-                                 "with its 95% bootstrap interval over problems; differences are paired (same "
-                                 "problems resampled for both), * where the interval excludes 0.")]
+                                 "with its 95% bootstrap interval over problems; differences are paired by seed and "
+                                 "problem, with the t interval over the seeds x problems variance "
+                                 "(rl_div.report.intervals; none with one seed), * where it excludes 0.")]
     for s in summaries:
         k = s["k"]
         header = ["variant", "avg@n", *[f"pass@{kk}" for kk in s["ks"]], f"maj@{k}", f"pass^{k}"]

@@ -7,6 +7,8 @@
     passk_vs_k.png           pass@k against k per variant, with the base / reference model
     training_curves.png      pass@1, pass@K, entropy and distinct correct answers over steps
     diversity_curves.png     the held-out diversity metrics over steps
+    passk_over_steps.png     held-out pass@1 and pass@K over steps, one panel per variant
+    analyses.json            crossover k against the base model, entropy-performance fit (rl_div.report.analyses)
     report.md, report.html   one page: setup, results table, pass@k table, collapse table, figures
     benchmarks.json, benchmarks_passk.png   per benchmark of eval.benchmarks (rl_div.report.benchmarks)
 Everything is regenerated from files, so ``rl-div report DIR`` after a crash or on a copied folder
@@ -23,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from rl_div.report.analyses import analysis_blocks
 from rl_div.report.benchmarks import benchmark_report
 from rl_div.report.comparison import Comparison, _ks, build_comparison
 from rl_div.report.page import document, render_html, render_markdown, table_rows
@@ -113,6 +116,13 @@ def figures(comp: Comparison, runs: list[RunData], out: Path) -> dict[str, Path]
             "average (raw mean faint behind)" + (", band min-max over seeds" if seeds > 1 else ", one seed"))
     if panels := _drawable(panels):
         files["training_curves"] = save_figure(curves_figure(panels, comp.variants, note), out / "training_curves.png")
+    # pass@1 and the largest k over steps, one panel per variant: a rise-then-fall at large k shows here
+    large = f"pass@{comp.k}"
+    panels = _drawable([(f"{v}: held-out pass@k over training", {m: eval_series(g, m) for m in ("pass@1", large)})
+                        for v, g in by_variant.items()])
+    if panels and comp.k > 1:
+        files["passk_over_steps"] = save_figure(curves_figure(panels, ["pass@1", large], note.split(";")[0]),
+                                                out / "passk_over_steps.png")
     present = [m for m in DIVERSITY_PANELS if any(m in b for b in comp.final.values())]
     panels = _drawable([(f"{PANEL_TITLES.get(m, m)}, held-out", {v: eval_series(g, m) for v, g in by_variant.items()})
                         for m in present])
@@ -188,13 +198,14 @@ def build_report(paths: list[str | Path], out: str | Path | None = None, title: 
     files.update(figures(comp, runs, out_dir))
     bench_files, bench_blocks = benchmark_report(runs, comp.baseline, out_dir)  # eval.benchmarks, if any
     files.update(bench_files)
+    files["analyses_json"], analysis = analysis_blocks(comp, runs, out_dir)  # crossover k, entropy fit
     default_title = ("Evaluation report" if kind == "eval" else f"{comp.variants[0]}: single run"
                      if len(comp.variants) == 1 else "GRPO vs re-weighted variants: pass@k and diversity")
     groups = {v: [r for r in runs if r.ref.variant == v and r.ref.role == "variant"] for v in comp.variants}
     trained_with = next((extra["code"] for p in paths if (Path(p) / MANIFEST).exists()
                          and "code" in (extra := read_manifest(Path(p))[2])), None)
     blocks = document(comp, files, title or default_title,
-                      bench_blocks + provenance_blocks(groups, comp.baseline, out_dir, trained_with))
+                      analysis + bench_blocks + provenance_blocks(groups, comp.baseline, out_dir, trained_with))
     files["report_md"] = out_dir / "report.md"
     files["report_md"].write_text(render_markdown(blocks), encoding="utf-8")
     files["report_html"] = out_dir / "report.html"

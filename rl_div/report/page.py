@@ -11,20 +11,23 @@ from pathlib import Path
 from typing import Any
 
 from rl_div.report.comparison import Comparison, _ks
+from rl_div.report.intervals import marked
 from rl_div.report.summarize import Band
 
 CI_NOTE = "95% bootstrap CI over problems (1000 resamples within each seed, averaged over seeds)"
 SEED_RANGE_NOTE = "; † = min–max over seeds (no per-problem values)"
 DIFF_NOTE = ("Paired differences: on the same problems and sampling seeds, variant minus the other, averaged "
-             "over problems and seeds; [95% paired bootstrap CI, resampling seeds and problems together, 1000 "
-             "resamples]; * = the CI excludes 0. Metrics without per-problem values (entropy, embedding "
-             "diversity) are paired by seed only.")
+             "over problems and seeds; [95% interval: t with the seeds x problems variance and "
+             "Welch-Satterthwaite degrees of freedom, or the t interval over seeds for metrics without "
+             "per-problem values (evaluations saved before issue 28); rl_div.report.intervals]; * = the "
+             "interval excludes 0, shown from 2 seeds on; one seed gives no interval.")
 # (column title, metric key); the K of pass@K is filled in per report.
 TABLE_COLUMNS = [("pass@1", "pass@1"), ("pass@K", "pass@K"), ("maj@n", "maj@n"), ("entropy", "policy/entropy"),
                  ("distinct correct answers", "div/distinct_correct_answers"), ("emb. diversity", "div/emb_diversity"),
                  ("Vendi", "div/vendi")]
 FIGURE_CAPTIONS = {"passk_vs_k": "pass@k against k", "training_curves": "held-out and training metrics over steps",
-                   "diversity_curves": "held-out diversity over steps"}
+                   "diversity_curves": "held-out diversity over steps",
+                   "passk_over_steps": "held-out pass@1 and pass@K over steps, per variant"}
 COLLAPSE_KEYS = ["d_all_ref", "d_all_model", "d_correct_ref", "d_correct_model", "total", "residual",
                  "quality_control"]
 
@@ -44,10 +47,10 @@ def fmt_diff(band: Band | None) -> str:
     """'+0.012 [-0.004, +0.028]' (paired difference and its 95% CI); '*' when the CI excludes 0."""
     if band is None or math.isnan(band.mean):
         return "–"
-    lo, hi = band.interval()
-    if math.isnan(lo) or (not band.has_ci and band.n_seeds < 2):  # one pair: no interval, no '*'
+    lo, hi = band.ci_lo, band.ci_hi  # never the seed range: one seed's [x, x] is no interval
+    if math.isnan(lo):
         return f"{band.mean:+.3f}"
-    beyond = "*" if lo > 0 or hi < 0 else ""
+    beyond = "*" if marked(lo, hi, band.n_seeds) else ""
     return f"{band.mean:+.3f} [{lo:+.3f}, {hi:+.3f}]{beyond}"
 
 

@@ -92,7 +92,7 @@ def passk_figure(curves: dict[str, Curve], base: tuple[str, Curve] | None = None
             _draw(dx, curve, f"{label} − {baseline}", band_alpha(len(series)), color=palette[label])
         _k_axis(dx, ks)
         dx.set_ylabel(f"Δ pass@k vs {baseline}")
-        dx.set_title(f"paired difference against {baseline} (95% paired bootstrap CI)", fontsize=10)
+        dx.set_title(f"paired difference against {baseline} (95% interval over seeds x problems)", fontsize=10)
         dx.legend(loc="best", fontsize=8)
         fig.tight_layout(rect=(0, 0.03 if band_note else 0, 1, 1))
     if band_note:

@@ -6,9 +6,11 @@ Bands. Two kinds, both kept in every summary:
     (with replacement; one shared resample when every seed evaluated the same problems, as with the
     default fixed data.eval_seed, else independently per seed) and averages the per-seed means, so it
     measures how much the numbers depend on which held-out problems were drawn. Only metrics with a
-    per-problem value in eval/step_*.json (pass@k, mean@n, maj@n, distinct (correct) answers) get it.
+    per-problem value in eval/step_*.json (pass@k, mean@n, maj@n, distinct (correct) answers, and
+    from issue 28 on entropy and every diversity metric, e.g. embedding diversity and Vendi) get it.
   * seed_min / seed_max: the range across seeds (training and sampling seed). Every metric gets it.
 The mean is always the plain mean over seeds of the run's logged value, i.e. of the tidy CSV rows.
+Paired differences between variants get intervals valid at a few seeds (rl_div.report.intervals).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import numpy as np
 
 from rl_div.metrics import collapse_report, distinct_answers, pass_at_k
 from rl_div.metrics.passk import majority_answer
+from rl_div.report.intervals import two_way_interval
 
 N_BOOT = 1000
 LEVEL = 0.95
@@ -87,6 +90,26 @@ def per_problem_values(problems: list[dict[str, Any]], ks: Sequence[int]) -> dic
     out["div/distinct_answers"] = np.array([float(distinct_answers(p["answers"])) for p in problems])
     out["div/distinct_correct_answers"] = np.array(
         [float(distinct_answers(p["answers"], p["correct"])) for p in problems])
+    out.update(per_problem_entropy_and_diversity(problems))
+    return out
+
+
+def per_problem_entropy_and_diversity(problems: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """[P] per-problem policy/entropy and div/<metric> values from evaluations that saved them (this
+    change on; older eval files have neither, and their metrics stay one value per run).
+
+    policy/entropy is token-weighted (all response tokens of the evaluation), so problem p contributes
+    H_p * T_p / mean(T): H_p its mean token entropy, T_p its token count; the mean over problems of
+    these contributions is the logged value. A diversity metric is used when every problem has it.
+    """
+    out: dict[str, np.ndarray] = {}
+    if all(p.get("entropy") is not None and p.get("tokens") for p in problems):
+        tokens = np.array([p["tokens"] for p in problems], dtype=np.float64)
+        out["policy/entropy"] = np.array([p["entropy"] for p in problems]) * tokens / tokens.mean()
+    tables = [p.get("diversity") or {} for p in problems]
+    for key in tables[0]:
+        if all(t.get(key) is not None for t in tables):
+            out[f"div/{key}"] = np.array([float(t[key]) for t in tables])
     return out
 
 
@@ -132,27 +155,10 @@ def summarize_evals(points: Sequence[EvalPoint]) -> dict[str, Band]:
     return bands
 
 
-def paired_bootstrap(diff: np.ndarray, n_boot: int = N_BOOT, level: float = LEVEL,
-                     seed: int = 0) -> tuple[float, float]:
-    """Percentile CI of mean(diff) when seeds and problems are both resampled, pairs kept intact.
-
-    diff: [S, P] per-seed, per-problem differences (variant - baseline on the same problem and
-    sampling seed; P = 1 for a metric with one value per evaluation, e.g. entropy). Each replicate
-    draws S seeds and P problems with replacement (one problem draw shared by the seeds, since they
-    evaluated the same problems) and takes the mean of the [S, P] sub-table. Deterministic given seed.
-    """
-    rng = np.random.default_rng(seed)
-    s, p = diff.shape
-    seed_idx = rng.integers(0, s, size=(n_boot, s))
-    prob_idx = rng.integers(0, p, size=(n_boot, p))
-    reps = diff[seed_idx[:, :, None], prob_idx[:, None, :]].mean(axis=(1, 2))  # [n_boot]
-    lo, hi = np.quantile(reps, [(1 - level) / 2, 1 - (1 - level) / 2])
-    return float(lo), float(hi)
-
-
 def paired_differences(variant: Sequence[EvalPoint], baseline: Sequence[EvalPoint]) -> dict[str, Band]:
     """variant - baseline per metric, paired by sampling seed (and by problem where the evaluations
-    hold per-problem values), with a paired-bootstrap 95% CI (paired_bootstrap) and the per-seed range.
+    hold per-problem values), with a 95% interval valid at a few seeds (rl_div.report.intervals) and the
+    per-seed range.
 
     Only seeds both evaluated count; per-problem pairing needs both evaluations of a seed to list the
     same problems in the same order, else that metric falls back to pairing by seed alone. Empty
@@ -182,11 +188,10 @@ def paired_differences(variant: Sequence[EvalPoint], baseline: Sequence[EvalPoin
 
 
 def _diff_band(diff: np.ndarray) -> Band:
-    """Band of a [S, P] difference table: mean, per-seed means' range, paired-bootstrap CI."""
+    """Band of a [S, P] difference table: mean, per-seed means' range, two-way t interval (NaN with
+    one seed)."""
     per_seed = diff.mean(axis=1)
-    # one seed and one value (entropy of a single run): nothing to resample, so no interval (a bootstrap
-    # would give [d, d] and claim that it excludes 0)
-    lo, hi = paired_bootstrap(diff) if diff.size > 1 else (math.nan, math.nan)
+    lo, hi = two_way_interval(diff)
     return Band(float(diff.mean()), float(per_seed.min()), float(per_seed.max()), int(diff.shape[0]), lo, hi)
 
 

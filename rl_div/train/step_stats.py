@@ -110,13 +110,38 @@ def eval_summary(batch: RolloutBatch, embeddings: np.ndarray | None = None, voca
     metrics.update({k: v for k, v in rollout_health(batch).items() if k != "train/pass@1"})
     per_group = []
     problems = []
+    entropy = row_entropy_sums(batch.old_entropy, batch.response_mask) if batch.old_entropy is not None else None
     for g, rows in enumerate(groups):
         emb = embeddings[rows] if embeddings is not None else None
         per_group.append(group_diversity([batch.response_texts[i] for i in rows], [answers[i] for i in rows],
                                          [flags[i] for i in rows], embeddings=emb, vocab_size=vocab_size,
                                          tokenize=tokenize))
-        problems.append({"uid": batch.prompts[rows[0]].uid, "prompt": batch.prompts[rows[0]].prompt,
-                         "n": int(n[g]), "c": int(c[g]), "answers": [answers[i] for i in rows],
-                         "correct": [flags[i] for i in rows], "responses": [batch.response_texts[i] for i in rows]})
+        problem = {"uid": batch.prompts[rows[0]].uid, "prompt": batch.prompts[rows[0]].prompt,
+                   "n": int(n[g]), "c": int(c[g]), "answers": [answers[i] for i in rows],
+                   "correct": [flags[i] for i in rows], "responses": [batch.response_texts[i] for i in rows],
+                   # per-problem diversity (emb_diversity, vendi, ...), so the report can resample problems
+                   "diversity": {k: (None if math.isnan(v) else v) for k, v in per_group[-1].items()}}
+        if entropy is not None:
+            problem.update(problem_entropy(entropy, rows))
+        problems.append(problem)
     metrics.update({f"div/{k}": v for k, v in average_group_metrics(per_group).items()})
     return metrics, problems
+
+
+def row_entropy_sums(entropy: torch.Tensor, mask: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row sum of token entropies over the response tokens and the token count.
+
+    entropy, mask: [B, T] -> (sums [B], counts [B]); padding (mask 0) contributes nothing, even NaN.
+    """
+    m = mask.bool()
+    sums = torch.where(m, entropy, torch.zeros_like(entropy)).sum(dim=1)
+    return sums.double().numpy(), m.sum(dim=1).double().numpy()
+
+
+def problem_entropy(row_sums: tuple[np.ndarray, np.ndarray], rows: list[int]) -> dict[str, float | None]:
+    """One problem's mean token entropy over its samples' response tokens ("entropy"; None without
+    tokens) and its token count ("tokens"), so the token-weighted mean over problems is the logged
+    policy/entropy (rl_div.report.summarize.per_problem_values)."""
+    sums, counts = row_sums
+    tokens = float(counts[rows].sum())
+    return {"entropy": float(sums[rows].sum()) / tokens if tokens else None, "tokens": tokens}
