@@ -121,3 +121,31 @@ def test_push_weights_ships_adapter_buckets_to_a_vllm_actor(tmp_path: Path, vllm
         assert gap_max() < 1e-4
     finally:
         ray.shutdown()
+
+
+def test_lora_run_with_vllm_adapter_sync_stays_in_sync(tmp_path: Path, vllm_base_model: str) -> None:
+    """A real 3-step run (Trainer, Ray actors, evaluation) with train.lora.sync='adapter' on vLLM."""
+    from safetensors.torch import load_file
+
+    from rl_div.run.tracking import read_metrics
+    from rl_div.train.loop import train
+
+    cfg = load_config(None, [
+        f"model.path={vllm_base_model}", f"run.output_dir={tmp_path / 'run'}", *LORA,
+        "train.steps=3", "rollout.prompts_per_step=4", "rollout.group_size=8", "rollout.max_new_tokens=8",
+        # a reward that splits most groups, so every step updates the adapters
+        "reward.rewards=[{name: task_verifier, weight: 0.0}, {name: format, params: {pattern: '7'}}]",
+        "eval.n=4", "eval.every=0", "eval.at_start=false", "eval.embedding_metrics=false",
+        "data.num_eval_prompts=4", "checkpoint.every=0", "tracking.progress=false", "tracking.tensorboard=false",
+        "cluster.num_cpus=2",
+    ])
+    out = train(cfg)
+    rows = read_metrics(out / "metrics.jsonl", kind="train")
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert all(r["sync/logprob_gap_max"] < 1e-4 and r["faults/rollout_restarts"] == 0 for r in rows), rows
+    evaluation = json.loads((out / "eval" / "step_000003.json").read_text())
+    assert evaluation["metrics"]["sync/logprob_gap_max"] < 1e-4
+    ckpt = sorted((out / "checkpoints").glob("step_*"))[-1]
+    adapters = load_file(str(ckpt / "adapter" / "adapter_model.safetensors"))
+    assert any("lora_B" in k and t.abs().max() > 0 for k, t in adapters.items())  # the adapters trained
+    ray.shutdown()
