@@ -166,3 +166,13 @@ def markdown_table(md: str, first_header: str) -> list[dict[str, str]]:
             break
         body.append(dict(zip(header, [c.strip() for c in line.strip("|").split("|")], strict=True)))
     return body
+
+
+def lora_params_by_shapes(cfg: dict, rank: int, layers_targets: tuple[str, ...]) -> int:
+    """r * (in + out) summed over the adapted projections of every layer, from config.json's sizes."""
+    h, m, n_layers = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
+    head_dim = h // cfg["num_attention_heads"]
+    kv = cfg["num_key_value_heads"] * head_dim
+    shapes = {"q_proj": (h, h), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (h, h),
+              "gate_proj": (h, m), "up_proj": (h, m), "down_proj": (m, h)}
+    return n_layers * sum(rank * sum(shapes[t]) for t in layers_targets)

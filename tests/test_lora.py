@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import ray
 import torch
-from helpers import run_config, tiny_prime_gap_llama
+from helpers import lora_params_by_shapes, run_config, tiny_prime_gap_llama
 
 from rl_div.config import ConfigError, load_config
 from rl_div.config.checks import check_inputs
@@ -35,16 +35,6 @@ LORA = ["train.lora.enabled=true", "train.lora.rank=4", "train.lora.alpha=8"]
 @pytest.fixture(scope="module")
 def llama_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     return tiny_prime_gap_llama(tmp_path_factory.mktemp("m"), seed=5)
-
-
-def lora_params_by_shapes(cfg: dict, rank: int, layers_targets: tuple[str, ...]) -> int:
-    """r * (in + out) summed over the adapted projections of every layer, from config.json's sizes."""
-    h, m, n_layers = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
-    head_dim = h // cfg["num_attention_heads"]
-    kv = cfg["num_key_value_heads"] * head_dim
-    shapes = {"q_proj": (h, h), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (h, h),
-              "gate_proj": (h, m), "up_proj": (h, m), "down_proj": (m, h)}
-    return n_layers * sum(rank * sum(shapes[t]) for t in layers_targets)
 
 
 def rollouts(model_dir: str, seed: int = 0) -> RolloutBatch:
@@ -171,8 +161,9 @@ def test_bad_lora_input_is_one_line_before_any_work(llama_dir: str, tmp_path: Pa
         with pytest.raises(ConfigError, match=words) as err:
             Trainer(load_config(None, [*base, *LORA, override]))  # refused before its output folder or Ray
         assert "\n" not in str(err.value)
-    with pytest.raises(ConfigError, match="cannot run adapters"):
-        check_inputs(load_config(None, [*base, *LORA, "rollout.backend=vllm", "train.lora.sync=adapter"]))
+    with pytest.raises(ConfigError, match="up to rank 512"):
+        check_inputs(load_config(None, [*base, *LORA, "rollout.backend=vllm", "train.lora.sync=adapter",
+                                        "train.lora.rank=600"]))
     with pytest.raises(ConfigError, match="object_store"):
         load_config(None, [*base, *LORA, "rollout.backend=vllm", "rollout.weight_sync=nccl", "train.num_gpus=1",
                            "rollout.num_gpus_per_worker=1"])

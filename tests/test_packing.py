@@ -124,7 +124,8 @@ def test_learner_loss_gradients_and_update_packed_equal_padded(model_path: str, 
             out.loss.backward()
             grads = {n: p.grad.clone() for n, p in learner.model.named_parameters()}
             coef = torch.zeros(()) if weights.kl_penalty_coef is None else weights.kl_penalty_coef
-            out_micro.append((float(out.loss.detach()), out.metrics, weights.weights, entropy.detach(), grads, coef))
+            metrics = {k: float(v) for k, v in out.metrics.items()}  # 0-dim tensors until the update reads them
+            out_micro.append((float(out.loss.detach()), metrics, weights.weights, entropy.detach(), grads, coef))
         learner.optimizer.zero_grad(set_to_none=True)
         results[packed] = out_micro
     reweighted = 0

