@@ -100,6 +100,9 @@ def bench_method_steps(methods: tuple[str, ...], rounds: int = 6, model: str = "
     work.mkdir(parents=True, exist_ok=True)
     path = llama_20m(work) if model == "20m" else demo_model()
     base = [o for o in _overrides(path, 1000, 1e-8, str(work / "unused")) if o != "algo=grpo"]
+    # the random 21M model is never correct: without this a zero-signal grpo step skips its update
+    # while a method whose reward varies anyway (outcome_ucb) does not, and the ratio compares the two
+    base.append("train.skip_zero_signal_steps=false")
     cfgs = {m: load_config(REPO / "configs" / METHOD_CONFIGS[m], base) for m in methods}
     for m, cfg in cfgs.items():  # one Learner serves every method: what its construction reads must agree
         if cfg.model != cfgs["grpo"].model or cfg.train != cfgs["grpo"].train:
