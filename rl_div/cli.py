@@ -201,6 +201,12 @@ def _restore(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    if args.methods and args.interleave:
+        from rl_div.bench.method_steps import bench_method_steps, print_method_steps
+
+        model = args.models if args.models in ("demo", "20m") else "20m"
+        return _write_bench(bench_method_steps(methods=tuple(args.methods.split(",")), rounds=args.pairs, model=model),
+                            print_method_steps, args.out, "runs/bench_method_steps.json")
     if args.methods:
         from rl_div.bench.methods import bench_methods, print_methods
 
@@ -335,6 +341,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Instead: each method's steady step over grpo's, fresh runs in rotated rounds, e.g. "
                    "grpo,arm,steer,novelty (rl_div/bench/methods.py; --pairs rounds, --steps-20m steps, "
                    "--models 20m or demo); JSON to runs/bench_methods.json unless --out is given.")
+    p.add_argument("--interleave", action="store_true",
+                   help="--methods: one step of every method in turn in one process, timed in CPU seconds, "
+                   "--pairs rounds (rl_div/bench/method_steps.py; robust to a shared machine's load); JSON to "
+                   "runs/bench_method_steps.json unless --out is given.")
     p.add_argument("--baseline", metavar="DIR",
                    help="--vs-trl and the startup section: also run rl_div from this checkout (e.g. main's) "
                    "in every pair / round, for before/after side by side.")

@@ -57,9 +57,29 @@ def test_undeclared_estimators_read_the_policy_and_old_attributes_still_count() 
 def test_builtin_estimator_declarations() -> None:
     """Written out from each estimator's definition (ALGORITHMS.md section 1), not read from the code."""
     assert ADVANTAGES.needs("grpo") == AdvantageNeeds(response_logprobs=False)
-    assert ADVANTAGES.needs("passk") == AdvantageNeeds(response_logprobs=False)
+    assert ADVANTAGES.needs("passk") == AdvantageNeeds(response_logprobs=False, verdicts=True)
     assert ADVANTAGES.needs("unlikeliness") == AdvantageNeeds(response_logprobs=False, behavior_logprobs=True)
-    assert ADVANTAGES.needs("arm") == AdvantageNeeds(response_logprobs=True, prompt_logprobs=True, row_local=True)
+    assert ADVANTAGES.needs("arm") == AdvantageNeeds(response_logprobs=True, prompt_logprobs=True, row_local=True,
+                                                     verdicts=True)
+
+
+@pytest.mark.parametrize("name", ["grpo", "passk", "w_reinforce", "nsr", "psr", "maxrl", "qae", "best_of_group",
+                                  "pkpo"])
+def test_verdicts_declaration_matches_what_the_estimator_reads(name: str) -> None:
+    """verdicts=True: without ``correct`` it refuses; verdicts=False: it never reads ``correct`` (the same
+    advantages without it, and with every verdict flipped)."""
+    from rl_div.algos import AdvantageInputs
+
+    rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0])
+    index = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    given = ADVANTAGES[name](AdvantageInputs(rewards=rewards, group_index=index, correct=rewards.clone()))
+    if ADVANTAGES.needs(name).verdicts:
+        with pytest.raises(ValueError, match="correct"):
+            ADVANTAGES[name](AdvantageInputs(rewards=rewards, group_index=index))
+    else:
+        for correct in (None, 1 - rewards):
+            got = ADVANTAGES[name](AdvantageInputs(rewards=rewards, group_index=index, correct=correct))
+            assert torch.equal(got.advantages, given.advantages)
 
 
 def weight_inputs(with_entropy: bool) -> TokenWeightInputs:

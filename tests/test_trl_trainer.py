@@ -26,8 +26,10 @@ def parity_verifier(prompts: list, completions: list[str], **_: Any) -> list[flo
     return [float(bool(c) and ord(c[0]) % 2 == 0) for c in completions]
 
 
-def run_trl(tmp_path: Path, **method: Any) -> tuple[list[dict], list[dict], torch.nn.Module, Any]:
-    """Train 2 steps; return per generation batch what was logged, and per loss call what it got."""
+def run_trl(tmp_path: Path, reward_funcs: list | None = None, **method: Any
+            ) -> tuple[list[dict], list[dict], torch.nn.Module, Any]:
+    """Train 2 steps (rewards: reward_funcs, default the parity verifier alone); return per generation
+    batch what was logged (with the first reward function's values), and per loss call what it got."""
     from datasets import Dataset
     from trl import GRPOConfig
 
@@ -56,7 +58,8 @@ def run_trl(tmp_path: Path, **method: Any) -> tuple[list[dict], list[dict], torc
     args = GRPOConfig(output_dir=str(tmp_path / "trl"), per_device_train_batch_size=2 * G, num_generations=G,
                       max_completion_length=6, max_steps=2, report_to=[], use_cpu=True, save_strategy="no",
                       learning_rate=1e-2, bf16=False, logging_steps=1, seed=0)
-    Recording(model=model, processing_class=tok, reward_funcs=[parity_verifier], args=args, train_dataset=ds,
+    Recording(model=model, processing_class=tok, reward_funcs=reward_funcs or [parity_verifier], args=args,
+              train_dataset=ds,
               **method).train()
     return generated, trained, initial, tok
 
@@ -109,24 +112,25 @@ def grpo_by_hand(rewards: list[float]) -> list[float]:
     return out
 
 
+def passk2_by_hand(verdicts: list[float]) -> list[float]:
+    """Chen et al.'s pass@k advantages, k = 2, for one group of verdicts; an unscored (NaN) verdict is left
+    out of the group (N = the scored rows) and gets 0."""
+    scored = [x for x in verdicts if not math.isnan(x)]
+    n, n_neg = len(scored), sum(1 for x in scored if x < 0.5)
+    pass_k = 1 - math.comb(n_neg, 2) / math.comb(n, 2) if n >= 2 else 0.0
+    sigma = math.sqrt(pass_k * (1 - pass_k))
+    if sigma == 0:
+        return [0.0] * len(verdicts)
+    wrong = (1 - pass_k - math.comb(n_neg - 1, 1) / math.comb(n - 1, 1)) / sigma
+    return [0.0 if math.isnan(x) else (1 - pass_k) / sigma if x > 0.5 else wrong for x in verdicts]
+
+
 @pytest.mark.slow
 def test_passk_advantages_in_trl(tmp_path: Path) -> None:
     generated, trained, _, _ = run_trl(tmp_path, advantage="passk", advantage_params={"k": 2})
     assert_logged_is_trained(generated, trained)
     for gen in generated:
-        r = gen["rewards"]
-        for g in range(0, len(r), G):
-            n_neg = sum(1 for x in r[g:g + G] if x < 0.5)
-            pass_k = 1 - math.comb(n_neg, 2) / math.comb(G, 2)
-            sigma = math.sqrt(pass_k * (1 - pass_k))
-            for x, a in zip(r[g:g + G], gen["logged"][g:g + G], strict=True):
-                if sigma == 0:
-                    want = 0.0
-                elif x > 0.5:
-                    want = (1 - pass_k) / sigma
-                else:
-                    want = (1 - pass_k - math.comb(n_neg - 1, 1) / math.comb(G - 1, 1)) / sigma
-                assert a == pytest.approx(want, abs=1e-5)
+        assert gen["logged"] == pytest.approx(by_group(gen["rewards"], passk2_by_hand), abs=1e-5)
 
 
 @pytest.mark.slow
@@ -270,6 +274,8 @@ def pkpo_by_hand(r: list[float], k: int) -> list[float]:
 @pytest.mark.slow
 @pytest.mark.parametrize(("advantage", "params", "want_of"), [
     ("w_reinforce", {"lam": 0.1}, lambda r, step: [0.1 if x > 0.5 else -1.0 for x in r]),
+    ("nsr", {}, lambda r, step: [0.0 if x > 0.5 else -1.0 for x in r]),
+    ("psr", {}, lambda r, step: [1.0 if x > 0.5 else 0.0 for x in r]),
     ("maxrl", {}, lambda r, step: by_group(r, maxrl_by_hand)),
     ("qae", {}, lambda r, step: by_group(r, qae_by_hand)),
     ("best_of_group", {"scale": "none"}, lambda r, step: by_group(r, best_of_group_by_hand)),
@@ -283,3 +289,27 @@ def test_issue23_advantages_in_trl(tmp_path: Path, advantage: str, params: dict,
         assert gen["logged"] == pytest.approx(want_of(gen["rewards"], step), abs=1e-5)
     if advantage != "best_of_group":  # with 0/1 rewards it acts only on groups with exactly one success
         assert any(a != 0 for gen in generated for a in gen["logged"])  # the batches carried some signal
+
+
+def verifier_with_gaps(prompts: list, completions: list[str], **_: Any) -> list[float | None]:
+    """The parity verifier, but unscored (None, NaN in TRL) when the first character's code is a multiple
+    of 3: a verifier that failed on some rows."""
+    return [None if c and ord(c[0]) % 3 == 0 else v
+            for c, v in zip(completions, parity_verifier(prompts, completions), strict=True)]
+
+
+def length_reward(prompts: list, completions: list[str], **_: Any) -> list[float]:
+    """A format-like reward that scores every row (TRL's nansum keeps the total finite)."""
+    return [len(c) / 10 for c in completions]
+
+
+@pytest.mark.slow
+def test_passk_in_trl_leaves_unscored_verdicts_out(tmp_path: Path) -> None:
+    """A row whose verdict is NaN but whose total is finite is left out of passk's group (advantage 0); the
+    others get Chen et al.'s values on their smaller group (N = the scored rows), worked here by hand."""
+    generated, trained, _, _ = run_trl(tmp_path, reward_funcs=[verifier_with_gaps, length_reward],
+                                       advantage="passk", advantage_params={"k": 2})
+    assert_logged_is_trained(generated, trained)
+    for gen in generated:
+        assert gen["logged"] == pytest.approx(by_group(gen["rewards"], passk2_by_hand), abs=1e-5)
+    assert any(math.isnan(x) for gen in generated for x in gen["rewards"])  # the gaps were exercised

@@ -51,13 +51,16 @@ class AdvantageNeeds:
     ``prompt_logprobs`` (computed only then). behavior_logprobs: reads the sampler's log-probs (TRL,
     which has none, gives it pi_old's from its own forward). row_local: apart from reward-only parts
     it is row-local, with a split in rl_div.algos.row_local.ROW_LOCAL under the same name, so the
-    fused update can finish it from each micro-batch's forward.
+    fused update can finish it from each micro-batch's forward. verdicts: reads the verifier's verdict
+    (``correct``); a row whose verdict is NaN (the verifier failed or was not run) while its reward is
+    finite carries no signal for it, so :func:`signal_rows` leaves that row out like a failed reward.
     """
 
     response_logprobs: bool = True
     prompt_logprobs: bool = False
     behavior_logprobs: bool = False
     row_local: bool = False
+    verdicts: bool = False
 
     @property
     def policy_logprobs(self) -> bool:
@@ -71,6 +74,32 @@ def undeclared_advantage_needs(fn: Callable[..., object]) -> AdvantageNeeds:
     ``needs_response_logprobs`` / ``needs_prompt_logprobs``, still count."""
     return AdvantageNeeds(response_logprobs=bool(getattr(fn, "needs_response_logprobs", True)),
                           prompt_logprobs=bool(getattr(fn, "needs_prompt_logprobs", False)))
+
+
+def signal_rows(rewards: torch.Tensor, correct: torch.Tensor | None, needs: AdvantageNeeds) -> torch.Tensor:
+    """[B] bool: the rows an estimator declaring ``needs`` learns from: a finite reward and, when it reads
+    verdicts, a finite verdict. The rest are left out of its groups and get advantage 0 (and no loss).
+
+    Why not count an unscored verdict as incorrect: a verifier error or timeout is not evidence that
+    the answer is wrong; as a 0 it would lower the group's pass rate (passk), push the row down
+    (w_reinforce, nsr) or mark a group as having no correct answer (arm).
+
+    Args:
+        rewards: [B] float, NaN = the reward failed.
+        correct: [B] float 1/0, NaN = unscored; None = no verdicts at all (every row kept here: the
+            estimator itself then says it needs them).
+    """
+    keep = torch.isfinite(rewards)
+    if needs.verdicts and correct is not None:
+        keep = keep & torch.isfinite(correct.to(rewards.device))
+    return keep
+
+
+def unscored_verdicts(rewards: torch.Tensor, correct: torch.Tensor | None, needs: AdvantageNeeds) -> int:
+    """How many rows :func:`signal_rows` leaves out for their verdict alone (finite reward, NaN verdict)."""
+    if not needs.verdicts or correct is None:
+        return 0
+    return int((torch.isfinite(rewards) & ~torch.isfinite(correct.to(rewards.device))).sum().item())
 
 
 AdvantageFn = Callable[..., AdvantageOutput]

@@ -47,7 +47,7 @@ def grpo(
     return AdvantageOutput(adv, {"adv/zero_signal_frac": zero, **_summary(adv)})
 
 
-@ADVANTAGES.register("arm", needs=AdvantageNeeds(prompt_logprobs=True, row_local=True))
+@ADVANTAGES.register("arm", needs=AdvantageNeeds(prompt_logprobs=True, row_local=True, verdicts=True))
 def arm(
     inputs: AdvantageInputs,
     *,
@@ -78,7 +78,7 @@ def arm(
                             unbiased_std=unbiased_std)
 
 
-@ADVANTAGES.register("passk", needs=AdvantageNeeds(response_logprobs=False))
+@ADVANTAGES.register("passk", needs=AdvantageNeeds(response_logprobs=False, verdicts=True))
 def passk(inputs: AdvantageInputs, *, k: int = 4) -> AdvantageOutput:
     """Pass@k training advantages (Chen et al. 2025), per group of N responses, N_neg incorrect.
 
@@ -86,7 +86,9 @@ def passk(inputs: AdvantageInputs, *, k: int = 4) -> AdvantageOutput:
     (1 - R) / sigma, an incorrect one (1 - R - C(N_neg - 1, k - 1) / C(N - 1, k - 1)) / sigma.
     A group with sigma = 0 (no correct response, or fewer than k incorrect so every k-subset
     passes) gets A = 0; no eps is added, so values match the formula exactly. Unscored (NaN)
-    responses count as incorrect. Exact binomials (math.comb) in a loop over groups, which are few.
+    responses count as incorrect here; the training loop and TRL leave them out of the group first
+    (it declares ``verdicts``, rl_div.algos.advantage_base.signal_rows). Exact binomials (math.comb) in a
+    loop over groups, which are few.
 
     Shapes: correct [B], group_index [B] -> [B]. Raises if k < 1; a group with fewer than k rows
     (rows whose reward failed are removed before this runs) gets A = 0 and counts as zero-signal.

@@ -30,6 +30,7 @@ from rl_div.algos.grouping import (
 )
 
 REWARD_ONLY = AdvantageNeeds(response_logprobs=False)
+VERDICT_ONLY = AdvantageNeeds(response_logprobs=False, verdicts=True)  # reads `correct`, not the reward
 
 
 def signed_outcome_advantages(correct: torch.Tensor, *, positive: float, negative: float) -> torch.Tensor:
@@ -57,7 +58,7 @@ def _signed(inputs: AdvantageInputs, who: str, positive: float, negative: float)
     return AdvantageOutput(adv, metrics)
 
 
-@ADVANTAGES.register("w_reinforce", needs=REWARD_ONLY)
+@ADVANTAGES.register("w_reinforce", needs=VERDICT_ONLY)
 def w_reinforce(inputs: AdvantageInputs, *, lam: float = 0.1) -> AdvantageOutput:
     """Weighted REINFORCE (Zhu et al. 2025, "The Surprising Effectiveness of Negative Reinforcement in
     LLM Reasoning"): A_i = lam * 1[correct] - 1[incorrect], no group baseline, no std.
@@ -66,14 +67,15 @@ def w_reinforce(inputs: AdvantageInputs, *, lam: float = 0.1) -> AdvantageOutput
     (TianHongZXY/RLVR-Decomposed, ``compute_psr_nsr_outcome_advantage``, advantage='weighted') gives
     lam * r to correct and r - 1 to incorrect rows of a binary reward r, i.e. this. OPEN choice: it
     reads the verdict (``correct``), not the summed reward, so an added format or diversity reward does
-    not change it; an unscored row (NaN verdict) gets 0 (the authors' code leaves it NaN).
+    not change it; an unscored row (NaN verdict) gets 0 here (the authors' code leaves it NaN), and the
+    training loop and TRL leave it out before this runs (``verdicts``, advantage_base.signal_rows).
 
     Shapes: correct [B] -> [B].
     """
     return _signed(inputs, "w_reinforce", positive=lam, negative=1.0)
 
 
-@ADVANTAGES.register("nsr", needs=REWARD_ONLY)
+@ADVANTAGES.register("nsr", needs=VERDICT_ONLY)
 def nsr(inputs: AdvantageInputs) -> AdvantageOutput:
     """Negative sample reinforcement (Zhu et al. 2025): A_i = -1[incorrect], correct rows 0.
 
@@ -84,7 +86,7 @@ def nsr(inputs: AdvantageInputs) -> AdvantageOutput:
     return _signed(inputs, "nsr", positive=0.0, negative=1.0)
 
 
-@ADVANTAGES.register("psr", needs=REWARD_ONLY)
+@ADVANTAGES.register("psr", needs=VERDICT_ONLY)
 def psr(inputs: AdvantageInputs) -> AdvantageOutput:
     """Positive sample reinforcement (Zhu et al. 2025), NSR's mirror: A_i = 1[correct], incorrect rows 0
     (kept in the batch with A = 0, as for :func:`nsr`). Shapes: correct [B] -> [B]."""

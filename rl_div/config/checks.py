@@ -104,8 +104,17 @@ def check_capabilities(cfg: Config) -> None:
     """What the configured entries declare (``Registry.needs``) against the rest of the config: a
     sharded learner computes a reweighting token weight over the whole mini-batch only, since its
     micro-batches differ with the world size; a token weight with a KL term (kl_cov) needs more than one
-    optimizer step per batch to act. Run after the names are known to exist."""
-    from rl_div.algos import TOKEN_WEIGHTS
+    optimizer step per batch to act; an advantage that reads verdicts (passk, arm, w_reinforce...) needs a
+    verifier among the rewards. Run after the names are known to exist."""
+    from rewards.registry import REWARDS, is_verifier
+    from rl_div.algos import ADVANTAGES, TOKEN_WEIGHTS
+
+    verifiers = [r.name for r in cfg.reward.rewards if r.name in REWARDS and is_verifier(REWARDS.get(r.name))]
+    if ADVANTAGES.needs(cfg.algo.advantage).verdicts and not verifiers:
+        # without one every row's verdict is NaN, so every row would be left out of every step
+        raise ConfigError(f"algo.advantage={cfg.algo.advantage!r} reads the verifier's verdict, but reward.rewards "
+                          f"({[r.name for r in cfg.reward.rewards]}) has no verifier; add one (e.g. "
+                          "{name: task_verifier, weight: 0.0} to keep the reward unchanged)")
 
     t, token_weight = cfg.train, cfg.algo.token_weight
     needs = TOKEN_WEIGHTS.needs(token_weight)

@@ -38,7 +38,7 @@ from trl import GRPOTrainer
 from rewards import RewardScorer, RewardSpec
 from rewards.registry import REWARDS, is_verifier, reward_scope
 from rl_div.algos import ADVANTAGES, TOKEN_WEIGHTS
-from rl_div.algos.advantage_base import AdvantageInputs
+from rl_div.algos.advantage_base import AdvantageInputs, signal_rows, unscored_verdicts
 from rl_div.algos.token_weights import TokenWeightInputs
 from rl_div.config.checks import check_params
 from rl_div.data import PromptRecord
@@ -242,19 +242,22 @@ class RLDivGRPOTrainer(GRPOTrainer):
         if "tool_mask" in out:
             mask = mask * out["tool_mask"].float()
         stats = self._policy_stats(out) if self._needs_policy_stats() else {}
-        rows = torch.isfinite(total).nonzero().squeeze(1)
+        correct = self._correct(per_func)
+        needs = ADVANTAGES.needs(self.rl_div_advantage)  # a NaN verdict leaves the row out for passk, arm, nsr...
+        rows = signal_rows(total, correct, needs).nonzero().squeeze(1)
         advantages = torch.zeros(b, device=device)
         metrics: dict[str, float] = {"adv/zero_signal_frac": 1.0}
         if rows.numel():
             pick = {k: v[rows] for k, v in stats.items()}
             adv_out = ADVANTAGES[self.rl_div_advantage](AdvantageInputs(
-                rewards=total[rows], group_index=group_index[rows], correct=self._correct(per_func)[rows],
+                rewards=total[rows], group_index=group_index[rows], correct=correct[rows],
                 response_logprobs=pick.get("logprobs"), behavior_logprobs=pick.get("logprobs"),
                 response_mask=mask[rows], prompt_logprobs=pick.get("prompt_logprobs"),
                 prompt_mask=prompt_logprob_mask(out["prompt_mask"][rows]).float(), step=self.state.global_step),
                 **self.rl_div_advantage_params)
             advantages[rows] = adv_out.advantages.to(advantages.dtype)
             metrics = dict(adv_out.metrics)
+        metrics["adv/unscored_verdicts"] = float(unscored_verdicts(total, correct, needs))
         if not TOKEN_WEIGHTS.needs(self.rl_div_token_weight).reweights:
             return advantages, None, metrics
         tw = TOKEN_WEIGHTS[self.rl_div_token_weight](TokenWeightInputs(

@@ -94,7 +94,11 @@ def fuses_policy_forward(cfg: Config, dropout: list[str]) -> tuple[bool, str]:
     return True, "one PPO epoch, one optimizer step per batch: the update's forward is pi_old"
 
 
-def separate_forward(fused: bool, rewards: torch.Tensor | None) -> bool:
+def separate_forward(fused: bool, rewards: torch.Tensor | None, trained: torch.Tensor | None = None) -> bool:
     """Whether this step runs the separate forward: always unless fused, and also when a reward
-    failed (rewards [B] has a NaN), since the metrics cover rows the update does not see."""
-    return not fused or rewards is None or not bool(torch.isfinite(rewards).all())
+    failed (rewards [B] has a NaN) or a row is left out of the update for another reason (trained [B]
+    bool has a False: a NaN verdict for an estimator that reads verdicts), since the metrics cover rows
+    the update does not see."""
+    if not fused or rewards is None or not bool(torch.isfinite(rewards).all()):
+        return True
+    return trained is not None and not bool(trained.all())

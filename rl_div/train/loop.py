@@ -54,7 +54,7 @@ from rl_div.run.checkpoint import (
 from rl_div.run.command import record_command
 from rl_div.run.tracking import Tracker
 from rl_div.run.writers import check_writers, prepare_output_dir
-from rl_div.train.advantage_stage import compute_advantages, scored_rows
+from rl_div.train.advantage_stage import compute_advantages, scored_rows, trained_rows
 from rl_div.train.benchmark_eval import evaluate_benchmarks, guard_view, load_benchmark_prompts
 from rl_div.train.blowup import check_update
 from rl_div.train.console import SLOW_STEP_S, StageTimer, close_logging, progress_label, setup_logging
@@ -187,7 +187,7 @@ class Trainer:
         lag_metrics = policy_lag(batch, self.pipeline.weights_version)
         if cfg.rollout.log_groups:
             write_group_log(self.out, self.step + 1, batch)
-        if separate_forward(self.fused_forward, batch.rewards):
+        if separate_forward(self.fused_forward, batch.rewards, trained_rows(batch, cfg)):
             with timer("learner_forward"):
                 batch = self.policy_stats(batch, with_prompt=needs_prompt_logprobs(cfg))
         # Without the separate forward, ARM's advantages here are their reward part; the update
@@ -299,7 +299,7 @@ class Trainer:
         separate forward (no old_logprobs), the update's own forward is pi_old and its log-probs and
         entropies come back into the batch for the step metrics."""
         if batch.old_logprobs is not None:
-            return ray.get(self.learner.update(scored_rows(batch), loss_overrides))
+            return ray.get(self.learner.update(scored_rows(batch, self.cfg), loss_overrides))
         metrics, stats = ray.get(self.learner.update_on_policy(batch, loss_overrides))
         batch.old_logprobs, batch.old_entropy = stats["old_logprobs"], stats["old_entropy"]
         if "advantages" in stats:  # finished in the update (ARM, rl_div.learner.fused_advantage); metrics has its adv/*
