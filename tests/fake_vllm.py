@@ -69,7 +69,9 @@ class LLM:
             self.weight = self.cpu_copy if self.cpu_copy is not None else torch.full((3,), float("nan"))
             self.cpu_copy = None
 
-    def generate(self, prompts: list[dict[str, Any]], params: list[SamplingParams], use_tqdm: bool = False) -> list:
+    def generate(self, prompts: list[dict[str, Any]], params: list[SamplingParams], use_tqdm: bool = False,
+                 lora_request: Any = None) -> list:
+        assert lora_request is None, "this fake engine serves no adapters"
         intact = self.weight.numel() == 3 and bool(torch.isfinite(self.weight).all())
         LLM.samples.append(intact)
         outs = []

@@ -99,8 +99,12 @@ def test_panels_are_titled_in_words_and_bands_lighten_with_many_variants(tmp_pat
     import rl_div.report.build as build
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(build, "save_figure", lambda fig, path: drawn.append(fig) or Path(path))
+        mp.setattr(build, "save_figure", lambda fig, path: drawn.append((fig, Path(path).name)) or Path(path))
         figures(build_comparison(runs, kind, None), runs, tmp_path)
+    # passk_over_steps has one panel per variant with two lines (pass@1, pass@K): its bands stay dark
+    per_variant = [fig for fig, name in drawn if name == "passk_over_steps.png"]
+    drawn = [fig for fig, name in drawn if name != "passk_over_steps.png"]
+    assert {c.get_alpha() for fig in per_variant for ax in fig.axes for c in ax.collections} <= {band_alpha(2)}
     titles = [ax.get_title() for fig in drawn for ax in fig.axes if ax.get_title()]
     assert "embedding diversity (1 − mean pairwise cosine), held-out" in titles
     assert not [t for t in titles if re.search(r"\bdiv/|policy/", t)], titles  # no metric keys

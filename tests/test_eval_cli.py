@@ -57,6 +57,11 @@ def test_eval_checkpoint_reproduces_the_runs_evaluations(run_dir: Path, tmp_path
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "ev"
     ckpt = run_dir / "checkpoints" / "step_000002"
+    if not ray.is_initialized():  # the actor table needs this process connected; the CLI then reuses it
+        from rl_div.cluster.actors import init_ray
+        from rl_div.config import load_config
+
+        init_ray(load_config(str(run_dir / "config.yaml"), []))
     learners_before, rollouts_before = actors_of_class("Learner"), actors_of_class("RolloutHost")
     assert main(["eval", str(ckpt), "--n", "4", "--seeds", "0", "--out", str(out)]) == 0
     captured = capsys.readouterr()

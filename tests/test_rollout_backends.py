@@ -90,7 +90,8 @@ def test_worker_args_are_the_common_ones_and_the_declarations() -> None:
     assert rollout_worker_args(vllm, "m", 0.0) == {  # what tests/vllm_lane's workers are built with
         "model_path": "m", "dtype": "float32", "trust_remote_code": False, "use_chat_template": None,
         "prompt_template": "{prompt}", "tensor_parallel_size": 1, "gpu_memory_utilization": 0.3, "seed": 5,
-        "weight_sync": "object_store", "sync_chunk_mb": 8.0, "sync_timeout_s": 30.0, "sleep_level": 2, "lora": None}
+        "weight_sync": "object_store", "sync_chunk_mb": 8.0, "sync_timeout_s": 30.0, "sleep_level": 2,
+        "seed_mode": "per_row", "lora": None}
 
 
 def test_make_rollout_worker_builds_the_plugins_worker() -> None:

@@ -119,8 +119,8 @@ def analysis_blocks(comp: Comparison, runs: list[RunData], out: Path) -> tuple[P
                                 "entropy_fit": nan_free}, indent=1))
     blocks: list[tuple[Any, ...]] = [("h2", "Large-k crossover and the entropy-performance fit")]
     if cross:
-        rows = [[v, _k(c.k), f"[{_k(c.lo)}, {_k(c.hi)}]", f"{c.none_fraction:.2f}"] for v, c in cross.items()]
-        blocks += [("table", ["variant", f"crossover k ({comp.base_label} ≥ variant)", "95% interval",
+        rows = [[v, f"{_k(c.k)} [{_k(c.lo)}, {_k(c.hi)}]", f"{c.none_fraction:.2f}"] for v, c in cross.items()]
+        blocks += [("table", ["variant", f"crossover k ({comp.base_label} ≥ variant) [95% interval]",
                               "resamples without crossover"], rows),
                    ("p", "The first k at which the base model's pass@k, averaged over seeds, reaches the variant's "
                          "(Yue et al. 2025); interval: 2000 bootstrap resamples of the problems, seeds held fixed; "

@@ -174,8 +174,9 @@ def _links(escaped: str) -> str:
     return _MD_LINK.sub(r'<a href="\2">\1</a>', escaped)
 
 
-# A number with its interval ('0.123 [0.100, 0.150] †', '+0.012 [-0.004, +0.028]*', '0.1 → 0.2'): kept on one line.
-_NUMBER_CELL = re.compile(r"[+\-−–]?[\d.,]+%?( \[[^\]]+\])?[ †*]*( → [\d.,]+)?")
+# A number with its interval ('0.123 [0.100, 0.150] †', '+0.012 [-0.004, +0.028]*', '0.1 → 0.2', a crossover
+# k 'none [8, none]'): kept on one line.
+_NUMBER_CELL = re.compile(r"(?:[+\-−–]?[\d.,]+%?|none)( \[[^\]]+\])?[ †*]*( → [\d.,]+)?")
 
 
 def _cell(text: str) -> str:
