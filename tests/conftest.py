@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -36,3 +37,13 @@ def bootstrapped_prime_gap(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from rl_div.models.bootstrap import bootstrap_base_model
 
     return bootstrap_base_model("prime_gap", tmp_path_factory.mktemp("bootstrap"), steps=40, seed=0, log=None)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_ray_left_after_the_module() -> Iterator[None]:
+    """Every test module starts without a Ray connection in its process, whatever ran before it there:
+    with two test processes (pytest-xdist) the modules each process runs, and their order, vary."""
+    yield
+    ray = sys.modules.get("ray")  # a module that never imported Ray has nothing to shut down
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()

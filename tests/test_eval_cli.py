@@ -54,7 +54,8 @@ def test_resolve_checkpoint_policy_run_and_model_dirs(run_dir: Path) -> None:
 def test_eval_checkpoint_reproduces_the_runs_evaluations(run_dir: Path, tmp_path: Path,
                                                          capsys: pytest.CaptureFixture,
                                                          caplog: pytest.LogCaptureFixture,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+                                                         monkeypatch: pytest.MonkeyPatch,
+                                                         request: pytest.FixtureRequest) -> None:
     out = tmp_path / "ev"
     ckpt = run_dir / "checkpoints" / "step_000002"
     if not ray.is_initialized():  # the actor table needs this process connected; the CLI then reuses it
@@ -62,6 +63,7 @@ def test_eval_checkpoint_reproduces_the_runs_evaluations(run_dir: Path, tmp_path
         from rl_div.config import load_config
 
         init_ray(load_config(str(run_dir / "config.yaml"), []))
+        request.addfinalizer(ray.shutdown)  # later modules in this process expect no Ray
     learners_before, rollouts_before = actors_of_class("Learner"), actors_of_class("RolloutHost")
     assert main(["eval", str(ckpt), "--n", "4", "--seeds", "0", "--out", str(out)]) == 0
     captured = capsys.readouterr()
