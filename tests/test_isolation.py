@@ -142,7 +142,8 @@ def test_a_pool_scores_in_parallel_processes_in_order() -> None:
         assert [o.value for o in out] == [0.0 if n % 3 == 0 else 1.0 for n in range(40)]
         served: set[float] = set()
         for _ in range(5):  # on a loaded machine one process may drain a short queue alone; ask again
-            served |= {o.value for o in pool.map("test_length", [("", PID)] * 8, timeout_s=30, items_per_call=1)}
+            served |= {o.value for o in pool.map("test_length", [("", PID)] * 8, {"pid_after_s": 0.25}, timeout_s=30,
+                                                 items_per_call=1)}
             if len(served) == 2:
                 break
         assert len(served) == 2  # both worker processes served calls

@@ -14,9 +14,11 @@ from rewards import register_reward
 
 
 @register_reward("test_length", scope="sample")
-def length_reward(completion: str, record: Any, *, per_char: float = 1.0) -> float:
-    """per_char * number of characters; also reports the worker's pid via a record flag."""
+def length_reward(completion: str, record: Any, *, per_char: float = 1.0, pid_after_s: float = 0.0) -> float:
+    """per_char * number of characters; also reports the worker's pid via a record flag (after
+    pid_after_s seconds: a call that takes time, so one worker cannot drain a pool's queue alone)."""
     if record.meta.get("want_pid"):
+        time.sleep(pid_after_s)
         return float(os.getpid())
     return per_char * len(completion)
 
